@@ -1,0 +1,230 @@
+//! p11bridge backends: the one trait the token core talks to, and its implementations.
+//!
+//! The core sees a [`Backend`] (one per `[backend.NAME]` config section), which offers [`Token`]s (the view the
+//! unified slot uses, and for upstream modules one token per upstream slot for mirror slots), which open
+//! [`BackendSession`]s. Every method maps onto a PKCS#11 function; semantics, including return codes and the
+//! two-call output-buffer convention, are the spec's.
+
+// `up!` calls upstream functions with plain argument expressions (pointers and integers we computed).
+#![allow(clippy::macro_metavars_in_unsafe)]
+
+pub mod error;
+pub mod pidlock;
+pub mod pkcs11;
+pub mod secret;
+pub mod types;
+pub mod vendor;
+
+pub use error::{rv_name, Error, Result};
+pub use secret::{Secret, SecretRef};
+pub use types::*;
+
+use cryptoki_sys::*;
+use std::sync::Arc;
+
+/// A configured backend (one `[backend.NAME]` section).
+pub trait Backend: Send + Sync {
+    /// The name of its config section.
+    fn name(&self) -> &str;
+    /// The `kind` it was built from (`pkcs11`, `aws-kms`, `vault-transit`).
+    fn kind(&self) -> &'static str;
+    /// The token this backend contributes to a unified slot.
+    fn token(&self) -> Result<Arc<dyn Token>>;
+    /// One token per upstream slot, for `mirror = "NAME"` slots. Backends that are not PKCS#11 modules return
+    /// `CKR_FUNCTION_NOT_SUPPORTED`.
+    fn mirror_tokens(&self) -> Result<Vec<Arc<dyn Token>>> {
+        Err(Error::with(
+            CKR_FUNCTION_NOT_SUPPORTED,
+            "only pkcs11 backends can be mirrored",
+        ))
+    }
+    /// Releases everything (called from `C_Finalize`, after every session is closed).
+    fn finalize(&self);
+}
+
+/// One token as a backend sees it.
+pub trait Token: Send + Sync {
+    /// Slot description and flags (mirror slots pass the upstream's through).
+    fn slot_info(&self) -> Result<CK_SLOT_INFO>;
+    /// Token information (mirror slots pass the upstream's through; the unified slot builds its own).
+    fn token_info(&self) -> Result<CK_TOKEN_INFO>;
+    fn mechanism_list(&self) -> Result<Vec<CK_MECHANISM_TYPE>>;
+    fn mechanism_info(&self, mech: CK_MECHANISM_TYPE) -> Result<CK_MECHANISM_INFO>;
+    /// `C_InitToken`, passed through (mirror slots only).
+    fn init_token(&self, _so_pin: Option<&[u8]>, _label: &[u8; 32]) -> Result<()> {
+        Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED))
+    }
+    /// Logs the backend in with the credentials of its configuration (unified slots: after the bridge checked the
+    /// caller's PIN). `CKU_USER` or `CKU_SO`.
+    fn login_configured(&self, user: CK_USER_TYPE) -> Result<()>;
+    /// Ends the login made by [`Token::login_configured`].
+    fn logout_configured(&self) -> Result<()>;
+    /// Opens a session on this token.
+    fn open_session(&self, rw: bool) -> Result<Box<dyn BackendSession>>;
+    /// Whether the token has a random number generator.
+    fn has_rng(&self) -> bool {
+        false
+    }
+}
+
+/// A session on one backend token. Methods follow the PKCS#11 functions of the same name; output buffers follow
+/// the two-call convention: `Out = None` asks for the length, `Err(Error::buffer_too_small(n))` when it does not fit.
+/// Every method returns the `CK_RV` the spec names for its failure.
+#[allow(unused_variables)]
+pub trait BackendSession: Send {
+    /// `C_Login` with the caller's PIN (mirror slots).
+    fn login(&mut self, user: CK_USER_TYPE, pin: Option<&[u8]>) -> Result<()> {
+        Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED))
+    }
+    /// `C_LoginUser` with the caller's user name and PIN (mirror slots).
+    fn login_user(&mut self, user: CK_USER_TYPE, pin: Option<&[u8]>, name: &[u8]) -> Result<()> {
+        Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED))
+    }
+    /// A `CKU_CONTEXT_SPECIFIC` login with the configured PIN (unified slots, after the bridge checked the caller's).
+    fn context_login_configured(&mut self) -> Result<()> {
+        Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED))
+    }
+    /// `C_Logout` (mirror slots).
+    fn logout(&mut self) -> Result<()> {
+        Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED))
+    }
+    fn init_pin(&mut self, pin: Option<&[u8]>) -> Result<()> {
+        Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED))
+    }
+    fn set_pin(&mut self, old: Option<&[u8]>, new: Option<&[u8]>) -> Result<()> {
+        Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED))
+    }
+    fn get_operation_state(&mut self, out: Out) -> Result<usize> {
+        Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED))
+    }
+    fn set_operation_state(
+        &mut self,
+        state: &[u8],
+        enc_key: Option<ObjRef>,
+        auth_key: Option<ObjRef>,
+    ) -> Result<()> {
+        Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED))
+    }
+
+    // Objects
+    fn find(&mut self, template: Template) -> Result<Vec<ObjRef>>;
+    /// Fills `template` (caller-owned buffers) by the rules of `C_GetAttributeValue`, returning its `CK_RV`
+    /// (`CKR_OK`, `CKR_ATTRIBUTE_SENSITIVE`, `CKR_ATTRIBUTE_TYPE_INVALID`, `CKR_BUFFER_TOO_SMALL`, or an error).
+    fn get_attributes(&mut self, obj: ObjRef, template: &mut [CK_ATTRIBUTE]) -> CK_RV;
+    fn set_attributes(&mut self, obj: ObjRef, template: Template) -> Result<()> {
+        Err(Error::new(CKR_ACTION_PROHIBITED))
+    }
+    fn create_object(&mut self, template: Template) -> Result<ObjRef> {
+        Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED))
+    }
+    fn copy_object(&mut self, obj: ObjRef, template: Template) -> Result<ObjRef> {
+        Err(Error::new(CKR_ACTION_PROHIBITED))
+    }
+    fn destroy_object(&mut self, obj: ObjRef) -> Result<()> {
+        Err(Error::new(CKR_ACTION_PROHIBITED))
+    }
+    fn object_size(&mut self, obj: ObjRef) -> Result<CK_ULONG> {
+        Err(Error::new(CKR_INFORMATION_SENSITIVE))
+    }
+
+    // Cryptographic operations
+    fn op_init(&mut self, kind: OpKind, mech: &Mechanism, key: Option<ObjRef>) -> Result<()>;
+    /// Single-part encrypt/decrypt/digest/sign/sign-recover/verify-recover.
+    fn op_single(&mut self, kind: OpKind, input: &[u8], out: Out) -> Result<usize>;
+    /// `*Update`; `out` is used by encrypt and decrypt only (others return 0).
+    fn op_update(&mut self, kind: OpKind, input: &[u8], out: Out) -> Result<usize>;
+    /// `*Final` for encrypt/decrypt/digest/sign.
+    fn op_final(&mut self, kind: OpKind, out: Out) -> Result<usize>;
+    /// `C_Verify`.
+    fn verify(&mut self, data: &[u8], signature: &[u8]) -> Result<()>;
+    /// `C_VerifyFinal`.
+    fn verify_final(&mut self, signature: &[u8]) -> Result<()>;
+    /// `C_DigestKey`.
+    fn digest_key(&mut self, key: ObjRef) -> Result<()> {
+        Err(Error::new(CKR_KEY_INDIGESTIBLE))
+    }
+    /// The dual-function `*Update` calls.
+    fn dual_update(&mut self, kind: DualKind, input: &[u8], out: Out) -> Result<usize> {
+        Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED))
+    }
+    /// Ends the active operation of this kind without a result (`C_SessionCancel`, or `C_*Init` with a NULL
+    /// mechanism).
+    fn op_cancel(&mut self, kind: OpKind) -> Result<()>;
+
+    // Keys
+    fn generate_key(&mut self, mech: &Mechanism, template: Template) -> Result<ObjRef> {
+        Err(Error::new(CKR_MECHANISM_INVALID))
+    }
+    fn generate_key_pair(
+        &mut self,
+        mech: &Mechanism,
+        public: Template,
+        private: Template,
+    ) -> Result<(ObjRef, ObjRef)> {
+        Err(Error::new(CKR_MECHANISM_INVALID))
+    }
+    fn wrap_key(
+        &mut self,
+        mech: &Mechanism,
+        wrapping: ObjRef,
+        key: ObjRef,
+        out: Out,
+    ) -> Result<usize> {
+        Err(Error::new(CKR_MECHANISM_INVALID))
+    }
+    fn unwrap_key(
+        &mut self,
+        mech: &Mechanism,
+        unwrapping: ObjRef,
+        wrapped: &[u8],
+        template: Template,
+    ) -> Result<ObjRef> {
+        Err(Error::new(CKR_MECHANISM_INVALID))
+    }
+    fn derive_key(&mut self, mech: &Mechanism, base: ObjRef, template: Template) -> Result<ObjRef> {
+        Err(Error::new(CKR_MECHANISM_INVALID))
+    }
+
+    // Random numbers
+    fn seed_random(&mut self, seed: &[u8]) -> Result<()> {
+        Err(Error::new(CKR_RANDOM_SEED_NOT_SUPPORTED))
+    }
+    fn generate_random(&mut self, out: &mut [u8]) -> Result<()> {
+        Err(Error::new(CKR_RANDOM_NO_RNG))
+    }
+}
+
+/// Builds the backend of one `[backend.NAME]` section. This is the one place that knows every concrete backend.
+/// Errors name the key (`backend.NAME.KEY`) and the problem.
+pub fn build(name: &str, section: &toml::Table, ctx: &BuildContext) -> Result<Arc<dyn Backend>> {
+    let kind = section
+        .get("kind")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| {
+            Error::with(
+                CKR_GENERAL_ERROR,
+                format!("backend.{name}.kind: missing (one of \"pkcs11\")"),
+            )
+        })?;
+    match kind {
+        "pkcs11" => Ok(Arc::new(pkcs11::UpstreamBackend::from_config(
+            name, section, ctx,
+        )?)),
+        other => Err(Error::with(
+            CKR_GENERAL_ERROR,
+            format!("backend.{name}.kind: unknown kind \"{other}\" (expected \"pkcs11\")"),
+        )),
+    }
+}
+
+/// What the application told `C_Initialize` that backends must honour.
+#[derive(Clone, Debug, Default)]
+pub struct BuildContext {
+    /// `CKF_LIBRARY_CANT_CREATE_OS_THREADS` was set.
+    pub cant_create_threads: bool,
+}
+
+/// The process id, to detect that we are running in a child after `fork()`.
+pub fn current_pid() -> u32 {
+    std::process::id()
+}

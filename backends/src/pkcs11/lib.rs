@@ -1,0 +1,205 @@
+//! Loading an upstream PKCS#11 module: one entry per module path, initialized once per process, never unloaded
+//! (unloading a PKCS#11 module under a live application is never safe). After `fork()` the child re-initializes it.
+
+use crate::pidlock::PidLock;
+use crate::{current_pid, BuildContext, Error, Result};
+use cryptoki_sys::*;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A loaded upstream module and its function lists.
+pub struct Lib {
+    pub path: PathBuf,
+    fl: *const CK_FUNCTION_LIST,
+    fl3: *const CK_FUNCTION_LIST_3_0,
+}
+
+// SAFETY: the function lists are immutable tables owned by the (never unloaded) module; PKCS#11 modules initialized
+// with CKF_OS_LOCKING_OK are called from any thread.
+unsafe impl Send for Lib {}
+unsafe impl Sync for Lib {}
+
+impl Lib {
+    /// The 2.40 function list.
+    pub fn f(&self) -> &CK_FUNCTION_LIST {
+        // SAFETY: non-null (checked at load) and valid for the life of the process.
+        unsafe { &*self.fl }
+    }
+    /// The 3.0 function list, when the module offers one.
+    pub fn f3(&self) -> Option<&CK_FUNCTION_LIST_3_0> {
+        // SAFETY: as above, or null.
+        unsafe { self.fl3.as_ref() }
+    }
+}
+
+struct Entry {
+    lib: Arc<Lib>,
+    /// The process that initialized it (0: not initialized).
+    pid: u32,
+    refs: usize,
+    /// We called its C_Initialize (and so may call C_Finalize); false when the application had initialized it.
+    owned: bool,
+}
+
+static REGISTRY: PidLock<Vec<Entry>> = PidLock::new(Vec::new());
+
+/// Calls a function of an upstream function list, or answers `CKR_FUNCTION_NOT_SUPPORTED` if it is missing.
+#[macro_export]
+macro_rules! up {
+    ($list:expr, $f:ident ( $($a:expr),* $(,)? )) => {{
+        match $list.$f {
+            // SAFETY: arguments are valid for the call; the module is loaded for the life of the process.
+            Some(func) => unsafe { func($($a),*) },
+            None => ::cryptoki_sys::CKR_FUNCTION_NOT_SUPPORTED,
+        }
+    }};
+}
+
+fn init_args(ctx: &BuildContext) -> CK_C_INITIALIZE_ARGS {
+    let mut flags = CKF_OS_LOCKING_OK;
+    if ctx.cant_create_threads {
+        flags |= CKF_LIBRARY_CANT_CREATE_OS_THREADS;
+    }
+    CK_C_INITIALIZE_ARGS {
+        CreateMutex: None,
+        DestroyMutex: None,
+        LockMutex: None,
+        UnlockMutex: None,
+        flags,
+        pReserved: std::ptr::null_mut(),
+    }
+}
+
+fn load(path: &Path) -> Result<Lib> {
+    // SAFETY: loading a PKCS#11 module runs its initializers; that is what the operator configured.
+    let lib = unsafe { libloading::Library::new(path) }.map_err(|e| {
+        Error::with(
+            CKR_GENERAL_ERROR,
+            format!("cannot load {}: {e}", path.display()),
+        )
+    })?;
+    let mut fl: *mut CK_FUNCTION_LIST = std::ptr::null_mut();
+    // SAFETY: the symbol has the standard PKCS#11 signature.
+    let rv = unsafe {
+        let get: libloading::Symbol<unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV> =
+            lib.get(b"C_GetFunctionList\0").map_err(|e| {
+                Error::with(
+                    CKR_GENERAL_ERROR,
+                    format!("{} has no C_GetFunctionList: {e}", path.display()),
+                )
+            })?;
+        get(&mut fl)
+    };
+    if rv != CKR_OK || fl.is_null() {
+        return Err(Error::with(
+            CKR_GENERAL_ERROR,
+            format!(
+                "{}: C_GetFunctionList failed ({})",
+                path.display(),
+                crate::rv_name(rv)
+            ),
+        ));
+    }
+    let mut fl3: *const CK_FUNCTION_LIST_3_0 = std::ptr::null();
+    // SAFETY: standard PKCS#11 3.0 signature; the interface name is a NUL-terminated static string.
+    unsafe {
+        type GetIf = unsafe extern "C" fn(
+            *mut CK_UTF8CHAR,
+            *mut CK_VERSION,
+            *mut *mut CK_INTERFACE,
+            CK_FLAGS,
+        ) -> CK_RV;
+        if let Ok(get_if) = lib.get::<GetIf>(b"C_GetInterface\0") {
+            let mut iface: *mut CK_INTERFACE = std::ptr::null_mut();
+            let mut v = CK_VERSION { major: 3, minor: 0 };
+            if get_if(c"PKCS 11".as_ptr() as *mut _, &mut v, &mut iface, 0) == CKR_OK
+                && !iface.is_null()
+                && !(*iface).pFunctionList.is_null()
+            {
+                let l = (*iface).pFunctionList as *const CK_FUNCTION_LIST_3_0;
+                if (*l).version.major >= 3 {
+                    fl3 = l;
+                }
+            }
+        }
+    }
+    // Never unloaded: a module's threads or atexit handlers may outlive any finalize.
+    std::mem::forget(lib);
+    Ok(Lib {
+        path: path.to_path_buf(),
+        fl,
+        fl3,
+    })
+}
+
+fn initialize(e: &mut Entry, ctx: &BuildContext) -> Result<()> {
+    let me = current_pid();
+    let mut args = init_args(ctx);
+    let f = e.lib.f();
+    let mut rv = up!(f, C_Initialize(&mut args as *mut _ as *mut _));
+    if rv == CKR_CRYPTOKI_ALREADY_INITIALIZED && e.pid != 0 && e.pid != me && e.owned {
+        // We initialized it in the parent and this is the child: start it afresh here.
+        up!(f, C_Finalize(std::ptr::null_mut()));
+        rv = up!(f, C_Initialize(&mut args as *mut _ as *mut _));
+    }
+    match rv {
+        CKR_OK => e.owned = true,
+        // The application (or another module in the process) initialized it: share, and never finalize it.
+        CKR_CRYPTOKI_ALREADY_INITIALIZED => e.owned = false,
+        rv => {
+            return Err(Error::with(
+                rv,
+                format!(
+                    "{}: C_Initialize failed ({})",
+                    e.lib.path.display(),
+                    crate::rv_name(rv)
+                ),
+            ))
+        }
+    }
+    e.pid = me;
+    e.refs = 1;
+    Ok(())
+}
+
+/// Loads (once) and initializes (once per process) the module at `path`.
+pub fn acquire(path: &Path, ctx: &BuildContext) -> Result<Arc<Lib>> {
+    let mut reg = REGISTRY.lock();
+    let me = current_pid();
+    if let Some(e) = reg.iter_mut().find(|e| e.lib.path == path) {
+        if e.pid == me && e.refs > 0 {
+            e.refs += 1;
+        } else {
+            initialize(e, ctx)?;
+        }
+        return Ok(e.lib.clone());
+    }
+    let lib = Arc::new(load(path)?);
+    let mut e = Entry {
+        lib: lib.clone(),
+        pid: 0,
+        refs: 0,
+        owned: false,
+    };
+    initialize(&mut e, ctx)?;
+    reg.push(e);
+    Ok(lib)
+}
+
+/// Drops one reference; the last one finalizes the module if we initialized it.
+pub fn release(lib: &Lib) {
+    let mut reg = REGISTRY.lock();
+    let me = current_pid();
+    if let Some(e) = reg.iter_mut().find(|e| e.lib.path == lib.path) {
+        if e.pid != me || e.refs == 0 {
+            return;
+        }
+        e.refs -= 1;
+        if e.refs == 0 {
+            if e.owned {
+                up!(e.lib.f(), C_Finalize(std::ptr::null_mut()));
+            }
+            e.pid = 0;
+        }
+    }
+}

@@ -1,0 +1,1075 @@
+//! Every PKCS#11 2.40 and 3.0 function. Order of checks, as in the reference implementations: initialized →
+//! arguments → session → state.
+
+use super::*;
+use crate::core::{self, module, InitArgs};
+use p11bridge_backends::{pad, DualKind, OpKind};
+use std::ffi::c_void;
+
+// ---------------------------------------------------------------- general purpose
+
+cryptoki_fn!(
+    /// `C_Initialize`: honours `CK_C_INITIALIZE_ARGS` (§5.4).
+    fn C_Initialize(pInitArgs: *mut c_void) {
+        let mut args = InitArgs::default();
+        if !pInitArgs.is_null() {
+            let a = std::ptr::read_unaligned(pInitArgs as *const CK_C_INITIALIZE_ARGS);
+            if !a.pReserved.is_null() {
+                return Err(Error::new(CKR_ARGUMENTS_BAD));
+            }
+            let given = [
+                a.CreateMutex.is_some(),
+                a.DestroyMutex.is_some(),
+                a.LockMutex.is_some(),
+                a.UnlockMutex.is_some(),
+            ];
+            let n = given.iter().filter(|g| **g).count();
+            if n != 0 && n != 4 {
+                return Err(Error::new(CKR_ARGUMENTS_BAD));
+            }
+            if n == 4 && a.flags & CKF_OS_LOCKING_OK == 0 {
+                // We lock with the operating system's primitives only.
+                return Err(Error::with(
+                    CKR_CANT_LOCK,
+                    "application mutex callbacks without CKF_OS_LOCKING_OK are not supported",
+                ));
+            }
+            args.cant_create_threads = a.flags & CKF_LIBRARY_CANT_CREATE_OS_THREADS != 0;
+        }
+        core::initialize(args)
+    }
+);
+
+cryptoki_fn!(
+    fn C_Finalize(pReserved: *mut c_void) {
+        if !pReserved.is_null() {
+            module()?;
+            return Err(Error::new(CKR_ARGUMENTS_BAD));
+        }
+        core::finalize()
+    }
+);
+
+fn info(major: u8, minor: u8) -> CK_INFO {
+    CK_INFO {
+        cryptokiVersion: CK_VERSION { major, minor },
+        manufacturerID: pad("p11bridge"),
+        flags: 0,
+        libraryDescription: pad("p11bridge unified PKCS#11 token"),
+        libraryVersion: CK_VERSION {
+            major: env!("CARGO_PKG_VERSION_MAJOR").parse().unwrap_or(0),
+            minor: env!("CARGO_PKG_VERSION_MINOR").parse().unwrap_or(0),
+        },
+    }
+}
+
+cryptoki_fn!(
+    fn C_GetInfo(pInfo: *mut CK_INFO) {
+        module()?;
+        put(pInfo, info(3, 0))
+    }
+);
+
+/// `C_GetInfo` of the 2.40 function list: reports the interface version the caller chose.
+///
+/// # Safety
+/// `pInfo` must be NULL or valid for a write of `CK_INFO`.
+#[allow(non_snake_case)]
+pub unsafe extern "C" fn C_GetInfo_v2(pInfo: *mut CK_INFO) -> CK_RV {
+    guard("C_GetInfo", || {
+        module()?;
+        put(pInfo, info(2, 40))
+    })
+}
+
+cryptoki_fn!(
+    fn C_GetFunctionList(ppFunctionList: *mut *mut CK_FUNCTION_LIST) {
+        put(ppFunctionList, function_list_240())
+    }
+);
+
+// ---------------------------------------------------------------- slots and tokens
+
+cryptoki_fn!(
+    fn C_GetSlotList(tokenPresent: CK_BBOOL, pSlotList: *mut CK_SLOT_ID, pulCount: *mut CK_ULONG) {
+        let m = module()?;
+        put_list(&m.slot_list(tokenPresent != CK_FALSE), pSlotList, pulCount)
+    }
+);
+
+cryptoki_fn!(
+    fn C_GetSlotInfo(slotID: CK_SLOT_ID, pInfo: *mut CK_SLOT_INFO) {
+        let m = module()?;
+        if pInfo.is_null() {
+            return Err(Error::new(CKR_ARGUMENTS_BAD));
+        }
+        put(pInfo, m.slot(slotID)?.slot_info()?)
+    }
+);
+
+cryptoki_fn!(
+    fn C_GetTokenInfo(slotID: CK_SLOT_ID, pInfo: *mut CK_TOKEN_INFO) {
+        let m = module()?;
+        if pInfo.is_null() {
+            return Err(Error::new(CKR_ARGUMENTS_BAD));
+        }
+        let slot = m.slot(slotID)?;
+        if !slot.token_present() {
+            return Err(Error::new(CKR_TOKEN_NOT_PRESENT));
+        }
+        put(pInfo, slot.token_info()?)
+    }
+);
+
+cryptoki_fn!(
+    fn C_GetMechanismList(
+        slotID: CK_SLOT_ID,
+        pMechanismList: *mut CK_MECHANISM_TYPE,
+        pulCount: *mut CK_ULONG,
+    ) {
+        let m = module()?;
+        if pulCount.is_null() {
+            return Err(Error::new(CKR_ARGUMENTS_BAD));
+        }
+        let list = m.slot(slotID)?.mechanism_list()?;
+        put_list(&list, pMechanismList, pulCount)
+    }
+);
+
+cryptoki_fn!(
+    fn C_GetMechanismInfo(
+        slotID: CK_SLOT_ID,
+        type_: CK_MECHANISM_TYPE,
+        pInfo: *mut CK_MECHANISM_INFO,
+    ) {
+        let m = module()?;
+        if pInfo.is_null() {
+            return Err(Error::new(CKR_ARGUMENTS_BAD));
+        }
+        put(pInfo, m.slot(slotID)?.mechanism_info(type_)?)
+    }
+);
+
+cryptoki_fn!(
+    fn C_InitToken(
+        slotID: CK_SLOT_ID,
+        pPin: *mut CK_UTF8CHAR,
+        ulPinLen: CK_ULONG,
+        pLabel: *mut CK_UTF8CHAR,
+    ) {
+        let m = module()?;
+        let pin = opt_bytes(pPin, ulPinLen)?;
+        if pLabel.is_null() {
+            return Err(Error::new(CKR_ARGUMENTS_BAD));
+        }
+        let label = std::ptr::read_unaligned(pLabel as *const [u8; 32]);
+        m.slot(slotID)?.init_token(pin, &label)
+    }
+);
+
+cryptoki_fn!(
+    fn C_InitPIN(hSession: CK_SESSION_HANDLE, pPin: *mut CK_UTF8CHAR, ulPinLen: CK_ULONG) {
+        let m = module()?;
+        let pin = opt_bytes(pPin, ulPinLen)?;
+        m.init_pin(hSession, pin)
+    }
+);
+
+cryptoki_fn!(
+    fn C_SetPIN(
+        hSession: CK_SESSION_HANDLE,
+        pOldPin: *mut CK_UTF8CHAR,
+        ulOldLen: CK_ULONG,
+        pNewPin: *mut CK_UTF8CHAR,
+        ulNewLen: CK_ULONG,
+    ) {
+        let m = module()?;
+        let old = opt_bytes(pOldPin, ulOldLen)?;
+        let new = opt_bytes(pNewPin, ulNewLen)?;
+        m.set_pin(hSession, old, new)
+    }
+);
+
+cryptoki_fn!(
+    fn C_WaitForSlotEvent(flags: CK_FLAGS, pSlot: *mut CK_SLOT_ID, pReserved: *mut c_void) {
+        module()?;
+        if pSlot.is_null() || !pReserved.is_null() {
+            return Err(Error::new(CKR_ARGUMENTS_BAD));
+        }
+        if flags & CKF_DONT_BLOCK != 0 {
+            // Slots are fixed at C_Initialize: there is never an event.
+            return Err(Error::new(CKR_NO_EVENT));
+        }
+        Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED))
+    }
+);
+
+// ---------------------------------------------------------------- sessions
+
+cryptoki_fn!(
+    fn C_OpenSession(
+        slotID: CK_SLOT_ID,
+        flags: CK_FLAGS,
+        _pApplication: *mut c_void,
+        _Notify: CK_NOTIFY,
+        phSession: *mut CK_SESSION_HANDLE,
+    ) {
+        let m = module()?;
+        if phSession.is_null() {
+            return Err(Error::new(CKR_ARGUMENTS_BAD));
+        }
+        let h = m.open_session(slotID, flags)?;
+        put(phSession, h)
+    }
+);
+
+cryptoki_fn!(
+    fn C_CloseSession(hSession: CK_SESSION_HANDLE) {
+        module()?.close_session(hSession)
+    }
+);
+
+cryptoki_fn!(
+    fn C_CloseAllSessions(slotID: CK_SLOT_ID) {
+        module()?.close_all_sessions(slotID)
+    }
+);
+
+cryptoki_fn!(
+    fn C_GetSessionInfo(hSession: CK_SESSION_HANDLE, pInfo: *mut CK_SESSION_INFO) {
+        let m = module()?;
+        if pInfo.is_null() {
+            return Err(Error::new(CKR_ARGUMENTS_BAD));
+        }
+        let (s, slot) = m.session_slot(hSession)?;
+        put(pInfo, s.info(slot))
+    }
+);
+
+cryptoki_fn!(
+    fn C_GetOperationState(
+        hSession: CK_SESSION_HANDLE,
+        pOperationState: *mut CK_BYTE,
+        pulOperationStateLen: *mut CK_ULONG,
+    ) {
+        let m = module()?;
+        let mut out = OutBuf::new(pOperationState, pulOperationStateLen)?;
+        let r = m.get_operation_state(hSession, out.buf());
+        out.finish(r)
+    }
+);
+
+cryptoki_fn!(
+    fn C_SetOperationState(
+        hSession: CK_SESSION_HANDLE,
+        pOperationState: *mut CK_BYTE,
+        ulOperationStateLen: CK_ULONG,
+        hEncryptionKey: CK_OBJECT_HANDLE,
+        hAuthenticationKey: CK_OBJECT_HANDLE,
+    ) {
+        let m = module()?;
+        let state = in_bytes(pOperationState, ulOperationStateLen)?;
+        m.set_operation_state(hSession, state, hEncryptionKey, hAuthenticationKey)
+    }
+);
+
+cryptoki_fn!(
+    fn C_Login(
+        hSession: CK_SESSION_HANDLE,
+        userType: CK_USER_TYPE,
+        pPin: *mut CK_UTF8CHAR,
+        ulPinLen: CK_ULONG,
+    ) {
+        let m = module()?;
+        let pin = opt_bytes(pPin, ulPinLen)?;
+        m.login(hSession, userType, pin, None)
+    }
+);
+
+cryptoki_fn!(
+    fn C_LoginUser(
+        hSession: CK_SESSION_HANDLE,
+        userType: CK_USER_TYPE,
+        pPin: *mut CK_UTF8CHAR,
+        ulPinLen: CK_ULONG,
+        pUsername: *mut CK_UTF8CHAR,
+        ulUsernameLen: CK_ULONG,
+    ) {
+        let m = module()?;
+        let pin = opt_bytes(pPin, ulPinLen)?;
+        let name = in_bytes(pUsername, ulUsernameLen)?;
+        m.login(hSession, userType, pin, Some(name))
+    }
+);
+
+cryptoki_fn!(
+    fn C_Logout(hSession: CK_SESSION_HANDLE) {
+        module()?.logout(hSession)
+    }
+);
+
+cryptoki_fn!(
+    fn C_SessionCancel(hSession: CK_SESSION_HANDLE, flags: CK_FLAGS) {
+        module()?.session_cancel(hSession, flags)
+    }
+);
+
+// ---------------------------------------------------------------- objects
+
+cryptoki_fn!(
+    fn C_CreateObject(
+        hSession: CK_SESSION_HANDLE,
+        pTemplate: *mut CK_ATTRIBUTE,
+        ulCount: CK_ULONG,
+        phObject: *mut CK_OBJECT_HANDLE,
+    ) {
+        let m = module()?;
+        let t = template(pTemplate, ulCount, true)?;
+        if phObject.is_null() {
+            return Err(Error::new(CKR_ARGUMENTS_BAD));
+        }
+        put(phObject, m.create_object(hSession, t)?)
+    }
+);
+
+cryptoki_fn!(
+    fn C_CopyObject(
+        hSession: CK_SESSION_HANDLE,
+        hObject: CK_OBJECT_HANDLE,
+        pTemplate: *mut CK_ATTRIBUTE,
+        ulCount: CK_ULONG,
+        phNewObject: *mut CK_OBJECT_HANDLE,
+    ) {
+        let m = module()?;
+        let t = template(pTemplate, ulCount, false)?;
+        if phNewObject.is_null() {
+            return Err(Error::new(CKR_ARGUMENTS_BAD));
+        }
+        put(phNewObject, m.copy_object(hSession, hObject, t)?)
+    }
+);
+
+cryptoki_fn!(
+    fn C_DestroyObject(hSession: CK_SESSION_HANDLE, hObject: CK_OBJECT_HANDLE) {
+        module()?.destroy_object(hSession, hObject)
+    }
+);
+
+cryptoki_fn!(
+    fn C_GetObjectSize(
+        hSession: CK_SESSION_HANDLE,
+        hObject: CK_OBJECT_HANDLE,
+        pulSize: *mut CK_ULONG,
+    ) {
+        let m = module()?;
+        if pulSize.is_null() {
+            return Err(Error::new(CKR_ARGUMENTS_BAD));
+        }
+        put(pulSize, m.object_size(hSession, hObject)?)
+    }
+);
+
+cryptoki_fn!(
+    fn C_GetAttributeValue(
+        hSession: CK_SESSION_HANDLE,
+        hObject: CK_OBJECT_HANDLE,
+        pTemplate: *mut CK_ATTRIBUTE,
+        ulCount: CK_ULONG,
+    ) {
+        let m = module()?;
+        let t = template_mut(pTemplate, ulCount)?;
+        Error::check(m.get_attributes(hSession, hObject, t)?)
+    }
+);
+
+cryptoki_fn!(
+    fn C_SetAttributeValue(
+        hSession: CK_SESSION_HANDLE,
+        hObject: CK_OBJECT_HANDLE,
+        pTemplate: *mut CK_ATTRIBUTE,
+        ulCount: CK_ULONG,
+    ) {
+        let m = module()?;
+        let t = template(pTemplate, ulCount, true)?;
+        m.set_attributes(hSession, hObject, t)
+    }
+);
+
+cryptoki_fn!(
+    fn C_FindObjectsInit(
+        hSession: CK_SESSION_HANDLE,
+        pTemplate: *mut CK_ATTRIBUTE,
+        ulCount: CK_ULONG,
+    ) {
+        let m = module()?;
+        let t = template(pTemplate, ulCount, false)?;
+        m.find_init(hSession, t)
+    }
+);
+
+cryptoki_fn!(
+    fn C_FindObjects(
+        hSession: CK_SESSION_HANDLE,
+        phObject: *mut CK_OBJECT_HANDLE,
+        ulMaxObjectCount: CK_ULONG,
+        pulObjectCount: *mut CK_ULONG,
+    ) {
+        let m = module()?;
+        if phObject.is_null() || pulObjectCount.is_null() {
+            return Err(Error::new(CKR_ARGUMENTS_BAD));
+        }
+        let max = (ulMaxObjectCount as u128).min((MAX_LEN / 8) as u128) as usize;
+        let out = if max == 0 {
+            &mut []
+        } else {
+            std::slice::from_raw_parts_mut(phObject, max)
+        };
+        let n = m.find_next(hSession, out)?;
+        put(pulObjectCount, n as CK_ULONG)
+    }
+);
+
+cryptoki_fn!(
+    fn C_FindObjectsFinal(hSession: CK_SESSION_HANDLE) {
+        module()?.find_final(hSession)
+    }
+);
+
+// ---------------------------------------------------------------- cryptographic operations
+
+/// The shapes shared by the single-key operations.
+unsafe fn init(
+    h: CK_SESSION_HANDLE,
+    kind: OpKind,
+    p: *mut CK_MECHANISM,
+    key: Option<CK_OBJECT_HANDLE>,
+) -> Result<()> {
+    let m = module()?;
+    let mech = mechanism(p)?;
+    m.op_init(h, kind, mech, key)
+}
+
+unsafe fn single(
+    h: CK_SESSION_HANDLE,
+    kind: OpKind,
+    p: *mut u8,
+    n: CK_ULONG,
+    out: *mut u8,
+    pout: *mut CK_ULONG,
+) -> Result<()> {
+    let m = module()?;
+    let input = in_bytes(p, n)?;
+    let mut o = OutBuf::new(out, pout)?;
+    let r = m.op_single(h, kind, input, o.buf());
+    o.finish(r)
+}
+
+unsafe fn update_out(
+    h: CK_SESSION_HANDLE,
+    kind: OpKind,
+    p: *mut u8,
+    n: CK_ULONG,
+    out: *mut u8,
+    pout: *mut CK_ULONG,
+) -> Result<()> {
+    let m = module()?;
+    let input = in_bytes(p, n)?;
+    let mut o = OutBuf::new(out, pout)?;
+    let r = m.op_update(h, kind, input, o.buf());
+    o.finish(r)
+}
+
+unsafe fn update(h: CK_SESSION_HANDLE, kind: OpKind, p: *mut u8, n: CK_ULONG) -> Result<()> {
+    let m = module()?;
+    let input = in_bytes(p, n)?;
+    m.op_update(h, kind, input, None).map(|_| ())
+}
+
+unsafe fn finalize(
+    h: CK_SESSION_HANDLE,
+    kind: OpKind,
+    out: *mut u8,
+    pout: *mut CK_ULONG,
+) -> Result<()> {
+    let m = module()?;
+    let mut o = OutBuf::new(out, pout)?;
+    let r = m.op_final(h, kind, o.buf());
+    o.finish(r)
+}
+
+unsafe fn dual(
+    h: CK_SESSION_HANDLE,
+    kind: DualKind,
+    p: *mut u8,
+    n: CK_ULONG,
+    out: *mut u8,
+    pout: *mut CK_ULONG,
+) -> Result<()> {
+    let m = module()?;
+    let input = in_bytes(p, n)?;
+    let mut o = OutBuf::new(out, pout)?;
+    let r = m.dual_update(h, kind, input, o.buf());
+    o.finish(r)
+}
+
+cryptoki_fn!(
+    fn C_EncryptInit(
+        hSession: CK_SESSION_HANDLE,
+        pMechanism: *mut CK_MECHANISM,
+        hKey: CK_OBJECT_HANDLE,
+    ) {
+        init(hSession, OpKind::Encrypt, pMechanism, Some(hKey))
+    }
+);
+cryptoki_fn!(
+    fn C_Encrypt(
+        hSession: CK_SESSION_HANDLE,
+        pData: *mut CK_BYTE,
+        ulDataLen: CK_ULONG,
+        pEncryptedData: *mut CK_BYTE,
+        pulEncryptedDataLen: *mut CK_ULONG,
+    ) {
+        single(
+            hSession,
+            OpKind::Encrypt,
+            pData,
+            ulDataLen,
+            pEncryptedData,
+            pulEncryptedDataLen,
+        )
+    }
+);
+cryptoki_fn!(
+    fn C_EncryptUpdate(
+        hSession: CK_SESSION_HANDLE,
+        pPart: *mut CK_BYTE,
+        ulPartLen: CK_ULONG,
+        pEncryptedPart: *mut CK_BYTE,
+        pulEncryptedPartLen: *mut CK_ULONG,
+    ) {
+        update_out(
+            hSession,
+            OpKind::Encrypt,
+            pPart,
+            ulPartLen,
+            pEncryptedPart,
+            pulEncryptedPartLen,
+        )
+    }
+);
+cryptoki_fn!(
+    fn C_EncryptFinal(
+        hSession: CK_SESSION_HANDLE,
+        pLastEncryptedPart: *mut CK_BYTE,
+        pulLastEncryptedPartLen: *mut CK_ULONG,
+    ) {
+        finalize(
+            hSession,
+            OpKind::Encrypt,
+            pLastEncryptedPart,
+            pulLastEncryptedPartLen,
+        )
+    }
+);
+
+cryptoki_fn!(
+    fn C_DecryptInit(
+        hSession: CK_SESSION_HANDLE,
+        pMechanism: *mut CK_MECHANISM,
+        hKey: CK_OBJECT_HANDLE,
+    ) {
+        init(hSession, OpKind::Decrypt, pMechanism, Some(hKey))
+    }
+);
+cryptoki_fn!(
+    fn C_Decrypt(
+        hSession: CK_SESSION_HANDLE,
+        pEncryptedData: *mut CK_BYTE,
+        ulEncryptedDataLen: CK_ULONG,
+        pData: *mut CK_BYTE,
+        pulDataLen: *mut CK_ULONG,
+    ) {
+        single(
+            hSession,
+            OpKind::Decrypt,
+            pEncryptedData,
+            ulEncryptedDataLen,
+            pData,
+            pulDataLen,
+        )
+    }
+);
+cryptoki_fn!(
+    fn C_DecryptUpdate(
+        hSession: CK_SESSION_HANDLE,
+        pEncryptedPart: *mut CK_BYTE,
+        ulEncryptedPartLen: CK_ULONG,
+        pPart: *mut CK_BYTE,
+        pulPartLen: *mut CK_ULONG,
+    ) {
+        update_out(
+            hSession,
+            OpKind::Decrypt,
+            pEncryptedPart,
+            ulEncryptedPartLen,
+            pPart,
+            pulPartLen,
+        )
+    }
+);
+cryptoki_fn!(
+    fn C_DecryptFinal(
+        hSession: CK_SESSION_HANDLE,
+        pLastPart: *mut CK_BYTE,
+        pulLastPartLen: *mut CK_ULONG,
+    ) {
+        finalize(hSession, OpKind::Decrypt, pLastPart, pulLastPartLen)
+    }
+);
+
+cryptoki_fn!(
+    fn C_DigestInit(hSession: CK_SESSION_HANDLE, pMechanism: *mut CK_MECHANISM) {
+        init(hSession, OpKind::Digest, pMechanism, None)
+    }
+);
+cryptoki_fn!(
+    fn C_Digest(
+        hSession: CK_SESSION_HANDLE,
+        pData: *mut CK_BYTE,
+        ulDataLen: CK_ULONG,
+        pDigest: *mut CK_BYTE,
+        pulDigestLen: *mut CK_ULONG,
+    ) {
+        single(
+            hSession,
+            OpKind::Digest,
+            pData,
+            ulDataLen,
+            pDigest,
+            pulDigestLen,
+        )
+    }
+);
+cryptoki_fn!(
+    fn C_DigestUpdate(hSession: CK_SESSION_HANDLE, pPart: *mut CK_BYTE, ulPartLen: CK_ULONG) {
+        update(hSession, OpKind::Digest, pPart, ulPartLen)
+    }
+);
+cryptoki_fn!(
+    fn C_DigestKey(hSession: CK_SESSION_HANDLE, hKey: CK_OBJECT_HANDLE) {
+        module()?.digest_key(hSession, hKey)
+    }
+);
+cryptoki_fn!(
+    fn C_DigestFinal(
+        hSession: CK_SESSION_HANDLE,
+        pDigest: *mut CK_BYTE,
+        pulDigestLen: *mut CK_ULONG,
+    ) {
+        finalize(hSession, OpKind::Digest, pDigest, pulDigestLen)
+    }
+);
+
+cryptoki_fn!(
+    fn C_SignInit(
+        hSession: CK_SESSION_HANDLE,
+        pMechanism: *mut CK_MECHANISM,
+        hKey: CK_OBJECT_HANDLE,
+    ) {
+        init(hSession, OpKind::Sign, pMechanism, Some(hKey))
+    }
+);
+cryptoki_fn!(
+    fn C_Sign(
+        hSession: CK_SESSION_HANDLE,
+        pData: *mut CK_BYTE,
+        ulDataLen: CK_ULONG,
+        pSignature: *mut CK_BYTE,
+        pulSignatureLen: *mut CK_ULONG,
+    ) {
+        single(
+            hSession,
+            OpKind::Sign,
+            pData,
+            ulDataLen,
+            pSignature,
+            pulSignatureLen,
+        )
+    }
+);
+cryptoki_fn!(
+    fn C_SignUpdate(hSession: CK_SESSION_HANDLE, pPart: *mut CK_BYTE, ulPartLen: CK_ULONG) {
+        update(hSession, OpKind::Sign, pPart, ulPartLen)
+    }
+);
+cryptoki_fn!(
+    fn C_SignFinal(
+        hSession: CK_SESSION_HANDLE,
+        pSignature: *mut CK_BYTE,
+        pulSignatureLen: *mut CK_ULONG,
+    ) {
+        finalize(hSession, OpKind::Sign, pSignature, pulSignatureLen)
+    }
+);
+cryptoki_fn!(
+    fn C_SignRecoverInit(
+        hSession: CK_SESSION_HANDLE,
+        pMechanism: *mut CK_MECHANISM,
+        hKey: CK_OBJECT_HANDLE,
+    ) {
+        init(hSession, OpKind::SignRecover, pMechanism, Some(hKey))
+    }
+);
+cryptoki_fn!(
+    fn C_SignRecover(
+        hSession: CK_SESSION_HANDLE,
+        pData: *mut CK_BYTE,
+        ulDataLen: CK_ULONG,
+        pSignature: *mut CK_BYTE,
+        pulSignatureLen: *mut CK_ULONG,
+    ) {
+        single(
+            hSession,
+            OpKind::SignRecover,
+            pData,
+            ulDataLen,
+            pSignature,
+            pulSignatureLen,
+        )
+    }
+);
+
+cryptoki_fn!(
+    fn C_VerifyInit(
+        hSession: CK_SESSION_HANDLE,
+        pMechanism: *mut CK_MECHANISM,
+        hKey: CK_OBJECT_HANDLE,
+    ) {
+        init(hSession, OpKind::Verify, pMechanism, Some(hKey))
+    }
+);
+cryptoki_fn!(
+    fn C_Verify(
+        hSession: CK_SESSION_HANDLE,
+        pData: *mut CK_BYTE,
+        ulDataLen: CK_ULONG,
+        pSignature: *mut CK_BYTE,
+        ulSignatureLen: CK_ULONG,
+    ) {
+        let m = module()?;
+        let data = in_bytes(pData, ulDataLen)?;
+        let sig = in_bytes(pSignature, ulSignatureLen)?;
+        m.verify(hSession, Some(data), sig)
+    }
+);
+cryptoki_fn!(
+    fn C_VerifyUpdate(hSession: CK_SESSION_HANDLE, pPart: *mut CK_BYTE, ulPartLen: CK_ULONG) {
+        update(hSession, OpKind::Verify, pPart, ulPartLen)
+    }
+);
+cryptoki_fn!(
+    fn C_VerifyFinal(
+        hSession: CK_SESSION_HANDLE,
+        pSignature: *mut CK_BYTE,
+        ulSignatureLen: CK_ULONG,
+    ) {
+        let m = module()?;
+        let sig = in_bytes(pSignature, ulSignatureLen)?;
+        m.verify(hSession, None, sig)
+    }
+);
+cryptoki_fn!(
+    fn C_VerifyRecoverInit(
+        hSession: CK_SESSION_HANDLE,
+        pMechanism: *mut CK_MECHANISM,
+        hKey: CK_OBJECT_HANDLE,
+    ) {
+        init(hSession, OpKind::VerifyRecover, pMechanism, Some(hKey))
+    }
+);
+cryptoki_fn!(
+    fn C_VerifyRecover(
+        hSession: CK_SESSION_HANDLE,
+        pSignature: *mut CK_BYTE,
+        ulSignatureLen: CK_ULONG,
+        pData: *mut CK_BYTE,
+        pulDataLen: *mut CK_ULONG,
+    ) {
+        single(
+            hSession,
+            OpKind::VerifyRecover,
+            pSignature,
+            ulSignatureLen,
+            pData,
+            pulDataLen,
+        )
+    }
+);
+
+cryptoki_fn!(
+    fn C_DigestEncryptUpdate(
+        hSession: CK_SESSION_HANDLE,
+        pPart: *mut CK_BYTE,
+        ulPartLen: CK_ULONG,
+        pEncryptedPart: *mut CK_BYTE,
+        pulEncryptedPartLen: *mut CK_ULONG,
+    ) {
+        dual(
+            hSession,
+            DualKind::DigestEncrypt,
+            pPart,
+            ulPartLen,
+            pEncryptedPart,
+            pulEncryptedPartLen,
+        )
+    }
+);
+cryptoki_fn!(
+    fn C_DecryptDigestUpdate(
+        hSession: CK_SESSION_HANDLE,
+        pEncryptedPart: *mut CK_BYTE,
+        ulEncryptedPartLen: CK_ULONG,
+        pPart: *mut CK_BYTE,
+        pulPartLen: *mut CK_ULONG,
+    ) {
+        dual(
+            hSession,
+            DualKind::DecryptDigest,
+            pEncryptedPart,
+            ulEncryptedPartLen,
+            pPart,
+            pulPartLen,
+        )
+    }
+);
+cryptoki_fn!(
+    fn C_SignEncryptUpdate(
+        hSession: CK_SESSION_HANDLE,
+        pPart: *mut CK_BYTE,
+        ulPartLen: CK_ULONG,
+        pEncryptedPart: *mut CK_BYTE,
+        pulEncryptedPartLen: *mut CK_ULONG,
+    ) {
+        dual(
+            hSession,
+            DualKind::SignEncrypt,
+            pPart,
+            ulPartLen,
+            pEncryptedPart,
+            pulEncryptedPartLen,
+        )
+    }
+);
+cryptoki_fn!(
+    fn C_DecryptVerifyUpdate(
+        hSession: CK_SESSION_HANDLE,
+        pEncryptedPart: *mut CK_BYTE,
+        ulEncryptedPartLen: CK_ULONG,
+        pPart: *mut CK_BYTE,
+        pulPartLen: *mut CK_ULONG,
+    ) {
+        dual(
+            hSession,
+            DualKind::DecryptVerify,
+            pEncryptedPart,
+            ulEncryptedPartLen,
+            pPart,
+            pulPartLen,
+        )
+    }
+);
+
+// ---------------------------------------------------------------- keys
+
+cryptoki_fn!(
+    fn C_GenerateKey(
+        hSession: CK_SESSION_HANDLE,
+        pMechanism: *mut CK_MECHANISM,
+        pTemplate: *mut CK_ATTRIBUTE,
+        ulCount: CK_ULONG,
+        phKey: *mut CK_OBJECT_HANDLE,
+    ) {
+        let m = module()?;
+        let mech = mechanism_req(pMechanism)?;
+        let t = template(pTemplate, ulCount, false)?;
+        if phKey.is_null() {
+            return Err(Error::new(CKR_ARGUMENTS_BAD));
+        }
+        put(phKey, m.generate_key(hSession, mech, t)?)
+    }
+);
+
+cryptoki_fn!(
+    fn C_GenerateKeyPair(
+        hSession: CK_SESSION_HANDLE,
+        pMechanism: *mut CK_MECHANISM,
+        pPublicKeyTemplate: *mut CK_ATTRIBUTE,
+        ulPublicKeyAttributeCount: CK_ULONG,
+        pPrivateKeyTemplate: *mut CK_ATTRIBUTE,
+        ulPrivateKeyAttributeCount: CK_ULONG,
+        phPublicKey: *mut CK_OBJECT_HANDLE,
+        phPrivateKey: *mut CK_OBJECT_HANDLE,
+    ) {
+        let m = module()?;
+        let mech = mechanism_req(pMechanism)?;
+        let tp = template(pPublicKeyTemplate, ulPublicKeyAttributeCount, false)?;
+        let ts = template(pPrivateKeyTemplate, ulPrivateKeyAttributeCount, false)?;
+        if phPublicKey.is_null() || phPrivateKey.is_null() {
+            return Err(Error::new(CKR_ARGUMENTS_BAD));
+        }
+        let (hp, hs) = m.generate_key_pair(hSession, mech, tp, ts)?;
+        put(phPublicKey, hp)?;
+        put(phPrivateKey, hs)
+    }
+);
+
+cryptoki_fn!(
+    fn C_WrapKey(
+        hSession: CK_SESSION_HANDLE,
+        pMechanism: *mut CK_MECHANISM,
+        hWrappingKey: CK_OBJECT_HANDLE,
+        hKey: CK_OBJECT_HANDLE,
+        pWrappedKey: *mut CK_BYTE,
+        pulWrappedKeyLen: *mut CK_ULONG,
+    ) {
+        let m = module()?;
+        let mech = mechanism_req(pMechanism)?;
+        let mut o = OutBuf::new(pWrappedKey, pulWrappedKeyLen)?;
+        let r = m.wrap_key(hSession, mech, hWrappingKey, hKey, o.buf());
+        o.finish(r)
+    }
+);
+
+cryptoki_fn!(
+    fn C_UnwrapKey(
+        hSession: CK_SESSION_HANDLE,
+        pMechanism: *mut CK_MECHANISM,
+        hUnwrappingKey: CK_OBJECT_HANDLE,
+        pWrappedKey: *mut CK_BYTE,
+        ulWrappedKeyLen: CK_ULONG,
+        pTemplate: *mut CK_ATTRIBUTE,
+        ulAttributeCount: CK_ULONG,
+        phKey: *mut CK_OBJECT_HANDLE,
+    ) {
+        let m = module()?;
+        let mech = mechanism_req(pMechanism)?;
+        let wrapped = in_bytes(pWrappedKey, ulWrappedKeyLen)?;
+        let t = template(pTemplate, ulAttributeCount, false)?;
+        if phKey.is_null() {
+            return Err(Error::new(CKR_ARGUMENTS_BAD));
+        }
+        put(
+            phKey,
+            m.unwrap_key(hSession, mech, hUnwrappingKey, wrapped, t)?,
+        )
+    }
+);
+
+cryptoki_fn!(
+    fn C_DeriveKey(
+        hSession: CK_SESSION_HANDLE,
+        pMechanism: *mut CK_MECHANISM,
+        hBaseKey: CK_OBJECT_HANDLE,
+        pTemplate: *mut CK_ATTRIBUTE,
+        ulAttributeCount: CK_ULONG,
+        phKey: *mut CK_OBJECT_HANDLE,
+    ) {
+        let m = module()?;
+        let mech = mechanism_req(pMechanism)?;
+        let t = template(pTemplate, ulAttributeCount, false)?;
+        if phKey.is_null() {
+            return Err(Error::new(CKR_ARGUMENTS_BAD));
+        }
+        put(phKey, m.derive_key(hSession, mech, hBaseKey, t)?)
+    }
+);
+
+// ---------------------------------------------------------------- random numbers
+
+cryptoki_fn!(
+    fn C_SeedRandom(hSession: CK_SESSION_HANDLE, pSeed: *mut CK_BYTE, ulSeedLen: CK_ULONG) {
+        let m = module()?;
+        let seed = in_bytes(pSeed, ulSeedLen)?;
+        m.seed_random(hSession, seed)
+    }
+);
+
+cryptoki_fn!(
+    fn C_GenerateRandom(
+        hSession: CK_SESSION_HANDLE,
+        RandomData: *mut CK_BYTE,
+        ulRandomLen: CK_ULONG,
+    ) {
+        let m = module()?;
+        if RandomData.is_null() || ulRandomLen as u128 > MAX_LEN as u128 {
+            return Err(Error::new(CKR_ARGUMENTS_BAD));
+        }
+        let out = if ulRandomLen == 0 {
+            &mut []
+        } else {
+            std::slice::from_raw_parts_mut(RandomData, ulRandomLen as usize)
+        };
+        m.generate_random(hSession, out)
+    }
+);
+
+// ---------------------------------------------------------------- legacy parallel functions
+
+cryptoki_fn!(
+    fn C_GetFunctionStatus(hSession: CK_SESSION_HANDLE) {
+        module()?.session(hSession)?;
+        Err(Error::new(CKR_FUNCTION_NOT_PARALLEL))
+    }
+);
+
+cryptoki_fn!(
+    fn C_CancelFunction(hSession: CK_SESSION_HANDLE) {
+        module()?.session(hSession)?;
+        Err(Error::new(CKR_FUNCTION_NOT_PARALLEL))
+    }
+);
+
+// ---------------------------------------------------------------- 3.0 message-based functions (not supported)
+
+macro_rules! not_supported {
+    ($($name:ident($($arg:ident: $ty:ty),*);)*) => {$(
+        cryptoki_fn!(
+            /// Not supported: p11bridge offers no message-based mechanism (see the README's support table).
+            fn $name($($arg: $ty),*) {
+                $(let _ = $arg;)*
+                Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED))
+            }
+        );
+    )*};
+}
+
+not_supported! {
+    C_MessageEncryptInit(h: CK_SESSION_HANDLE, m: *mut CK_MECHANISM, k: CK_OBJECT_HANDLE);
+    C_EncryptMessage(h: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, a: *mut CK_BYTE, al: CK_ULONG,
+        d: *mut CK_BYTE, dl: CK_ULONG, o: *mut CK_BYTE, ol: *mut CK_ULONG);
+    C_EncryptMessageBegin(h: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, a: *mut CK_BYTE, al: CK_ULONG);
+    C_EncryptMessageNext(h: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, d: *mut CK_BYTE, dl: CK_ULONG,
+        o: *mut CK_BYTE, ol: *mut CK_ULONG, f: CK_FLAGS);
+    C_MessageEncryptFinal(h: CK_SESSION_HANDLE);
+    C_MessageDecryptInit(h: CK_SESSION_HANDLE, m: *mut CK_MECHANISM, k: CK_OBJECT_HANDLE);
+    C_DecryptMessage(h: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, a: *mut CK_BYTE, al: CK_ULONG,
+        d: *mut CK_BYTE, dl: CK_ULONG, o: *mut CK_BYTE, ol: *mut CK_ULONG);
+    C_DecryptMessageBegin(h: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, a: *mut CK_BYTE, al: CK_ULONG);
+    C_DecryptMessageNext(h: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, d: *mut CK_BYTE, dl: CK_ULONG,
+        o: *mut CK_BYTE, ol: *mut CK_ULONG, f: CK_FLAGS);
+    C_MessageDecryptFinal(h: CK_SESSION_HANDLE);
+    C_MessageSignInit(h: CK_SESSION_HANDLE, m: *mut CK_MECHANISM, k: CK_OBJECT_HANDLE);
+    C_SignMessage(h: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, d: *mut CK_BYTE, dl: CK_ULONG,
+        s: *mut CK_BYTE, sl: *mut CK_ULONG);
+    C_SignMessageBegin(h: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG);
+    C_SignMessageNext(h: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, d: *mut CK_BYTE, dl: CK_ULONG,
+        s: *mut CK_BYTE, sl: *mut CK_ULONG);
+    C_MessageSignFinal(h: CK_SESSION_HANDLE);
+    C_MessageVerifyInit(h: CK_SESSION_HANDLE, m: *mut CK_MECHANISM, k: CK_OBJECT_HANDLE);
+    C_VerifyMessage(h: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, d: *mut CK_BYTE, dl: CK_ULONG,
+        s: *mut CK_BYTE, sl: CK_ULONG);
+    C_VerifyMessageBegin(h: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG);
+    C_VerifyMessageNext(h: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, d: *mut CK_BYTE, dl: CK_ULONG,
+        s: *mut CK_BYTE, sl: CK_ULONG);
+    C_MessageVerifyFinal(h: CK_SESSION_HANDLE);
+}

@@ -1,0 +1,200 @@
+//! The configuration file: where it is, its shape, and validation with errors that name file, key and problem.
+
+use cryptoki_sys::CKR_GENERAL_ERROR;
+use p11bridge_backends::{Error, Result, SecretRef};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub slot: Vec<SlotConfig>,
+    /// `[backend.NAME]` sections; each backend validates its own keys.
+    #[serde(default)]
+    pub backend: BTreeMap<String, toml::Table>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SlotConfig {
+    /// Token label of a unified slot (at most 32 bytes).
+    pub label: Option<String>,
+    /// The PIN `C_Login(CKU_USER)` checks for this token.
+    pub user_pin: Option<SecretRef>,
+    /// The PIN `C_Login(CKU_SO)` checks; without it SO login is refused.
+    pub so_pin: Option<SecretRef>,
+    /// Backends that feed this token.
+    #[serde(default)]
+    pub backends: Vec<String>,
+    /// Where `C_CreateObject`/`C_Generate*` put new objects when the template does not say (default: the first).
+    pub default_backend: Option<String>,
+    /// Token serial number (default: derived from the label).
+    pub serial: Option<String>,
+    /// Session limits (default: unlimited).
+    pub max_sessions: Option<usize>,
+    pub max_rw_sessions: Option<usize>,
+    /// Let `C_InitToken` through on a unified slot (it is refused by default).
+    #[serde(default)]
+    pub allow_init_token: bool,
+    /// Expose every slot of this (pkcs11) backend one-to-one instead of a unified token.
+    pub mirror: Option<String>,
+}
+
+fn err(msg: String) -> Error {
+    Error::with(CKR_GENERAL_ERROR, msg)
+}
+
+/// Where the configuration is read from: `P11BRIDGE_CONFIG`, else `$XDG_CONFIG_HOME/p11bridge/p11bridge.toml`,
+/// else `/etc/p11bridge/p11bridge.toml`.
+pub fn config_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("P11BRIDGE_CONFIG") {
+        return PathBuf::from(p);
+    }
+    if let Some(x) = std::env::var_os("XDG_CONFIG_HOME") {
+        let p = Path::new(&x).join("p11bridge/p11bridge.toml");
+        if p.exists() {
+            return p;
+        }
+    } else if let Some(h) = std::env::var_os("HOME") {
+        let p = Path::new(&h).join(".config/p11bridge/p11bridge.toml");
+        if p.exists() {
+            return p;
+        }
+    }
+    PathBuf::from("/etc/p11bridge/p11bridge.toml")
+}
+
+/// Reads and validates the configuration file.
+pub fn load(path: &Path) -> Result<Config> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| err(format!("{}: cannot read: {e}", path.display())))?;
+    parse(&text, path)
+}
+
+/// Parses and validates configuration text (`path` only names it in errors).
+pub fn parse(text: &str, path: &Path) -> Result<Config> {
+    let de = toml::Deserializer::new(text);
+    let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        let line = inner
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        let at = line.map(|l| format!(":{l}")).unwrap_or_default();
+        let key = if key == "." {
+            String::new()
+        } else {
+            format!(" {key}:")
+        };
+        err(format!(
+            "{}{at}:{key} {}",
+            path.display(),
+            inner.message().trim()
+        ))
+    })?;
+    validate(&cfg).map_err(|e| err(format!("{}: {}", path.display(), e.cause().unwrap_or(""))))?;
+    Ok(cfg)
+}
+
+fn validate(cfg: &Config) -> Result<()> {
+    if cfg.slot.is_empty() {
+        return Err(err("slot: no [[slot]] is configured".into()));
+    }
+    for (i, s) in cfg.slot.iter().enumerate() {
+        let at = format!("slot[{i}]");
+        if let Some(m) = &s.mirror {
+            if !s.backends.is_empty() || s.label.is_some() || s.user_pin.is_some() {
+                return Err(err(format!(
+                    "{at}.mirror: a mirror slot takes no label, user_pin or backends (the upstream's apply)"
+                )));
+            }
+            if !cfg.backend.contains_key(m) {
+                return Err(err(format!("{at}.mirror: no [backend.{m}] section")));
+            }
+            continue;
+        }
+        let label = s.label.as_deref().ok_or_else(|| {
+            err(format!(
+                "{at}.label: missing (or give mirror = \"BACKEND\")"
+            ))
+        })?;
+        if label.is_empty() || label.len() > 32 {
+            return Err(err(format!("{at}.label: must be 1 to 32 bytes")));
+        }
+        if s.user_pin.is_none() {
+            return Err(err(format!("{at}.user_pin: missing")));
+        }
+        if s.backends.is_empty() {
+            return Err(err(format!("{at}.backends: list at least one backend")));
+        }
+        for b in &s.backends {
+            if !cfg.backend.contains_key(b) {
+                return Err(err(format!("{at}.backends: no [backend.{b}] section")));
+            }
+        }
+        if let Some(d) = &s.default_backend {
+            if !s.backends.contains(d) {
+                return Err(err(format!(
+                    "{at}.default_backend: \"{d}\" is not in backends"
+                )));
+            }
+        }
+        if let Some(serial) = &s.serial {
+            if serial.len() > 16 {
+                return Err(err(format!("{at}.serial: at most 16 bytes")));
+            }
+        }
+    }
+    for (name, t) in &cfg.backend {
+        match t.get("kind").map(|k| k.as_str()) {
+            Some(Some(_)) => {}
+            Some(None) => return Err(err(format!("backend.{name}.kind: must be a string"))),
+            None => return Err(err(format!("backend.{name}.kind: missing"))),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(t: &str) -> std::result::Result<Config, String> {
+        parse(t, Path::new("x.toml")).map_err(|e| e.cause().unwrap_or("").to_string())
+    }
+
+    #[test]
+    fn good_config_parses() {
+        let c = p(r#"
+[[slot]]
+label = "unified"
+user_pin = "env:P"
+backends = ["hsm"]
+[[slot]]
+mirror = "hsm"
+[backend.hsm]
+kind = "pkcs11"
+module = "/x.so"
+"#)
+        .unwrap();
+        assert_eq!(c.slot.len(), 2);
+    }
+
+    #[test]
+    fn errors_name_file_key_and_problem() {
+        let e =
+            p("[[slot]]\nlabel = \"u\"\nuser_pin = \"1\"\nbackends = [\"nope\"]\n").unwrap_err();
+        assert!(
+            e.contains("x.toml") && e.contains("slot[0].backends") && e.contains("nope"),
+            "{e}"
+        );
+        let e = p("[[slot]]\nlabel = \"u\"\nbogus = 1\n").unwrap_err();
+        assert!(e.contains("x.toml:3") && e.contains("bogus"), "{e}");
+        let e = p("[[slot]]\nlabel = 5\n").unwrap_err();
+        assert!(e.contains("slot[0].label") || e.contains("label"), "{e}");
+        let e = p("").unwrap_err();
+        assert!(e.contains("no [[slot]]"), "{e}");
+    }
+}

@@ -1,0 +1,234 @@
+//! The token core: global state, slots and tokens, sessions, login, handles, operation routing.
+//! It knows the `Backend` trait only; `p11bridge_backends::build` is the one place concrete backends are made.
+
+pub mod config;
+pub mod handles;
+mod objects;
+mod ops;
+mod session;
+mod slot;
+
+pub use session::Session;
+pub use slot::{Slot, SlotKind};
+
+use crate::logging;
+use arc_swap::ArcSwapOption;
+use cryptoki_sys::*;
+use p11bridge_backends::pidlock::PidLock;
+use p11bridge_backends::{Backend, BuildContext, Error, Result};
+use parking_lot::RwLock;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Once};
+
+/// The initialized module. Replaced as a whole by `C_Initialize`/`C_Finalize`.
+pub struct Module {
+    /// The fork generation this state belongs to; in a forked child it no longer matches.
+    generation: u64,
+    pub slots: Vec<Slot>,
+    sessions: RwLock<HashMap<CK_SESSION_HANDLE, Arc<Session>>>,
+    next_session: AtomicU64,
+    backends: Vec<Arc<dyn Backend>>,
+}
+
+static STATE: ArcSwapOption<Module> = ArcSwapOption::const_empty();
+/// Serializes `C_Initialize`/`C_Finalize`; survives fork (a child takes it over).
+static INIT_LOCK: PidLock<()> = PidLock::new(());
+/// Bumped in the child of every `fork()`.
+static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
+static ATFORK: Once = Once::new();
+
+extern "C" fn in_child_after_fork() {
+    FORK_GENERATION.fetch_add(1, Ordering::SeqCst);
+}
+
+/// The initialized module of this process, or `CKR_CRYPTOKI_NOT_INITIALIZED` (also in a forked child that has
+/// not called `C_Initialize` itself).
+pub fn module() -> Result<Arc<Module>> {
+    let g = STATE.load();
+    match &*g {
+        Some(m) if m.generation == FORK_GENERATION.load(Ordering::Relaxed) => Ok(m.clone()),
+        _ => Err(Error::new(CKR_CRYPTOKI_NOT_INITIALIZED)),
+    }
+}
+
+/// What the application said in `CK_C_INITIALIZE_ARGS`.
+#[derive(Default, Debug, Clone, Copy)]
+pub struct InitArgs {
+    pub cant_create_threads: bool,
+}
+
+/// `C_Initialize`.
+pub fn initialize(args: InitArgs) -> Result<()> {
+    ATFORK.call_once(|| {
+        // SAFETY: registering a plain function with no captured state.
+        unsafe { libc::pthread_atfork(None, None, Some(in_child_after_fork)) };
+    });
+    let _g = INIT_LOCK.lock();
+    let generation = FORK_GENERATION.load(Ordering::SeqCst);
+    if let Some(m) = &*STATE.load() {
+        if m.generation == generation {
+            return Err(Error::new(CKR_CRYPTOKI_ALREADY_INITIALIZED));
+        }
+    }
+    logging::init();
+    if args.cant_create_threads {
+        tracing::info!(
+            "CKF_LIBRARY_CANT_CREATE_OS_THREADS: p11bridge creates no threads of its own; the flag is passed to upstream modules"
+        );
+    }
+    let path = config::config_path();
+    let cfg = config::load(&path).inspect_err(logging::fatal)?;
+    let ctx = BuildContext {
+        cant_create_threads: args.cant_create_threads,
+    };
+    let m = Module::build(&cfg, &ctx, generation).inspect_err(logging::fatal)?;
+    tracing::info!(config = %path.display(), slots = m.slots.len(), "initialized");
+    let old = STATE.swap(Some(Arc::new(m)));
+    if let Some(old) = old {
+        // State inherited from the parent process: never run its destructors here (its sessions belong to the
+        // parent, its runtime threads do not exist in this process).
+        std::mem::forget(old);
+    }
+    Ok(())
+}
+
+/// `C_Finalize`.
+pub fn finalize() -> Result<()> {
+    let _g = INIT_LOCK.lock();
+    let m = module()?;
+    STATE.store(None);
+    m.teardown();
+    Ok(())
+}
+
+impl Module {
+    fn build(cfg: &config::Config, ctx: &BuildContext, generation: u64) -> Result<Module> {
+        let mut backends: Vec<Arc<dyn Backend>> = Vec::new();
+        let mut by_name: HashMap<String, Arc<dyn Backend>> = HashMap::new();
+        let finalize_all = |bs: &Vec<Arc<dyn Backend>>| bs.iter().for_each(|b| b.finalize());
+        for (name, section) in &cfg.backend {
+            // Only build what a slot uses.
+            let used = cfg
+                .slot
+                .iter()
+                .any(|s| s.backends.contains(name) || s.mirror.as_deref() == Some(name.as_str()));
+            if !used {
+                tracing::warn!(backend = %name, "configured but not used by any slot");
+                continue;
+            }
+            match p11bridge_backends::build(name, section, ctx) {
+                Ok(b) => {
+                    by_name.insert(name.clone(), b.clone());
+                    backends.push(b);
+                }
+                Err(e) => {
+                    finalize_all(&backends);
+                    return Err(e);
+                }
+            }
+        }
+        let mut slots = Vec::new();
+        for (i, sc) in cfg.slot.iter().enumerate() {
+            match Slot::build(i, sc, &by_name, slots.len() as CK_SLOT_ID) {
+                Ok(mut v) => slots.append(&mut v),
+                Err(e) => {
+                    finalize_all(&backends);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Module {
+            generation,
+            slots,
+            sessions: RwLock::new(HashMap::new()),
+            next_session: AtomicU64::new(1),
+            backends,
+        })
+    }
+
+    fn teardown(&self) {
+        let all: Vec<Arc<Session>> = self.sessions.write().drain().map(|(_, s)| s).collect();
+        for s in all {
+            s.close(self.slot_of(&s));
+        }
+        for b in &self.backends {
+            b.finalize();
+        }
+    }
+
+    pub fn slot(&self, id: CK_SLOT_ID) -> Result<&Slot> {
+        self.slots
+            .get(id as usize)
+            .ok_or(Error::new(CKR_SLOT_ID_INVALID))
+    }
+
+    fn slot_of(&self, s: &Session) -> &Slot {
+        &self.slots[s.slot]
+    }
+
+    pub fn session(&self, h: CK_SESSION_HANDLE) -> Result<Arc<Session>> {
+        self.sessions
+            .read()
+            .get(&h)
+            .cloned()
+            .ok_or(Error::new(CKR_SESSION_HANDLE_INVALID))
+    }
+
+    /// The session and its slot.
+    pub fn session_slot(&self, h: CK_SESSION_HANDLE) -> Result<(Arc<Session>, &Slot)> {
+        let s = self.session(h)?;
+        let slot = &self.slots[s.slot];
+        Ok((s, slot))
+    }
+
+    pub fn slot_list(&self, token_present: bool) -> Vec<CK_SLOT_ID> {
+        self.slots
+            .iter()
+            .filter(|s| !token_present || s.token_present())
+            .map(|s| s.id)
+            .collect()
+    }
+
+    /// `C_OpenSession`.
+    pub fn open_session(&self, slot_id: CK_SLOT_ID, flags: CK_FLAGS) -> Result<CK_SESSION_HANDLE> {
+        let slot = self.slot(slot_id)?;
+        if flags & CKF_SERIAL_SESSION == 0 {
+            return Err(Error::new(CKR_SESSION_PARALLEL_NOT_SUPPORTED));
+        }
+        let rw = flags & CKF_RW_SESSION != 0;
+        let handle = self.next_session.fetch_add(1, Ordering::Relaxed) as CK_SESSION_HANDLE;
+        let s = Session::open(handle, slot, rw)?;
+        self.sessions.write().insert(handle, Arc::new(s));
+        Ok(handle)
+    }
+
+    /// `C_CloseSession`.
+    pub fn close_session(&self, h: CK_SESSION_HANDLE) -> Result<()> {
+        let s = self
+            .sessions
+            .write()
+            .remove(&h)
+            .ok_or(Error::new(CKR_SESSION_HANDLE_INVALID))?;
+        s.close(self.slot_of(&s));
+        Ok(())
+    }
+
+    /// `C_CloseAllSessions`.
+    pub fn close_all_sessions(&self, slot_id: CK_SLOT_ID) -> Result<()> {
+        let slot = self.slot(slot_id)?;
+        let mine: Vec<Arc<Session>> = {
+            let mut map = self.sessions.write();
+            let hs: Vec<_> = map
+                .iter()
+                .filter(|(_, s)| s.slot == slot.index)
+                .map(|(h, _)| *h)
+                .collect();
+            hs.iter().filter_map(|h| map.remove(h)).collect()
+        };
+        for s in mine {
+            s.close(slot);
+        }
+        Ok(())
+    }
+}

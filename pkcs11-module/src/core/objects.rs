@@ -1,0 +1,388 @@
+//! Login, object search, attributes and object management, routed to the member that holds each object.
+
+use super::slot::{Slot, SlotKind};
+use super::Module;
+use cryptoki_sys::*;
+use p11bridge_backends::vendor::{is_bridge_attribute, CKA_P11BRIDGE_BACKEND};
+use p11bridge_backends::{combine_attr_rv, fill_attr, Error, Result, Template};
+
+/// A template without p11bridge's own attributes (they are answered by the core, never sent to a backend).
+pub(super) fn strip_bridge_attrs(t: Template) -> Vec<CK_ATTRIBUTE> {
+    t.raw()
+        .iter()
+        .filter(|a| !is_bridge_attribute(a.type_))
+        .copied()
+        .collect()
+}
+
+/// Which member a template names with `CKA_P11BRIDGE_BACKEND`, if any.
+pub(super) fn named_member(slot: &Slot, t: Template) -> Result<Option<usize>> {
+    let Some(name) = t.value(CKA_P11BRIDGE_BACKEND)? else {
+        return Ok(None);
+    };
+    slot.members
+        .iter()
+        .position(|m| m.name.as_bytes() == name)
+        .map(Some)
+        .ok_or_else(|| {
+            Error::with(
+                CKR_ATTRIBUTE_VALUE_INVALID,
+                format!(
+                    "CKA_P11BRIDGE_BACKEND names no backend of this token: {}",
+                    String::from_utf8_lossy(name)
+                ),
+            )
+        })
+}
+
+/// Whether an object made from this template is a session object (`CKA_TOKEN` false or absent).
+pub(super) fn is_session_object(t: Template) -> bool {
+    !matches!(t.bool_value(CKA_TOKEN), Ok(Some(true)))
+}
+
+impl Module {
+    /// `C_Login` / `C_LoginUser`.
+    pub fn login(
+        &self,
+        h: CK_SESSION_HANDLE,
+        user: CK_USER_TYPE,
+        pin: Option<&[u8]>,
+        username: Option<&[u8]>,
+    ) -> Result<()> {
+        let (s, slot) = self.session_slot(h)?;
+        if let SlotKind::Mirror = slot.kind {
+            let mut inner = s.lock();
+            let bs = inner.member(slot, s.rw, 0)?;
+            match username {
+                Some(n) => bs.login_user(user, pin, n)?,
+                None => bs.login(user, pin)?,
+            }
+            if user != CKU_CONTEXT_SPECIFIC {
+                slot.state.lock().user = Some(user);
+            }
+            return Ok(());
+        }
+        if !matches!(user, CKU_SO | CKU_USER | CKU_CONTEXT_SPECIFIC) {
+            return Err(Error::new(CKR_USER_TYPE_INVALID));
+        }
+        // The unified token has no protected authentication path: a PIN is required.
+        let pin = pin.ok_or(Error::new(CKR_ARGUMENTS_BAD))?;
+        if user == CKU_CONTEXT_SPECIFIC {
+            if slot.state.lock().user != Some(CKU_USER) {
+                return Err(Error::new(CKR_USER_NOT_LOGGED_IN));
+            }
+            slot.check_pin(CKU_USER, pin)?;
+            let mut inner = s.lock();
+            let pos = inner
+                .ops
+                .iter()
+                .flatten()
+                .next()
+                .copied()
+                .ok_or(Error::new(CKR_OPERATION_NOT_INITIALIZED))?;
+            return inner.member(slot, s.rw, pos)?.context_login_configured();
+        }
+        {
+            let mut st = slot.state.lock();
+            match st.user {
+                Some(u) if u == user => return Err(Error::new(CKR_USER_ALREADY_LOGGED_IN)),
+                Some(_) => return Err(Error::new(CKR_USER_ANOTHER_ALREADY_LOGGED_IN)),
+                None => {}
+            }
+            if user == CKU_SO && st.ro > 0 {
+                return Err(Error::new(CKR_SESSION_READ_ONLY_EXISTS));
+            }
+            slot.check_pin(user, pin)?;
+            st.user = Some(user);
+        }
+        slot.login_members(user);
+        Ok(())
+    }
+
+    /// `C_Logout`.
+    pub fn logout(&self, h: CK_SESSION_HANDLE) -> Result<()> {
+        let (s, slot) = self.session_slot(h)?;
+        if slot.state.lock().user.is_none() {
+            return Err(Error::new(CKR_USER_NOT_LOGGED_IN));
+        }
+        if let SlotKind::Mirror = slot.kind {
+            let mut inner = s.lock();
+            inner.member(slot, s.rw, 0)?.logout()?;
+            slot.state.lock().user = None;
+            return Ok(());
+        }
+        slot.state.lock().user = None;
+        slot.logout_members();
+        Ok(())
+    }
+
+    /// `C_InitPIN` (mirror slots; the unified token's PINs come from its configuration).
+    pub fn init_pin(&self, h: CK_SESSION_HANDLE, pin: Option<&[u8]>) -> Result<()> {
+        let (s, slot) = self.session_slot(h)?;
+        match slot.kind {
+            SlotKind::Mirror => s.lock().member(slot, s.rw, 0)?.init_pin(pin),
+            SlotKind::Unified(_) => Err(Error::with(
+                CKR_FUNCTION_NOT_SUPPORTED,
+                "the unified token's PIN is set in the configuration",
+            )),
+        }
+    }
+
+    /// `C_SetPIN` (mirror slots).
+    pub fn set_pin(
+        &self,
+        h: CK_SESSION_HANDLE,
+        old: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<()> {
+        let (s, slot) = self.session_slot(h)?;
+        match slot.kind {
+            SlotKind::Mirror => s.lock().member(slot, s.rw, 0)?.set_pin(old, new),
+            SlotKind::Unified(_) => Err(Error::with(
+                CKR_FUNCTION_NOT_SUPPORTED,
+                "the unified token's PIN is set in the configuration",
+            )),
+        }
+    }
+
+    /// `C_FindObjectsInit`: the search runs now on every member; `C_FindObjects` hands out the results.
+    pub fn find_init(&self, h: CK_SESSION_HANDLE, template: Template) -> Result<()> {
+        let (s, slot) = self.session_slot(h)?;
+        let mut inner = s.lock();
+        if inner.find.is_some() {
+            return Err(Error::new(CKR_OPERATION_ACTIVE));
+        }
+        let mut handles = Vec::new();
+        if let SlotKind::Mirror = slot.kind {
+            handles = inner
+                .member(slot, s.rw, 0)?
+                .find(template)?
+                .into_iter()
+                .map(|o| o as CK_OBJECT_HANDLE)
+                .collect();
+        } else {
+            let only = named_member(slot, template)?;
+            let stripped = strip_bridge_attrs(template);
+            // SAFETY: the same caller-owned attribute values as `template`.
+            let t = unsafe { Template::from_raw(&stripped) };
+            let mut first_err = None;
+            let mut any_ok = false;
+            for pos in 0..slot.members.len() {
+                if only.is_some_and(|o| o != pos) {
+                    continue;
+                }
+                match inner.member(slot, s.rw, pos).and_then(|bs| bs.find(t)) {
+                    Ok(found) => {
+                        any_ok = true;
+                        handles.extend(found.into_iter().map(|o| slot.handles.intern((pos, o))));
+                    }
+                    Err(e) => {
+                        tracing::warn!(backend = %slot.members[pos].name, error = %e, "search failed");
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
+            if let (false, Some(e)) = (any_ok, first_err) {
+                return Err(e);
+            }
+        }
+        inner.find = Some(super::session::Find { handles, pos: 0 });
+        Ok(())
+    }
+
+    /// `C_FindObjects`.
+    pub fn find_next(&self, h: CK_SESSION_HANDLE, out: &mut [CK_OBJECT_HANDLE]) -> Result<usize> {
+        let s = self.session(h)?;
+        let mut inner = s.lock();
+        let f = inner
+            .find
+            .as_mut()
+            .ok_or(Error::new(CKR_OPERATION_NOT_INITIALIZED))?;
+        let n = out.len().min(f.handles.len() - f.pos);
+        out[..n].copy_from_slice(&f.handles[f.pos..f.pos + n]);
+        f.pos += n;
+        Ok(n)
+    }
+
+    /// `C_FindObjectsFinal`.
+    pub fn find_final(&self, h: CK_SESSION_HANDLE) -> Result<()> {
+        let s = self.session(h)?;
+        let mut inner = s.lock();
+        inner
+            .find
+            .take()
+            .map(|_| ())
+            .ok_or(Error::new(CKR_OPERATION_NOT_INITIALIZED))
+    }
+
+    /// `C_GetAttributeValue`. Returns the spec's `CK_RV`, which may be `CKR_ATTRIBUTE_SENSITIVE`,
+    /// `CKR_ATTRIBUTE_TYPE_INVALID` or `CKR_BUFFER_TOO_SMALL` with the rest of the template filled.
+    pub fn get_attributes(
+        &self,
+        h: CK_SESSION_HANDLE,
+        obj: CK_OBJECT_HANDLE,
+        template: &mut [CK_ATTRIBUTE],
+    ) -> Result<CK_RV> {
+        let (s, slot) = self.session_slot(h)?;
+        let (pos, o) = slot
+            .handles
+            .resolve(obj)
+            .ok_or(Error::new(CKR_OBJECT_HANDLE_INVALID))?;
+        let mut inner = s.lock();
+        let bs = inner.member(slot, s.rw, pos)?;
+        let ours =
+            slot.unified().is_some() && template.iter().any(|a| is_bridge_attribute(a.type_));
+        if !ours {
+            return Ok(bs.get_attributes(o, template));
+        }
+        let mut sub: Vec<CK_ATTRIBUTE> = template
+            .iter()
+            .filter(|a| !is_bridge_attribute(a.type_))
+            .copied()
+            .collect();
+        let mut rv = if sub.is_empty() {
+            CKR_OK
+        } else {
+            bs.get_attributes(o, &mut sub)
+        };
+        if !matches!(
+            rv,
+            CKR_OK | CKR_ATTRIBUTE_SENSITIVE | CKR_ATTRIBUTE_TYPE_INVALID | CKR_BUFFER_TOO_SMALL
+        ) {
+            return Ok(rv);
+        }
+        let mut it = sub.into_iter();
+        for a in template.iter_mut() {
+            if !is_bridge_attribute(a.type_) {
+                if let Some(b) = it.next() {
+                    a.ulValueLen = b.ulValueLen;
+                }
+                continue;
+            }
+            let r = if a.type_ == CKA_P11BRIDGE_BACKEND {
+                fill_attr(a, slot.members[pos].name.as_bytes())
+            } else {
+                a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
+                CKR_ATTRIBUTE_TYPE_INVALID
+            };
+            rv = combine_attr_rv(rv, r);
+        }
+        Ok(rv)
+    }
+
+    /// `C_SetAttributeValue`.
+    pub fn set_attributes(
+        &self,
+        h: CK_SESSION_HANDLE,
+        obj: CK_OBJECT_HANDLE,
+        t: Template,
+    ) -> Result<()> {
+        let (s, slot) = self.session_slot(h)?;
+        let (pos, o) = slot
+            .handles
+            .resolve(obj)
+            .ok_or(Error::new(CKR_OBJECT_HANDLE_INVALID))?;
+        if slot.unified().is_some() && t.raw().iter().any(|a| is_bridge_attribute(a.type_)) {
+            return Err(Error::new(CKR_ATTRIBUTE_READ_ONLY));
+        }
+        let mut inner = s.lock();
+        let r = inner.member(slot, s.rw, pos)?.set_attributes(o, t);
+        r
+    }
+
+    /// `C_CreateObject`: on the member the template names, else the slot's default.
+    pub fn create_object(&self, h: CK_SESSION_HANDLE, t: Template) -> Result<CK_OBJECT_HANDLE> {
+        let (s, slot) = self.session_slot(h)?;
+        let pos = self.target_member(slot, &[t])?;
+        let stripped = strip_bridge_attrs(t);
+        // SAFETY: same caller-owned values as `t`.
+        let st = unsafe { Template::from_raw(&stripped) };
+        let mut inner = s.lock();
+        let o = inner.member(slot, s.rw, pos)?.create_object(st)?;
+        let handle = slot.handles.intern((pos, o));
+        if is_session_object(t) && slot.unified().is_some() {
+            inner.session_objects.push(handle);
+        }
+        Ok(handle)
+    }
+
+    /// `C_CopyObject`: on the member that holds the original.
+    pub fn copy_object(
+        &self,
+        h: CK_SESSION_HANDLE,
+        obj: CK_OBJECT_HANDLE,
+        t: Template,
+    ) -> Result<CK_OBJECT_HANDLE> {
+        let (s, slot) = self.session_slot(h)?;
+        let (pos, o) = slot
+            .handles
+            .resolve(obj)
+            .ok_or(Error::new(CKR_OBJECT_HANDLE_INVALID))?;
+        if slot.unified().is_some() {
+            if let Some(p) = named_member(slot, t)? {
+                if p != pos {
+                    return Err(Error::with(
+                        CKR_TEMPLATE_INCONSISTENT,
+                        "an object cannot be copied to another backend",
+                    ));
+                }
+            }
+        }
+        let stripped = strip_bridge_attrs(t);
+        // SAFETY: same caller-owned values as `t`.
+        let st = unsafe { Template::from_raw(&stripped) };
+        let mut inner = s.lock();
+        let n = inner.member(slot, s.rw, pos)?.copy_object(o, st)?;
+        let handle = slot.handles.intern((pos, n));
+        if matches!(t.bool_value(CKA_TOKEN), Ok(Some(false))) && slot.unified().is_some() {
+            inner.session_objects.push(handle);
+        }
+        Ok(handle)
+    }
+
+    /// `C_DestroyObject`.
+    pub fn destroy_object(&self, h: CK_SESSION_HANDLE, obj: CK_OBJECT_HANDLE) -> Result<()> {
+        let (s, slot) = self.session_slot(h)?;
+        let (pos, o) = slot
+            .handles
+            .resolve(obj)
+            .ok_or(Error::new(CKR_OBJECT_HANDLE_INVALID))?;
+        let mut inner = s.lock();
+        inner.member(slot, s.rw, pos)?.destroy_object(o)?;
+        slot.handles.forget(obj);
+        inner.session_objects.retain(|x| *x != obj);
+        Ok(())
+    }
+
+    /// `C_GetObjectSize`.
+    pub fn object_size(&self, h: CK_SESSION_HANDLE, obj: CK_OBJECT_HANDLE) -> Result<CK_ULONG> {
+        let (s, slot) = self.session_slot(h)?;
+        let (pos, o) = slot
+            .handles
+            .resolve(obj)
+            .ok_or(Error::new(CKR_OBJECT_HANDLE_INVALID))?;
+        let mut inner = s.lock();
+        let r = inner.member(slot, s.rw, pos)?.object_size(o);
+        r
+    }
+
+    /// The member new objects go to: named by `CKA_P11BRIDGE_BACKEND` in any of the templates, else the default.
+    pub(super) fn target_member(&self, slot: &Slot, templates: &[Template]) -> Result<usize> {
+        let Some(u) = slot.unified() else {
+            return Ok(0);
+        };
+        let mut chosen = None;
+        for t in templates {
+            if let Some(p) = named_member(slot, *t)? {
+                if chosen.is_some_and(|c| c != p) {
+                    return Err(Error::with(
+                        CKR_TEMPLATE_INCONSISTENT,
+                        "the templates name different backends",
+                    ));
+                }
+                chosen = Some(p);
+            }
+        }
+        Ok(chosen.unwrap_or(u.default_member))
+    }
+}

@@ -1,0 +1,438 @@
+//! Cryptographic operations, key management and random numbers, routed to the member that holds the key.
+//!
+//! Operation state follows the spec (§5.2): an operation stays active after a length query or
+//! `CKR_BUFFER_TOO_SMALL`, and ends on success or any other error.
+
+use super::objects::{is_session_object, strip_bridge_attrs};
+use super::slot::SlotKind;
+use super::Module;
+use cryptoki_sys::*;
+use p11bridge_backends::{DualKind, Error, Mechanism, OpKind, Out, Result, Template};
+
+/// Whether an operation survives a call that produced `r` (with `len_query` when the output pointer was NULL).
+fn keeps_going(r: &Result<usize>, len_query: bool) -> bool {
+    match r {
+        Ok(_) => len_query,
+        Err(e) => e.rv() == CKR_BUFFER_TOO_SMALL,
+    }
+}
+
+impl Module {
+    /// `C_*Init`. A NULL mechanism (3.0) cancels the active operation of that kind.
+    pub fn op_init(
+        &self,
+        h: CK_SESSION_HANDLE,
+        kind: OpKind,
+        mech: Option<Mechanism>,
+        key: Option<CK_OBJECT_HANDLE>,
+    ) -> Result<()> {
+        let (s, slot) = self.session_slot(h)?;
+        let mut inner = s.lock();
+        let k = kind as usize;
+        let Some(mech) = mech else {
+            return match inner.ops[k].take() {
+                Some(pos) => inner.member(slot, s.rw, pos)?.op_cancel(kind),
+                None => Err(Error::new(CKR_ARGUMENTS_BAD)),
+            };
+        };
+        if inner.ops[k].is_some() {
+            return Err(Error::new(CKR_OPERATION_ACTIVE));
+        }
+        let (pos, obj) = match key {
+            Some(kh) => {
+                let (p, o) = slot
+                    .handles
+                    .resolve(kh)
+                    .ok_or(Error::new(CKR_KEY_HANDLE_INVALID))?;
+                (p, Some(o))
+            }
+            None => (slot.member_for_mechanism(mech.mech_type())?, None),
+        };
+        inner.member(slot, s.rw, pos)?.op_init(kind, &mech, obj)?;
+        inner.ops[k] = Some(pos);
+        Ok(())
+    }
+
+    /// `C_Encrypt`, `C_Decrypt`, `C_Digest`, `C_Sign`, `C_SignRecover`, `C_VerifyRecover`.
+    pub fn op_single(
+        &self,
+        h: CK_SESSION_HANDLE,
+        kind: OpKind,
+        input: &[u8],
+        out: Out,
+    ) -> Result<usize> {
+        let (s, slot) = self.session_slot(h)?;
+        let mut inner = s.lock();
+        let k = kind as usize;
+        let pos = inner.ops[k].ok_or(Error::new(CKR_OPERATION_NOT_INITIALIZED))?;
+        let len_query = out.is_none();
+        let r = inner.member(slot, s.rw, pos)?.op_single(kind, input, out);
+        if !keeps_going(&r, len_query) {
+            inner.ops[k] = None;
+        }
+        r
+    }
+
+    /// `C_*Update`.
+    pub fn op_update(
+        &self,
+        h: CK_SESSION_HANDLE,
+        kind: OpKind,
+        input: &[u8],
+        out: Out,
+    ) -> Result<usize> {
+        let (s, slot) = self.session_slot(h)?;
+        let mut inner = s.lock();
+        let k = kind as usize;
+        let pos = inner.ops[k].ok_or(Error::new(CKR_OPERATION_NOT_INITIALIZED))?;
+        let r = inner.member(slot, s.rw, pos)?.op_update(kind, input, out);
+        if let Err(e) = &r {
+            if e.rv() != CKR_BUFFER_TOO_SMALL {
+                inner.ops[k] = None;
+            }
+        }
+        r
+    }
+
+    /// `C_*Final` (encrypt, decrypt, digest, sign).
+    pub fn op_final(&self, h: CK_SESSION_HANDLE, kind: OpKind, out: Out) -> Result<usize> {
+        let (s, slot) = self.session_slot(h)?;
+        let mut inner = s.lock();
+        let k = kind as usize;
+        let pos = inner.ops[k].ok_or(Error::new(CKR_OPERATION_NOT_INITIALIZED))?;
+        let len_query = out.is_none();
+        let r = inner.member(slot, s.rw, pos)?.op_final(kind, out);
+        if !keeps_going(&r, len_query) {
+            inner.ops[k] = None;
+        }
+        r
+    }
+
+    /// `C_Verify` and `C_VerifyFinal` (`data` is `None` for the latter). Both always end the operation.
+    pub fn verify(
+        &self,
+        h: CK_SESSION_HANDLE,
+        data: Option<&[u8]>,
+        signature: &[u8],
+    ) -> Result<()> {
+        let (s, slot) = self.session_slot(h)?;
+        let mut inner = s.lock();
+        let k = OpKind::Verify as usize;
+        let pos = inner.ops[k].ok_or(Error::new(CKR_OPERATION_NOT_INITIALIZED))?;
+        let bs = inner.member(slot, s.rw, pos)?;
+        let r = match data {
+            Some(d) => bs.verify(d, signature),
+            None => bs.verify_final(signature),
+        };
+        inner.ops[k] = None;
+        r
+    }
+
+    /// `C_DigestKey`: the key must live where the digest runs.
+    pub fn digest_key(&self, h: CK_SESSION_HANDLE, key: CK_OBJECT_HANDLE) -> Result<()> {
+        let (s, slot) = self.session_slot(h)?;
+        let mut inner = s.lock();
+        let k = OpKind::Digest as usize;
+        let pos = inner.ops[k].ok_or(Error::new(CKR_OPERATION_NOT_INITIALIZED))?;
+        let (kp, ko) = slot
+            .handles
+            .resolve(key)
+            .ok_or(Error::new(CKR_KEY_HANDLE_INVALID))?;
+        if kp != pos {
+            return Err(Error::with(
+                CKR_KEY_INDIGESTIBLE,
+                "the key and the digest are in different backends",
+            ));
+        }
+        let r = inner.member(slot, s.rw, pos)?.digest_key(ko);
+        if r.is_err() {
+            inner.ops[k] = None;
+        }
+        r
+    }
+
+    /// The dual-function updates: both operations must be active on the same member.
+    pub fn dual_update(
+        &self,
+        h: CK_SESSION_HANDLE,
+        kind: DualKind,
+        input: &[u8],
+        out: Out,
+    ) -> Result<usize> {
+        let (s, slot) = self.session_slot(h)?;
+        let mut inner = s.lock();
+        let (a, b) = kind.ops();
+        let (pa, pb) = (inner.ops[a as usize], inner.ops[b as usize]);
+        let pos = match (pa, pb) {
+            (Some(x), Some(y)) if x == y => x,
+            (Some(_), Some(_)) => {
+                return Err(Error::with(
+                    CKR_FUNCTION_NOT_SUPPORTED,
+                    "dual-function operation across two backends",
+                ))
+            }
+            _ => return Err(Error::new(CKR_OPERATION_NOT_INITIALIZED)),
+        };
+        let r = inner.member(slot, s.rw, pos)?.dual_update(kind, input, out);
+        if let Err(e) = &r {
+            if e.rv() != CKR_BUFFER_TOO_SMALL {
+                inner.ops[a as usize] = None;
+                inner.ops[b as usize] = None;
+            }
+        }
+        r
+    }
+
+    /// `C_SessionCancel`.
+    pub fn session_cancel(&self, h: CK_SESSION_HANDLE, flags: CK_FLAGS) -> Result<()> {
+        let (s, slot) = self.session_slot(h)?;
+        let mut inner = s.lock();
+        if flags & CKF_FIND_OBJECTS != 0 {
+            inner.find = None;
+        }
+        for kind in OpKind::ALL {
+            if flags & kind.cancel_flag() == 0 {
+                continue;
+            }
+            if let Some(pos) = inner.ops[kind as usize].take() {
+                inner.member(slot, s.rw, pos)?.op_cancel(kind)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `C_GetOperationState` (mirror slots; a unified session's operations may span backends).
+    pub fn get_operation_state(&self, h: CK_SESSION_HANDLE, out: Out) -> Result<usize> {
+        let (s, slot) = self.session_slot(h)?;
+        match slot.kind {
+            SlotKind::Mirror => s.lock().member(slot, s.rw, 0)?.get_operation_state(out),
+            SlotKind::Unified(_) => Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED)),
+        }
+    }
+
+    /// `C_SetOperationState` (mirror slots).
+    pub fn set_operation_state(
+        &self,
+        h: CK_SESSION_HANDLE,
+        state: &[u8],
+        enc: CK_OBJECT_HANDLE,
+        auth: CK_OBJECT_HANDLE,
+    ) -> Result<()> {
+        let (s, slot) = self.session_slot(h)?;
+        match slot.kind {
+            SlotKind::Mirror => {
+                let opt = |x: CK_OBJECT_HANDLE| (x != 0).then_some(x);
+                let mut inner = s.lock();
+                inner
+                    .member(slot, s.rw, 0)?
+                    .set_operation_state(state, opt(enc), opt(auth))?;
+                // The restored state may hold any operation: let the upstream decide from now on.
+                inner.ops = [Some(0); 7];
+                Ok(())
+            }
+            SlotKind::Unified(_) => Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED)),
+        }
+    }
+
+    /// `C_GenerateKey`.
+    pub fn generate_key(
+        &self,
+        h: CK_SESSION_HANDLE,
+        mech: Mechanism,
+        t: Template,
+    ) -> Result<CK_OBJECT_HANDLE> {
+        let (s, slot) = self.session_slot(h)?;
+        let pos = self.target_member(slot, &[t])?;
+        let stripped = strip_bridge_attrs(t);
+        // SAFETY: same caller-owned values as `t`.
+        let st = unsafe { Template::from_raw(&stripped) };
+        let mut inner = s.lock();
+        let o = inner.member(slot, s.rw, pos)?.generate_key(&mech, st)?;
+        let handle = slot.handles.intern((pos, o));
+        if is_session_object(t) && slot.unified().is_some() {
+            inner.session_objects.push(handle);
+        }
+        Ok(handle)
+    }
+
+    /// `C_GenerateKeyPair`.
+    pub fn generate_key_pair(
+        &self,
+        h: CK_SESSION_HANDLE,
+        mech: Mechanism,
+        public: Template,
+        private: Template,
+    ) -> Result<(CK_OBJECT_HANDLE, CK_OBJECT_HANDLE)> {
+        let (s, slot) = self.session_slot(h)?;
+        let pos = self.target_member(slot, &[public, private])?;
+        let (sp, ss) = (strip_bridge_attrs(public), strip_bridge_attrs(private));
+        // SAFETY: same caller-owned values as the templates.
+        let (tp, ts) = unsafe { (Template::from_raw(&sp), Template::from_raw(&ss)) };
+        let mut inner = s.lock();
+        let (op, os) = inner
+            .member(slot, s.rw, pos)?
+            .generate_key_pair(&mech, tp, ts)?;
+        let (hp, hs) = (
+            slot.handles.intern((pos, op)),
+            slot.handles.intern((pos, os)),
+        );
+        if slot.unified().is_some() {
+            if is_session_object(public) {
+                inner.session_objects.push(hp);
+            }
+            if is_session_object(private) {
+                inner.session_objects.push(hs);
+            }
+        }
+        Ok((hp, hs))
+    }
+
+    /// `C_WrapKey`: both keys must be in the same backend.
+    pub fn wrap_key(
+        &self,
+        h: CK_SESSION_HANDLE,
+        mech: Mechanism,
+        wrapping: CK_OBJECT_HANDLE,
+        key: CK_OBJECT_HANDLE,
+        out: Out,
+    ) -> Result<usize> {
+        let (s, slot) = self.session_slot(h)?;
+        let (wp, wo) = slot
+            .handles
+            .resolve(wrapping)
+            .ok_or(Error::new(CKR_WRAPPING_KEY_HANDLE_INVALID))?;
+        let (kp, ko) = slot
+            .handles
+            .resolve(key)
+            .ok_or(Error::new(CKR_KEY_HANDLE_INVALID))?;
+        if wp != kp {
+            return Err(Error::with(
+                CKR_KEY_NOT_WRAPPABLE,
+                "the key and the wrapping key are in different backends",
+            ));
+        }
+        let mut inner = s.lock();
+        let r = inner.member(slot, s.rw, wp)?.wrap_key(&mech, wo, ko, out);
+        r
+    }
+
+    /// `C_UnwrapKey`: the new key is made where the unwrapping key lives.
+    pub fn unwrap_key(
+        &self,
+        h: CK_SESSION_HANDLE,
+        mech: Mechanism,
+        unwrapping: CK_OBJECT_HANDLE,
+        wrapped: &[u8],
+        t: Template,
+    ) -> Result<CK_OBJECT_HANDLE> {
+        let (s, slot) = self.session_slot(h)?;
+        let (pos, uo) = slot
+            .handles
+            .resolve(unwrapping)
+            .ok_or(Error::new(CKR_UNWRAPPING_KEY_HANDLE_INVALID))?;
+        let stripped = strip_bridge_attrs(t);
+        // SAFETY: same caller-owned values as `t`.
+        let st = unsafe { Template::from_raw(&stripped) };
+        let mut inner = s.lock();
+        let o = inner
+            .member(slot, s.rw, pos)?
+            .unwrap_key(&mech, uo, wrapped, st)?;
+        let handle = slot.handles.intern((pos, o));
+        if is_session_object(t) && slot.unified().is_some() {
+            inner.session_objects.push(handle);
+        }
+        Ok(handle)
+    }
+
+    /// `C_DeriveKey`: made where the base key lives. Object handles inside known mechanism parameters are
+    /// translated to the backend's.
+    pub fn derive_key(
+        &self,
+        h: CK_SESSION_HANDLE,
+        mech: Mechanism,
+        base: CK_OBJECT_HANDLE,
+        t: Template,
+    ) -> Result<CK_OBJECT_HANDLE> {
+        let (s, slot) = self.session_slot(h)?;
+        let (pos, bo) = slot
+            .handles
+            .resolve(base)
+            .ok_or(Error::new(CKR_KEY_HANDLE_INVALID))?;
+        let mut other: CK_OBJECT_HANDLE;
+        let mech = if mech.mech_type() == CKM_CONCATENATE_BASE_AND_KEY && slot.unified().is_some() {
+            let oh: CK_OBJECT_HANDLE = mech.param()?;
+            let (op, oo) = slot
+                .handles
+                .resolve(oh)
+                .ok_or(Error::new(CKR_KEY_HANDLE_INVALID))?;
+            if op != pos {
+                return Err(Error::with(
+                    CKR_KEY_HANDLE_INVALID,
+                    "the two keys are in different backends",
+                ));
+            }
+            other = oo as CK_OBJECT_HANDLE;
+            Mechanism::with_param(CKM_CONCATENATE_BASE_AND_KEY, &mut other)
+        } else {
+            mech
+        };
+        let stripped = strip_bridge_attrs(t);
+        // SAFETY: same caller-owned values as `t`.
+        let st = unsafe { Template::from_raw(&stripped) };
+        let mut inner = s.lock();
+        let o = inner.member(slot, s.rw, pos)?.derive_key(&mech, bo, st)?;
+        let handle = slot.handles.intern((pos, o));
+        if is_session_object(t) && slot.unified().is_some() {
+            inner.session_objects.push(handle);
+        }
+        Ok(handle)
+    }
+
+    /// `C_SeedRandom`.
+    pub fn seed_random(&self, h: CK_SESSION_HANDLE, seed: &[u8]) -> Result<()> {
+        let (s, slot) = self.session_slot(h)?;
+        let pos = match &slot.kind {
+            SlotKind::Mirror => Some(0),
+            SlotKind::Unified(u) => u.rng_member,
+        };
+        match pos {
+            Some(p) => s.lock().member(slot, s.rw, p)?.seed_random(seed),
+            None => Err(Error::new(CKR_RANDOM_SEED_NOT_SUPPORTED)),
+        }
+    }
+
+    /// `C_GenerateRandom`: from the member with an RNG, else from the operating system.
+    pub fn generate_random(&self, h: CK_SESSION_HANDLE, out: &mut [u8]) -> Result<()> {
+        let (s, slot) = self.session_slot(h)?;
+        let pos = match &slot.kind {
+            SlotKind::Mirror => Some(0),
+            SlotKind::Unified(u) => u.rng_member,
+        };
+        match pos {
+            Some(p) => s.lock().member(slot, s.rw, p)?.generate_random(out),
+            None => os_random(out),
+        }
+    }
+}
+
+fn os_random(out: &mut [u8]) -> Result<()> {
+    let mut done = 0;
+    while done < out.len() {
+        // SAFETY: writes at most out.len() - done bytes into our buffer.
+        let n = unsafe {
+            libc::getrandom(
+                out[done..].as_mut_ptr() as *mut libc::c_void,
+                out.len() - done,
+                0,
+            )
+        };
+        if n < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(Error::with(CKR_DEVICE_ERROR, "getrandom failed"));
+        }
+        done += n as usize;
+    }
+    Ok(())
+}

@@ -1,0 +1,350 @@
+//! Slots and their tokens: the unified token (one or more backends behind one label and PIN) and mirror slots
+//! (one upstream slot each, passed through).
+
+use super::config::SlotConfig;
+use super::handles::Handles;
+use cryptoki_sys::*;
+use p11bridge_backends::{pad, Backend, Error, Result, SecretRef, Token};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// One backend feeding a slot.
+pub struct Member {
+    pub name: String,
+    pub token: Arc<dyn Token>,
+}
+
+pub enum SlotKind {
+    Unified(Box<Unified>),
+    /// The upstream slot is `members[0]`.
+    Mirror,
+}
+
+pub struct Unified {
+    pub label: String,
+    pub serial: String,
+    user_pin: SecretRef,
+    so_pin: Option<SecretRef>,
+    pub default_member: usize,
+    pub allow_init_token: bool,
+    pub max_sessions: Option<usize>,
+    pub max_rw_sessions: Option<usize>,
+    /// Union of the members' mechanisms, in the order the members list them: merged info and the members that
+    /// offer each.
+    pub mechanisms: Vec<(CK_MECHANISM_TYPE, CK_MECHANISM_INFO, Vec<usize>)>,
+    mechanism_index: HashMap<CK_MECHANISM_TYPE, usize>,
+    /// The first member with a random number generator (else the operating system's is used).
+    pub rng_member: Option<usize>,
+}
+
+impl Unified {
+    fn mechanism(
+        &self,
+        mech: CK_MECHANISM_TYPE,
+    ) -> Option<&(CK_MECHANISM_TYPE, CK_MECHANISM_INFO, Vec<usize>)> {
+        self.mechanism_index
+            .get(&mech)
+            .map(|i| &self.mechanisms[*i])
+    }
+}
+
+/// Login and session counts of a token.
+#[derive(Default, Debug)]
+pub struct TokenState {
+    pub user: Option<CK_USER_TYPE>,
+    pub ro: usize,
+    pub rw: usize,
+}
+
+pub struct Slot {
+    pub id: CK_SLOT_ID,
+    /// Position in `Module::slots` (equal to `id`).
+    pub index: usize,
+    pub kind: SlotKind,
+    pub members: Vec<Member>,
+    pub handles: Handles,
+    pub state: Mutex<TokenState>,
+}
+
+impl Slot {
+    /// Builds the slot(s) of one `[[slot]]` section: one unified slot, or one slot per upstream slot of a mirror.
+    pub fn build(
+        i: usize,
+        sc: &SlotConfig,
+        backends: &HashMap<String, Arc<dyn Backend>>,
+        first_id: CK_SLOT_ID,
+    ) -> Result<Vec<Slot>> {
+        let at = format!("slot[{i}]");
+        let get = |name: &str| {
+            backends.get(name).cloned().ok_or_else(|| {
+                Error::with(
+                    CKR_GENERAL_ERROR,
+                    format!("{at}: backend {name} is not built"),
+                )
+            })
+        };
+        if let Some(m) = &sc.mirror {
+            let b = get(m)?;
+            let tokens = b
+                .mirror_tokens()
+                .map_err(|e| Error::with(e.rv(), format!("{at}.mirror: {e}")))?;
+            return Ok(tokens
+                .into_iter()
+                .enumerate()
+                .map(|(k, token)| {
+                    let id = first_id + k as CK_SLOT_ID;
+                    Slot {
+                        id,
+                        index: id as usize,
+                        kind: SlotKind::Mirror,
+                        members: vec![Member {
+                            name: m.clone(),
+                            token,
+                        }],
+                        handles: Handles::Identity,
+                        state: Mutex::new(TokenState::default()),
+                    }
+                })
+                .collect());
+        }
+        let label = sc.label.clone().unwrap_or_default();
+        let mut members = Vec::new();
+        for name in &sc.backends {
+            let token = get(name)?
+                .token()
+                .map_err(|e| Error::with(e.rv(), format!("{at}.backends: {name}: {e}")))?;
+            members.push(Member {
+                name: name.clone(),
+                token,
+            });
+        }
+        let mut mechanisms: Vec<(CK_MECHANISM_TYPE, CK_MECHANISM_INFO, Vec<usize>)> = Vec::new();
+        let mut mechanism_index: HashMap<CK_MECHANISM_TYPE, usize> = HashMap::new();
+        for (pos, m) in members.iter().enumerate() {
+            let list = m.token.mechanism_list().map_err(|e| {
+                Error::with(
+                    e.rv(),
+                    format!("{at}: backend {}: mechanism list: {e}", m.name),
+                )
+            })?;
+            for mech in list {
+                let Ok(info) = m.token.mechanism_info(mech) else {
+                    continue;
+                };
+                let i = *mechanism_index.entry(mech).or_insert_with(|| {
+                    mechanisms.push((mech, info, Vec::new()));
+                    mechanisms.len() - 1
+                });
+                let e = &mut mechanisms[i];
+                if !e.2.is_empty() {
+                    e.1.ulMinKeySize = e.1.ulMinKeySize.min(info.ulMinKeySize);
+                    e.1.ulMaxKeySize = e.1.ulMaxKeySize.max(info.ulMaxKeySize);
+                    e.1.flags |= info.flags;
+                }
+                e.2.push(pos);
+            }
+        }
+        let default_member = sc
+            .default_backend
+            .as_ref()
+            .and_then(|d| sc.backends.iter().position(|b| b == d))
+            .unwrap_or(0);
+        let rng_member = members.iter().position(|m| m.token.has_rng());
+        let serial = sc.serial.clone().unwrap_or_else(|| serial_from(&label));
+        Ok(vec![Slot {
+            id: first_id,
+            index: first_id as usize,
+            kind: SlotKind::Unified(Box::new(Unified {
+                label,
+                serial,
+                user_pin: sc.user_pin.clone().unwrap_or_else(|| SecretRef::new("")),
+                so_pin: sc.so_pin.clone(),
+                default_member,
+                allow_init_token: sc.allow_init_token,
+                max_sessions: sc.max_sessions,
+                max_rw_sessions: sc.max_rw_sessions,
+                mechanisms,
+                mechanism_index,
+                rng_member,
+            })),
+            members,
+            handles: Handles::table(),
+            state: Mutex::new(TokenState::default()),
+        }])
+    }
+
+    pub fn unified(&self) -> Option<&Unified> {
+        match &self.kind {
+            SlotKind::Unified(u) => Some(u),
+            SlotKind::Mirror => None,
+        }
+    }
+
+    pub fn token_present(&self) -> bool {
+        match &self.kind {
+            SlotKind::Unified(_) => true,
+            SlotKind::Mirror => self.members[0]
+                .token
+                .slot_info()
+                .is_ok_and(|si| si.flags & CKF_TOKEN_PRESENT != 0),
+        }
+    }
+
+    pub fn slot_info(&self) -> Result<CK_SLOT_INFO> {
+        match &self.kind {
+            SlotKind::Mirror => self.members[0].token.slot_info(),
+            SlotKind::Unified(u) => Ok(CK_SLOT_INFO {
+                slotDescription: pad(&format!("p11bridge unified token {}", u.label)),
+                manufacturerID: pad("p11bridge"),
+                flags: CKF_TOKEN_PRESENT,
+                hardwareVersion: version(),
+                firmwareVersion: version(),
+            }),
+        }
+    }
+
+    pub fn token_info(&self) -> Result<CK_TOKEN_INFO> {
+        let u = match &self.kind {
+            SlotKind::Mirror => return self.members[0].token.token_info(),
+            SlotKind::Unified(u) => u,
+        };
+        let st = self.state.lock();
+        let (ro, rw) = (st.ro, st.rw);
+        drop(st);
+        let mut flags = CKF_TOKEN_INITIALIZED | CKF_USER_PIN_INITIALIZED | CKF_LOGIN_REQUIRED;
+        // Random numbers come from a backend with an RNG, else from the operating system.
+        flags |= CKF_RNG;
+        let count = |max: Option<usize>| max.map_or(CK_EFFECTIVELY_INFINITE, |n| n as CK_ULONG);
+        Ok(CK_TOKEN_INFO {
+            label: pad(&u.label),
+            manufacturerID: pad("p11bridge"),
+            model: pad("unified"),
+            serialNumber: pad(&u.serial),
+            flags,
+            ulMaxSessionCount: count(u.max_sessions),
+            ulSessionCount: (ro + rw) as CK_ULONG,
+            ulMaxRwSessionCount: count(u.max_rw_sessions),
+            ulRwSessionCount: rw as CK_ULONG,
+            ulMaxPinLen: 255,
+            ulMinPinLen: 1,
+            ulTotalPublicMemory: CK_UNAVAILABLE_INFORMATION,
+            ulFreePublicMemory: CK_UNAVAILABLE_INFORMATION,
+            ulTotalPrivateMemory: CK_UNAVAILABLE_INFORMATION,
+            ulFreePrivateMemory: CK_UNAVAILABLE_INFORMATION,
+            hardwareVersion: version(),
+            firmwareVersion: version(),
+            utcTime: [b' '; 16],
+        })
+    }
+
+    pub fn mechanism_list(&self) -> Result<Vec<CK_MECHANISM_TYPE>> {
+        match &self.kind {
+            SlotKind::Mirror => self.members[0].token.mechanism_list(),
+            SlotKind::Unified(u) => Ok(u.mechanisms.iter().map(|m| m.0).collect()),
+        }
+    }
+
+    pub fn mechanism_info(&self, mech: CK_MECHANISM_TYPE) -> Result<CK_MECHANISM_INFO> {
+        match &self.kind {
+            SlotKind::Mirror => self.members[0].token.mechanism_info(mech),
+            SlotKind::Unified(u) => u
+                .mechanism(mech)
+                .map(|m| m.1)
+                .ok_or(Error::new(CKR_MECHANISM_INVALID)),
+        }
+    }
+
+    /// The member that serves a key-less operation (digest) with this mechanism.
+    pub fn member_for_mechanism(&self, mech: CK_MECHANISM_TYPE) -> Result<usize> {
+        match &self.kind {
+            SlotKind::Mirror => Ok(0),
+            SlotKind::Unified(u) => u
+                .mechanism(mech)
+                .and_then(|m| m.2.first().copied())
+                .ok_or(Error::new(CKR_MECHANISM_INVALID)),
+        }
+    }
+
+    /// `C_InitToken`.
+    pub fn init_token(&self, so_pin: Option<&[u8]>, label: &[u8; 32]) -> Result<()> {
+        match &self.kind {
+            SlotKind::Mirror => {
+                let st = self.state.lock();
+                if st.ro + st.rw > 0 {
+                    return Err(Error::new(CKR_SESSION_EXISTS));
+                }
+                drop(st);
+                self.members[0].token.init_token(so_pin, label)
+            }
+            SlotKind::Unified(u) if !u.allow_init_token => Err(Error::with(
+                CKR_FUNCTION_NOT_SUPPORTED,
+                "C_InitToken on a unified slot (set allow_init_token = true to pass it through)",
+            )),
+            SlotKind::Unified(_) => {
+                if self.members.len() != 1 {
+                    return Err(Error::with(
+                        CKR_FUNCTION_NOT_SUPPORTED,
+                        "C_InitToken on a unified slot needs exactly one backend",
+                    ));
+                }
+                Err(Error::with(
+                    CKR_FUNCTION_NOT_SUPPORTED,
+                    "C_InitToken: the unified view of a backend cannot be re-initialized; use a mirror slot",
+                ))
+            }
+        }
+    }
+
+    /// Checks a PIN against the unified token's configuration.
+    pub fn check_pin(&self, user: CK_USER_TYPE, pin: &[u8]) -> Result<()> {
+        let Some(u) = self.unified() else {
+            return Err(Error::new(CKR_GENERAL_ERROR));
+        };
+        let want = match user {
+            CKU_SO => match &u.so_pin {
+                Some(p) => p,
+                None => return Err(Error::with(CKR_PIN_INCORRECT, "no so_pin is configured")),
+            },
+            _ => &u.user_pin,
+        };
+        let want = want.resolve()?;
+        if want.ct_eq(pin) {
+            Ok(())
+        } else {
+            Err(Error::new(CKR_PIN_INCORRECT))
+        }
+    }
+
+    /// Logs the members of a unified token in (after the PIN was checked). A member that fails is logged and
+    /// skipped: its objects stay unavailable, the others work.
+    pub fn login_members(&self, user: CK_USER_TYPE) {
+        for m in &self.members {
+            if let Err(e) = m.token.login_configured(user) {
+                tracing::warn!(backend = %m.name, error = %e, "backend login failed");
+            }
+        }
+    }
+
+    pub fn logout_members(&self) {
+        for m in &self.members {
+            if let Err(e) = m.token.logout_configured() {
+                tracing::warn!(backend = %m.name, error = %e, "backend logout failed");
+            }
+        }
+    }
+}
+
+fn version() -> CK_VERSION {
+    CK_VERSION { major: 0, minor: 1 }
+}
+
+/// A stable 16-character serial number derived from the label (FNV-1a, hex).
+fn serial_from(label: &str) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in label.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016x}")
+}
