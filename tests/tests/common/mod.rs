@@ -1,0 +1,265 @@
+//! Shared set-up for the end-to-end tests: a private SoftHSM2 token made by `softhsm-setup.sh`, a p11bridge
+//! configuration over it, the built `libp11bridge.so` loaded through the `cryptoki` crate, and independent
+//! verification with the `openssl` command.
+#![allow(dead_code)]
+
+pub mod der;
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::object::{Attribute, AttributeType, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The bridge's own user PIN for the unified token (different from the upstream's on purpose).
+pub const BRIDGE_PIN: &str = "bridge-pin-5678";
+pub const BRIDGE_SO_PIN: &str = "bridge-so-87654321";
+/// The upstream token's PINs (softhsm-setup.sh's defaults).
+pub const HSM_PIN: &str = "1234";
+pub const HSM_SO_PIN: &str = "12345678";
+pub const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// The built module: `P11BRIDGE_SO`, else `target/release/libp11bridge.so`.
+pub fn bridge_so() -> PathBuf {
+    let p = std::env::var_os("P11BRIDGE_SO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/release/libp11bridge.so"));
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --release -p p11bridge` first",
+        p.display()
+    );
+    p
+}
+
+pub struct Env {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+}
+
+/// Creates (once per test binary) a fresh SoftHSM2 token and a p11bridge configuration, and points the
+/// environment at them.
+pub fn env() -> &'static Env {
+    static ENV: OnceLock<Env> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let name = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "test".into());
+        let dir = repo_root()
+            .join("target/test-env")
+            .join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("test dir");
+        let out = Command::new("bash")
+            .arg(repo_root().join("softhsm-setup.sh"))
+            .arg(dir.join("softhsm"))
+            .output()
+            .expect("run softhsm-setup.sh");
+        assert!(
+            out.status.success(),
+            "softhsm-setup.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some((k, v)) = line.trim().strip_prefix("export ").and_then(|l| l.split_once('=')) {
+                std::env::set_var(k, v.trim_matches(|c| c == '"' || c == '\''));
+            }
+        }
+        let config = dir.join("p11bridge.toml");
+        std::fs::write(&config, config_text()).expect("write config");
+        std::env::set_var("P11BRIDGE_CONFIG", &config);
+        std::env::set_var("P11BRIDGE_PIN", BRIDGE_PIN);
+        std::env::set_var("P11BRIDGE_SO_PIN", BRIDGE_SO_PIN);
+        std::env::set_var("HSM_PIN", HSM_PIN);
+        std::env::set_var("HSM_SO_PIN", HSM_SO_PIN);
+        Env { dir, config }
+    })
+}
+
+/// Slot 0: the unified token over the upstream token `upstream`; slots 1..: every SoftHSM slot, mirrored.
+pub fn config_text() -> String {
+    format!(
+        r#"
+[[slot]]
+label = "unified"
+user_pin = "env:P11BRIDGE_PIN"
+so_pin = "env:P11BRIDGE_SO_PIN"
+backends = ["hsm"]
+
+[[slot]]
+mirror = "hsm"
+
+[backend.hsm]
+kind = "pkcs11"
+module = "{SOFTHSM}"
+token_label = "upstream"
+pin = "env:HSM_PIN"
+so_pin = "env:HSM_SO_PIN"
+"#
+    )
+}
+
+/// The bridge, initialized once per test binary.
+pub fn p11() -> &'static Pkcs11 {
+    static P11: OnceLock<Pkcs11> = OnceLock::new();
+    P11.get_or_init(|| {
+        env();
+        let p = Pkcs11::new(bridge_so()).expect("load libp11bridge.so");
+        p.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+            .expect("C_Initialize");
+        p
+    })
+}
+
+/// The unified slot (labelled "unified").
+pub fn unified_slot(p: &Pkcs11) -> Slot {
+    slot_by_label(p, "unified")
+}
+
+pub fn slot_by_label(p: &Pkcs11, label: &str) -> Slot {
+    p.get_slots_with_token()
+        .expect("slots")
+        .into_iter()
+        .find(|s| p.get_token_info(*s).map(|t| t.label() == label).unwrap_or(false))
+        .unwrap_or_else(|| panic!("no token labelled {label}"))
+}
+
+/// A logged-in RW session on the unified token.
+pub fn user_session(p: &Pkcs11) -> Session {
+    let s = p.open_rw_session(unified_slot(p)).expect("open session");
+    match s.login(UserType::User, Some(&AuthPin::new(BRIDGE_PIN.into()))) {
+        Ok(()) | Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::UserAlreadyLoggedIn, _)) => {}
+        Err(e) => panic!("login: {e}"),
+    }
+    s
+}
+
+/// The one object with this label and class.
+pub fn find_one(s: &Session, label: &str, class: cryptoki::object::ObjectClass) -> ObjectHandle {
+    let v = s
+        .find_objects(&[Attribute::Label(label.into()), Attribute::Class(class)])
+        .expect("find");
+    assert_eq!(v.len(), 1, "objects labelled {label} of {class:?}");
+    v[0]
+}
+
+/// The SubjectPublicKeyInfo (DER) of a public key object, built from its attributes.
+pub fn spki(s: &Session, public: ObjectHandle) -> Vec<u8> {
+    let kt = s.get_attributes(public, &[AttributeType::KeyType]).expect("key type");
+    let Some(Attribute::KeyType(kt)) = kt.first() else {
+        panic!("no key type")
+    };
+    use cryptoki::object::KeyType;
+    if *kt == KeyType::RSA {
+        let a = s
+            .get_attributes(public, &[AttributeType::Modulus, AttributeType::PublicExponent])
+            .expect("rsa attrs");
+        let (mut n, mut e) = (vec![], vec![]);
+        for x in a {
+            match x {
+                Attribute::Modulus(v) => n = v,
+                Attribute::PublicExponent(v) => e = v,
+                _ => {}
+            }
+        }
+        der::rsa_spki(&n, &e)
+    } else {
+        let a = s
+            .get_attributes(public, &[AttributeType::EcParams, AttributeType::EcPoint])
+            .expect("ec attrs");
+        let (mut params, mut point) = (vec![], vec![]);
+        for x in a {
+            match x {
+                Attribute::EcParams(v) => params = v,
+                Attribute::EcPoint(v) => point = v,
+                _ => {}
+            }
+        }
+        let raw = der::unwrap_octet_string(&point).unwrap_or(point);
+        if *kt == KeyType::EC_EDWARDS {
+            der::ed25519_spki(&raw)
+        } else {
+            der::ec_spki(&params, &raw)
+        }
+    }
+}
+
+/// Verifies a signature with the `openssl` command (an implementation independent of the token).
+/// `digest`: `Some("sha256")` to hash `data` first (dgst), `None` for a raw `pkeyutl -verify` over `data`.
+pub fn openssl_verify(spki: &[u8], digest: Option<&str>, opts: &[&str], data: &[u8], sig: &[u8]) -> bool {
+    let d = tempdir("verify");
+    let (k, m, g) = (d.join("key.der"), d.join("msg"), d.join("sig"));
+    std::fs::write(&k, spki).unwrap();
+    std::fs::write(&m, data).unwrap();
+    std::fs::write(&g, sig).unwrap();
+    let mut c = Command::new("openssl");
+    match digest {
+        Some(dg) => {
+            c.args(["dgst", &format!("-{dg}"), "-keyform", "DER", "-verify"])
+                .arg(&k)
+                .arg("-signature")
+                .arg(&g);
+            for o in opts {
+                c.args(["-sigopt", o]);
+            }
+            c.arg(&m);
+        }
+        None => {
+            c.args(["pkeyutl", "-verify", "-pubin", "-keyform", "DER", "-inkey"])
+                .arg(&k)
+                .arg("-in")
+                .arg(&m)
+                .arg("-sigfile")
+                .arg(&g);
+            for o in opts {
+                c.args(["-pkeyopt", o]);
+            }
+        }
+    }
+    let out = c.output().expect("run openssl");
+    let _ = std::fs::remove_dir_all(&d);
+    out.status.success()
+}
+
+/// Runs `openssl` with arguments, returning stdout (panics on failure).
+pub fn openssl(args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {
+    use std::io::Write;
+    let mut c = Command::new("openssl")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl");
+    if let Some(i) = stdin {
+        c.stdin.take().unwrap().write_all(i).unwrap();
+    } else {
+        drop(c.stdin.take());
+    }
+    let out = c.wait_with_output().unwrap();
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+pub fn tempdir(tag: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let d = env().dir.join(format!("{tag}-{}", N.fetch_add(1, Ordering::Relaxed)));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+pub fn sha256(data: &[u8]) -> Vec<u8> {
+    openssl(&["dgst", "-sha256", "-binary"], Some(data))
+}
