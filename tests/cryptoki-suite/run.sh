@@ -140,7 +140,8 @@ run_column() {
     fresh_softhsm "$work/$name"
     echo "run.sh: running column '$name' (module $module, log $log)" >&2
     env -u P11BRIDGE_CONFIG -u TEST_PRETEND_LIBRARY \
-        SOFTHSM2_CONF="$work/$name/softhsm2.conf" TEST_PKCS11_MODULE="$module" "$@" \
+        RUST_BACKTRACE="${SUITE_BACKTRACE:-0}" SOFTHSM2_CONF="$work/$name/softhsm2.conf" \
+        TEST_PKCS11_MODULE="$module" "$@" \
         timeout --kill-after=30 "${SUITE_TIMEOUT:-1800}" \
         nice -n 10 cargo test "${cargo_flags[@]}" --no-fail-fast -- "${libtest_args[@]}" \
         >"$log" 2>&1 || rc=$?

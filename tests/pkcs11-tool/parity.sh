@@ -427,7 +427,17 @@ check_test() {
     [[ -z ${2:-} ]] || extra=("$2")
     [[ -f $out/$key.direct.rc ]] || run "$key" direct --login --test "${extra[@]}"
     run "$key" "$t" --login --test "${extra[@]}"
-    compare "$key" "$t" norm_test
+    if ! compare "$key" "$t" norm_test; then
+        # pkcs11-tool --test picks "the first" sign/decrypt mechanism by list position.
+        run mechs-order direct -M
+        run mechs-order "$t" -M
+        if ! cmp -s "$out/mechs-order.direct.out" "$out/mechs-order.$t.out" &&
+            cmp -s <(LC_ALL=C sort "$out/mechs-order.direct.out") <(LC_ALL=C sort "$out/mechs-order.$t.out"); then
+            echo "note: $t lists the same mechanisms as SoftHSM but in a different order;"
+            echo "      pkcs11-tool --test chooses mechanisms by list position, which can explain this diff"
+        fi
+        return 1
+    fi
 }
 
 # Generate an EC P-256 key pair through TARGET, sign with it through TARGET,
