@@ -194,6 +194,12 @@ extract_failures() {
         /: test$/ { sub(/: test$/, ""); print bin "::" $0 }
     ' | LC_ALL=C sort -u >"$work/all-tests"
 
+# Work on a snapshot of the module: it may be rebuilt in place while we run.
+if [[ $direct_only == 0 ]]; then
+    cp -- "$bridge_so" "$work/$(basename "$bridge_so")"
+    bridge_so=$work/$(basename "$bridge_so")
+fi
+
 cat >"$work/bridge.toml" <<EOF
 [[slot]]
 mirror = "hsm"

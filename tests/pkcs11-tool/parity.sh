@@ -97,6 +97,12 @@ pin = "env:HSM_PIN"
 EOF
 export P11BRIDGE_CONFIG=$work/p11bridge.toml
 
+# Work on a snapshot of the module: it may be rebuilt in place while we run.
+if [[ $mode == bridge ]]; then
+    cp -- "$bridge_so" "$work/$(basename "$bridge_so")"
+    bridge_so=$work/$(basename "$bridge_so")
+fi
+
 echo "parity.sh: mode=$mode bridge=$bridge_so softhsm=$SOFTHSM_MODULE work=$work" >&2
 
 declare -A MOD LABEL PIN
