@@ -17,6 +17,14 @@ fn keeps_going(r: &Result<usize>, len_query: bool) -> bool {
     }
 }
 
+/// Whether an operation survives an `*Update` call that produced `r`.
+fn update_keeps_going(r: &Result<usize>) -> bool {
+    match r {
+        Ok(_) => true,
+        Err(e) => e.rv() == CKR_BUFFER_TOO_SMALL,
+    }
+}
+
 impl Module {
     /// `C_*Init`. A NULL mechanism (3.0) cancels the active operation of that kind.
     pub fn op_init(
@@ -48,9 +56,15 @@ impl Module {
             }
             None => (slot.member_for_mechanism(mech.mech_type())?, None),
         };
-        inner.member(slot, s.rw, pos)?.op_init(kind, &mech, obj)?;
-        inner.ops[k] = Some(pos);
-        Ok(())
+        let r = inner.member(slot, s.rw, pos)?.op_init(kind, &mech, obj);
+        match &r {
+            Ok(()) => inner.ops[k] = Some(pos),
+            // The backend still runs an operation we consider ended (an upstream that did not end it on an error
+            // the spec says ends it): route to it, so the caller can finish it as it would talking directly.
+            Err(e) if e.rv() == CKR_OPERATION_ACTIVE => inner.ops[k] = Some(pos),
+            Err(_) => {}
+        }
+        r
     }
 
     /// `C_Encrypt`, `C_Decrypt`, `C_Digest`, `C_Sign`, `C_SignRecover`, `C_VerifyRecover`.
@@ -86,10 +100,8 @@ impl Module {
         let k = kind as usize;
         let pos = inner.ops[k].ok_or(Error::new(CKR_OPERATION_NOT_INITIALIZED))?;
         let r = inner.member(slot, s.rw, pos)?.op_update(kind, input, out);
-        if let Err(e) = &r {
-            if e.rv() != CKR_BUFFER_TOO_SMALL {
-                inner.ops[k] = None;
-            }
+        if !update_keeps_going(&r) {
+            inner.ops[k] = None;
         }
         r
     }
@@ -174,11 +186,9 @@ impl Module {
             _ => return Err(Error::new(CKR_OPERATION_NOT_INITIALIZED)),
         };
         let r = inner.member(slot, s.rw, pos)?.dual_update(kind, input, out);
-        if let Err(e) = &r {
-            if e.rv() != CKR_BUFFER_TOO_SMALL {
-                inner.ops[a as usize] = None;
-                inner.ops[b as usize] = None;
-            }
+        if !update_keeps_going(&r) {
+            inner.ops[a as usize] = None;
+            inner.ops[b as usize] = None;
         }
         r
     }

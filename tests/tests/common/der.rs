@@ -4,7 +4,12 @@ fn len(n: usize) -> Vec<u8> {
     if n < 0x80 {
         vec![n as u8]
     } else {
-        let b: Vec<u8> = n.to_be_bytes().iter().copied().skip_while(|x| *x == 0).collect();
+        let b: Vec<u8> = n
+            .to_be_bytes()
+            .iter()
+            .copied()
+            .skip_while(|x| *x == 0)
+            .collect();
         let mut v = vec![0x80 | b.len() as u8];
         v.extend(b);
         v
@@ -36,7 +41,9 @@ fn bitstring(b: &[u8]) -> Vec<u8> {
     tlv(0x03, &v)
 }
 
-const RSA_OID: &[u8] = &[0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+const RSA_OID: &[u8] = &[
+    0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
+];
 const EC_OID: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
 const ED25519_OID: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
 

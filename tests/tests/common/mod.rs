@@ -72,7 +72,11 @@ pub fn env() -> &'static Env {
             String::from_utf8_lossy(&out.stderr)
         );
         for line in String::from_utf8_lossy(&out.stdout).lines() {
-            if let Some((k, v)) = line.trim().strip_prefix("export ").and_then(|l| l.split_once('=')) {
+            if let Some((k, v)) = line
+                .trim()
+                .strip_prefix("export ")
+                .and_then(|l| l.split_once('='))
+            {
                 std::env::set_var(k, v.trim_matches(|c| c == '"' || c == '\''));
             }
         }
@@ -131,7 +135,11 @@ pub fn slot_by_label(p: &Pkcs11, label: &str) -> Slot {
     p.get_slots_with_token()
         .expect("slots")
         .into_iter()
-        .find(|s| p.get_token_info(*s).map(|t| t.label() == label).unwrap_or(false))
+        .find(|s| {
+            p.get_token_info(*s)
+                .map(|t| t.label() == label)
+                .unwrap_or(false)
+        })
         .unwrap_or_else(|| panic!("no token labelled {label}"))
 }
 
@@ -139,7 +147,9 @@ pub fn slot_by_label(p: &Pkcs11, label: &str) -> Slot {
 pub fn user_session(p: &Pkcs11) -> Session {
     let s = p.open_rw_session(unified_slot(p)).expect("open session");
     match s.login(UserType::User, Some(&AuthPin::new(BRIDGE_PIN.into()))) {
-        Ok(()) | Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::UserAlreadyLoggedIn, _)) => {}
+        Ok(())
+        | Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::UserAlreadyLoggedIn, _)) => {
+        }
         Err(e) => panic!("login: {e}"),
     }
     s
@@ -156,14 +166,19 @@ pub fn find_one(s: &Session, label: &str, class: cryptoki::object::ObjectClass) 
 
 /// The SubjectPublicKeyInfo (DER) of a public key object, built from its attributes.
 pub fn spki(s: &Session, public: ObjectHandle) -> Vec<u8> {
-    let kt = s.get_attributes(public, &[AttributeType::KeyType]).expect("key type");
+    let kt = s
+        .get_attributes(public, &[AttributeType::KeyType])
+        .expect("key type");
     let Some(Attribute::KeyType(kt)) = kt.first() else {
         panic!("no key type")
     };
     use cryptoki::object::KeyType;
     if *kt == KeyType::RSA {
         let a = s
-            .get_attributes(public, &[AttributeType::Modulus, AttributeType::PublicExponent])
+            .get_attributes(
+                public,
+                &[AttributeType::Modulus, AttributeType::PublicExponent],
+            )
             .expect("rsa attrs");
         let (mut n, mut e) = (vec![], vec![]);
         for x in a {
@@ -197,7 +212,13 @@ pub fn spki(s: &Session, public: ObjectHandle) -> Vec<u8> {
 
 /// Verifies a signature with the `openssl` command (an implementation independent of the token).
 /// `digest`: `Some("sha256")` to hash `data` first (dgst), `None` for a raw `pkeyutl -verify` over `data`.
-pub fn openssl_verify(spki: &[u8], digest: Option<&str>, opts: &[&str], data: &[u8], sig: &[u8]) -> bool {
+pub fn openssl_verify(
+    spki: &[u8],
+    digest: Option<&str>,
+    opts: &[&str],
+    data: &[u8],
+    sig: &[u8],
+) -> bool {
     let d = tempdir("verify");
     let (k, m, g) = (d.join("key.der"), d.join("msg"), d.join("sig"));
     std::fs::write(&k, spki).unwrap();
@@ -248,14 +269,20 @@ pub fn openssl(args: &[&str], stdin: Option<&[u8]>) -> Vec<u8> {
         drop(c.stdin.take());
     }
     let out = c.wait_with_output().unwrap();
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out.stdout
 }
 
 pub fn tempdir(tag: &str) -> PathBuf {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static N: AtomicUsize = AtomicUsize::new(0);
-    let d = env().dir.join(format!("{tag}-{}", N.fetch_add(1, Ordering::Relaxed)));
+    let d = env()
+        .dir
+        .join(format!("{tag}-{}", N.fetch_add(1, Ordering::Relaxed)));
     std::fs::create_dir_all(&d).unwrap();
     d
 }
