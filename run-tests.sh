@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Runs every p11bridge test: formatting and lint, unit tests, end-to-end tests through the built libp11bridge.so
+# (the cryptoki crate as a client), pkcs11-tool parity with SoftHSM2, and the cryptoki crate's own suite through a
+# mirror slot. Ends with one line "N passed, M failed" over the suites.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+root=$PWD
+
+bash scripts/deps.sh || exit 1
+
+passed=0 failed=0 failed_names=()
+suite() {
+    local name=$1
+    shift
+    echo
+    echo "=== $name: $*"
+    if "$@"; then
+        passed=$((passed + 1))
+        echo "=== $name: PASS"
+    else
+        failed=$((failed + 1))
+        failed_names+=("$name")
+        echo "=== $name: FAIL"
+    fi
+}
+
+suite fmt cargo fmt --all -- --check
+suite clippy cargo clippy --release --all-targets -- -D warnings
+suite build cargo build --release -p p11bridge
+so=$root/target/release/libp11bridge.so
+suite cargo-test cargo test --release --workspace
+suite pkcs11-tool-parity bash tests/pkcs11-tool/parity.sh "$so"
+suite cryptoki-suite bash tests/cryptoki-suite/run.sh "$so"
+
+echo
+((failed)) && echo "failed suites: ${failed_names[*]}"
+echo "suites: $passed passed, $failed failed"
+((failed == 0))

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what p11bridge's demo and tests need, idempotently: Debian packages (only those missing) and a Rust
+# toolchain check. Safe to run again and again; it does nothing when everything is present.
+set -euo pipefail
+
+need_pkgs=()
+have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+for p in softhsm2 opensc openssl procps; do
+    have "$p" || need_pkgs+=("$p")
+done
+
+if ((${#need_pkgs[@]})); then
+    echo "deps: installing ${need_pkgs[*]}" >&2
+    SUDO=""
+    [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+    $SUDO apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >&2
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    [[ -x $HOME/.cargo/bin/cargo ]] && export PATH="$HOME/.cargo/bin:$PATH"
+fi
+command -v cargo >/dev/null 2>&1 || {
+    echo "deps: no Rust toolchain (cargo) found; install Rust 1.85 or newer (rustup) and run again" >&2
+    exit 1
+}
+for c in rustfmt clippy; do
+    cargo "${c/rustfmt/fmt}" --version >/dev/null 2>&1 || rustup component add "$c" >&2 || true
+done
