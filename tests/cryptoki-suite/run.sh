@@ -184,7 +184,8 @@ extract_failures() {
 }
 
 # All test names (from --list), so tests that never ran (crash) show up.
-{ cargo test "${cargo_flags[@]}" -- --list 2>/dev/null || true; } |
+# (cargo prints the "Running" lines on stderr.)
+{ cargo test "${cargo_flags[@]}" -- --list 2>&1 || true; } |
     awk '
         /^ +Running / {
             bin = ($2 == "unittests") ? "lib" : $2
@@ -226,10 +227,11 @@ outcome() {
     echo "${r:-not-run}"
 }
 
-# A filter in LIBTEST_ARGS limits what runs: only report tests seen somewhere.
-cat "$work/all-tests" >"$work/universe"
+# Every test listed or seen; with a filter in LIBTEST_ARGS only those seen.
 if [[ ${#libtest_args[@]} -gt 0 ]]; then
     cut -f1 "$work"/*.results | LC_ALL=C sort -u >"$work/universe"
+else
+    cut -f1 "$work"/*.results | LC_ALL=C sort -u - "$work/all-tests" >"$work/universe"
 fi
 
 echo
