@@ -174,17 +174,33 @@ impl<'a> Mechanism<'a> {
 #[derive(Clone, Copy)]
 pub struct Template<'a> {
     attrs: &'a [CK_ATTRIBUTE],
+    /// The caller passed a NULL template (as opposed to a non-NULL pointer with a count of 0); passed through as is.
+    null: bool,
 }
 
 impl<'a> Template<'a> {
     /// # Safety
     /// Each attribute's `pValue` must point to `ulValueLen` readable bytes (or be NULL) for `'a`.
     pub unsafe fn from_raw(attrs: &'a [CK_ATTRIBUTE]) -> Self {
-        Template { attrs }
+        Template { attrs, null: false }
     }
 
-    pub fn empty() -> Template<'static> {
-        Template { attrs: &[] }
+    /// The template of a caller that passed a NULL pointer (count 0).
+    pub fn null() -> Template<'static> {
+        Template {
+            attrs: &[],
+            null: true,
+        }
+    }
+
+    /// Whether the caller passed NULL.
+    pub fn is_null(&self) -> bool {
+        self.null
+    }
+
+    /// The same template with p11bridge's own attributes left out (the values stay the caller's).
+    pub fn without(&self, keep: impl Fn(&CK_ATTRIBUTE) -> bool) -> Vec<CK_ATTRIBUTE> {
+        self.attrs.iter().filter(|a| keep(a)).copied().collect()
     }
 
     pub fn raw(&self) -> &'a [CK_ATTRIBUTE] {

@@ -370,9 +370,14 @@ fn inp(b: &[u8]) -> (*mut u8, CK_ULONG) {
     (b.as_ptr() as *mut u8, b.len() as CK_ULONG)
 }
 
+/// A template as the upstream should see it: NULL only if the caller passed NULL (some modules, SoftHSM among them,
+/// accept a non-NULL pointer with a count of 0 where they refuse NULL).
 fn tpl(t: &Template) -> (*mut CK_ATTRIBUTE, CK_ULONG) {
-    if t.is_empty() {
+    static EMPTY: [u8; 0] = [];
+    if t.is_null() {
         (null_mut(), 0)
+    } else if t.is_empty() {
+        (EMPTY.as_ptr() as *mut CK_ATTRIBUTE, 0)
     } else {
         (t.raw().as_ptr() as *mut CK_ATTRIBUTE, t.len() as CK_ULONG)
     }

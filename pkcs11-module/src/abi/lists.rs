@@ -239,7 +239,13 @@ cryptoki_fn!(
             }
         }
         let want = if pVersion.is_null() {
-            None
+            // The default interface: 3.0, unless the configuration asks for 2.40.
+            (pInterfaceName.is_null() && crate::core::config::default_interface_is_240()).then_some(
+                CK_VERSION {
+                    major: 2,
+                    minor: 40,
+                },
+            )
         } else {
             Some(std::ptr::read_unaligned(pVersion))
         };

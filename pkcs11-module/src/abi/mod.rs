@@ -144,7 +144,7 @@ pub unsafe fn template<'a>(
 ) -> Result<Template<'a>> {
     if p.is_null() {
         return if n == 0 && !required {
-            Ok(Template::empty())
+            Ok(Template::null())
         } else {
             Err(bad())
         };

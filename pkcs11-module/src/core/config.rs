@@ -14,6 +14,9 @@ pub struct Config {
     /// `[backend.NAME]` sections; each backend validates its own keys.
     #[serde(default)]
     pub backend: BTreeMap<String, toml::Table>,
+    /// The interface `C_GetInterface(NULL, NULL, ...)` returns: "3.0" (default) or "2.40" (to front a 2.40 module
+    /// exactly as it is: consumers that pick the default then see what they would see talking to it directly).
+    pub default_interface: Option<String>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -98,7 +101,26 @@ pub fn parse(text: &str, path: &Path) -> Result<Config> {
     Ok(cfg)
 }
 
+/// The default interface's version, read from the configuration file without building anything (it may be asked
+/// before `C_Initialize`). Anything unreadable means the default, 3.0.
+pub fn default_interface_is_240() -> bool {
+    let Ok(text) = std::fs::read_to_string(config_path()) else {
+        return false;
+    };
+    let Ok(t) = text.parse::<toml::Table>() else {
+        return false;
+    };
+    t.get("default_interface").and_then(|v| v.as_str()) == Some("2.40")
+}
+
 fn validate(cfg: &Config) -> Result<()> {
+    if let Some(v) = &cfg.default_interface {
+        if v != "2.40" && v != "3.0" {
+            return Err(err(format!(
+                "default_interface: \"{v}\" (expected \"3.0\" or \"2.40\")"
+            )));
+        }
+    }
     if cfg.slot.is_empty() {
         return Err(err("slot: no [[slot]] is configured".into()));
     }

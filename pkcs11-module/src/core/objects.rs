@@ -6,13 +6,29 @@ use cryptoki_sys::*;
 use p11bridge_backends::vendor::{is_bridge_attribute, CKA_P11BRIDGE_BACKEND};
 use p11bridge_backends::{combine_attr_rv, fill_attr, Error, Result, Template};
 
-/// A template without p11bridge's own attributes (they are answered by the core, never sent to a backend).
-pub(super) fn strip_bridge_attrs(t: Template) -> Vec<CK_ATTRIBUTE> {
-    t.raw()
-        .iter()
-        .filter(|a| !is_bridge_attribute(a.type_))
-        .copied()
-        .collect()
+/// A template on its way to a backend: the caller's own when it holds none of p11bridge's attributes (the common
+/// case: no copy, NULL stays NULL), else a copy without them (the values stay the caller's).
+pub(super) enum Passed<'a> {
+    Same(Template<'a>),
+    Stripped(Vec<CK_ATTRIBUTE>),
+}
+
+impl<'a> Passed<'a> {
+    pub(super) fn new(t: Template<'a>) -> Self {
+        if t.raw().iter().any(|a| is_bridge_attribute(a.type_)) {
+            Passed::Stripped(t.without(|a| !is_bridge_attribute(a.type_)))
+        } else {
+            Passed::Same(t)
+        }
+    }
+
+    pub(super) fn get(&self) -> Template<'_> {
+        match self {
+            Passed::Same(t) => *t,
+            // SAFETY: the same caller-owned attribute values as the original template.
+            Passed::Stripped(v) => unsafe { Template::from_raw(v) },
+        }
+    }
 }
 
 /// Which member a template names with `CKA_P11BRIDGE_BACKEND`, if any.
@@ -162,9 +178,8 @@ impl Module {
                 .collect();
         } else {
             let only = named_member(slot, template)?;
-            let stripped = strip_bridge_attrs(template);
-            // SAFETY: the same caller-owned attribute values as `template`.
-            let t = unsafe { Template::from_raw(&stripped) };
+            let passed = Passed::new(template);
+            let t = passed.get();
             let mut first_err = None;
             let mut any_ok = false;
             for pos in 0..slot.members.len() {
@@ -294,9 +309,8 @@ impl Module {
     pub fn create_object(&self, h: CK_SESSION_HANDLE, t: Template) -> Result<CK_OBJECT_HANDLE> {
         let (s, slot) = self.session_slot(h)?;
         let pos = self.target_member(slot, &[t])?;
-        let stripped = strip_bridge_attrs(t);
-        // SAFETY: same caller-owned values as `t`.
-        let st = unsafe { Template::from_raw(&stripped) };
+        let passed = Passed::new(t);
+        let st = passed.get();
         let mut inner = s.lock();
         let o = inner.member(slot, s.rw, pos)?.create_object(st)?;
         let handle = slot.handles.intern((pos, o));
@@ -328,9 +342,8 @@ impl Module {
                 }
             }
         }
-        let stripped = strip_bridge_attrs(t);
-        // SAFETY: same caller-owned values as `t`.
-        let st = unsafe { Template::from_raw(&stripped) };
+        let passed = Passed::new(t);
+        let st = passed.get();
         let mut inner = s.lock();
         let n = inner.member(slot, s.rw, pos)?.copy_object(o, st)?;
         let handle = slot.handles.intern((pos, n));

@@ -3,7 +3,7 @@
 //! Operation state follows the spec (§5.2): an operation stays active after a length query or
 //! `CKR_BUFFER_TOO_SMALL`, and ends on success or any other error.
 
-use super::objects::{is_session_object, strip_bridge_attrs};
+use super::objects::{is_session_object, Passed};
 use super::slot::SlotKind;
 use super::Module;
 use cryptoki_sys::*;
@@ -253,9 +253,8 @@ impl Module {
     ) -> Result<CK_OBJECT_HANDLE> {
         let (s, slot) = self.session_slot(h)?;
         let pos = self.target_member(slot, &[t])?;
-        let stripped = strip_bridge_attrs(t);
-        // SAFETY: same caller-owned values as `t`.
-        let st = unsafe { Template::from_raw(&stripped) };
+        let passed = Passed::new(t);
+        let st = passed.get();
         let mut inner = s.lock();
         let o = inner.member(slot, s.rw, pos)?.generate_key(&mech, st)?;
         let handle = slot.handles.intern((pos, o));
@@ -275,9 +274,8 @@ impl Module {
     ) -> Result<(CK_OBJECT_HANDLE, CK_OBJECT_HANDLE)> {
         let (s, slot) = self.session_slot(h)?;
         let pos = self.target_member(slot, &[public, private])?;
-        let (sp, ss) = (strip_bridge_attrs(public), strip_bridge_attrs(private));
-        // SAFETY: same caller-owned values as the templates.
-        let (tp, ts) = unsafe { (Template::from_raw(&sp), Template::from_raw(&ss)) };
+        let (sp, ss) = (Passed::new(public), Passed::new(private));
+        let (tp, ts) = (sp.get(), ss.get());
         let mut inner = s.lock();
         let (op, os) = inner
             .member(slot, s.rw, pos)?
@@ -340,9 +338,8 @@ impl Module {
             .handles
             .resolve(unwrapping)
             .ok_or(Error::new(CKR_UNWRAPPING_KEY_HANDLE_INVALID))?;
-        let stripped = strip_bridge_attrs(t);
-        // SAFETY: same caller-owned values as `t`.
-        let st = unsafe { Template::from_raw(&stripped) };
+        let passed = Passed::new(t);
+        let st = passed.get();
         let mut inner = s.lock();
         let o = inner
             .member(slot, s.rw, pos)?
@@ -386,9 +383,8 @@ impl Module {
         } else {
             mech
         };
-        let stripped = strip_bridge_attrs(t);
-        // SAFETY: same caller-owned values as `t`.
-        let st = unsafe { Template::from_raw(&stripped) };
+        let passed = Passed::new(t);
+        let st = passed.get();
         let mut inner = s.lock();
         let o = inner.member(slot, s.rw, pos)?.derive_key(&mech, bo, st)?;
         let handle = slot.handles.intern((pos, o));
