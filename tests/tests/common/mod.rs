@@ -29,10 +29,15 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The built module: `P11BRIDGE_SO`, else `target/release/libp11bridge.so`.
+/// The built module: `P11BRIDGE_SO`, else `libp11bridge.so` of the profile this test binary was built in
+/// (`target/<profile>/deps/<test>` → `target/<profile>/libp11bridge.so`).
 pub fn bridge_so() -> PathBuf {
+    let beside_us = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("libp11bridge.so")));
     let p = std::env::var_os("P11BRIDGE_SO")
         .map(PathBuf::from)
+        .or(beside_us)
         .unwrap_or_else(|| repo_root().join("target/release/libp11bridge.so"));
     assert!(
         p.exists(),
