@@ -1,0 +1,372 @@
+#!/usr/bin/env python3
+"""moto KMS server with a fidelity layer.
+
+Runs moto's server (in the foreground, bound to the given host) with KMS
+Sign/Verify/Encrypt/Decrypt patched to behave as the AWS KMS API Reference
+documents, plus a small side channel for tests:
+
+  GET  /_fidelity/stats   -> {"Sign": 3, ...}   requests per KMS action
+  POST /_fidelity/reset   -> clears the counters and all pending faults
+  POST /_fidelity/fault   {"action": "Sign", "mode": "throttle"|"500"|"delay",
+                           "count": N, "delay_ms": M}
+
+See tests/kms/README.md for what each patch does and why.
+
+Usage: python3 tests/kms/moto_fidelity.py --host 127.0.0.1 --port 0
+Prints exactly one line "READY http://HOST:PORT" on stdout once it accepts
+requests.
+"""
+
+import argparse
+import base64
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from moto.core.exceptions import JsonRESTError
+from moto.kms.exceptions import (
+    InvalidCiphertextException,
+    InvalidKeyUsageException,
+    ValidationException,
+)
+from moto.kms.responses import KmsResponse
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from werkzeug.serving import make_server
+from werkzeug.wrappers import Request, Response
+
+# --------------------------------------------------------------------------
+# KMS patches
+# --------------------------------------------------------------------------
+
+
+class KMSInvalidSignatureException(JsonRESTError):
+    code = 400
+
+    def __init__(self) -> None:
+        super().__init__(
+            "KMSInvalidSignatureException",
+            "The request was rejected because the signature verification failed.",
+        )
+
+
+# SigningAlgorithm -> (scheme, hash). PSS uses MGF1 with the same hash and a
+# salt as long as the hash output.
+SIGNING = {
+    "RSASSA_PKCS1_V1_5_SHA_256": ("pkcs1", hashes.SHA256()),
+    "RSASSA_PKCS1_V1_5_SHA_384": ("pkcs1", hashes.SHA384()),
+    "RSASSA_PKCS1_V1_5_SHA_512": ("pkcs1", hashes.SHA512()),
+    "RSASSA_PSS_SHA_256": ("pss", hashes.SHA256()),
+    "RSASSA_PSS_SHA_384": ("pss", hashes.SHA384()),
+    "RSASSA_PSS_SHA_512": ("pss", hashes.SHA512()),
+    "ECDSA_SHA_256": ("ecdsa", hashes.SHA256()),
+    "ECDSA_SHA_384": ("ecdsa", hashes.SHA384()),
+    "ECDSA_SHA_512": ("ecdsa", hashes.SHA512()),
+}
+
+# EncryptionAlgorithm -> OAEP hash (also used for MGF1; no label).
+OAEP = {"RSAES_OAEP_SHA_1": hashes.SHA1(), "RSAES_OAEP_SHA_256": hashes.SHA256()}
+ENCRYPTION_ALGORITHMS = ("SYMMETRIC_DEFAULT", "SM2PKE", *OAEP)
+
+MAX_RAW_MESSAGE = 4096
+
+_original = {name: getattr(KmsResponse, name) for name in ("sign", "verify", "encrypt", "decrypt")}
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _signing_request(resp: KmsResponse):
+    """Validate a Sign/Verify request the way KMS does.
+
+    Returns (key, algorithm, message, message_type), or None when the
+    algorithm is not one this layer handles (e.g. SM2DSA): moto's own handler
+    is used then.
+    """
+    key_id = resp._get_param("KeyId")
+    resp._validate_key_id(key_id)
+    key = resp.kms_backend.describe_key(key_id)
+
+    algorithm = resp._get_param("SigningAlgorithm")
+    if algorithm not in SIGNING:
+        if key.signing_algorithms and algorithm in key.signing_algorithms:
+            return None
+        raise ValidationException(
+            f"1 validation error detected: Value '{algorithm}' at 'signingAlgorithm' "
+            f"failed to satisfy constraint: Member must satisfy enum value set: {sorted(SIGNING)}"
+        )
+    if key.key_usage != "SIGN_VERIFY" or algorithm not in (key.signing_algorithms or []):
+        raise InvalidKeyUsageException()
+
+    message_type = resp._get_param("MessageType") or "RAW"
+    if message_type not in ("RAW", "DIGEST"):
+        raise ValidationException(
+            f"1 validation error detected: Value '{message_type}' at 'messageType' "
+            "failed to satisfy constraint: Member must satisfy enum value set: [RAW, DIGEST]"
+        )
+
+    message = resp._get_param("Message")
+    if isinstance(message, str):
+        message = message.encode("utf-8")
+    if not message:
+        raise ValidationException(
+            "1 validation error detected: Value at 'message' failed to satisfy "
+            "constraint: Member must have length greater than or equal to 1"
+        )
+    if len(message) > MAX_RAW_MESSAGE:
+        raise ValidationException(
+            "1 validation error detected: Value at 'message' failed to satisfy "
+            f"constraint: Member must have length less than or equal to {MAX_RAW_MESSAGE}"
+        )
+    digest_size = SIGNING[algorithm][1].digest_size
+    if message_type == "DIGEST" and len(message) != digest_size:
+        raise ValidationException(
+            f"Digest is invalid length for algorithm {algorithm}: expected "
+            f"{digest_size} bytes, got {len(message)}."
+        )
+    return key, algorithm, message, message_type
+
+
+def _scheme(algorithm: str, message_type: str):
+    """Return (padding or None, hash argument) for cryptography's sign/verify."""
+    scheme, hash_alg = SIGNING[algorithm]
+    hash_arg = Prehashed(hash_alg) if message_type == "DIGEST" else hash_alg
+    if scheme == "pss":
+        return padding.PSS(mgf=padding.MGF1(hash_alg), salt_length=hash_alg.digest_size), hash_arg
+    if scheme == "pkcs1":
+        return padding.PKCS1v15(), hash_arg
+    return None, hash_arg
+
+
+def sign(self: KmsResponse) -> str:
+    request = _signing_request(self)
+    if request is None:
+        return _original["sign"](self)
+    key, algorithm, message, message_type = request
+    private_key = key.private_key.private_key  # moto wrapper -> cryptography key
+    pad, hash_arg = _scheme(algorithm, message_type)
+    if pad is None:
+        signature = private_key.sign(message, ec.ECDSA(hash_arg))
+    else:
+        signature = private_key.sign(message, pad, hash_arg)
+    return json.dumps(
+        {"KeyId": key.arn, "Signature": _b64(signature), "SigningAlgorithm": algorithm}
+    )
+
+
+def verify(self: KmsResponse) -> str:
+    request = _signing_request(self)
+    if request is None:
+        return _original["verify"](self)
+    key, algorithm, message, message_type = request
+    signature = self._get_param("Signature") or ""
+    signature = base64.b64decode(signature) if isinstance(signature, str) else signature
+    if not signature:
+        raise ValidationException(
+            "1 validation error detected: Value at 'signature' failed to satisfy "
+            "constraint: Member must have length greater than or equal to 1"
+        )
+    public_key = key.private_key.private_key.public_key()
+    pad, hash_arg = _scheme(algorithm, message_type)
+    try:
+        if pad is None:
+            public_key.verify(signature, message, ec.ECDSA(hash_arg))
+        else:
+            public_key.verify(signature, message, pad, hash_arg)
+    except (InvalidSignature, ValueError):
+        raise KMSInvalidSignatureException()
+    return json.dumps({"KeyId": key.arn, "SignatureValid": True, "SigningAlgorithm": algorithm})
+
+
+def _rsa_encryption_request(resp: KmsResponse, key_id: str):
+    """For an RSA ENCRYPT_DECRYPT key return (key, OAEP padding, algorithm);
+    None for any other key (moto's own symmetric handling applies)."""
+    resp._validate_key_id(key_id)
+    key = resp.kms_backend.describe_key(key_id)
+    if (key.key_usage or "ENCRYPT_DECRYPT") != "ENCRYPT_DECRYPT":  # moto stores None for the default
+        raise InvalidKeyUsageException()
+    if not key.key_spec.startswith("RSA_"):
+        return None
+    algorithm = resp._get_param("EncryptionAlgorithm") or "SYMMETRIC_DEFAULT"
+    if algorithm not in ENCRYPTION_ALGORITHMS:
+        raise ValidationException(
+            f"1 validation error detected: Value '{algorithm}' at 'encryptionAlgorithm' "
+            f"failed to satisfy constraint: Member must satisfy enum value set: {list(ENCRYPTION_ALGORITHMS)}"
+        )
+    if algorithm not in OAEP:
+        raise InvalidKeyUsageException()
+    h = OAEP[algorithm]
+    return key, padding.OAEP(mgf=padding.MGF1(h), algorithm=h, label=None), algorithm
+
+
+def encrypt(self: KmsResponse) -> str:
+    request = _rsa_encryption_request(self, self._get_param("KeyId"))
+    if request is None:
+        return _original["encrypt"](self)
+    key, oaep, algorithm = request
+    plaintext = self._get_param("Plaintext") or b""
+    public_key = key.private_key.private_key.public_key()
+    limit = public_key.key_size // 8 - 2 * oaep.algorithm.digest_size - 2
+    if not 1 <= len(plaintext) <= limit:
+        raise ValidationException(
+            f"Plaintext length {len(plaintext)} is out of range for {algorithm} with "
+            f"{key.key_spec}: must be between 1 and {limit} bytes."
+        )
+    ciphertext = public_key.encrypt(plaintext, oaep)
+    return json.dumps(
+        {"CiphertextBlob": _b64(ciphertext), "KeyId": key.arn, "EncryptionAlgorithm": algorithm}
+    )
+
+
+def decrypt(self: KmsResponse) -> str:
+    key_id = self._get_param("KeyId")
+    # Without KeyId only symmetric ciphertexts can be decrypted (as in KMS).
+    request = _rsa_encryption_request(self, key_id) if key_id else None
+    if request is None:
+        return _original["decrypt"](self)
+    key, oaep, algorithm = request
+    try:
+        plaintext = key.private_key.private_key.decrypt(self._get_param("CiphertextBlob") or b"", oaep)
+    except ValueError:
+        raise InvalidCiphertextException()
+    return json.dumps(
+        {"KeyId": key.arn, "Plaintext": _b64(plaintext), "EncryptionAlgorithm": algorithm}
+    )
+
+
+def apply_patches() -> None:
+    KmsResponse.sign = sign
+    KmsResponse.verify = verify
+    KmsResponse.encrypt = encrypt
+    KmsResponse.decrypt = decrypt
+
+
+# --------------------------------------------------------------------------
+# Side channel: request counter and fault injection (WSGI middleware)
+# --------------------------------------------------------------------------
+
+FAULT_MODES = ("throttle", "500", "delay")
+
+
+class Fidelity:
+    """Wraps moto's WSGI app; counts KMS actions and injects faults."""
+
+    def __init__(self, app):
+        self.app = app
+        self.lock = threading.Lock()
+        self.counts: Counter = Counter()
+        self.faults: list = []  # dicts: action, mode, count (remaining), delay_ms
+
+    def __call__(self, environ, start_response):
+        if environ.get("PATH_INFO", "").startswith("/_fidelity/"):
+            return self.control(Request(environ))(environ, start_response)
+
+        target = environ.get("HTTP_X_AMZ_TARGET", "")
+        if not target.startswith("TrentService."):
+            return self.app(environ, start_response)
+        action = target.split(".", 1)[1]
+        with self.lock:
+            self.counts[action] += 1
+            fault = self._take_fault(action)
+
+        if fault is not None:
+            if fault["mode"] == "delay":
+                time.sleep(fault["delay_ms"] / 1000.0)
+            else:
+                Request(environ).get_data()  # drain the body (keep-alive)
+                if fault["mode"] == "throttle":
+                    status, body = 400, {"__type": "ThrottlingException", "message": "Rate exceeded"}
+                else:
+                    status, body = 500, {
+                        "__type": "KMSInternalException",
+                        "message": "Injected internal failure (moto_fidelity).",
+                    }
+                response = Response(json.dumps(body), status=status, content_type="application/x-amz-json-1.1")
+                return response(environ, start_response)
+        return self.app(environ, start_response)
+
+    def _take_fault(self, action):
+        for fault in self.faults:
+            if fault["action"] in (action, "*"):
+                fault["count"] -= 1
+                if fault["count"] <= 0:
+                    self.faults.remove(fault)
+                return fault
+        return None
+
+    def control(self, request: Request) -> Response:
+        path, method = request.path, request.method
+        if path == "/_fidelity/stats" and method == "GET":
+            with self.lock:
+                return _json(200, dict(self.counts))
+        if path == "/_fidelity/reset" and method == "POST":
+            with self.lock:
+                self.counts.clear()
+                self.faults.clear()
+            return _json(200, {})
+        if path == "/_fidelity/fault" and method == "POST":
+            try:
+                spec = json.loads(request.get_data() or b"{}")
+                fault = {
+                    "action": str(spec["action"]),
+                    "mode": str(spec["mode"]),
+                    "count": int(spec.get("count", 1)),
+                    "delay_ms": int(spec.get("delay_ms", 0)),
+                }
+                if fault["mode"] not in FAULT_MODES or fault["count"] < 1 or fault["delay_ms"] < 0:
+                    raise ValueError
+            except (ValueError, KeyError, TypeError):
+                return _json(400, {"error": 'expected {"action": str, "mode": "throttle"|"500"|"delay", '
+                                            '"count": int >= 1, "delay_ms": int >= 0}'})
+            with self.lock:
+                self.faults.append(fault)
+                return _json(200, {"faults": [dict(f) for f in self.faults]})
+        return _json(404, {"error": f"unknown side-channel request {method} {path}"})
+
+
+def _json(status: int, body) -> Response:
+    return Response(json.dumps(body), status=status, content_type="application/json")
+
+
+# --------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    args = parser.parse_args(argv)
+
+    if not args.verbose:
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    apply_patches()
+    app = Fidelity(DomainDispatcherApplication(create_backend_app))
+    server = make_server(args.host, args.port, app, threaded=True, request_handler=MotoRequestHandler)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    host, port = server.server_address[:2]
+    print(f"READY http://{host}:{port}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    main()
