@@ -11,6 +11,8 @@
 pub mod error;
 pub mod pidlock;
 pub mod pkcs11;
+pub mod remote;
+pub mod runtime;
 pub mod secret;
 pub mod types;
 pub mod vendor;

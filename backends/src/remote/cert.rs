@@ -1,0 +1,202 @@
+//! Certificates for remote keys that have none configured: a self-signed X.509 certificate whose signature is
+//! made by the key itself through its service (SunPKCS11 lists only private keys that have one). Keys that cannot
+//! sign (decrypt-only RSA) get a certificate issued by a throwaway local key instead. Certificates are cached on
+//! disk (they hold nothing secret) by key and public key, so a restart does not sign again.
+
+use super::der::*;
+use super::mech::{Hash, RsaPad, SignRequest};
+use super::{Certificate, KeyMaterial};
+use crate::Result;
+use sha2::Digest;
+use std::path::{Path, PathBuf};
+
+fn name(cn: &str) -> Vec<u8> {
+    let rdn = |oid: &[u8], v: &str| tlv(0x31, &seq(&[oid, &utf8(v)]));
+    seq(&[
+        &rdn(&[0x06, 0x03, 0x55, 0x04, 0x0a], "p11bridge"),
+        &rdn(&[0x06, 0x03, 0x55, 0x04, 0x03], cn),
+    ])
+}
+
+/// Signature algorithm identifier and what to ask the signer, for a key.
+fn algorithm(m: &KeyMaterial, tbs: &[u8]) -> Option<(Vec<u8>, SignRequest)> {
+    Some(match m {
+        KeyMaterial::Rsa { .. } => (
+            seq(&[&[0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b], &[0x05, 0x00]]),
+            SignRequest::Rsa {
+                hash: Hash::Sha256,
+                pad: RsaPad::Pkcs1,
+                digest: Hash::Sha256.digest(tbs),
+            },
+        ),
+        KeyMaterial::Ec { curve, .. } => {
+            let h = curve.hash();
+            let last = match h {
+                Hash::Sha384 => 0x03,
+                Hash::Sha512 => 0x04,
+                _ => 0x02,
+            };
+            (
+                seq(&[&[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, last]]),
+                SignRequest::Ecdsa {
+                    hash: h,
+                    digest: h.digest(tbs),
+                },
+            )
+        }
+        KeyMaterial::Ed25519 { .. } => (
+            seq(&[super::ED25519_PARAMS]),
+            SignRequest::Eddsa {
+                message: zeroize::Zeroizing::new(tbs.to_vec()),
+            },
+        ),
+        KeyMaterial::Secret { .. } => return None,
+    })
+}
+
+fn tbs(serial: &[u8], alg: &[u8], issuer: &[u8], subject: &[u8], spki: &[u8]) -> Vec<u8> {
+    let validity = seq(&[
+        &tlv(0x17, b"240101000000Z"),
+        &tlv(0x18, b"99991231235959Z"),
+    ]);
+    seq(&[&uint(serial), alg, issuer, &validity, subject, spki])
+}
+
+fn serial_of(spki: &[u8]) -> Vec<u8> {
+    let mut s = sha2::Sha256::digest(spki)[..16].to_vec();
+    s[0] &= 0x7f;
+    s[0] |= 0x01;
+    s
+}
+
+/// A self-signed certificate for `material`, signed through `sign` (which returns a PKCS#11-format signature).
+pub fn self_signed(
+    label: &str,
+    material: &KeyMaterial,
+    sign: impl FnOnce(&SignRequest) -> Result<Vec<u8>>,
+) -> Option<Result<Certificate>> {
+    let spki = material.spki()?;
+    let subject = name(label);
+    let serial = serial_of(&spki);
+    let (alg, _) = algorithm(material, &[])?;
+    let t = tbs(&serial, &alg, &subject, &subject, &spki);
+    let (_, req) = algorithm(material, &t)?;
+    Some(sign(&req).map(|sig| {
+        let sig = match material {
+            KeyMaterial::Ec { .. } => ecdsa_raw_to_der(&sig),
+            _ => sig,
+        };
+        Certificate {
+            der: seq(&[&t, &alg, &bits(&sig)]),
+            subject: subject.clone(),
+            issuer: subject,
+            serial: uint(&serial),
+        }
+    }))
+}
+
+/// A certificate for a key that cannot sign, issued by a throwaway local P-256 key.
+pub fn locally_issued(label: &str, material: &KeyMaterial) -> Option<Certificate> {
+    use p256::ecdsa::signature::Signer;
+    let spki = material.spki()?;
+    let issuer_key = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);
+    let alg = seq(&[&[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02]]);
+    let issuer = name("p11bridge local issuer");
+    let subject = name(label);
+    let serial = serial_of(&spki);
+    let t = tbs(&serial, &alg, &issuer, &subject, &spki);
+    let sig: p256::ecdsa::Signature = issuer_key.sign(&t);
+    Some(Certificate {
+        der: seq(&[&t, &alg, &bits(&sig.to_der().to_bytes())]),
+        subject,
+        issuer,
+        serial: uint(&serial),
+    })
+}
+
+/// Reads subject, issuer and serial number out of a DER certificate (a configured PEM file).
+pub fn parse(der: &[u8]) -> Option<Certificate> {
+    let (0x30, cert, _) = read(der)? else {
+        return None;
+    };
+    let (0x30, tbs, _) = read(cert)? else {
+        return None;
+    };
+    let mut rest = tbs;
+    // Optional [0] version.
+    if rest.first() == Some(&0xa0) {
+        rest = read(rest)?.2;
+    }
+    let (0x02, serial, rest) = read(rest)? else {
+        return None;
+    };
+    let (_, _, rest) = read(rest)?; // signature algorithm
+    let issuer_len = rest.len() - read(rest)?.2.len();
+    let issuer = rest[..issuer_len].to_vec();
+    let rest = &rest[issuer_len..];
+    let (_, _, rest) = read(rest)?; // validity
+    let subject_len = rest.len() - read(rest)?.2.len();
+    Some(Certificate {
+        der: der.to_vec(),
+        subject: rest[..subject_len].to_vec(),
+        issuer,
+        serial: tlv(0x02, serial),
+    })
+}
+
+/// Reads the first certificate of a PEM file.
+pub fn from_pem_file(path: &Path) -> std::result::Result<Certificate, String> {
+    let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let der = rustls_pemfile::certs(&mut &text[..])
+        .next()
+        .ok_or_else(|| format!("{}: no certificate", path.display()))?
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    parse(&der).ok_or_else(|| format!("{}: not an X.509 certificate", path.display()))
+}
+
+/// Where a generated certificate for this key and public key is cached.
+pub fn cache_path(dir: &Path, backend_kind: &str, key_name: &str, material: &KeyMaterial) -> Option<PathBuf> {
+    let spki = material.spki()?;
+    let mut h = sha2::Sha256::new();
+    h.update(backend_kind.as_bytes());
+    h.update([0]);
+    h.update(key_name.as_bytes());
+    h.update([0]);
+    h.update(&spki);
+    let hex: String = h.finalize()[..16].iter().map(|b| format!("{b:02x}")).collect();
+    Some(dir.join(format!("{hex}.der")))
+}
+
+/// A cached certificate, if present and still for this public key.
+pub fn load_cached(path: &Path, material: &KeyMaterial) -> Option<Certificate> {
+    let der = std::fs::read(path).ok()?;
+    let c = parse(&der)?;
+    let spki = material.spki()?;
+    // The certificate must carry this key (it would not if the cache file were stale or foreign).
+    der.windows(spki.len()).any(|w| w == spki).then_some(c)
+}
+
+pub fn store_cached(path: &Path, c: &Certificate) {
+    if let Some(d) = path.parent() {
+        let _ = std::fs::create_dir_all(d);
+    }
+    let tmp = path.with_extension("tmp");
+    if std::fs::write(&tmp, &c.der).is_ok() {
+        let _ = std::fs::rename(&tmp, path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_certificate_parses_back() {
+        let m = KeyMaterial::Ed25519 { point: [9u8; 32] };
+        let c = locally_issued("k", &m).unwrap();
+        let p = parse(&c.der).unwrap();
+        assert_eq!(p.subject, c.subject);
+        assert_eq!(p.issuer, c.issuer);
+        assert_eq!(p.serial, c.serial);
+    }
+}

@@ -1,0 +1,412 @@
+//! One `BackendSession` for every remote service: search and attributes from the key cache, operations with the
+//! spec's two-call convention (a length query never reaches the network; a result that did not fit is kept for the
+//! retry), multi-part input hashed or buffered locally, and verification/public-key encryption done locally.
+
+use super::mech::{self, Hash, Hasher, RsaPad, SignRequest};
+use super::{attribute, objects_of, AttrValue, KeyMaterial, RemoteKey, Shared, CLASS_PRIVATE, CLASS_PUBLIC, CLASS_SECRET};
+use crate::{fill_attr, vendor, BackendSession, Error, Mechanism, ObjRef, OpKind, Out, Result, Template};
+use cryptoki_sys::*;
+use std::sync::Arc;
+use zeroize::Zeroizing;
+
+enum Input {
+    Buffer(Zeroizing<Vec<u8>>),
+    Hash(Hasher),
+}
+
+struct Op {
+    mech: CK_MECHANISM_TYPE,
+    /// Parsed parameters: PSS (hash, salt), OAEP hash, or a vendor mechanism's context.
+    pss: Option<(Hash, usize)>,
+    oaep: Option<Hash>,
+    context: Vec<u8>,
+    key: Arc<RemoteKey>,
+    input: Input,
+    /// A result computed for a buffer that was too small, handed out on the retry.
+    result: Option<Zeroizing<Vec<u8>>>,
+}
+
+pub struct RemoteSession {
+    shared: Arc<Shared>,
+    ops: [Option<Op>; 7],
+}
+
+impl RemoteSession {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        RemoteSession {
+            shared,
+            ops: Default::default(),
+        }
+    }
+
+    fn op(&mut self, kind: OpKind) -> Result<&mut Op> {
+        self.ops[kind as usize]
+            .as_mut()
+            .ok_or(Error::new(CKR_OPERATION_NOT_INITIALIZED))
+    }
+}
+
+/// Whether a mechanism hashes its input itself (multi-part input is hashed as it comes).
+fn hashing(mech: CK_MECHANISM_TYPE) -> Option<Hash> {
+    match mech {
+        CKM_SHA_1_HMAC | CKM_SHA224_HMAC | CKM_SHA256_HMAC | CKM_SHA384_HMAC | CKM_SHA512_HMAC => None,
+        m => mech::mechanism_hash(m),
+    }
+}
+
+fn is_hmac(mech: CK_MECHANISM_TYPE) -> bool {
+    matches!(
+        mech,
+        CKM_SHA_1_HMAC | CKM_SHA224_HMAC | CKM_SHA256_HMAC | CKM_SHA384_HMAC | CKM_SHA512_HMAC
+    )
+}
+
+/// What to ask the service to sign (or to verify locally) for this operation and its complete input.
+fn sign_request(op: &Op, data: Either) -> Result<SignRequest> {
+    let m = op.mech;
+    Ok(match (&op.key.material, data) {
+        (KeyMaterial::Rsa { .. }, Either::Digest(d)) => {
+            let hash = mech::mechanism_hash(m).ok_or(Error::new(CKR_MECHANISM_INVALID))?;
+            let pad = match op.pss {
+                Some((_, salt)) => RsaPad::Pss(salt),
+                None => RsaPad::Pkcs1,
+            };
+            SignRequest::Rsa { hash, pad, digest: d }
+        }
+        (KeyMaterial::Rsa { .. }, Either::Raw(input)) if m == CKM_RSA_PKCS => {
+            let (hash, digest) = mech::parse_digest_info(&input)?;
+            SignRequest::Rsa {
+                hash,
+                pad: RsaPad::Pkcs1,
+                digest: digest.to_vec(),
+            }
+        }
+        (KeyMaterial::Rsa { .. }, Either::Raw(input)) if m == CKM_RSA_PKCS_PSS => {
+            let (hash, salt) = op.pss.ok_or(Error::new(CKR_MECHANISM_PARAM_INVALID))?;
+            if input.len() != hash.len() {
+                return Err(Error::with(CKR_DATA_LEN_RANGE, "PSS input must be a digest of the parameter hash"));
+            }
+            SignRequest::Rsa {
+                hash,
+                pad: RsaPad::Pss(salt),
+                digest: input.to_vec(),
+            }
+        }
+        (KeyMaterial::Ec { .. }, Either::Digest(d)) => SignRequest::Ecdsa {
+            hash: mech::mechanism_hash(m).ok_or(Error::new(CKR_MECHANISM_INVALID))?,
+            digest: d,
+        },
+        (KeyMaterial::Ec { .. }, Either::Raw(input)) if m == CKM_ECDSA => SignRequest::Ecdsa {
+            hash: Hash::from_len(input.len())
+                .ok_or_else(|| Error::with(CKR_DATA_LEN_RANGE, "CKM_ECDSA input must be a SHA-1/SHA-2 digest"))?,
+            digest: input.to_vec(),
+        },
+        (KeyMaterial::Ed25519 { .. }, Either::Raw(input)) if m == CKM_EDDSA => SignRequest::Eddsa {
+            message: Zeroizing::new(input.to_vec()),
+        },
+        _ => return Err(Error::new(CKR_KEY_TYPE_INCONSISTENT)),
+    })
+}
+
+enum Either<'a> {
+    Digest(Vec<u8>),
+    Raw(&'a [u8]),
+}
+
+/// The complete input of an operation: the digest for hash-and-sign mechanisms, else the buffered bytes.
+fn take_input(op: &mut Op, last: &[u8]) -> (Option<Vec<u8>>, Zeroizing<Vec<u8>>) {
+    match std::mem::replace(&mut op.input, Input::Buffer(Zeroizing::new(Vec::new()))) {
+        Input::Hash(mut h) => {
+            h.update(last);
+            (Some(h.finish()), Zeroizing::new(Vec::new()))
+        }
+        Input::Buffer(mut b) => {
+            b.extend_from_slice(last);
+            (None, b)
+        }
+    }
+}
+
+/// Copies a result into the caller's buffer, or keeps it for the retry.
+fn deliver(op: &mut Op, result: Zeroizing<Vec<u8>>, out: &mut [u8]) -> Result<usize> {
+    if result.len() > out.len() {
+        let n = result.len();
+        op.result = Some(result);
+        return Err(Error::buffer_too_small(n));
+    }
+    out[..result.len()].copy_from_slice(&result);
+    Ok(result.len())
+}
+
+impl RemoteSession {
+    /// The output length an operation will need (no network): exact for signatures and MACs, an upper bound for
+    /// decryption and the services' own ciphertexts.
+    fn out_len(&self, op: &Op, kind: OpKind, in_len: usize) -> usize {
+        if let Some(r) = &op.result {
+            return r.len();
+        }
+        let k = &op.key;
+        match kind {
+            OpKind::Sign if is_hmac(op.mech) => mech::mechanism_hash(op.mech).map_or(0, Hash::len),
+            OpKind::Sign => mech::signature_len(&k.material),
+            OpKind::Encrypt if op.mech == CKM_RSA_PKCS_OAEP => mech::signature_len(&k.material),
+            OpKind::Encrypt => self.shared.service.encrypt_len(k, op.mech, in_len),
+            OpKind::Decrypt if op.mech == CKM_RSA_PKCS_OAEP => mech::signature_len(&k.material),
+            OpKind::Decrypt => in_len,
+            _ => 0,
+        }
+    }
+
+    /// Runs the operation on its complete input (the network call, for sign/decrypt/MAC/encrypt).
+    fn compute(&self, op: &mut Op, kind: OpKind, last: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        let (digest, buf) = take_input(op, last);
+        let svc = &self.shared.service;
+        let k = op.key.clone();
+        Ok(match kind {
+            OpKind::Sign if is_hmac(op.mech) => {
+                let h = mech::mechanism_hash(op.mech).ok_or(Error::new(CKR_MECHANISM_INVALID))?;
+                Zeroizing::new(svc.mac(&k, h, &buf)?)
+            }
+            OpKind::Sign => {
+                let req = match digest {
+                    Some(d) => sign_request(op, Either::Digest(d))?,
+                    None => sign_request(op, Either::Raw(&buf))?,
+                };
+                Zeroizing::new(svc.sign(&k, &req)?)
+            }
+            OpKind::Decrypt if op.mech == CKM_RSA_PKCS_OAEP => {
+                svc.decrypt_oaep(&k, op.oaep.unwrap_or(Hash::Sha1), &buf)?
+            }
+            OpKind::Decrypt => svc.decrypt(&k, op.mech, &buf, &op.context)?,
+            OpKind::Encrypt if op.mech == CKM_RSA_PKCS_OAEP => {
+                Zeroizing::new(mech::oaep_encrypt_local(&k.material, op.oaep.unwrap_or(Hash::Sha1), &buf)?)
+            }
+            OpKind::Encrypt => Zeroizing::new(svc.encrypt(&k, op.mech, &buf, &op.context)?),
+            _ => return Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED)),
+        })
+    }
+
+    fn finish(&mut self, kind: OpKind, last: &[u8], out: Out) -> Result<usize> {
+        let k = kind as usize;
+        let Some(mut op) = self.ops[k].take() else {
+            return Err(Error::new(CKR_OPERATION_NOT_INITIALIZED));
+        };
+        let need = self.out_len(&op, kind, match &op.input {
+            Input::Buffer(b) => b.len() + last.len(),
+            Input::Hash(_) => last.len(),
+        });
+        let Some(out) = out else {
+            // A length query: answered from what we know, the operation stays active.
+            self.ops[k] = Some(op);
+            return Ok(need);
+        };
+        if let Some(r) = op.result.take() {
+            let r = deliver(&mut op, r, out);
+            if matches!(&r, Err(e) if e.rv() == CKR_BUFFER_TOO_SMALL) {
+                self.ops[k] = Some(op);
+            }
+            return r;
+        }
+        let exact = matches!(kind, OpKind::Sign) || (kind == OpKind::Encrypt && op.mech == CKM_RSA_PKCS_OAEP);
+        if exact && out.len() < need {
+            self.ops[k] = Some(op);
+            return Err(Error::buffer_too_small(need));
+        }
+        let result = self.compute(&mut op, kind, last)?;
+        let r = deliver(&mut op, result, out);
+        if matches!(&r, Err(e) if e.rv() == CKR_BUFFER_TOO_SMALL) {
+            self.ops[k] = Some(op);
+        }
+        r
+    }
+
+    fn verify_all(&mut self, last: &[u8], signature: &[u8]) -> Result<()> {
+        let Some(mut op) = self.ops[OpKind::Verify as usize].take() else {
+            return Err(Error::new(CKR_OPERATION_NOT_INITIALIZED));
+        };
+        let (digest, buf) = take_input(&mut op, last);
+        if is_hmac(op.mech) {
+            let h = mech::mechanism_hash(op.mech).ok_or(Error::new(CKR_MECHANISM_INVALID))?;
+            if signature.len() != h.len() {
+                return Err(Error::new(CKR_SIGNATURE_LEN_RANGE));
+            }
+            let mac = self.shared.service.mac(&op.key, h, &buf)?;
+            let same = mac.len() == signature.len()
+                && mac.iter().zip(signature).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0;
+            return same.then_some(()).ok_or(Error::new(CKR_SIGNATURE_INVALID));
+        }
+        let req = match digest {
+            Some(d) => sign_request(&op, Either::Digest(d))?,
+            None => sign_request(&op, Either::Raw(&buf))?,
+        };
+        mech::verify_local(&op.key.material, &req, signature)
+    }
+}
+
+impl BackendSession for RemoteSession {
+    fn find(&mut self, template: Template) -> Result<Vec<ObjRef>> {
+        let logged_in = self.shared.logged_in();
+        let mut out = Vec::new();
+        for (n, k) in self.shared.keys()? {
+            for class in objects_of(&k) {
+                let private = class == CLASS_PRIVATE || class == CLASS_SECRET;
+                if private && !logged_in {
+                    continue;
+                }
+                let matches = template.raw().iter().all(|a| {
+                    let want = crate::attr_bytes(a).unwrap_or(&[]);
+                    matches!(attribute(&self.shared.name, &k, class, a.type_), AttrValue::Value(v) if v == want)
+                });
+                if matches {
+                    out.push((n << 2) | class);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn get_attributes(&mut self, obj: ObjRef, template: &mut [CK_ATTRIBUTE]) -> CK_RV {
+        let Ok((k, class)) = self.shared.key(obj) else {
+            return CKR_OBJECT_HANDLE_INVALID;
+        };
+        let private = class == CLASS_PRIVATE || class == CLASS_SECRET;
+        if private && !self.shared.logged_in() {
+            return CKR_OBJECT_HANDLE_INVALID;
+        }
+        let mut rv = CKR_OK;
+        for a in template.iter_mut() {
+            let r = match attribute(&self.shared.name, &k, class, a.type_) {
+                AttrValue::Value(v) => fill_attr(a, &v),
+                AttrValue::Sensitive => {
+                    a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
+                    CKR_ATTRIBUTE_SENSITIVE
+                }
+                AttrValue::Invalid => {
+                    a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
+                    CKR_ATTRIBUTE_TYPE_INVALID
+                }
+            };
+            rv = crate::combine_attr_rv(rv, r);
+        }
+        rv
+    }
+
+    fn object_size(&mut self, obj: ObjRef) -> Result<CK_ULONG> {
+        self.shared.key(obj)?;
+        Err(Error::new(CKR_INFORMATION_SENSITIVE))
+    }
+
+    fn destroy_object(&mut self, obj: ObjRef) -> Result<()> {
+        let (k, class) = self.shared.key(obj)?;
+        if !k.destroyable {
+            return Err(Error::with(CKR_ACTION_PROHIBITED, "allow_destroy is not set for this backend"));
+        }
+        if !self.shared.logged_in() {
+            return Err(Error::new(CKR_USER_NOT_LOGGED_IN));
+        }
+        if class == CLASS_PUBLIC || class == super::CLASS_CERT {
+            // The public half and the certificate go with the key; alone they cannot be removed.
+            return Err(Error::with(CKR_ACTION_PROHIBITED, "destroy the private key to delete a remote key"));
+        }
+        self.shared.service.destroy(&k)?;
+        let _ = self.shared.refresh_now();
+        Ok(())
+    }
+
+    fn op_init(&mut self, kind: OpKind, mech: &Mechanism, key: Option<ObjRef>) -> Result<()> {
+        let m = mech.mech_type();
+        if !self.shared.service.mechanisms().iter().any(|x| x.0 == m) {
+            return Err(Error::new(CKR_MECHANISM_INVALID));
+        }
+        let Some(obj) = key else {
+            // Digests are not offered by remote backends.
+            return Err(Error::new(CKR_MECHANISM_INVALID));
+        };
+        let (k, class) = self.shared.key(obj).map_err(|_| Error::new(CKR_KEY_HANDLE_INVALID))?;
+        let private = class == CLASS_PRIVATE || class == CLASS_SECRET;
+        if private && !self.shared.logged_in() {
+            return Err(Error::new(CKR_USER_NOT_LOGGED_IN));
+        }
+        if !k.mechanisms.contains(&m) {
+            return Err(Error::new(CKR_KEY_TYPE_INCONSISTENT));
+        }
+        let u = k.usage;
+        let allowed = match (kind, class) {
+            (OpKind::Sign, CLASS_PRIVATE) | (OpKind::Sign, CLASS_SECRET) => u.sign,
+            (OpKind::Verify, CLASS_PUBLIC) | (OpKind::Verify, CLASS_SECRET) => u.sign,
+            (OpKind::Decrypt, CLASS_PRIVATE) => u.decrypt,
+            (OpKind::Encrypt, CLASS_PUBLIC) => u.decrypt,
+            (OpKind::Decrypt, CLASS_SECRET) | (OpKind::Encrypt, CLASS_SECRET) => u.encrypt,
+            _ => false,
+        };
+        if !allowed {
+            return Err(Error::new(CKR_KEY_FUNCTION_NOT_PERMITTED));
+        }
+        let pss = match m {
+            CKM_RSA_PKCS_PSS | CKM_SHA1_RSA_PKCS_PSS | CKM_SHA224_RSA_PKCS_PSS | CKM_SHA256_RSA_PKCS_PSS
+            | CKM_SHA384_RSA_PKCS_PSS | CKM_SHA512_RSA_PKCS_PSS => Some(mech::pss_params(mech)?),
+            _ => None,
+        };
+        let oaep = (m == CKM_RSA_PKCS_OAEP).then(|| mech::oaep_params(mech)).transpose()?;
+        let context = if m == vendor::CKM_P11BRIDGE_VAULT_ENCRYPT || m == vendor::CKM_P11BRIDGE_KMS_ENCRYPT {
+            mech.param_bytes().to_vec()
+        } else {
+            Vec::new()
+        };
+        let input = match hashing(m) {
+            Some(h) => Input::Hash(Hasher::new(h)),
+            None => Input::Buffer(Zeroizing::new(Vec::new())),
+        };
+        self.ops[kind as usize] = Some(Op {
+            mech: m,
+            pss,
+            oaep,
+            context,
+            key: k,
+            input,
+            result: None,
+        });
+        Ok(())
+    }
+
+    fn op_single(&mut self, kind: OpKind, input: &[u8], out: Out) -> Result<usize> {
+        match kind {
+            OpKind::Sign | OpKind::Encrypt | OpKind::Decrypt => self.finish(kind, input, out),
+            _ => Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED)),
+        }
+    }
+
+    fn op_update(&mut self, kind: OpKind, input: &[u8], out: Out) -> Result<usize> {
+        let op = self.op(kind)?;
+        if op.result.is_some() {
+            return Err(Error::new(CKR_OPERATION_ACTIVE));
+        }
+        match &mut op.input {
+            Input::Hash(h) => h.update(input),
+            Input::Buffer(b) => b.extend_from_slice(input),
+        }
+        // Encryption and decryption by remote services are single-shot: output comes at Final.
+        let _ = out;
+        Ok(0)
+    }
+
+    fn op_final(&mut self, kind: OpKind, out: Out) -> Result<usize> {
+        match kind {
+            OpKind::Sign | OpKind::Encrypt | OpKind::Decrypt => self.finish(kind, &[], out),
+            _ => Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED)),
+        }
+    }
+
+    fn verify(&mut self, data: &[u8], signature: &[u8]) -> Result<()> {
+        self.verify_all(data, signature)
+    }
+
+    fn verify_final(&mut self, signature: &[u8]) -> Result<()> {
+        self.verify_all(&[], signature)
+    }
+
+    fn op_cancel(&mut self, kind: OpKind) -> Result<()> {
+        self.ops[kind as usize] = None;
+        Ok(())
+    }
+}

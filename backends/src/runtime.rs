@@ -1,0 +1,128 @@
+//! The one tokio runtime the module owns, for the remote backends.
+//!
+//! - Created on first use, never in `C_Initialize` (no thread, no network before a remote backend is used).
+//! - Stamped with the process id: after `fork()` the parent's runtime is never touched (its worker threads do not
+//!   exist in the child; dropping it would hang) — it is leaked, and the child builds its own.
+//! - Callers are plain threads of the host application, maybe inside the host's own tokio runtime: futures run on
+//!   our workers and the caller waits on a channel with a deadline, so no nested `block_on` can panic and nothing
+//!   waits forever.
+//! - With `CKF_LIBRARY_CANT_CREATE_OS_THREADS`, a current-thread runtime is driven on the caller's thread instead.
+
+use crate::{Error, Result};
+use cryptoki_sys::{CKR_DEVICE_ERROR, CKR_FUNCTION_CANCELED};
+use parking_lot::Mutex;
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+enum Kind {
+    Workers(tokio::runtime::Runtime),
+    CallerThread(Mutex<tokio::runtime::Runtime>),
+}
+
+struct Rt {
+    pid: u32,
+    kind: Kind,
+}
+
+static RUNTIME: Mutex<Option<Arc<Rt>>> = Mutex::new(None);
+static CANT_CREATE_THREADS: OnceLock<bool> = OnceLock::new();
+
+/// Records the application's `CKF_LIBRARY_CANT_CREATE_OS_THREADS` (first setting wins for the process).
+pub fn set_cant_create_threads(v: bool) {
+    let _ = CANT_CREATE_THREADS.set(v);
+}
+
+fn runtime() -> Result<Arc<Rt>> {
+    let me = std::process::id();
+    // A lock inherited locked through fork() would hang the child: never wait on it for long.
+    let mut g = RUNTIME
+        .try_lock_for(Duration::from_secs(5))
+        .ok_or_else(|| Error::with(CKR_DEVICE_ERROR, "runtime lock unavailable"))?;
+    if let Some(rt) = g.as_ref() {
+        if rt.pid == me {
+            return Ok(rt.clone());
+        }
+        // Inherited from the parent: leak it (never drop a runtime whose threads are gone).
+        if let Some(old) = g.take() {
+            std::mem::forget(old);
+        }
+    }
+    let caller_thread = CANT_CREATE_THREADS.get().copied().unwrap_or(false);
+    let kind = if caller_thread {
+        Kind::CallerThread(Mutex::new(
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Error::with(CKR_DEVICE_ERROR, format!("runtime: {e}")))?,
+        ))
+    } else {
+        Kind::Workers(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("p11bridge-rt")
+                .enable_all()
+                .build()
+                .map_err(|e| Error::with(CKR_DEVICE_ERROR, format!("runtime: {e}")))?,
+        )
+    };
+    let rt = Arc::new(Rt { pid: me, kind });
+    *g = Some(rt.clone());
+    Ok(rt)
+}
+
+/// Runs `fut` to completion within `deadline`; past it, `CKR_DEVICE_ERROR` (the future is dropped).
+pub fn run<F, T>(deadline: Duration, fut: F) -> Result<T>
+where
+    F: Future<Output = Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    let rt = runtime()?;
+    match &rt.kind {
+        Kind::Workers(r) => {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            r.spawn(async move {
+                let out = tokio::time::timeout(deadline, fut).await;
+                let _ = tx.send(out);
+            });
+            // The runtime's timer ends the future at the deadline; the margin covers a runtime that cannot run.
+            match rx.recv_timeout(deadline + Duration::from_secs(1)) {
+                Ok(Ok(r)) => r,
+                Ok(Err(_)) | Err(_) => Err(timed_out(deadline)),
+            }
+        }
+        Kind::CallerThread(m) => {
+            let r = m
+                .try_lock_for(deadline)
+                .ok_or_else(|| timed_out(deadline))?;
+            match r.block_on(async move { tokio::time::timeout(deadline, fut).await }) {
+                Ok(r) => r,
+                Err(_) => Err(timed_out(deadline)),
+            }
+        }
+    }
+}
+
+fn timed_out(d: Duration) -> Error {
+    Error::with(CKR_DEVICE_ERROR, format!("backend did not answer within {d:?}"))
+}
+
+/// An error for an operation abandoned because the caller's deadline passed while waiting for a slot.
+pub fn canceled() -> Error {
+    Error::new(CKR_FUNCTION_CANCELED)
+}
+
+/// Runs a blocking job on the runtime's blocking pool, detached. `false` if there are no worker threads (the
+/// application forbade creating them): the caller then does the job itself.
+pub fn spawn_blocking(job: impl FnOnce() + Send + 'static) -> bool {
+    match runtime() {
+        Ok(rt) => match &rt.kind {
+            Kind::Workers(r) => {
+                r.spawn_blocking(job);
+                true
+            }
+            Kind::CallerThread(_) => false,
+        },
+        Err(_) => false,
+    }
+}
