@@ -104,7 +104,10 @@ where
 }
 
 fn timed_out(d: Duration) -> Error {
-    Error::with(CKR_DEVICE_ERROR, format!("backend did not answer within {d:?}"))
+    Error::with(
+        CKR_DEVICE_ERROR,
+        format!("backend did not answer within {d:?}"),
+    )
 }
 
 /// An error for an operation abandoned because the caller's deadline passed while waiting for a slot.

@@ -614,10 +614,10 @@ impl BackendSession for UpstreamSession {
             }
             _ => self.op_final(kind, Some(&mut scratch)),
         };
-        if let Err(e) = r {
-            if e.rv() == CKR_FUNCTION_NOT_SUPPORTED || e.rv() == CKR_BUFFER_TOO_SMALL {
-                let _ = self.op_single(kind, &[0u8; 1], Some(&mut scratch));
-            }
+        if r.is_err() {
+            // Single-part mechanisms refuse *Final and some modules (SoftHSM) keep the operation: end it with a
+            // single-part call. If the first call did end it, this one just says OPERATION_NOT_INITIALIZED.
+            let _ = self.op_single(kind, &[0u8; 1], Some(&mut scratch));
         }
         zeroize::Zeroize::zeroize(&mut scratch);
         Ok(())

@@ -22,7 +22,12 @@ fn name(cn: &str) -> Vec<u8> {
 fn algorithm(m: &KeyMaterial, tbs: &[u8]) -> Option<(Vec<u8>, SignRequest)> {
     Some(match m {
         KeyMaterial::Rsa { .. } => (
-            seq(&[&[0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b], &[0x05, 0x00]]),
+            seq(&[
+                &[
+                    0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b,
+                ],
+                &[0x05, 0x00],
+            ]),
             SignRequest::Rsa {
                 hash: Hash::Sha256,
                 pad: RsaPad::Pkcs1,
@@ -55,10 +60,7 @@ fn algorithm(m: &KeyMaterial, tbs: &[u8]) -> Option<(Vec<u8>, SignRequest)> {
 }
 
 fn tbs(serial: &[u8], alg: &[u8], issuer: &[u8], subject: &[u8], spki: &[u8]) -> Vec<u8> {
-    let validity = seq(&[
-        &tlv(0x17, b"240101000000Z"),
-        &tlv(0x18, b"99991231235959Z"),
-    ]);
+    let validity = seq(&[&tlv(0x17, b"240101000000Z"), &tlv(0x18, b"99991231235959Z")]);
     seq(&[&uint(serial), alg, issuer, &validity, subject, spki])
 }
 
@@ -155,7 +157,12 @@ pub fn from_pem_file(path: &Path) -> std::result::Result<Certificate, String> {
 }
 
 /// Where a generated certificate for this key and public key is cached.
-pub fn cache_path(dir: &Path, backend_kind: &str, key_name: &str, material: &KeyMaterial) -> Option<PathBuf> {
+pub fn cache_path(
+    dir: &Path,
+    backend_kind: &str,
+    key_name: &str,
+    material: &KeyMaterial,
+) -> Option<PathBuf> {
     let spki = material.spki()?;
     let mut h = sha2::Sha256::new();
     h.update(backend_kind.as_bytes());
@@ -163,7 +170,10 @@ pub fn cache_path(dir: &Path, backend_kind: &str, key_name: &str, material: &Key
     h.update(key_name.as_bytes());
     h.update([0]);
     h.update(&spki);
-    let hex: String = h.finalize()[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let hex: String = h.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     Some(dir.join(format!("{hex}.der")))
 }
 

@@ -4,7 +4,12 @@ pub fn len(n: usize) -> Vec<u8> {
     if n < 0x80 {
         vec![n as u8]
     } else {
-        let b: Vec<u8> = n.to_be_bytes().iter().copied().skip_while(|x| *x == 0).collect();
+        let b: Vec<u8> = n
+            .to_be_bytes()
+            .iter()
+            .copied()
+            .skip_while(|x| *x == 0)
+            .collect();
         let mut v = vec![0x80 | b.len() as u8];
         v.extend(b);
         v

@@ -17,6 +17,8 @@ pub enum Hash {
 }
 
 impl Hash {
+    /// The digest length in bytes.
+    #[allow(clippy::len_without_is_empty)]
     pub fn len(self) -> usize {
         match self {
             Hash::Sha1 => 20,
@@ -58,22 +60,25 @@ impl Hash {
     /// DER of the DigestInfo prefix (AlgorithmIdentifier + OCTET STRING header).
     fn digest_info_prefix(self) -> &'static [u8] {
         match self {
-            Hash::Sha1 => &[0x30, 0x21, 0x30, 0x09, 0x06, 0x05, 0x2b, 0x0e, 0x03, 0x02, 0x1a, 0x05, 0x00, 0x04, 0x14],
+            Hash::Sha1 => &[
+                0x30, 0x21, 0x30, 0x09, 0x06, 0x05, 0x2b, 0x0e, 0x03, 0x02, 0x1a, 0x05, 0x00, 0x04,
+                0x14,
+            ],
             Hash::Sha224 => &[
-                0x30, 0x2d, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x04, 0x05, 0x00,
-                0x04, 0x1c,
+                0x30, 0x2d, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+                0x04, 0x05, 0x00, 0x04, 0x1c,
             ],
             Hash::Sha256 => &[
-                0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00,
-                0x04, 0x20,
+                0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+                0x01, 0x05, 0x00, 0x04, 0x20,
             ],
             Hash::Sha384 => &[
-                0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02, 0x05, 0x00,
-                0x04, 0x30,
+                0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+                0x02, 0x05, 0x00, 0x04, 0x30,
             ],
             Hash::Sha512 => &[
-                0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03, 0x05, 0x00,
-                0x04, 0x40,
+                0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+                0x03, 0x05, 0x00, 0x04, 0x40,
             ],
         }
     }
@@ -87,7 +92,13 @@ impl Hash {
 /// Parses a DER DigestInfo (the input of `CKM_RSA_PKCS` signing). Accepts the AlgorithmIdentifier with and without
 /// the NULL parameters. Anything else is `CKR_DATA_INVALID`.
 pub fn parse_digest_info(di: &[u8]) -> Result<(Hash, &[u8])> {
-    for h in [Hash::Sha256, Hash::Sha384, Hash::Sha512, Hash::Sha1, Hash::Sha224] {
+    for h in [
+        Hash::Sha256,
+        Hash::Sha384,
+        Hash::Sha512,
+        Hash::Sha1,
+        Hash::Sha224,
+    ] {
         let p = h.digest_info_prefix();
         if di.len() == p.len() + h.len() && di.starts_with(p) {
             return Ok((h, &di[p.len()..]));
@@ -102,7 +113,10 @@ pub fn parse_digest_info(di: &[u8]) -> Result<(Hash, &[u8])> {
             return Ok((h, &di[q.len()..]));
         }
     }
-    Err(Error::with(CKR_DATA_INVALID, "input is not a supported DER DigestInfo"))
+    Err(Error::with(
+        CKR_DATA_INVALID,
+        "input is not a supported DER DigestInfo",
+    ))
 }
 
 /// Builds the DigestInfo for a digest.
@@ -164,22 +178,36 @@ pub enum RsaPad {
 #[derive(Clone, Debug)]
 pub enum SignRequest {
     /// RSA over a digest.
-    Rsa { hash: Hash, pad: RsaPad, digest: Vec<u8> },
+    Rsa {
+        hash: Hash,
+        pad: RsaPad,
+        digest: Vec<u8>,
+    },
     /// ECDSA over a digest (the hash names the digest's algorithm; the digest may be of another length for
     /// `CKM_ECDSA`, where `hash` is chosen by length).
     Ecdsa { hash: Hash, digest: Vec<u8> },
     /// Pure EdDSA over the message.
-    Eddsa { message: zeroize::Zeroizing<Vec<u8>> },
+    Eddsa {
+        message: zeroize::Zeroizing<Vec<u8>>,
+    },
 }
 
 /// The hash built into a mechanism, for the hash-and-sign mechanisms.
 pub fn mechanism_hash(m: CK_MECHANISM_TYPE) -> Option<Hash> {
     Some(match m {
         CKM_SHA1_RSA_PKCS | CKM_SHA1_RSA_PKCS_PSS | CKM_ECDSA_SHA1 | CKM_SHA_1_HMAC => Hash::Sha1,
-        CKM_SHA224_RSA_PKCS | CKM_SHA224_RSA_PKCS_PSS | CKM_ECDSA_SHA224 | CKM_SHA224_HMAC => Hash::Sha224,
-        CKM_SHA256_RSA_PKCS | CKM_SHA256_RSA_PKCS_PSS | CKM_ECDSA_SHA256 | CKM_SHA256_HMAC => Hash::Sha256,
-        CKM_SHA384_RSA_PKCS | CKM_SHA384_RSA_PKCS_PSS | CKM_ECDSA_SHA384 | CKM_SHA384_HMAC => Hash::Sha384,
-        CKM_SHA512_RSA_PKCS | CKM_SHA512_RSA_PKCS_PSS | CKM_ECDSA_SHA512 | CKM_SHA512_HMAC => Hash::Sha512,
+        CKM_SHA224_RSA_PKCS | CKM_SHA224_RSA_PKCS_PSS | CKM_ECDSA_SHA224 | CKM_SHA224_HMAC => {
+            Hash::Sha224
+        }
+        CKM_SHA256_RSA_PKCS | CKM_SHA256_RSA_PKCS_PSS | CKM_ECDSA_SHA256 | CKM_SHA256_HMAC => {
+            Hash::Sha256
+        }
+        CKM_SHA384_RSA_PKCS | CKM_SHA384_RSA_PKCS_PSS | CKM_ECDSA_SHA384 | CKM_SHA384_HMAC => {
+            Hash::Sha384
+        }
+        CKM_SHA512_RSA_PKCS | CKM_SHA512_RSA_PKCS_PSS | CKM_ECDSA_SHA512 | CKM_SHA512_HMAC => {
+            Hash::Sha512
+        }
         _ => return None,
     })
 }
@@ -192,11 +220,17 @@ pub fn pss_params(mech: &Mechanism) -> Result<(Hash, usize)> {
         .ok_or_else(|| Error::with(CKR_MECHANISM_PARAM_INVALID, "unsupported PSS hash"))?;
     if let Some(mh) = mechanism_hash(mech.mech_type()) {
         if mh != h {
-            return Err(Error::with(CKR_MECHANISM_PARAM_INVALID, "PSS hash differs from the mechanism's"));
+            return Err(Error::with(
+                CKR_MECHANISM_PARAM_INVALID,
+                "PSS hash differs from the mechanism's",
+            ));
         }
     }
     if p.mgf != h.mgf() {
-        return Err(Error::with(CKR_MECHANISM_PARAM_INVALID, "PSS MGF must use the same hash"));
+        return Err(Error::with(
+            CKR_MECHANISM_PARAM_INVALID,
+            "PSS MGF must use the same hash",
+        ));
     }
     Ok((h, p.sLen as usize))
 }
@@ -207,10 +241,16 @@ pub fn oaep_params(mech: &Mechanism) -> Result<Hash> {
     let h = Hash::from_ckm(p.hashAlg)
         .ok_or_else(|| Error::with(CKR_MECHANISM_PARAM_INVALID, "unsupported OAEP hash"))?;
     if p.mgf != h.mgf() {
-        return Err(Error::with(CKR_MECHANISM_PARAM_INVALID, "OAEP MGF must use the same hash"));
+        return Err(Error::with(
+            CKR_MECHANISM_PARAM_INVALID,
+            "OAEP MGF must use the same hash",
+        ));
     }
     if p.source != 0 && (p.source != CKZ_DATA_SPECIFIED || p.ulSourceDataLen != 0) {
-        return Err(Error::with(CKR_MECHANISM_PARAM_INVALID, "OAEP labels are not supported"));
+        return Err(Error::with(
+            CKR_MECHANISM_PARAM_INVALID,
+            "OAEP labels are not supported",
+        ));
     }
     Ok(h)
 }
@@ -232,14 +272,23 @@ pub fn verify_local(k: &KeyMaterial, req: &SignRequest, sig: &[u8]) -> Result<()
         return Err(Error::new(CKR_SIGNATURE_LEN_RANGE));
     }
     match (k, req) {
-        (KeyMaterial::Rsa { modulus, exponent, .. }, SignRequest::Rsa { hash, pad, digest }) => {
+        (
+            KeyMaterial::Rsa {
+                modulus, exponent, ..
+            },
+            SignRequest::Rsa { hash, pad, digest },
+        ) => {
             let pk = rsa::RsaPublicKey::new(
                 rsa::BigUint::from_bytes_be(modulus),
                 rsa::BigUint::from_bytes_be(exponent),
             )
             .map_err(|_| Error::new(CKR_KEY_TYPE_INCONSISTENT))?;
             let r = match pad {
-                RsaPad::Pkcs1 => pk.verify(rsa::Pkcs1v15Sign::new_unprefixed(), &digest_info(*hash, digest), sig),
+                RsaPad::Pkcs1 => pk.verify(
+                    rsa::Pkcs1v15Sign::new_unprefixed(),
+                    &digest_info(*hash, digest),
+                    sig,
+                ),
                 RsaPad::Pss(salt) => {
                     let scheme = match hash {
                         Hash::Sha1 => rsa::Pss::new_with_salt::<sha1::Sha1>(*salt),
@@ -257,22 +306,28 @@ pub fn verify_local(k: &KeyMaterial, req: &SignRequest, sig: &[u8]) -> Result<()
             use p256::ecdsa::signature::hazmat::PrehashVerifier;
             let ok = match curve {
                 Curve::P256 => {
-                    let vk = p256::ecdsa::VerifyingKey::from_sec1_bytes(point).map_err(|_| bad())?;
+                    let vk =
+                        p256::ecdsa::VerifyingKey::from_sec1_bytes(point).map_err(|_| bad())?;
                     let s = p256::ecdsa::Signature::from_slice(sig).map_err(|_| bad())?;
                     vk.verify_prehash(digest, &s).is_ok()
                 }
                 Curve::P384 => {
-                    let vk = p384::ecdsa::VerifyingKey::from_sec1_bytes(point).map_err(|_| bad())?;
+                    let vk =
+                        p384::ecdsa::VerifyingKey::from_sec1_bytes(point).map_err(|_| bad())?;
                     let s = p384::ecdsa::Signature::from_slice(sig).map_err(|_| bad())?;
                     vk.verify_prehash(digest, &s).is_ok()
                 }
                 Curve::P521 => {
-                    let vk = p521::ecdsa::VerifyingKey::from_sec1_bytes(point).map_err(|_| bad())?;
+                    let vk =
+                        p521::ecdsa::VerifyingKey::from_sec1_bytes(point).map_err(|_| bad())?;
                     let s = p521::ecdsa::Signature::from_slice(sig).map_err(|_| bad())?;
                     vk.verify_prehash(digest, &s).is_ok()
                 }
                 Curve::Secp256k1 => {
-                    return Err(Error::with(CKR_MECHANISM_INVALID, "secp256k1 verification is not built in"))
+                    return Err(Error::with(
+                        CKR_MECHANISM_INVALID,
+                        "secp256k1 verification is not built in",
+                    ))
                 }
             };
             ok.then_some(()).ok_or_else(bad)
@@ -290,7 +345,10 @@ pub fn verify_local(k: &KeyMaterial, req: &SignRequest, sig: &[u8]) -> Result<()
 
 /// RSA-OAEP encryption with the public key, locally.
 pub fn oaep_encrypt_local(k: &KeyMaterial, hash: Hash, pt: &[u8]) -> Result<Vec<u8>> {
-    let KeyMaterial::Rsa { modulus, exponent, .. } = k else {
+    let KeyMaterial::Rsa {
+        modulus, exponent, ..
+    } = k
+    else {
         return Err(Error::new(CKR_KEY_TYPE_INCONSISTENT));
     };
     let pk = rsa::RsaPublicKey::new(
@@ -315,13 +373,22 @@ mod tests {
 
     #[test]
     fn digest_info_round_trip_and_rejects() {
-        for h in [Hash::Sha1, Hash::Sha224, Hash::Sha256, Hash::Sha384, Hash::Sha512] {
+        for h in [
+            Hash::Sha1,
+            Hash::Sha224,
+            Hash::Sha256,
+            Hash::Sha384,
+            Hash::Sha512,
+        ] {
             let d = vec![7u8; h.len()];
             let di = digest_info(h, &d);
             let (h2, d2) = parse_digest_info(&di).unwrap();
             assert_eq!((h2, d2), (h, &d[..]));
         }
-        assert_eq!(parse_digest_info(&[1, 2, 3]).unwrap_err().rv(), CKR_DATA_INVALID);
+        assert_eq!(
+            parse_digest_info(&[1, 2, 3]).unwrap_err().rv(),
+            CKR_DATA_INVALID
+        );
         let mut di = digest_info(Hash::Sha256, &[0u8; 32]);
         di.push(0);
         assert_eq!(parse_digest_info(&di).unwrap_err().rv(), CKR_DATA_INVALID);

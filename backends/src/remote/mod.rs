@@ -65,12 +65,23 @@ pub const ED25519_PARAMS: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
 /// The key itself, as far as the bridge knows it (never private material).
 #[derive(Clone, Debug)]
 pub enum KeyMaterial {
-    Rsa { modulus: Vec<u8>, exponent: Vec<u8> },
+    Rsa {
+        modulus: Vec<u8>,
+        exponent: Vec<u8>,
+    },
     /// `point`: the uncompressed SEC1 point.
-    Ec { curve: Curve, point: Vec<u8> },
-    Ed25519 { point: [u8; 32] },
+    Ec {
+        curve: Curve,
+        point: Vec<u8>,
+    },
+    Ed25519 {
+        point: [u8; 32],
+    },
     /// A secret key: `CKK_AES`, `CKK_GENERIC_SECRET` (HMAC) or `CKK_CHACHA20`; `bits` may be 0 (unknown).
-    Secret { key_type: CK_KEY_TYPE, bits: usize },
+    Secret {
+        key_type: CK_KEY_TYPE,
+        bits: usize,
+    },
 }
 
 impl KeyMaterial {
@@ -84,13 +95,18 @@ impl KeyMaterial {
         Some(match self {
             KeyMaterial::Rsa { modulus, exponent } => seq(&[
                 &seq(&[
-                    &[0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01],
+                    &[
+                        0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
+                    ],
                     &[0x05, 0x00],
                 ]),
                 &bits(&seq(&[&uint(modulus), &uint(exponent)])),
             ]),
             KeyMaterial::Ec { curve, point } => seq(&[
-                &seq(&[&[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01], curve.params()]),
+                &seq(&[
+                    &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01],
+                    curve.params(),
+                ]),
                 &bits(point),
             ]),
             KeyMaterial::Ed25519 { point } => seq(&[&seq(&[ED25519_PARAMS]), &bits(point)]),
@@ -124,7 +140,12 @@ impl KeyMaterial {
                 let (0x02, e, _) = der::read(rest)? else {
                     return None;
                 };
-                let strip = |v: &[u8]| v.iter().copied().skip_while(|x| *x == 0).collect::<Vec<u8>>();
+                let strip = |v: &[u8]| {
+                    v.iter()
+                        .copied()
+                        .skip_while(|x| *x == 0)
+                        .collect::<Vec<u8>>()
+                };
                 Some(KeyMaterial::Rsa {
                     modulus: strip(n),
                     exponent: strip(e),
@@ -204,9 +225,21 @@ pub trait RemoteService: Send + Sync + 'static {
     /// A MAC with a secret key.
     fn mac(&self, key: &RemoteKey, hash: Hash, data: &[u8]) -> Result<Vec<u8>>;
     /// The service's own symmetric encryption (vendor mechanism), with an optional context.
-    fn encrypt(&self, key: &RemoteKey, mech: CK_MECHANISM_TYPE, pt: &[u8], ctx: &[u8]) -> Result<Vec<u8>>;
+    fn encrypt(
+        &self,
+        key: &RemoteKey,
+        mech: CK_MECHANISM_TYPE,
+        pt: &[u8],
+        ctx: &[u8],
+    ) -> Result<Vec<u8>>;
     /// Its decryption.
-    fn decrypt(&self, key: &RemoteKey, mech: CK_MECHANISM_TYPE, ct: &[u8], ctx: &[u8]) -> Result<Zeroizing<Vec<u8>>>;
+    fn decrypt(
+        &self,
+        key: &RemoteKey,
+        mech: CK_MECHANISM_TYPE,
+        ct: &[u8],
+        ctx: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>>;
     /// An upper bound of the ciphertext length for `encrypt` (no network).
     fn encrypt_len(&self, key: &RemoteKey, mech: CK_MECHANISM_TYPE, pt_len: usize) -> usize;
     /// Random bytes from the service, if it has them.
@@ -319,7 +352,8 @@ impl Shared {
             Some(_) => {}
         }
         let c = self.cache.read();
-        let mut v: Vec<(u64, Arc<RemoteKey>)> = c.keys.iter().map(|(n, k)| (*n, k.clone())).collect();
+        let mut v: Vec<(u64, Arc<RemoteKey>)> =
+            c.keys.iter().map(|(n, k)| (*n, k.clone())).collect();
         v.sort_by_key(|(n, _)| *n);
         Ok(v)
     }
@@ -340,7 +374,9 @@ impl Shared {
         let spawned = crate::runtime::spawn_blocking(move || {
             match me.service.fetch_keys() {
                 Ok(fresh) => me.install(fresh),
-                Err(e) => tracing::warn!(backend = %me.name, error = %e, "key refresh failed; serving cached keys"),
+                Err(e) => {
+                    tracing::warn!(backend = %me.name, error = %e, "key refresh failed; serving cached keys")
+                }
             }
             me.refreshing.store(false, Ordering::Release);
         });
@@ -365,7 +401,11 @@ impl Shared {
 
     /// The object reference of a key's object of a class.
     pub fn obj_ref(&self, name: &str, class: u64) -> Option<ObjRef> {
-        self.cache.read().numbers.get(name).map(|n| (n << 2) | class)
+        self.cache
+            .read()
+            .numbers
+            .get(name)
+            .map(|n| (n << 2) | class)
     }
 }
 
@@ -424,12 +464,20 @@ pub fn attribute(backend: &str, k: &RemoteKey, class: u64, t: CK_ATTRIBUTE_TYPE)
         CKA_KEY_GEN_MECHANISM if key => ul(CK_UNAVAILABLE_INFORMATION),
         CKA_START_DATE | CKA_END_DATE if key => vec![],
         CKA_DERIVE if key => b(false),
-        CKA_ALLOWED_MECHANISMS if key => k.mechanisms.iter().flat_map(|m| m.to_ne_bytes()).collect(),
-        CKA_SUBJECT if class != CLASS_SECRET => k.cert.as_ref().map(|c| c.subject.clone()).unwrap_or_default(),
-        CKA_PUBLIC_KEY_INFO if class == CLASS_PRIVATE || class == CLASS_PUBLIC => match k.material.spki() {
-            Some(s) => s,
-            None => return Invalid,
-        },
+        CKA_ALLOWED_MECHANISMS if key => {
+            k.mechanisms.iter().flat_map(|m| m.to_ne_bytes()).collect()
+        }
+        CKA_SUBJECT if class != CLASS_SECRET => k
+            .cert
+            .as_ref()
+            .map(|c| c.subject.clone())
+            .unwrap_or_default(),
+        CKA_PUBLIC_KEY_INFO if class == CLASS_PRIVATE || class == CLASS_PUBLIC => {
+            match k.material.spki() {
+                Some(s) => s,
+                None => return Invalid,
+            }
+        }
         // Private and secret keys: never leave the service.
         CKA_SENSITIVE | CKA_ALWAYS_SENSITIVE | CKA_NEVER_EXTRACTABLE if private => b(true),
         CKA_EXTRACTABLE if private => b(false),
@@ -438,8 +486,8 @@ pub fn attribute(backend: &str, k: &RemoteKey, class: u64, t: CK_ATTRIBUTE_TYPE)
         CKA_DECRYPT if private => b(u.decrypt),
         CKA_UNWRAP if private => b(u.wrap),
         CKA_SIGN_RECOVER if private => b(false),
-        CKA_VALUE | CKA_PRIVATE_EXPONENT | CKA_PRIME_1 | CKA_PRIME_2 | CKA_EXPONENT_1 | CKA_EXPONENT_2
-        | CKA_COEFFICIENT
+        CKA_VALUE | CKA_PRIVATE_EXPONENT | CKA_PRIME_1 | CKA_PRIME_2 | CKA_EXPONENT_1
+        | CKA_EXPONENT_2 | CKA_COEFFICIENT
             if private =>
         {
             return Sensitive
@@ -459,11 +507,15 @@ pub fn attribute(backend: &str, k: &RemoteKey, class: u64, t: CK_ATTRIBUTE_TYPE)
             _ => return Invalid,
         },
         // Key material of public halves (also on the private object, as consumers expect).
-        CKA_MODULUS | CKA_PUBLIC_EXPONENT | CKA_MODULUS_BITS if class == CLASS_PRIVATE || class == CLASS_PUBLIC => {
+        CKA_MODULUS | CKA_PUBLIC_EXPONENT | CKA_MODULUS_BITS
+            if class == CLASS_PRIVATE || class == CLASS_PUBLIC =>
+        {
             match (&k.material, t) {
                 (KeyMaterial::Rsa { modulus, .. }, CKA_MODULUS) => modulus.clone(),
                 (KeyMaterial::Rsa { exponent, .. }, CKA_PUBLIC_EXPONENT) => exponent.clone(),
-                (KeyMaterial::Rsa { modulus, .. }, CKA_MODULUS_BITS) => ul((modulus.len() * 8) as CK_ULONG),
+                (KeyMaterial::Rsa { modulus, .. }, CKA_MODULUS_BITS) => {
+                    ul((modulus.len() * 8) as CK_ULONG)
+                }
                 _ => return Invalid,
             }
         }
@@ -479,9 +531,19 @@ pub fn attribute(backend: &str, k: &RemoteKey, class: u64, t: CK_ATTRIBUTE_TYPE)
         // Certificates.
         CKA_CERTIFICATE_TYPE if class == CLASS_CERT => ul(CKC_X_509),
         CKA_CERTIFICATE_CATEGORY if class == CLASS_CERT => ul(0),
-        CKA_VALUE if class == CLASS_CERT => k.cert.as_ref().map(|c| c.der.clone()).unwrap_or_default(),
-        CKA_ISSUER if class == CLASS_CERT => k.cert.as_ref().map(|c| c.issuer.clone()).unwrap_or_default(),
-        CKA_SERIAL_NUMBER if class == CLASS_CERT => k.cert.as_ref().map(|c| c.serial.clone()).unwrap_or_default(),
+        CKA_VALUE if class == CLASS_CERT => {
+            k.cert.as_ref().map(|c| c.der.clone()).unwrap_or_default()
+        }
+        CKA_ISSUER if class == CLASS_CERT => k
+            .cert
+            .as_ref()
+            .map(|c| c.issuer.clone())
+            .unwrap_or_default(),
+        CKA_SERIAL_NUMBER if class == CLASS_CERT => k
+            .cert
+            .as_ref()
+            .map(|c| c.serial.clone())
+            .unwrap_or_default(),
         _ => return Invalid,
     };
     Value(v)
@@ -531,7 +593,13 @@ impl Token for RemoteToken {
         Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED))
     }
     fn mechanism_list(&self) -> Result<Vec<CK_MECHANISM_TYPE>> {
-        Ok(self.shared.service.mechanisms().into_iter().map(|m| m.0).collect())
+        Ok(self
+            .shared
+            .service
+            .mechanisms()
+            .into_iter()
+            .map(|m| m.0)
+            .collect())
     }
     fn mechanism_info(&self, mech: CK_MECHANISM_TYPE) -> Result<CK_MECHANISM_INFO> {
         self.shared

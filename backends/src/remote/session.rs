@@ -3,15 +3,20 @@
 //! retry), multi-part input hashed or buffered locally, and verification/public-key encryption done locally.
 
 use super::mech::{self, Hash, Hasher, RsaPad, SignRequest};
-use super::{attribute, objects_of, AttrValue, KeyMaterial, RemoteKey, Shared, CLASS_PRIVATE, CLASS_PUBLIC, CLASS_SECRET};
-use crate::{fill_attr, vendor, BackendSession, Error, Mechanism, ObjRef, OpKind, Out, Result, Template};
+use super::{
+    attribute, objects_of, AttrValue, KeyMaterial, RemoteKey, Shared, CLASS_PRIVATE, CLASS_PUBLIC,
+    CLASS_SECRET,
+};
+use crate::{
+    fill_attr, vendor, BackendSession, Error, Mechanism, ObjRef, OpKind, Out, Result, Template,
+};
 use cryptoki_sys::*;
 use std::sync::Arc;
 use zeroize::Zeroizing;
 
 enum Input {
     Buffer(Zeroizing<Vec<u8>>),
-    Hash(Hasher),
+    Hash(Box<Hasher>),
 }
 
 struct Op {
@@ -49,7 +54,9 @@ impl RemoteSession {
 /// Whether a mechanism hashes its input itself (multi-part input is hashed as it comes).
 fn hashing(mech: CK_MECHANISM_TYPE) -> Option<Hash> {
     match mech {
-        CKM_SHA_1_HMAC | CKM_SHA224_HMAC | CKM_SHA256_HMAC | CKM_SHA384_HMAC | CKM_SHA512_HMAC => None,
+        CKM_SHA_1_HMAC | CKM_SHA224_HMAC | CKM_SHA256_HMAC | CKM_SHA384_HMAC | CKM_SHA512_HMAC => {
+            None
+        }
         m => mech::mechanism_hash(m),
     }
 }
@@ -71,10 +78,14 @@ fn sign_request(op: &Op, data: Either) -> Result<SignRequest> {
                 Some((_, salt)) => RsaPad::Pss(salt),
                 None => RsaPad::Pkcs1,
             };
-            SignRequest::Rsa { hash, pad, digest: d }
+            SignRequest::Rsa {
+                hash,
+                pad,
+                digest: d,
+            }
         }
         (KeyMaterial::Rsa { .. }, Either::Raw(input)) if m == CKM_RSA_PKCS => {
-            let (hash, digest) = mech::parse_digest_info(&input)?;
+            let (hash, digest) = mech::parse_digest_info(input)?;
             SignRequest::Rsa {
                 hash,
                 pad: RsaPad::Pkcs1,
@@ -84,7 +95,10 @@ fn sign_request(op: &Op, data: Either) -> Result<SignRequest> {
         (KeyMaterial::Rsa { .. }, Either::Raw(input)) if m == CKM_RSA_PKCS_PSS => {
             let (hash, salt) = op.pss.ok_or(Error::new(CKR_MECHANISM_PARAM_INVALID))?;
             if input.len() != hash.len() {
-                return Err(Error::with(CKR_DATA_LEN_RANGE, "PSS input must be a digest of the parameter hash"));
+                return Err(Error::with(
+                    CKR_DATA_LEN_RANGE,
+                    "PSS input must be a digest of the parameter hash",
+                ));
             }
             SignRequest::Rsa {
                 hash,
@@ -97,8 +111,12 @@ fn sign_request(op: &Op, data: Either) -> Result<SignRequest> {
             digest: d,
         },
         (KeyMaterial::Ec { .. }, Either::Raw(input)) if m == CKM_ECDSA => SignRequest::Ecdsa {
-            hash: Hash::from_len(input.len())
-                .ok_or_else(|| Error::with(CKR_DATA_LEN_RANGE, "CKM_ECDSA input must be a SHA-1/SHA-2 digest"))?,
+            hash: Hash::from_len(input.len()).ok_or_else(|| {
+                Error::with(
+                    CKR_DATA_LEN_RANGE,
+                    "CKM_ECDSA input must be a SHA-1/SHA-2 digest",
+                )
+            })?,
             digest: input.to_vec(),
         },
         (KeyMaterial::Ed25519 { .. }, Either::Raw(input)) if m == CKM_EDDSA => SignRequest::Eddsa {
@@ -178,9 +196,9 @@ impl RemoteSession {
                 svc.decrypt_oaep(&k, op.oaep.unwrap_or(Hash::Sha1), &buf)?
             }
             OpKind::Decrypt => svc.decrypt(&k, op.mech, &buf, &op.context)?,
-            OpKind::Encrypt if op.mech == CKM_RSA_PKCS_OAEP => {
-                Zeroizing::new(mech::oaep_encrypt_local(&k.material, op.oaep.unwrap_or(Hash::Sha1), &buf)?)
-            }
+            OpKind::Encrypt if op.mech == CKM_RSA_PKCS_OAEP => Zeroizing::new(
+                mech::oaep_encrypt_local(&k.material, op.oaep.unwrap_or(Hash::Sha1), &buf)?,
+            ),
             OpKind::Encrypt => Zeroizing::new(svc.encrypt(&k, op.mech, &buf, &op.context)?),
             _ => return Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED)),
         })
@@ -191,10 +209,14 @@ impl RemoteSession {
         let Some(mut op) = self.ops[k].take() else {
             return Err(Error::new(CKR_OPERATION_NOT_INITIALIZED));
         };
-        let need = self.out_len(&op, kind, match &op.input {
-            Input::Buffer(b) => b.len() + last.len(),
-            Input::Hash(_) => last.len(),
-        });
+        let need = self.out_len(
+            &op,
+            kind,
+            match &op.input {
+                Input::Buffer(b) => b.len() + last.len(),
+                Input::Hash(_) => last.len(),
+            },
+        );
         let Some(out) = out else {
             // A length query: answered from what we know, the operation stays active.
             self.ops[k] = Some(op);
@@ -207,7 +229,8 @@ impl RemoteSession {
             }
             return r;
         }
-        let exact = matches!(kind, OpKind::Sign) || (kind == OpKind::Encrypt && op.mech == CKM_RSA_PKCS_OAEP);
+        let exact = matches!(kind, OpKind::Sign)
+            || (kind == OpKind::Encrypt && op.mech == CKM_RSA_PKCS_OAEP);
         if exact && out.len() < need {
             self.ops[k] = Some(op);
             return Err(Error::buffer_too_small(need));
@@ -299,14 +322,20 @@ impl BackendSession for RemoteSession {
     fn destroy_object(&mut self, obj: ObjRef) -> Result<()> {
         let (k, class) = self.shared.key(obj)?;
         if !k.destroyable {
-            return Err(Error::with(CKR_ACTION_PROHIBITED, "allow_destroy is not set for this backend"));
+            return Err(Error::with(
+                CKR_ACTION_PROHIBITED,
+                "allow_destroy is not set for this backend",
+            ));
         }
         if !self.shared.logged_in() {
             return Err(Error::new(CKR_USER_NOT_LOGGED_IN));
         }
         if class == CLASS_PUBLIC || class == super::CLASS_CERT {
             // The public half and the certificate go with the key; alone they cannot be removed.
-            return Err(Error::with(CKR_ACTION_PROHIBITED, "destroy the private key to delete a remote key"));
+            return Err(Error::with(
+                CKR_ACTION_PROHIBITED,
+                "destroy the private key to delete a remote key",
+            ));
         }
         self.shared.service.destroy(&k)?;
         let _ = self.shared.refresh_now();
@@ -322,7 +351,10 @@ impl BackendSession for RemoteSession {
             // Digests are not offered by remote backends.
             return Err(Error::new(CKR_MECHANISM_INVALID));
         };
-        let (k, class) = self.shared.key(obj).map_err(|_| Error::new(CKR_KEY_HANDLE_INVALID))?;
+        let (k, class) = self
+            .shared
+            .key(obj)
+            .map_err(|_| Error::new(CKR_KEY_HANDLE_INVALID))?;
         let private = class == CLASS_PRIVATE || class == CLASS_SECRET;
         if private && !self.shared.logged_in() {
             return Err(Error::new(CKR_USER_NOT_LOGGED_IN));
@@ -343,18 +375,25 @@ impl BackendSession for RemoteSession {
             return Err(Error::new(CKR_KEY_FUNCTION_NOT_PERMITTED));
         }
         let pss = match m {
-            CKM_RSA_PKCS_PSS | CKM_SHA1_RSA_PKCS_PSS | CKM_SHA224_RSA_PKCS_PSS | CKM_SHA256_RSA_PKCS_PSS
-            | CKM_SHA384_RSA_PKCS_PSS | CKM_SHA512_RSA_PKCS_PSS => Some(mech::pss_params(mech)?),
+            CKM_RSA_PKCS_PSS
+            | CKM_SHA1_RSA_PKCS_PSS
+            | CKM_SHA224_RSA_PKCS_PSS
+            | CKM_SHA256_RSA_PKCS_PSS
+            | CKM_SHA384_RSA_PKCS_PSS
+            | CKM_SHA512_RSA_PKCS_PSS => Some(mech::pss_params(mech)?),
             _ => None,
         };
-        let oaep = (m == CKM_RSA_PKCS_OAEP).then(|| mech::oaep_params(mech)).transpose()?;
-        let context = if m == vendor::CKM_P11BRIDGE_VAULT_ENCRYPT || m == vendor::CKM_P11BRIDGE_KMS_ENCRYPT {
-            mech.param_bytes().to_vec()
-        } else {
-            Vec::new()
-        };
+        let oaep = (m == CKM_RSA_PKCS_OAEP)
+            .then(|| mech::oaep_params(mech))
+            .transpose()?;
+        let context =
+            if m == vendor::CKM_P11BRIDGE_VAULT_ENCRYPT || m == vendor::CKM_P11BRIDGE_KMS_ENCRYPT {
+                mech.param_bytes().to_vec()
+            } else {
+                Vec::new()
+            };
         let input = match hashing(m) {
-            Some(h) => Input::Hash(Hasher::new(h)),
+            Some(h) => Input::Hash(Box::new(Hasher::new(h))),
             None => Input::Buffer(Zeroizing::new(Vec::new())),
         };
         self.ops[kind as usize] = Some(Op {

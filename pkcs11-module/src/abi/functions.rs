@@ -437,6 +437,15 @@ cryptoki_fn!(
 
 // ---------------------------------------------------------------- cryptographic operations
 
+/// Argument checks of a call that belongs to an active operation: a refusal ends the operation (spec §5.2: only
+/// `CKR_BUFFER_TOO_SMALL` and a successful length query keep it).
+fn checked<T>(m: &core::Module, h: CK_SESSION_HANDLE, kind: OpKind, r: Result<T>) -> Result<T> {
+    if r.is_err() {
+        m.op_abort(h, kind);
+    }
+    r
+}
+
 /// The shapes shared by the single-key operations.
 unsafe fn init(
     h: CK_SESSION_HANDLE,
@@ -458,8 +467,8 @@ unsafe fn single(
     pout: *mut CK_ULONG,
 ) -> Result<()> {
     let m = module()?;
-    let input = in_bytes(p, n)?;
-    let mut o = OutBuf::new(out, pout)?;
+    let input = checked(&m, h, kind, in_bytes(p, n))?;
+    let mut o = checked(&m, h, kind, OutBuf::new(out, pout))?;
     let r = m.op_single(h, kind, input, o.buf());
     o.finish(r)
 }
@@ -473,15 +482,15 @@ unsafe fn update_out(
     pout: *mut CK_ULONG,
 ) -> Result<()> {
     let m = module()?;
-    let input = in_bytes(p, n)?;
-    let mut o = OutBuf::new(out, pout)?;
+    let input = checked(&m, h, kind, in_bytes(p, n))?;
+    let mut o = checked(&m, h, kind, OutBuf::new(out, pout))?;
     let r = m.op_update(h, kind, input, o.buf());
     o.finish(r)
 }
 
 unsafe fn update(h: CK_SESSION_HANDLE, kind: OpKind, p: *mut u8, n: CK_ULONG) -> Result<()> {
     let m = module()?;
-    let input = in_bytes(p, n)?;
+    let input = checked(&m, h, kind, in_bytes(p, n))?;
     m.op_update(h, kind, input, None).map(|_| ())
 }
 
@@ -492,7 +501,7 @@ unsafe fn finalize(
     pout: *mut CK_ULONG,
 ) -> Result<()> {
     let m = module()?;
-    let mut o = OutBuf::new(out, pout)?;
+    let mut o = checked(&m, h, kind, OutBuf::new(out, pout))?;
     let r = m.op_final(h, kind, o.buf());
     o.finish(r)
 }
@@ -757,8 +766,13 @@ cryptoki_fn!(
         ulSignatureLen: CK_ULONG,
     ) {
         let m = module()?;
-        let data = in_bytes(pData, ulDataLen)?;
-        let sig = in_bytes(pSignature, ulSignatureLen)?;
+        let data = checked(&m, hSession, OpKind::Verify, in_bytes(pData, ulDataLen))?;
+        let sig = checked(
+            &m,
+            hSession,
+            OpKind::Verify,
+            in_bytes(pSignature, ulSignatureLen),
+        )?;
         m.verify(hSession, Some(data), sig)
     }
 );
@@ -774,7 +788,12 @@ cryptoki_fn!(
         ulSignatureLen: CK_ULONG,
     ) {
         let m = module()?;
-        let sig = in_bytes(pSignature, ulSignatureLen)?;
+        let sig = checked(
+            &m,
+            hSession,
+            OpKind::Verify,
+            in_bytes(pSignature, ulSignatureLen),
+        )?;
         m.verify(hSession, None, sig)
     }
 );

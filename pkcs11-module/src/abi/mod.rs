@@ -152,11 +152,15 @@ pub unsafe fn template<'a>(
     if n as u128 > MAX_ATTRS as u128 {
         return Err(bad());
     }
-    let s = if n == 0 {
+    let s: &[CK_ATTRIBUTE] = if n == 0 {
         &[]
     } else {
         std::slice::from_raw_parts(p, n as usize)
     };
+    // An absurd value length is garbage, not a buffer: never let it reach a backend (an upstream may trust it).
+    if s.iter().any(|a| a.ulValueLen as u128 > MAX_LEN as u128) {
+        return Err(bad());
+    }
     Ok(Template::from_raw(s))
 }
 
@@ -186,7 +190,11 @@ pub unsafe fn mechanism<'a>(p: *const CK_MECHANISM) -> Result<Option<Mechanism<'
     if p.is_null() {
         return Ok(None);
     }
-    Mechanism::from_raw(std::ptr::read_unaligned(p)).map(Some)
+    let m = std::ptr::read_unaligned(p);
+    if m.ulParameterLen as u128 > MAX_LEN as u128 {
+        return Err(bad());
+    }
+    Mechanism::from_raw(m).map(Some)
 }
 
 /// A required mechanism.

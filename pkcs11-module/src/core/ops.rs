@@ -193,6 +193,20 @@ impl Module {
         r
     }
 
+    /// Ends an operation whose call was refused before it reached the backend (bad arguments): the spec says such
+    /// a call ends the operation too (§5.2), so the backend's is cancelled as well.
+    pub fn op_abort(&self, h: CK_SESSION_HANDLE, kind: OpKind) {
+        let Ok((s, slot)) = self.session_slot(h) else {
+            return;
+        };
+        let mut inner = s.lock();
+        if let Some(pos) = inner.ops[kind as usize].take() {
+            if let Ok(bs) = inner.member(slot, s.rw, pos) {
+                let _ = bs.op_cancel(kind);
+            }
+        }
+    }
+
     /// `C_SessionCancel`.
     pub fn session_cancel(&self, h: CK_SESSION_HANDLE, flags: CK_FLAGS) -> Result<()> {
         let (s, slot) = self.session_slot(h)?;
