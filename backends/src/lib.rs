@@ -15,6 +15,7 @@ pub mod remote;
 pub mod runtime;
 pub mod secret;
 pub mod types;
+pub mod vault;
 pub mod vendor;
 
 pub use error::{rv_name, Error, Result};
@@ -205,16 +206,27 @@ pub fn build(name: &str, section: &toml::Table, ctx: &BuildContext) -> Result<Ar
         .ok_or_else(|| {
             Error::with(
                 CKR_GENERAL_ERROR,
-                format!("backend.{name}.kind: missing (one of \"pkcs11\")"),
+                format!("backend.{name}.kind: missing (\"pkcs11\" or \"vault-transit\")"),
             )
         })?;
     match kind {
         "pkcs11" => Ok(Arc::new(pkcs11::UpstreamBackend::from_config(
             name, section, ctx,
         )?)),
+        "vault-transit" => {
+            runtime::set_cant_create_threads(ctx.cant_create_threads);
+            let svc = vault::Vault::new(vault::VaultService::from_config(name, section, ctx)?);
+            Ok(Arc::new(remote::RemoteBackend::new(
+                name,
+                "vault-transit",
+                Arc::new(svc),
+            )))
+        }
         other => Err(Error::with(
             CKR_GENERAL_ERROR,
-            format!("backend.{name}.kind: unknown kind \"{other}\" (expected \"pkcs11\")"),
+            format!(
+                "backend.{name}.kind: unknown kind \"{other}\" (expected \"pkcs11\" or \"vault-transit\")"
+            ),
         )),
     }
 }

@@ -7,6 +7,7 @@ use super::{
     attribute, objects_of, AttrValue, KeyMaterial, RemoteKey, Shared, CLASS_PRIVATE, CLASS_PUBLIC,
     CLASS_SECRET,
 };
+use super::{Curve, GenerateKind, GenerateSpec, ED25519_PARAMS};
 use crate::{
     fill_attr, vendor, BackendSession, Error, Mechanism, ObjRef, OpKind, Out, Result, Template,
 };
@@ -447,5 +448,121 @@ impl BackendSession for RemoteSession {
     fn op_cancel(&mut self, kind: OpKind) -> Result<()> {
         self.ops[kind as usize] = None;
         Ok(())
+    }
+
+    fn generate_key_pair(
+        &mut self,
+        mech: &Mechanism,
+        public: Template,
+        private: Template,
+    ) -> Result<(ObjRef, ObjRef)> {
+        let material = match mech.mech_type() {
+            CKM_RSA_PKCS_KEY_PAIR_GEN => GenerateKind::Rsa {
+                bits: public
+                    .ulong_value(CKA_MODULUS_BITS)?
+                    .ok_or(Error::new(CKR_TEMPLATE_INCOMPLETE))? as usize,
+            },
+            CKM_EC_KEY_PAIR_GEN => {
+                let p = public
+                    .value(CKA_EC_PARAMS)?
+                    .ok_or(Error::new(CKR_TEMPLATE_INCOMPLETE))?;
+                GenerateKind::Ec {
+                    curve: Curve::from_params(p).ok_or(Error::new(CKR_CURVE_NOT_SUPPORTED))?,
+                }
+            }
+            CKM_EC_EDWARDS_KEY_PAIR_GEN => {
+                // RFC 8410 OID, or the printable string "edwards25519" some tools send.
+                match public.value(CKA_EC_PARAMS)? {
+                    None => {}
+                    Some(p) if p == ED25519_PARAMS || p == b"\x13\x0cedwards25519" => {}
+                    Some(_) => return Err(Error::new(CKR_CURVE_NOT_SUPPORTED)),
+                }
+                GenerateKind::Ed25519
+            }
+            _ => return Err(Error::new(CKR_MECHANISM_INVALID)),
+        };
+        let sign = private.bool_value(CKA_SIGN)?.unwrap_or(true);
+        let decrypt = private.bool_value(CKA_DECRYPT)?.unwrap_or(false);
+        let name = self.create(material, &[private, public], sign, decrypt)?;
+        let r = |class| {
+            self.shared
+                .obj_ref(&name, class)
+                .ok_or(Error::new(CKR_GENERAL_ERROR))
+        };
+        Ok((r(CLASS_PUBLIC)?, r(CLASS_PRIVATE)?))
+    }
+
+    fn generate_key(&mut self, mech: &Mechanism, template: Template) -> Result<ObjRef> {
+        let bytes = template.ulong_value(CKA_VALUE_LEN)?;
+        let material = match mech.mech_type() {
+            CKM_AES_KEY_GEN => GenerateKind::Aes {
+                bits: bytes.ok_or(Error::new(CKR_TEMPLATE_INCOMPLETE))? as usize * 8,
+            },
+            CKM_GENERIC_SECRET_KEY_GEN => GenerateKind::Hmac {
+                bits: bytes.unwrap_or(32) as usize * 8,
+            },
+            _ => return Err(Error::new(CKR_MECHANISM_INVALID)),
+        };
+        let name = self.create(material, &[template], true, false)?;
+        self.shared
+            .obj_ref(&name, CLASS_SECRET)
+            .ok_or(Error::new(CKR_GENERAL_ERROR))
+    }
+
+    fn generate_random(&mut self, out: &mut [u8]) -> Result<()> {
+        let r = self.shared.service.random(out.len())?;
+        if r.len() != out.len() {
+            return Err(Error::new(CKR_DEVICE_ERROR));
+        }
+        out.copy_from_slice(&r);
+        Ok(())
+    }
+}
+
+impl RemoteSession {
+    /// Creates a key in the service from PKCS#11 templates (always a token object, never extractable), and reads
+    /// the keys again so that its objects exist.
+    fn create(
+        &mut self,
+        material: GenerateKind,
+        templates: &[Template],
+        sign: bool,
+        decrypt: bool,
+    ) -> Result<String> {
+        if !self.shared.logged_in() {
+            return Err(Error::new(CKR_USER_NOT_LOGGED_IN));
+        }
+        for t in templates {
+            if t.bool_value(CKA_TOKEN)? == Some(false) {
+                return Err(Error::with(
+                    CKR_TEMPLATE_INCONSISTENT,
+                    "remote keys are token objects (CKA_TOKEN must not be false)",
+                ));
+            }
+            if t.bool_value(CKA_EXTRACTABLE)? == Some(true) {
+                return Err(Error::with(
+                    CKR_TEMPLATE_INCONSISTENT,
+                    "remote keys are never extractable",
+                ));
+            }
+        }
+        let label = templates
+            .iter()
+            .find_map(|t| t.value(CKA_LABEL).ok().flatten())
+            .ok_or_else(|| {
+                Error::with(
+                    CKR_TEMPLATE_INCOMPLETE,
+                    "CKA_LABEL names the new remote key",
+                )
+            })?;
+        let spec = GenerateSpec {
+            label: String::from_utf8_lossy(label).into_owned(),
+            material,
+            sign,
+            decrypt,
+        };
+        let name = self.shared.service.generate(&spec)?;
+        self.shared.refresh_now()?;
+        Ok(name)
     }
 }

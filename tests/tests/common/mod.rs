@@ -3,6 +3,7 @@
 //! verification with the `openssl` command.
 #![allow(dead_code)]
 
+pub mod bao;
 pub mod der;
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -55,6 +56,12 @@ pub struct Env {
 /// Creates (once per test binary) a fresh SoftHSM2 token and a p11bridge configuration, and points the
 /// environment at them.
 pub fn env() -> &'static Env {
+    env_with(&[], "")
+}
+
+/// Like [`env`], with more backends in the unified slot (`sections` holds their `[backend.NAME]` tables). The
+/// first call in a test binary decides.
+pub fn env_with(more_backends: &[&str], sections: &str) -> &'static Env {
     static ENV: OnceLock<Env> = OnceLock::new();
     ENV.get_or_init(|| {
         let name = std::env::current_exe()
@@ -86,7 +93,7 @@ pub fn env() -> &'static Env {
             }
         }
         let config = dir.join("p11bridge.toml");
-        std::fs::write(&config, config_text()).expect("write config");
+        std::fs::write(&config, config_text_with(more_backends, sections)).expect("write config");
         std::env::set_var("P11BRIDGE_CONFIG", &config);
         std::env::set_var("P11BRIDGE_PIN", BRIDGE_PIN);
         std::env::set_var("P11BRIDGE_SO_PIN", BRIDGE_SO_PIN);
@@ -98,13 +105,22 @@ pub fn env() -> &'static Env {
 
 /// Slot 0: the unified token over the upstream token `upstream`; slots 1..: every SoftHSM slot, mirrored.
 pub fn config_text() -> String {
+    config_text_with(&[], "")
+}
+
+pub fn config_text_with(more_backends: &[&str], sections: &str) -> String {
+    let backends: Vec<String> = std::iter::once("hsm")
+        .chain(more_backends.iter().copied())
+        .map(|b| format!("\"{b}\""))
+        .collect();
+    let backends = backends.join(", ");
     format!(
         r#"
 [[slot]]
 label = "unified"
 user_pin = "env:P11BRIDGE_PIN"
 so_pin = "env:P11BRIDGE_SO_PIN"
-backends = ["hsm"]
+backends = [{backends}]
 
 [[slot]]
 mirror = "hsm"
@@ -115,6 +131,8 @@ module = "{SOFTHSM}"
 token_label = "upstream"
 pin = "env:HSM_PIN"
 so_pin = "env:HSM_SO_PIN"
+
+{sections}
 "#
     )
 }

@@ -1,0 +1,1172 @@
+//! The Vault / OpenBao transit backend (`kind = "vault-transit"`).
+//!
+//! Transit keys become objects of the unified token through the shared remote layer; this file only says how to
+//! talk to Vault: authentication (token, AppRole, Kubernetes; renewal before expiry and one re-login after a 403),
+//! several addresses tried in order (HA), key discovery, and the transit calls. vaultrs does the logins and token
+//! renewal; the transit calls it cannot express (`salt_length`, `prehashed`, `marshaling_algorithm`) go through the
+//! same HTTP client as raw requests.
+
+use crate::remote::mech::{Hash, RsaPad, SignRequest};
+use crate::remote::{
+    cert, Curve, GenerateKind, GenerateSpec, KeyMaterial, RemoteKey, RemoteService, Usage,
+};
+use crate::{runtime, vendor, BuildContext, Error, Result, SecretRef};
+use base64::Engine;
+use cryptoki_sys::*;
+use parking_lot::RwLock;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::Digest;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+use zeroize::Zeroizing;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+const B64URL: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    #[allow(dead_code)]
+    kind: String,
+    /// One address, or several (cluster nodes, tried in order; the last one that answered is tried first).
+    address: Option<String>,
+    #[serde(default)]
+    addresses: Vec<String>,
+    namespace: Option<String>,
+    #[serde(default = "default_mount")]
+    mount: String,
+    /// CA certificate (PEM) for the server's TLS certificate; else the system's roots.
+    ca_cert: Option<PathBuf>,
+    /// TLS client certificate and key (PEM).
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
+    /// Authentication: a token; or AppRole (`role_id` + `secret_id`); or Kubernetes (`kubernetes_role`).
+    token: Option<SecretRef>,
+    role_id: Option<String>,
+    secret_id: Option<SecretRef>,
+    #[serde(default = "default_approle_mount")]
+    approle_mount: String,
+    kubernetes_role: Option<String>,
+    #[serde(default = "default_jwt_path")]
+    kubernetes_jwt_path: PathBuf,
+    #[serde(default = "default_kubernetes_mount")]
+    kubernetes_mount: String,
+    /// Which keys: a list of names, or discovery (`LIST <mount>/keys`) with an optional name prefix.
+    #[serde(default)]
+    keys: Vec<String>,
+    #[serde(default)]
+    discover: bool,
+    #[serde(default)]
+    prefix: String,
+    /// Per-call deadline and connect timeout (milliseconds).
+    #[serde(default = "default_timeout_ms")]
+    timeout_ms: u64,
+    #[serde(default = "default_connect_timeout_ms")]
+    connect_timeout_ms: u64,
+    /// How long key metadata stays fresh (seconds).
+    #[serde(default = "default_ttl")]
+    cache_ttl_s: u64,
+    /// Certificates to show for keys (PEM files), by key name; other signing keys get a generated one.
+    #[serde(default)]
+    certificates: BTreeMap<String, PathBuf>,
+    /// Where generated certificates are cached (default `$XDG_CACHE_HOME/p11bridge` or `~/.cache/p11bridge`).
+    cert_cache_dir: Option<PathBuf>,
+    /// Let `C_DestroyObject` delete transit keys.
+    #[serde(default)]
+    allow_destroy: bool,
+}
+
+fn default_mount() -> String {
+    "transit".into()
+}
+fn default_approle_mount() -> String {
+    "approle".into()
+}
+fn default_kubernetes_mount() -> String {
+    "kubernetes".into()
+}
+fn default_jwt_path() -> PathBuf {
+    "/var/run/secrets/kubernetes.io/serviceaccount/token".into()
+}
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+fn default_connect_timeout_ms() -> u64 {
+    3_000
+}
+fn default_ttl() -> u64 {
+    300
+}
+
+fn cfg_err(name: &str, msg: impl std::fmt::Display) -> Error {
+    Error::with(CKR_GENERAL_ERROR, format!("backend.{name}.{msg}"))
+}
+
+/// The token in use and when it must be renewed.
+struct TokenState {
+    token: Zeroizing<String>,
+    /// When to renew (2/3 of the lease); `None`: never expires.
+    renew_at: Option<Instant>,
+    renewable: bool,
+}
+
+pub struct VaultService {
+    name: String,
+    cfg: Config,
+    addresses: Vec<String>,
+    /// The address that answered last.
+    current: AtomicUsize,
+    http: OnceLock<std::result::Result<reqwest::Client, String>>,
+    token: RwLock<Option<TokenState>>,
+    login: tokio::sync::Mutex<()>,
+    cert_dir: Option<PathBuf>,
+}
+
+/// What went wrong with one request, before it becomes a `CK_RV` for the operation at hand.
+#[derive(Debug)]
+enum Fault {
+    /// No node answered (connection refused, reset, timeout).
+    Unreachable(String),
+    /// An HTTP error status with Vault's messages.
+    Status(u16, String),
+}
+
+impl VaultService {
+    pub fn from_config(name: &str, section: &toml::Table, _ctx: &BuildContext) -> Result<Self> {
+        let cfg: Config =
+            toml::Value::Table(section.clone())
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    Error::with(
+                        CKR_GENERAL_ERROR,
+                        format!("backend.{name}: {}", e.message()),
+                    )
+                })?;
+        let mut addresses = cfg.addresses.clone();
+        if let Some(a) = &cfg.address {
+            addresses.insert(0, a.clone());
+        }
+        if addresses.is_empty() {
+            return Err(cfg_err(
+                name,
+                "address: missing (address = \"https://vault:8200\" or addresses = [...])",
+            ));
+        }
+        for a in &addresses {
+            if !(a.starts_with("http://") || a.starts_with("https://")) {
+                return Err(cfg_err(
+                    name,
+                    format!("address: \"{a}\" is not an http(s) URL"),
+                ));
+            }
+        }
+        let methods = [
+            cfg.token.is_some(),
+            cfg.role_id.is_some(),
+            cfg.kubernetes_role.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if methods != 1 {
+            return Err(cfg_err(
+                name,
+                "token: give exactly one of token, role_id (+ secret_id) or kubernetes_role",
+            ));
+        }
+        if cfg.role_id.is_some() && cfg.secret_id.is_none() {
+            return Err(cfg_err(
+                name,
+                "secret_id: missing (AppRole needs role_id and secret_id)",
+            ));
+        }
+        if cfg.keys.is_empty() && !cfg.discover {
+            return Err(cfg_err(name, "keys: list key names or set discover = true"));
+        }
+        if cfg.client_cert.is_some() != cfg.client_key.is_some() {
+            return Err(cfg_err(
+                name,
+                "client_cert: client_cert and client_key go together",
+            ));
+        }
+        for (k, p) in &cfg.certificates {
+            if !p.exists() {
+                return Err(cfg_err(
+                    name,
+                    format!("certificates.{k}: {} does not exist", p.display()),
+                ));
+            }
+        }
+        let cert_dir = cfg.cert_cache_dir.clone().or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .map(|d| d.join("p11bridge"))
+        });
+        Ok(VaultService {
+            name: name.to_string(),
+            cfg,
+            addresses,
+            current: AtomicUsize::new(0),
+            http: OnceLock::new(),
+            token: RwLock::new(None),
+            login: tokio::sync::Mutex::new(()),
+            cert_dir,
+        })
+    }
+
+    fn deadline(&self) -> Duration {
+        Duration::from_millis(self.cfg.timeout_ms)
+    }
+
+    /// One HTTP client for the backend (connection pool shared by every session), made on first use.
+    fn http(&self) -> Result<reqwest::Client> {
+        self.http
+            .get_or_init(|| build_http(&self.cfg))
+            .clone()
+            .map_err(|e| Error::with(CKR_DEVICE_ERROR, format!("backend {}: {e}", self.name)))
+    }
+
+    fn vault_client(&self, addr: &str, token: &str) -> Result<vaultrs::client::VaultClient> {
+        let settings = vaultrs::client::VaultClientSettingsBuilder::default()
+            .address(addr)
+            .token(token)
+            .namespace(self.cfg.namespace.clone())
+            .build()
+            .map_err(|e| Error::with(CKR_GENERAL_ERROR, format!("vault client: {e}")))?;
+        let http = self.http()?;
+        Ok(vaultrs::client::VaultClient {
+            http: rustify::clients::reqwest::Client::new(addr, http),
+            middle: vaultrs::api::EndpointMiddleware {
+                token: token.to_string(),
+                version: "v1".into(),
+                wrap: None,
+                namespace: self.cfg.namespace.clone(),
+            },
+            settings,
+        })
+    }
+
+    /// Logs in (AppRole, Kubernetes) or takes the configured token.
+    async fn authenticate(&self, addr: &str) -> Result<TokenState> {
+        if let Some(t) = &self.cfg.token {
+            let t = t.resolve()?;
+            return Ok(TokenState {
+                token: Zeroizing::new(String::from_utf8_lossy(t.expose()).into_owned()),
+                renew_at: None,
+                renewable: false,
+            });
+        }
+        let client = self.vault_client(addr, "")?;
+        let info = if let (Some(role), Some(secret)) = (&self.cfg.role_id, &self.cfg.secret_id) {
+            let secret = secret.resolve()?;
+            let secret = String::from_utf8_lossy(secret.expose()).into_owned();
+            let r = vaultrs::auth::approle::login(&client, &self.cfg.approle_mount, role, &secret)
+                .await;
+            drop(Zeroizing::new(secret));
+            r
+        } else {
+            let role = self.cfg.kubernetes_role.clone().unwrap_or_default();
+            let jwt = std::fs::read_to_string(&self.cfg.kubernetes_jwt_path)
+                .map_err(|e| Error::with(CKR_DEVICE_ERROR, format!("kubernetes_jwt_path: {e}")))?;
+            let jwt = Zeroizing::new(jwt.trim().to_string());
+            vaultrs::auth::kubernetes::login(&client, &self.cfg.kubernetes_mount, &role, &jwt).await
+        }
+        .map_err(|e| Error::with(CKR_DEVICE_ERROR, format!("vault login failed: {e}")))?;
+        tracing::info!(backend = %self.name, lease_s = info.lease_duration, "logged in to vault");
+        Ok(TokenState {
+            token: Zeroizing::new(info.client_token),
+            renew_at: (info.lease_duration > 0)
+                .then(|| Instant::now() + Duration::from_secs(info.lease_duration * 2 / 3)),
+            renewable: info.renewable,
+        })
+    }
+
+    /// The token to use now: logs in on first use, renews (or logs in again) when 2/3 of the lease has passed.
+    async fn current_token(&self, addr: &str, force_login: bool) -> Result<Zeroizing<String>> {
+        if !force_login {
+            if let Some(t) = self.token.read().as_ref() {
+                if t.renew_at.is_none_or(|at| Instant::now() < at) {
+                    return Ok(t.token.clone());
+                }
+            }
+        }
+        let _g = self.login.lock().await;
+        // Someone else may have done it meanwhile.
+        if !force_login {
+            if let Some(t) = self.token.read().as_ref() {
+                if t.renew_at.is_none_or(|at| Instant::now() < at) {
+                    return Ok(t.token.clone());
+                }
+            }
+        }
+        let renewable = self
+            .token
+            .read()
+            .as_ref()
+            .map(|t| (t.renewable, t.token.clone()));
+        if let (false, Some((true, tok))) = (force_login, renewable) {
+            let client = self.vault_client(addr, &tok)?;
+            if let Ok(info) = vaultrs::token::renew_self(&client, None).await {
+                let st = TokenState {
+                    token: tok.clone(),
+                    renew_at: (info.lease_duration > 0)
+                        .then(|| Instant::now() + Duration::from_secs(info.lease_duration * 2 / 3)),
+                    renewable: info.renewable,
+                };
+                *self.token.write() = Some(st);
+                tracing::debug!(backend = %self.name, "vault token renewed");
+                return Ok(tok);
+            }
+        }
+        let st = self.authenticate(addr).await?;
+        let tok = st.token.clone();
+        *self.token.write() = Some(st);
+        Ok(tok)
+    }
+
+    /// One transit request, with failover across addresses, one re-login after a 403 (for logins that can
+    /// expire), and retries of idempotent requests on 429/5xx within the deadline.
+    async fn call(
+        self: Arc<Self>,
+        method: reqwest::Method,
+        path: String,
+        body: Option<Value>,
+        idempotent: bool,
+    ) -> std::result::Result<Value, Fault> {
+        let http = self.http().map_err(|e| Fault::Unreachable(e.to_string()))?;
+        let n = self.addresses.len();
+        let start = self.current.load(Ordering::Relaxed);
+        let mut last = Fault::Unreachable("no address".into());
+        let mut relogged = false;
+        let mut attempt = 0u32;
+        'nodes: for i in 0..n {
+            let idx = (start + i) % n;
+            let addr = &self.addresses[idx];
+            loop {
+                let token = match self.current_token(addr, false).await {
+                    Ok(t) => t,
+                    Err(e) => {
+                        last = Fault::Unreachable(e.to_string());
+                        continue 'nodes;
+                    }
+                };
+                let url = format!("{}/v1/{}", addr.trim_end_matches('/'), path);
+                let mut rb = http
+                    .request(method.clone(), &url)
+                    .header("X-Vault-Token", token.as_str());
+                if let Some(ns) = &self.cfg.namespace {
+                    rb = rb.header("X-Vault-Namespace", ns);
+                }
+                if let Some(b) = &body {
+                    rb = rb.json(b);
+                }
+                let resp = match rb.send().await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // Connection-level failure: try the next node.
+                        last = Fault::Unreachable(format!("{addr}: {}", without_url(&e)));
+                        continue 'nodes;
+                    }
+                };
+                let status = resp.status().as_u16();
+                let text = resp.text().await.unwrap_or_default();
+                if (200..300).contains(&status) {
+                    self.current.store(idx, Ordering::Relaxed);
+                    if text.trim().is_empty() {
+                        return Ok(Value::Null);
+                    }
+                    return serde_json::from_str(&text)
+                        .map_err(|e| Fault::Status(status, format!("bad JSON: {e}")));
+                }
+                let msg = serde_json::from_str::<Value>(&text)
+                    .ok()
+                    .and_then(|v| v.get("errors").cloned())
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| text.chars().take(200).collect());
+                if status == 403 && !relogged && self.cfg.token.is_none() {
+                    relogged = true;
+                    let _ = self.current_token(addr, true).await;
+                    continue;
+                }
+                if idempotent
+                    && (status == 429 || status == 500 || status == 502 || status == 504)
+                    && attempt < 3
+                {
+                    attempt += 1;
+                    tokio::time::sleep(backoff(attempt)).await;
+                    continue;
+                }
+                if status == 503 || status == 502 {
+                    // Sealed or standby without forwarding: another node may serve.
+                    last = Fault::Status(status, msg);
+                    continue 'nodes;
+                }
+                return Err(Fault::Status(status, msg));
+            }
+        }
+        Err(last)
+    }
+
+    /// Runs a request on the module's runtime within the deadline, mapping faults for a key operation.
+    fn op(
+        self: &Arc<Self>,
+        method: reqwest::Method,
+        path: String,
+        body: Option<Value>,
+        idempotent: bool,
+        bad_input: CK_RV,
+    ) -> Result<Value> {
+        let me = self.clone();
+        let name = self.name.clone();
+        runtime::run(self.deadline(), async move {
+            me.call(method, path, body, idempotent)
+                .await
+                .map_err(|f| map_fault(&name, f, bad_input))
+        })
+    }
+
+    fn transit(&self, rest: &str) -> String {
+        format!("{}/{}", self.cfg.mount.trim_matches('/'), rest)
+    }
+
+    fn key_id(&self, key: &str) -> Vec<u8> {
+        let mut h = sha2::Sha256::new();
+        h.update(b"vault-transit\0");
+        h.update(self.cfg.mount.trim_matches('/').as_bytes());
+        h.update(b"\0");
+        h.update(key.as_bytes());
+        h.finalize()[..16].to_vec()
+    }
+
+    /// Reads one key and turns it into a `RemoteKey` (`None` for types the bridge does not expose).
+    fn describe(self: &Arc<Self>, name: &str, data: &Value) -> Option<RemoteKey> {
+        let ty = data.get("type")?.as_str()?;
+        let latest = data
+            .get("latest_version")
+            .and_then(Value::as_u64)
+            .unwrap_or(1);
+        let flag = |k: &str| data.get(k).and_then(Value::as_bool).unwrap_or(false);
+        let public = || -> Option<KeyMaterial> {
+            let pk = data
+                .get("keys")?
+                .get(latest.to_string())?
+                .get("public_key")?
+                .as_str()?;
+            public_key(pk)
+        };
+        use cryptoki_sys::*;
+        let rsa_mechs = vec![
+            CKM_RSA_PKCS,
+            CKM_SHA1_RSA_PKCS,
+            CKM_SHA224_RSA_PKCS,
+            CKM_SHA256_RSA_PKCS,
+            CKM_SHA384_RSA_PKCS,
+            CKM_SHA512_RSA_PKCS,
+            CKM_RSA_PKCS_PSS,
+            CKM_SHA1_RSA_PKCS_PSS,
+            CKM_SHA224_RSA_PKCS_PSS,
+            CKM_SHA256_RSA_PKCS_PSS,
+            CKM_SHA384_RSA_PKCS_PSS,
+            CKM_SHA512_RSA_PKCS_PSS,
+            CKM_RSA_PKCS_OAEP,
+        ];
+        let ec_mechs = vec![
+            CKM_ECDSA,
+            CKM_ECDSA_SHA1,
+            CKM_ECDSA_SHA224,
+            CKM_ECDSA_SHA256,
+            CKM_ECDSA_SHA384,
+            CKM_ECDSA_SHA512,
+        ];
+        let sym = vec![
+            vendor::CKM_P11BRIDGE_VAULT_ENCRYPT,
+            vendor::CKM_P11BRIDGE_VAULT_REWRAP,
+        ];
+        let hmac = vec![
+            CKM_SHA_1_HMAC,
+            CKM_SHA224_HMAC,
+            CKM_SHA256_HMAC,
+            CKM_SHA384_HMAC,
+            CKM_SHA512_HMAC,
+        ];
+        let (material, mechanisms, usage) = match ty {
+            "rsa-2048" | "rsa-3072" | "rsa-4096" => (
+                public()?,
+                rsa_mechs,
+                Usage {
+                    sign: flag("supports_signing"),
+                    decrypt: flag("supports_decryption"),
+                    ..Default::default()
+                },
+            ),
+            "ecdsa-p256" | "ecdsa-p384" | "ecdsa-p521" => (
+                public()?,
+                ec_mechs,
+                Usage {
+                    sign: true,
+                    ..Default::default()
+                },
+            ),
+            "ed25519" => (
+                public()?,
+                vec![CKM_EDDSA],
+                Usage {
+                    sign: true,
+                    ..Default::default()
+                },
+            ),
+            "aes128-gcm96" | "aes256-gcm96" => (
+                KeyMaterial::Secret {
+                    key_type: CKK_AES,
+                    bits: if ty == "aes128-gcm96" { 128 } else { 256 },
+                },
+                sym,
+                Usage {
+                    encrypt: true,
+                    ..Default::default()
+                },
+            ),
+            "chacha20-poly1305" => (
+                KeyMaterial::Secret {
+                    key_type: CKK_CHACHA20,
+                    bits: 256,
+                },
+                sym,
+                Usage {
+                    encrypt: true,
+                    ..Default::default()
+                },
+            ),
+            "hmac" => (
+                KeyMaterial::Secret {
+                    key_type: CKK_GENERIC_SECRET,
+                    bits: data.get("key_size").and_then(Value::as_u64).unwrap_or(0) as usize * 8,
+                },
+                hmac,
+                Usage {
+                    sign: true,
+                    ..Default::default()
+                },
+            ),
+            _ => return None,
+        };
+        let mut key = RemoteKey {
+            name: name.to_string(),
+            label: name.to_string(),
+            id: self.key_id(name),
+            material,
+            usage,
+            version: Some(latest),
+            mechanisms,
+            cert: None,
+            destroyable: self.cfg.allow_destroy,
+        };
+        if !key.material.is_secret() {
+            key.cert = self.certificate(&key);
+        }
+        Some(key)
+    }
+
+    /// The key's certificate: configured, cached, or generated now (signed by the key through Vault).
+    fn certificate(self: &Arc<Self>, key: &RemoteKey) -> Option<crate::remote::Certificate> {
+        if let Some(p) = self.cfg.certificates.get(&key.name) {
+            return match cert::from_pem_file(p) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!(backend = %self.name, key = %key.name, "certificate: {e}");
+                    None
+                }
+            };
+        }
+        let path = self.cert_dir.as_ref().and_then(|d| {
+            cert::cache_path(
+                d,
+                "vault-transit",
+                &format!("{}/{}", self.cfg.mount, key.name),
+                &key.material,
+            )
+        });
+        if let Some(c) = path
+            .as_ref()
+            .and_then(|p| cert::load_cached(p, &key.material))
+        {
+            return Some(c);
+        }
+        let made = if key.usage.sign {
+            match cert::self_signed(&key.label, &key.material, |req| {
+                Vault(self.clone()).sign(key, req)
+            })? {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(backend = %self.name, key = %key.name, error = %e, "cannot self-sign a certificate");
+                    return None;
+                }
+            }
+        } else {
+            cert::locally_issued(&key.label, &key.material)?
+        };
+        if let Some(p) = &path {
+            cert::store_cached(p, &made);
+        }
+        Some(made)
+    }
+
+    fn key_names(self: &Arc<Self>) -> Result<Vec<String>> {
+        if !self.cfg.discover {
+            return Ok(self.cfg.keys.clone());
+        }
+        let v = self.op(
+            reqwest::Method::from_bytes(b"LIST").map_err(|_| Error::new(CKR_GENERAL_ERROR))?,
+            self.transit("keys"),
+            None,
+            true,
+            CKR_DEVICE_ERROR,
+        );
+        let v = match v {
+            // No key at all: Vault answers 404.
+            Err(e) if e.rv() == CKR_KEY_HANDLE_INVALID => return Ok(self.cfg.keys.clone()),
+            other => other?,
+        };
+        let mut names: Vec<String> = v
+            .pointer("/data/keys")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.retain(|n| n.starts_with(&self.cfg.prefix));
+        for k in &self.cfg.keys {
+            if !names.contains(k) {
+                names.push(k.clone());
+            }
+        }
+        Ok(names)
+    }
+}
+
+fn without_url(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    if let Some(u) = e.url() {
+        s = s.replace(u.as_str(), "");
+    }
+    if e.is_timeout() {
+        s.push_str(" (timeout)");
+    }
+    s
+}
+
+fn backoff(attempt: u32) -> Duration {
+    let base = 50u64 << attempt.min(5);
+    let mut b = [0u8; 2];
+    let _ = getrandom_bytes(&mut b);
+    Duration::from_millis(base + u16::from_ne_bytes(b) as u64 % base)
+}
+
+fn getrandom_bytes(b: &mut [u8]) -> bool {
+    use rand_core::RngCore;
+    rand_core::OsRng.try_fill_bytes(b).is_ok()
+}
+
+/// Maps a request fault to the `CK_RV` of a key operation (see the README's error table).
+fn map_fault(backend: &str, f: Fault, bad_input: CK_RV) -> Error {
+    match f {
+        Fault::Unreachable(m) => {
+            Error::with(CKR_DEVICE_ERROR, format!("{backend}: unreachable: {m}"))
+        }
+        Fault::Status(code, m) => {
+            let rv = match code {
+                400 if m.contains("sealed") => CKR_DEVICE_ERROR,
+                400 => bad_input,
+                403 => CKR_KEY_FUNCTION_NOT_PERMITTED,
+                404 => CKR_KEY_HANDLE_INVALID,
+                503 => CKR_DEVICE_ERROR,
+                _ => CKR_DEVICE_ERROR,
+            };
+            Error::with(rv, format!("{backend}: HTTP {code}: {m}"))
+        }
+    }
+}
+
+fn build_http(cfg: &Config) -> std::result::Result<reqwest::Client, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(ca) = &cfg.ca_cert {
+        let pem = std::fs::read(ca).map_err(|e| format!("ca_cert {}: {e}", ca.display()))?;
+        for c in rustls_pemfile::certs(&mut &pem[..]) {
+            let c = c.map_err(|e| format!("ca_cert {}: {e}", ca.display()))?;
+            roots
+                .add(c)
+                .map_err(|e| format!("ca_cert {}: {e}", ca.display()))?;
+        }
+    } else {
+        for c in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(c);
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let tls = match (&cfg.client_cert, &cfg.client_key) {
+        (Some(cp), Some(kp)) => {
+            let cpem =
+                std::fs::read(cp).map_err(|e| format!("client_cert {}: {e}", cp.display()))?;
+            let certs: Vec<_> = rustls_pemfile::certs(&mut &cpem[..])
+                .filter_map(|c| c.ok())
+                .collect();
+            let kpem = Zeroizing::new(
+                std::fs::read(kp).map_err(|e| format!("client_key {}: {e}", kp.display()))?,
+            );
+            let key = rustls_pemfile::private_key(&mut &kpem[..])
+                .map_err(|e| format!("client_key: {e}"))?
+                .ok_or("client_key: no private key")?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| e.to_string())?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
+        .timeout(Duration::from_millis(cfg.timeout_ms))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// A public key as Vault shows it: PEM SubjectPublicKeyInfo, or base64 of a raw Ed25519 key.
+fn public_key(pk: &str) -> Option<KeyMaterial> {
+    if pk.contains("-----BEGIN") {
+        let item = rustls_pemfile::read_one(&mut pk.as_bytes()).ok()??;
+        match item {
+            rustls_pemfile::Item::SubjectPublicKeyInfo(spki) => {
+                KeyMaterial::from_spki(spki.as_ref())
+            }
+            _ => None,
+        }
+    } else {
+        let raw = B64.decode(pk.trim()).ok()?;
+        Some(KeyMaterial::Ed25519 {
+            point: raw.try_into().ok()?,
+        })
+    }
+}
+
+fn hash_name(h: Hash) -> &'static str {
+    match h {
+        Hash::Sha1 => "sha1",
+        Hash::Sha224 => "sha2-224",
+        Hash::Sha256 => "sha2-256",
+        Hash::Sha384 => "sha2-384",
+        Hash::Sha512 => "sha2-512",
+    }
+}
+
+/// Decodes Vault's `vault:vN:<base64>` (standard or URL-safe) into bytes.
+fn unvault(s: &str) -> Result<Vec<u8>> {
+    let b = s.rsplit(':').next().unwrap_or("");
+    B64.decode(b)
+        .or_else(|_| B64URL.decode(b.trim_end_matches('=')))
+        .map_err(|_| Error::with(CKR_DEVICE_ERROR, "vault answered an undecodable value"))
+}
+
+fn field<'a>(v: &'a Value, name: &str) -> Result<&'a str> {
+    v.pointer(&format!("/data/{name}"))
+        .and_then(Value::as_str)
+        .ok_or_else(|| Error::with(CKR_DEVICE_ERROR, format!("vault answer has no {name}")))
+}
+
+/// The service, shared through an `Arc` so that requests can outlive the caller's stack frame.
+pub struct Vault(Arc<VaultService>);
+
+impl Vault {
+    pub fn new(s: VaultService) -> Self {
+        Vault(Arc::new(s))
+    }
+}
+
+impl RemoteService for Vault {
+    fn mechanisms(&self) -> Vec<(CK_MECHANISM_TYPE, CK_MECHANISM_INFO)> {
+        let info = |min: CK_ULONG, max: CK_ULONG, flags: CK_FLAGS| CK_MECHANISM_INFO {
+            ulMinKeySize: min,
+            ulMaxKeySize: max,
+            flags,
+        };
+        let sv = CKF_SIGN | CKF_VERIFY;
+        let mut v = vec![
+            (CKM_RSA_PKCS, info(2048, 4096, sv)),
+            (
+                CKM_RSA_PKCS_OAEP,
+                info(2048, 4096, CKF_ENCRYPT | CKF_DECRYPT),
+            ),
+        ];
+        for m in [
+            CKM_SHA1_RSA_PKCS,
+            CKM_SHA224_RSA_PKCS,
+            CKM_SHA256_RSA_PKCS,
+            CKM_SHA384_RSA_PKCS,
+            CKM_SHA512_RSA_PKCS,
+            CKM_RSA_PKCS_PSS,
+            CKM_SHA1_RSA_PKCS_PSS,
+            CKM_SHA224_RSA_PKCS_PSS,
+            CKM_SHA256_RSA_PKCS_PSS,
+            CKM_SHA384_RSA_PKCS_PSS,
+            CKM_SHA512_RSA_PKCS_PSS,
+        ] {
+            v.push((m, info(2048, 4096, sv)));
+        }
+        let ec = CKF_EC_F_P | CKF_EC_NAMEDCURVE | CKF_EC_UNCOMPRESS;
+        for m in [
+            CKM_ECDSA,
+            CKM_ECDSA_SHA1,
+            CKM_ECDSA_SHA224,
+            CKM_ECDSA_SHA256,
+            CKM_ECDSA_SHA384,
+            CKM_ECDSA_SHA512,
+        ] {
+            v.push((m, info(256, 521, sv | ec)));
+        }
+        v.push((CKM_EDDSA, info(255, 255, sv)));
+        for m in [
+            CKM_SHA_1_HMAC,
+            CKM_SHA224_HMAC,
+            CKM_SHA256_HMAC,
+            CKM_SHA384_HMAC,
+            CKM_SHA512_HMAC,
+        ] {
+            v.push((m, info(0, 0, sv)));
+        }
+        v.push((
+            vendor::CKM_P11BRIDGE_VAULT_ENCRYPT,
+            info(128, 256, CKF_ENCRYPT | CKF_DECRYPT),
+        ));
+        v.push((
+            vendor::CKM_P11BRIDGE_VAULT_REWRAP,
+            info(128, 256, CKF_ENCRYPT),
+        ));
+        v.push((
+            CKM_RSA_PKCS_KEY_PAIR_GEN,
+            info(2048, 4096, CKF_GENERATE_KEY_PAIR),
+        ));
+        v.push((
+            CKM_EC_KEY_PAIR_GEN,
+            info(256, 521, CKF_GENERATE_KEY_PAIR | ec),
+        ));
+        v.push((
+            CKM_EC_EDWARDS_KEY_PAIR_GEN,
+            info(255, 255, CKF_GENERATE_KEY_PAIR),
+        ));
+        v.push((CKM_AES_KEY_GEN, info(16, 32, CKF_GENERATE)));
+        v.push((CKM_GENERIC_SECRET_KEY_GEN, info(16, 64, CKF_GENERATE)));
+        v
+    }
+
+    fn ttl(&self) -> Duration {
+        Duration::from_secs(self.0.cfg.cache_ttl_s)
+    }
+
+    fn fetch_keys(&self) -> Result<Vec<RemoteKey>> {
+        let me = self.0.clone();
+        let names = me.key_names()?;
+        // Read every key, at most 16 requests at a time.
+        let reader = me.clone();
+        let datas: Vec<(String, Result<Value>)> = runtime::run(me.deadline() * 4, async move {
+            let sem = Arc::new(tokio::sync::Semaphore::new(16));
+            let mut set = tokio::task::JoinSet::new();
+            for (i, n) in names.into_iter().enumerate() {
+                let r = reader.clone();
+                let sem = sem.clone();
+                set.spawn(async move {
+                    let _p = sem.acquire().await;
+                    let path = r.transit(&format!("keys/{n}"));
+                    let v = r
+                        .clone()
+                        .call(reqwest::Method::GET, path, None, true)
+                        .await
+                        .map_err(|f| map_fault(&r.name, f, CKR_DEVICE_ERROR));
+                    (i, n, v)
+                });
+            }
+            let mut out = Vec::new();
+            while let Some(r) = set.join_next().await {
+                if let Ok(x) = r {
+                    out.push(x);
+                }
+            }
+            out.sort_by_key(|x| x.0);
+            Ok(out.into_iter().map(|(_, n, v)| (n, v)).collect())
+        })?;
+        let mut keys = Vec::new();
+        for (name, v) in datas {
+            match v {
+                Ok(v) => match v.get("data").and_then(|d| me.describe(&name, d)) {
+                    Some(k) => keys.push(k),
+                    None => {
+                        tracing::debug!(backend = %me.name, key = %name, "key type not exposed")
+                    }
+                },
+                // A listed key that is missing is not fatal; an unreachable Vault is.
+                Err(e) if e.rv() == CKR_KEY_HANDLE_INVALID => {
+                    tracing::warn!(backend = %me.name, key = %name, "configured key does not exist")
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(keys)
+    }
+
+    fn sign(&self, key: &RemoteKey, req: &SignRequest) -> Result<Vec<u8>> {
+        let s = &self.0;
+        let (path, body) = match req {
+            SignRequest::Rsa { hash, pad, digest } => {
+                let mut b = json!({"input": B64.encode(digest), "prehashed": true});
+                match pad {
+                    RsaPad::Pkcs1 => b["signature_algorithm"] = json!("pkcs1v15"),
+                    RsaPad::Pss(salt) => {
+                        b["signature_algorithm"] = json!("pss");
+                        b["salt_length"] = json!(salt.to_string());
+                    }
+                }
+                (format!("sign/{}/{}", key.name, hash_name(*hash)), b)
+            }
+            SignRequest::Ecdsa { hash, digest } => (
+                format!("sign/{}/{}", key.name, hash_name(*hash)),
+                json!({"input": B64.encode(digest), "prehashed": true, "marshaling_algorithm": "jws"}),
+            ),
+            SignRequest::Eddsa { message } => (
+                format!("sign/{}", key.name),
+                json!({"input": B64.encode(message.as_slice())}),
+            ),
+        };
+        let v = s.op(
+            reqwest::Method::POST,
+            s.transit(&path),
+            Some(body),
+            true,
+            CKR_DATA_INVALID,
+        )?;
+        let sig = unvault(field(&v, "signature")?)?;
+        let want = crate::remote::mech::signature_len(&key.material);
+        if sig.len() != want {
+            return Err(Error::with(
+                CKR_DEVICE_ERROR,
+                format!("vault signature of {} bytes, expected {want}", sig.len()),
+            ));
+        }
+        Ok(sig)
+    }
+
+    fn decrypt_oaep(&self, key: &RemoteKey, hash: Hash, ct: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        if hash != Hash::Sha256 {
+            return Err(Error::with(
+                CKR_MECHANISM_PARAM_INVALID,
+                "Vault decrypts RSA-OAEP with SHA-256 only",
+            ));
+        }
+        let s = &self.0;
+        let ciphertext = format!("vault:v{}:{}", key.version.unwrap_or(1), B64.encode(ct));
+        let v = s.op(
+            reqwest::Method::POST,
+            s.transit(&format!("decrypt/{}", key.name)),
+            Some(json!({"ciphertext": ciphertext})),
+            true,
+            CKR_ENCRYPTED_DATA_INVALID,
+        )?;
+        Ok(Zeroizing::new(
+            B64.decode(field(&v, "plaintext")?)
+                .map_err(|_| Error::new(CKR_DEVICE_ERROR))?,
+        ))
+    }
+
+    fn mac(&self, key: &RemoteKey, hash: Hash, data: &[u8]) -> Result<Vec<u8>> {
+        let s = &self.0;
+        let v = s.op(
+            reqwest::Method::POST,
+            s.transit(&format!("hmac/{}/{}", key.name, hash_name(hash))),
+            Some(json!({"input": B64.encode(data)})),
+            true,
+            CKR_DATA_INVALID,
+        )?;
+        unvault(field(&v, "hmac")?)
+    }
+
+    fn encrypt(
+        &self,
+        key: &RemoteKey,
+        mech: CK_MECHANISM_TYPE,
+        pt: &[u8],
+        ctx: &[u8],
+    ) -> Result<Vec<u8>> {
+        let s = &self.0;
+        if mech == vendor::CKM_P11BRIDGE_VAULT_REWRAP {
+            let ct = std::str::from_utf8(pt).map_err(|_| Error::new(CKR_DATA_INVALID))?;
+            let mut b = json!({"ciphertext": ct});
+            if !ctx.is_empty() {
+                b["context"] = json!(B64.encode(ctx));
+            }
+            let v = s.op(
+                reqwest::Method::POST,
+                s.transit(&format!("rewrap/{}", key.name)),
+                Some(b),
+                true,
+                CKR_DATA_INVALID,
+            )?;
+            return Ok(field(&v, "ciphertext")?.as_bytes().to_vec());
+        }
+        let mut b = json!({"plaintext": B64.encode(pt)});
+        if !ctx.is_empty() {
+            b["context"] = json!(B64.encode(ctx));
+        }
+        // Not idempotent in effect (a new nonce each time) but harmless to repeat.
+        let v = s.op(
+            reqwest::Method::POST,
+            s.transit(&format!("encrypt/{}", key.name)),
+            Some(b),
+            true,
+            CKR_DATA_LEN_RANGE,
+        )?;
+        Ok(field(&v, "ciphertext")?.as_bytes().to_vec())
+    }
+
+    fn decrypt(
+        &self,
+        key: &RemoteKey,
+        _mech: CK_MECHANISM_TYPE,
+        ct: &[u8],
+        ctx: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>> {
+        let s = &self.0;
+        let ct = std::str::from_utf8(ct).map_err(|_| Error::new(CKR_ENCRYPTED_DATA_INVALID))?;
+        if !ct.starts_with("vault:v") {
+            return Err(Error::with(
+                CKR_ENCRYPTED_DATA_INVALID,
+                "not a vault ciphertext",
+            ));
+        }
+        let mut b = json!({"ciphertext": ct});
+        if !ctx.is_empty() {
+            b["context"] = json!(B64.encode(ctx));
+        }
+        let v = s.op(
+            reqwest::Method::POST,
+            s.transit(&format!("decrypt/{}", key.name)),
+            Some(b),
+            true,
+            CKR_ENCRYPTED_DATA_INVALID,
+        )?;
+        Ok(Zeroizing::new(
+            B64.decode(field(&v, "plaintext")?)
+                .map_err(|_| Error::new(CKR_DEVICE_ERROR))?,
+        ))
+    }
+
+    fn encrypt_len(&self, key: &RemoteKey, mech: CK_MECHANISM_TYPE, pt_len: usize) -> usize {
+        if mech == vendor::CKM_P11BRIDGE_VAULT_REWRAP {
+            // A rewrapped ciphertext is the same size give or take the version digits.
+            return pt_len + 8;
+        }
+        // "vault:v<version>:" + base64(12-byte nonce + ciphertext + 16-byte tag); room for a newer version.
+        let version_digits = key.version.unwrap_or(1).to_string().len() + 1;
+        7 + version_digits + 1 + (12 + pt_len + 16).div_ceil(3) * 4
+    }
+
+    fn random(&self, n: usize) -> Result<Vec<u8>> {
+        let s = &self.0;
+        let v = s.op(
+            reqwest::Method::POST,
+            s.transit(&format!("random/{n}")),
+            Some(json!({"format": "base64"})),
+            true,
+            CKR_DATA_LEN_RANGE,
+        )?;
+        B64.decode(field(&v, "random_bytes")?)
+            .map_err(|_| Error::new(CKR_DEVICE_ERROR))
+    }
+
+    fn generate(&self, spec: &GenerateSpec) -> Result<String> {
+        let s = &self.0;
+        let name = spec.label.clone();
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(Error::with(
+                CKR_ATTRIBUTE_VALUE_INVALID,
+                "CKA_LABEL must name the transit key ([A-Za-z0-9._-]+)",
+            ));
+        }
+        // Never reuse an existing key under a new object.
+        if s.op(
+            reqwest::Method::GET,
+            s.transit(&format!("keys/{name}")),
+            None,
+            true,
+            CKR_DEVICE_ERROR,
+        )
+        .is_ok()
+        {
+            return Err(Error::with(
+                CKR_ATTRIBUTE_VALUE_INVALID,
+                format!("a transit key named {name} exists"),
+            ));
+        }
+        let mut body = json!({"exportable": false});
+        body["type"] = json!(match spec.material {
+            GenerateKind::Rsa { bits: 2048 } => "rsa-2048",
+            GenerateKind::Rsa { bits: 3072 } => "rsa-3072",
+            GenerateKind::Rsa { bits: 4096 } => "rsa-4096",
+            GenerateKind::Rsa { .. } => return Err(Error::new(CKR_KEY_SIZE_RANGE)),
+            GenerateKind::Ec { curve: Curve::P256 } => "ecdsa-p256",
+            GenerateKind::Ec { curve: Curve::P384 } => "ecdsa-p384",
+            GenerateKind::Ec { curve: Curve::P521 } => "ecdsa-p521",
+            GenerateKind::Ec { .. } => return Err(Error::new(CKR_CURVE_NOT_SUPPORTED)),
+            GenerateKind::Ed25519 => "ed25519",
+            GenerateKind::Aes { bits: 128 } => "aes128-gcm96",
+            GenerateKind::Aes { bits: 256 } => "aes256-gcm96",
+            GenerateKind::Aes { .. } => return Err(Error::new(CKR_KEY_SIZE_RANGE)),
+            GenerateKind::Hmac { .. } => "hmac",
+        });
+        if let GenerateKind::Hmac { bits } = spec.material {
+            body["key_size"] = json!(bits / 8);
+        }
+        s.op(
+            reqwest::Method::POST,
+            s.transit(&format!("keys/{name}")),
+            Some(body),
+            false,
+            CKR_TEMPLATE_INCONSISTENT,
+        )?;
+        Ok(name)
+    }
+
+    fn destroy(&self, key: &RemoteKey) -> Result<()> {
+        let s = &self.0;
+        if !s.cfg.allow_destroy {
+            return Err(Error::new(CKR_ACTION_PROHIBITED));
+        }
+        s.op(
+            reqwest::Method::POST,
+            s.transit(&format!("keys/{}/config", key.name)),
+            Some(json!({"deletion_allowed": true})),
+            false,
+            CKR_ACTION_PROHIBITED,
+        )?;
+        s.op(
+            reqwest::Method::DELETE,
+            s.transit(&format!("keys/{}", key.name)),
+            None,
+            false,
+            CKR_ACTION_PROHIBITED,
+        )?;
+        Ok(())
+    }
+}
