@@ -946,6 +946,12 @@ impl RemoteService for Vault {
                 json!({"input": B64.encode(message.as_slice())}),
             ),
         };
+        // Sign with the version whose public key the token shows: after a rotation, signatures keep matching the
+        // public-key object until the next refresh moves both to the new version.
+        let mut body = body;
+        if let Some(v) = key.version {
+            body["key_version"] = json!(v);
+        }
         let v = s.op(
             reqwest::Method::POST,
             s.transit(&path),

@@ -23,7 +23,13 @@ pub const CKM_P11BRIDGE_VAULT_ENCRYPT: CK_MECHANISM_TYPE =
 pub const CKM_P11BRIDGE_VAULT_REWRAP: CK_MECHANISM_TYPE =
     (P11BRIDGE_VENDOR_BASE + 0x103) as CK_MECHANISM_TYPE;
 
-/// Whether an attribute type is one of ours (answered by the core, never sent to a backend).
+/// Whether the core answers this attribute itself (it is never sent to a backend). Other vendor attributes, such as
+/// `CKA_P11BRIDGE_KEY_VERSION`, belong to the backend that holds the object.
 pub fn is_bridge_attribute(t: CK_ATTRIBUTE_TYPE) -> bool {
+    t == CKA_P11BRIDGE_BACKEND
+}
+
+/// Whether an attribute is one of p11bridge's (all read-only on existing objects).
+pub fn is_vendor_attribute(t: CK_ATTRIBUTE_TYPE) -> bool {
     t == CKA_P11BRIDGE_BACKEND || t == CKA_P11BRIDGE_KEY_VERSION
 }

@@ -3,7 +3,7 @@
 use super::slot::{Slot, SlotKind};
 use super::Module;
 use cryptoki_sys::*;
-use p11bridge_backends::vendor::{is_bridge_attribute, CKA_P11BRIDGE_BACKEND};
+use p11bridge_backends::vendor::{is_bridge_attribute, is_vendor_attribute, CKA_P11BRIDGE_BACKEND};
 use p11bridge_backends::{combine_attr_rv, fill_attr, Error, Result, Template};
 
 /// A template on its way to a backend: the caller's own when it holds none of p11bridge's attributes (the common
@@ -274,13 +274,8 @@ impl Module {
                 }
                 continue;
             }
-            let r = if a.type_ == CKA_P11BRIDGE_BACKEND {
-                fill_attr(a, slot.members[pos].name.as_bytes())
-            } else {
-                a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
-                CKR_ATTRIBUTE_TYPE_INVALID
-            };
-            rv = combine_attr_rv(rv, r);
+            // The one attribute the core answers: CKA_P11BRIDGE_BACKEND.
+            rv = combine_attr_rv(rv, fill_attr(a, slot.members[pos].name.as_bytes()));
         }
         Ok(rv)
     }
@@ -297,7 +292,7 @@ impl Module {
             .handles
             .resolve(obj)
             .ok_or(Error::new(CKR_OBJECT_HANDLE_INVALID))?;
-        if slot.unified().is_some() && t.raw().iter().any(|a| is_bridge_attribute(a.type_)) {
+        if slot.unified().is_some() && t.raw().iter().any(|a| is_vendor_attribute(a.type_)) {
             return Err(Error::new(CKR_ATTRIBUTE_READ_ONLY));
         }
         let mut inner = s.lock();
