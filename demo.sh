@@ -6,6 +6,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 root=$PWD
 
 bash scripts/deps.sh
+# shellcheck source=scripts/servers.sh
+source scripts/servers.sh
+servers_trap
 echo "== building libp11bridge.so" >&2
 cargo build --release -p p11bridge >&2
 so=$root/target/release/libp11bridge.so
@@ -15,13 +18,26 @@ rm -rf "$demo"
 mkdir -p "$demo"
 eval "$(bash softhsm-setup.sh "$demo/softhsm")"
 
+echo "== starting an OpenBao dev server with transit keys" >&2
+bao_start "$demo/bao"
+"$BAO" secrets enable transit >/dev/null
+"$BAO" write -f transit/keys/app-signing type=ecdsa-p256 >/dev/null
+"$BAO" write -f transit/keys/app-rsa type=rsa-2048 >/dev/null
+
 export P11BRIDGE_PIN=demo-pin-2468
 cat > "$demo/p11bridge.toml" <<TOML
-# One unified token over the SoftHSM2 token "upstream" (see README: Configuration).
+# One unified token over the SoftHSM2 token "upstream" and Vault transit (see README: Configuration).
 [[slot]]
 label = "unified"
 user_pin = "env:P11BRIDGE_PIN"
-backends = ["hsm"]
+backends = ["hsm", "vault"]
+
+[backend.vault]
+kind = "vault-transit"
+address = "$BAO_ADDR"
+token = "env:BAO_TOKEN"
+keys = ["app-signing", "app-rsa"]
+cert_cache_dir = "$demo/certs"
 
 [backend.hsm]
 kind = "pkcs11"
@@ -52,5 +68,15 @@ openssl pkey -pubin -inform DER -in rsa.der -out rsa.pem
 run tool --login --pin "$P11BRIDGE_PIN" --sign -m SHA256-RSA-PKCS-PSS --id 01 -i msg.txt -o rsa.sig
 run openssl dgst -sha256 -sigopt rsa_padding_mode:pss -sigopt rsa_pss_saltlen:32 -verify rsa.pem -signature rsa.sig msg.txt
 
+# The Vault key: same consumer, same token, same PIN.
+id_of() { tool --login --pin "$P11BRIDGE_PIN" --list-objects 2>/dev/null |
+    awk -v l="$1" '$1 == "label:" && $2 == l { f = 1 } f && $1 == "ID:" { print $2; exit }'; }
+vid=$(id_of app-signing)
+run tool --read-object --type pubkey --id "$vid" -o vault-ec.der
+openssl pkey -pubin -inform DER -in vault-ec.der -out vault-ec.pem
+run tool --login --pin "$P11BRIDGE_PIN" --sign -m ECDSA --id "$vid" -i msg.sha256 -o vault-ec.sig --signature-format openssl
+run openssl pkeyutl -verify -pubin -inkey vault-ec.pem -in msg.sha256 -sigfile vault-ec.sig
+
 echo
-echo "demo: pkcs11-tool listed and signed through p11bridge; openssl verified both signatures."
+echo "demo: pkcs11-tool listed and signed through p11bridge with keys in SoftHSM2 and in Vault transit;"
+echo "      openssl verified every signature."

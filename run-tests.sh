@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every p11bridge test: formatting and lint, unit tests, end-to-end tests through the built libp11bridge.so
-# (the cryptoki crate as a client), pkcs11-tool parity with SoftHSM2, and the cryptoki crate's own suite through a
-# mirror slot. Ends with one line "N passed, M failed" over the suites.
+# (the cryptoki crate as a client; SoftHSM2 and an OpenBao dev server started by the tests), pkcs11-tool parity
+# with SoftHSM2 and over Vault keys, the moto KMS fidelity layer's own tests, and the cryptoki crate's suite
+# through a mirror slot. Ends with one line "suites: N passed, M failed".
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 root=$PWD
@@ -30,6 +31,8 @@ suite build cargo build --release -p p11bridge
 so=$root/target/release/libp11bridge.so
 suite cargo-test cargo test --release --workspace
 suite pkcs11-tool-parity bash tests/pkcs11-tool/parity.sh "$so"
+suite pkcs11-tool-vault bash tests/vault/pkcs11-tool.sh "$so"
+suite kms-fidelity python3 -m pytest -q tests/kms
 suite cryptoki-suite bash tests/cryptoki-suite/run.sh "$so"
 
 echo
