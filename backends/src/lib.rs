@@ -188,6 +188,84 @@ pub trait BackendSession: Send {
         Err(Error::new(CKR_MECHANISM_INVALID))
     }
 
+    // Envelope wrapping across backends: a secret key of one backend wrapped under a key of another.
+    /// The value of a secret key, to be wrapped by another backend: only for an extractable, readable secret key.
+    fn export_value(&mut self, obj: ObjRef) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+        let mut class: CK_OBJECT_CLASS = 0;
+        let mut extractable: CK_BBOOL = CK_FALSE;
+        let mut t = [
+            CK_ATTRIBUTE {
+                type_: CKA_CLASS,
+                pValue: &mut class as *mut _ as *mut std::ffi::c_void,
+                ulValueLen: std::mem::size_of::<CK_OBJECT_CLASS>() as CK_ULONG,
+            },
+            CK_ATTRIBUTE {
+                type_: CKA_EXTRACTABLE,
+                pValue: &mut extractable as *mut _ as *mut std::ffi::c_void,
+                ulValueLen: 1,
+            },
+        ];
+        match self.get_attributes(obj, &mut t) {
+            CKR_OK => {}
+            CKR_OBJECT_HANDLE_INVALID => return Err(Error::new(CKR_KEY_HANDLE_INVALID)),
+            rv => return Err(Error::new(rv)),
+        }
+        if class != CKO_SECRET_KEY {
+            return Err(Error::with(
+                CKR_KEY_NOT_WRAPPABLE,
+                "only secret keys are wrapped across backends",
+            ));
+        }
+        if extractable == CK_FALSE {
+            return Err(Error::new(CKR_KEY_UNEXTRACTABLE));
+        }
+        let mut v = [CK_ATTRIBUTE {
+            type_: CKA_VALUE,
+            pValue: std::ptr::null_mut(),
+            ulValueLen: 0,
+        }];
+        if self.get_attributes(obj, &mut v) != CKR_OK
+            || v[0].ulValueLen == CK_UNAVAILABLE_INFORMATION
+        {
+            return Err(Error::with(
+                CKR_KEY_UNEXTRACTABLE,
+                "a sensitive key cannot be wrapped by another backend",
+            ));
+        }
+        let mut value = zeroize::Zeroizing::new(vec![0u8; v[0].ulValueLen as usize]);
+        v[0].pValue = value.as_mut_ptr() as *mut std::ffi::c_void;
+        if self.get_attributes(obj, &mut v) != CKR_OK {
+            return Err(Error::new(CKR_KEY_UNEXTRACTABLE));
+        }
+        value.truncate(v[0].ulValueLen as usize);
+        Ok(value)
+    }
+    /// Wraps `value` (another backend's key) under one of this backend's keys.
+    fn wrap_value(
+        &mut self,
+        mech: &Mechanism,
+        wrapping: ObjRef,
+        value: &[u8],
+        out: Out,
+    ) -> Result<usize> {
+        Err(Error::with(
+            CKR_KEY_NOT_WRAPPABLE,
+            "this backend does not wrap other backends' keys",
+        ))
+    }
+    /// Unwraps a key value with one of this backend's keys, for another backend to import.
+    fn unwrap_value(
+        &mut self,
+        mech: &Mechanism,
+        unwrapping: ObjRef,
+        wrapped: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+        Err(Error::with(
+            CKR_MECHANISM_INVALID,
+            "this backend does not unwrap keys for other backends",
+        ))
+    }
+
     // Random numbers
     fn seed_random(&mut self, seed: &[u8]) -> Result<()> {
         Err(Error::new(CKR_RANDOM_SEED_NOT_SUPPORTED))

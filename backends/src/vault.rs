@@ -1028,6 +1028,10 @@ impl RemoteService for Vault {
             return Ok(field(&v, "ciphertext")?.as_bytes().to_vec());
         }
         let mut b = json!({"plaintext": B64.encode(pt)});
+        // The version the token shows: the ciphertext's length is then exactly what a length query answered.
+        if let Some(v) = key.version {
+            b["key_version"] = json!(v);
+        }
         if !ctx.is_empty() {
             b["context"] = json!(B64.encode(ctx));
         }
@@ -1079,8 +1083,9 @@ impl RemoteService for Vault {
             // A rewrapped ciphertext is the same size give or take the version digits.
             return pt_len + 8;
         }
-        // "vault:v<version>:" + base64(12-byte nonce + ciphertext + 16-byte tag); room for a newer version.
-        let version_digits = key.version.unwrap_or(1).to_string().len() + 1;
+        // "vault:v<version>:" + base64(12-byte nonce + ciphertext + 16-byte tag), exact: encryption uses the
+        // version the token shows.
+        let version_digits = key.version.unwrap_or(1).to_string().len();
         7 + version_digits + 1 + (12 + pt_len + 16).div_ceil(3) * 4
     }
 

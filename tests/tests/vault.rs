@@ -561,3 +561,100 @@ fn keys_generated_from_pkcs11_live_in_vault() {
         .unwrap_err();
     assert_eq!(rv(e), RvError::AttributeValueInvalid);
 }
+
+#[test]
+fn envelope_wrapping_of_hsm_session_keys_under_a_vault_key() {
+    let s = user_session(p());
+    let kek = vault_key(&s, "v-aes", ObjectClass::SECRET_KEY);
+    // A session AES key in the HSM (extractable, so that it may leave it wrapped).
+    let dek = s
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::ValueLen(32.into()),
+                Attribute::Token(false),
+                Attribute::Extractable(true),
+                Attribute::Sensitive(false),
+                Attribute::Encrypt(true),
+                Attribute::Decrypt(true),
+            ],
+        )
+        .unwrap();
+    let wrap = vault_mech(CKM_P11BRIDGE_VAULT_ENCRYPT);
+    let wrapped = s.wrap_key(&wrap, kek, dek).unwrap();
+    assert!(
+        wrapped.starts_with(b"vault:v"),
+        "{}",
+        String::from_utf8_lossy(&wrapped)
+    );
+    // Unwrapped back into the HSM (the slot's default backend): the same key.
+    let back = s
+        .unwrap_key(
+            &wrap,
+            kek,
+            &wrapped,
+            &[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::AES),
+                Attribute::Token(false),
+                Attribute::Encrypt(true),
+                Attribute::Decrypt(true),
+            ],
+        )
+        .unwrap();
+    let backend = s
+        .get_attributes(back, &[AttributeType::VendorDefined(CKA_P11BRIDGE_BACKEND)])
+        .unwrap();
+    assert!(
+        matches!(&backend[..], [Attribute::VendorDefined((_, b))] if b == b"hsm"),
+        "{backend:?}"
+    );
+    let iv = [5u8; 16];
+    let c1 = s
+        .encrypt(&Mechanism::AesCbcPad(iv), dek, b"envelope")
+        .unwrap();
+    assert_eq!(
+        s.decrypt(&Mechanism::AesCbcPad(iv), back, &c1).unwrap(),
+        b"envelope"
+    );
+    // A sensitive key cannot leave its backend this way.
+    let sensitive = s
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::ValueLen(16.into()),
+                Attribute::Token(false),
+                Attribute::Extractable(true),
+                Attribute::Sensitive(true),
+            ],
+        )
+        .unwrap();
+    assert_eq!(
+        rv(s.wrap_key(&wrap, kek, sensitive).unwrap_err()),
+        RvError::KeyUnextractable
+    );
+    // A tampered envelope is refused.
+    let mut bad = wrapped.clone();
+    let n = bad.len();
+    bad[n - 3] ^= 1;
+    let e = s
+        .unwrap_key(
+            &wrap,
+            kek,
+            &bad,
+            &[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::AES),
+                Attribute::Token(false),
+            ],
+        )
+        .unwrap_err();
+    let r = rv(e);
+    assert!(
+        matches!(
+            r,
+            RvError::WrappedKeyInvalid | RvError::EncryptedDataInvalid
+        ),
+        "{r:?}"
+    );
+}

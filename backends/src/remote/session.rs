@@ -509,6 +509,54 @@ impl BackendSession for RemoteSession {
             .ok_or(Error::new(CKR_GENERAL_ERROR))
     }
 
+    fn wrap_value(
+        &mut self,
+        mech: &Mechanism,
+        wrapping: ObjRef,
+        value: &[u8],
+        out: Out,
+    ) -> Result<usize> {
+        let k = self.envelope_key(mech, wrapping, CKR_WRAPPING_KEY_HANDLE_INVALID)?;
+        let need = self
+            .shared
+            .service
+            .encrypt_len(&k, mech.mech_type(), value.len());
+        let Some(out) = out else {
+            return Ok(need);
+        };
+        if out.len() < need {
+            return Err(Error::buffer_too_small(need));
+        }
+        let ct = self
+            .shared
+            .service
+            .encrypt(&k, mech.mech_type(), value, mech.param_bytes())?;
+        if ct.len() > out.len() {
+            return Err(Error::buffer_too_small(ct.len()));
+        }
+        out[..ct.len()].copy_from_slice(&ct);
+        Ok(ct.len())
+    }
+
+    fn unwrap_value(
+        &mut self,
+        mech: &Mechanism,
+        unwrapping: ObjRef,
+        wrapped: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>> {
+        let k = self.envelope_key(mech, unwrapping, CKR_UNWRAPPING_KEY_HANDLE_INVALID)?;
+        self.shared
+            .service
+            .decrypt(&k, mech.mech_type(), wrapped, mech.param_bytes())
+            .map_err(|e| match e.rv() {
+                CKR_ENCRYPTED_DATA_INVALID => Error::with(
+                    CKR_WRAPPED_KEY_INVALID,
+                    e.cause().unwrap_or("not a wrapped key").to_string(),
+                ),
+                _ => e,
+            })
+    }
+
     fn generate_random(&mut self, out: &mut [u8]) -> Result<()> {
         let r = self.shared.service.random(out.len())?;
         if r.len() != out.len() {
@@ -520,6 +568,30 @@ impl BackendSession for RemoteSession {
 }
 
 impl RemoteSession {
+    /// The secret key that wraps or unwraps with the service's own encryption mechanism.
+    fn envelope_key(
+        &self,
+        mech: &Mechanism,
+        obj: ObjRef,
+        invalid: CK_RV,
+    ) -> Result<Arc<RemoteKey>> {
+        let m = mech.mech_type();
+        if m != vendor::CKM_P11BRIDGE_VAULT_ENCRYPT && m != vendor::CKM_P11BRIDGE_KMS_ENCRYPT {
+            return Err(Error::new(CKR_MECHANISM_INVALID));
+        }
+        let (k, class) = self.shared.key(obj).map_err(|_| Error::new(invalid))?;
+        if !self.shared.logged_in() {
+            return Err(Error::new(CKR_USER_NOT_LOGGED_IN));
+        }
+        if class != CLASS_SECRET || !k.mechanisms.contains(&m) {
+            return Err(Error::new(CKR_KEY_TYPE_INCONSISTENT));
+        }
+        if !k.usage.encrypt {
+            return Err(Error::new(CKR_KEY_FUNCTION_NOT_PERMITTED));
+        }
+        Ok(k)
+    }
+
     /// Creates a key in the service from PKCS#11 templates (always a token object, never extractable), and reads
     /// the keys again so that its objects exist.
     fn create(

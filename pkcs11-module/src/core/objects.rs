@@ -32,7 +32,7 @@ impl<'a> Passed<'a> {
 }
 
 /// Which member a template names with `CKA_P11BRIDGE_BACKEND`, if any.
-pub(super) fn named_member(slot: &Slot, t: Template) -> Result<Option<usize>> {
+pub(crate) fn named_member(slot: &Slot, t: Template) -> Result<Option<usize>> {
     let Some(name) = t.value(CKA_P11BRIDGE_BACKEND)? else {
         return Ok(None);
     };

@@ -309,7 +309,8 @@ impl Module {
         Ok((hp, hs))
     }
 
-    /// `C_WrapKey`: both keys must be in the same backend.
+    /// `C_WrapKey`: within one backend, or across backends (envelope: an extractable secret key wrapped under
+    /// another backend's key).
     pub fn wrap_key(
         &self,
         h: CK_SESSION_HANDLE,
@@ -327,18 +328,22 @@ impl Module {
             .handles
             .resolve(key)
             .ok_or(Error::new(CKR_KEY_HANDLE_INVALID))?;
-        if wp != kp {
-            return Err(Error::with(
-                CKR_KEY_NOT_WRAPPABLE,
-                "the key and the wrapping key are in different backends",
-            ));
-        }
         let mut inner = s.lock();
-        let r = inner.member(slot, s.rw, wp)?.wrap_key(&mech, wo, ko, out);
+        if wp == kp {
+            let r = inner.member(slot, s.rw, wp)?.wrap_key(&mech, wo, ko, out);
+            return r;
+        }
+        // Envelope wrapping across backends: the key's value leaves its backend (only if it is extractable and
+        // readable) and is encrypted under the wrapping key by the other backend.
+        let value = inner.member(slot, s.rw, kp)?.export_value(ko)?;
+        let r = inner
+            .member(slot, s.rw, wp)?
+            .wrap_value(&mech, wo, &value, out);
         r
     }
 
-    /// `C_UnwrapKey`: the new key is made where the unwrapping key lives.
+    /// `C_UnwrapKey`: the new key is made where the template says (`CKA_P11BRIDGE_BACKEND`, else the slot's
+    /// default); across backends, the unwrapping key's backend unwraps and the target imports the value.
     pub fn unwrap_key(
         &self,
         h: CK_SESSION_HANDLE,
@@ -352,12 +357,49 @@ impl Module {
             .handles
             .resolve(unwrapping)
             .ok_or(Error::new(CKR_UNWRAPPING_KEY_HANDLE_INVALID))?;
+        let named = match slot.unified() {
+            Some(_) => super::objects::named_member(slot, t)?,
+            None => None,
+        };
         let passed = Passed::new(t);
         let st = passed.get();
         let mut inner = s.lock();
-        let o = inner
-            .member(slot, s.rw, pos)?
-            .unwrap_key(&mech, uo, wrapped, st)?;
+        // Envelope unwrapping across backends: the unwrapping key's backend decrypts the value, and the key is
+        // created in the target backend.
+        let envelope = |inner: &mut super::session::Inner, target: usize| -> Result<u64> {
+            let value = inner
+                .member(slot, s.rw, pos)?
+                .unwrap_value(&mech, uo, wrapped)?;
+            let mut with_value: Vec<CK_ATTRIBUTE> = st
+                .raw()
+                .iter()
+                .filter(|a| a.type_ != CKA_VALUE)
+                .copied()
+                .collect();
+            with_value.push(CK_ATTRIBUTE {
+                type_: CKA_VALUE,
+                pValue: value.as_ptr() as *mut std::ffi::c_void,
+                ulValueLen: value.len() as CK_ULONG,
+            });
+            // SAFETY: the caller's attribute values plus `value`, all alive for this call.
+            let tv = unsafe { Template::from_raw(&with_value) };
+            inner.member(slot, s.rw, target)?.create_object(tv)
+        };
+        let default = slot.unified().map_or(pos, |u| u.default_member);
+        let (target, o) = match named {
+            Some(target) if target != pos => (target, envelope(&mut inner, target)?),
+            _ => match inner
+                .member(slot, s.rw, pos)?
+                .unwrap_key(&mech, uo, wrapped, st)
+            {
+                // A backend that cannot hold the key (a remote service) unwraps it into the slot's default one.
+                Err(e) if e.rv() == CKR_MECHANISM_INVALID && named.is_none() && default != pos => {
+                    (default, envelope(&mut inner, default)?)
+                }
+                r => (pos, r?),
+            },
+        };
+        let pos = target;
         let handle = slot.handles.intern((pos, o));
         if is_session_object(t) && slot.unified().is_some() {
             inner.session_objects.push(handle);
