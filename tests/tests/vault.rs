@@ -44,6 +44,10 @@ fn setup() -> &'static Setup {
             ("v-ed", "ed25519"),
             ("v-aes", "aes256-gcm96"),
             ("v-aes-rot", "aes256-gcm96"),
+            ("v-ec521", "ecdsa-p521"),
+            ("v-rsa3072", "rsa-3072"),
+            ("v-chacha", "chacha20-poly1305"),
+            ("v-aes128", "aes128-gcm96"),
         ] {
             b.ok(&[
                 "write",
@@ -177,7 +181,8 @@ fn sign_verify(
     let public = vault_key(s, label, ObjectClass::PUBLIC_KEY);
     let sig = s.sign(mech, key, data).unwrap();
     assert_eq!(sig.len(), want_len, "{label} {mech:?}");
-    s.verify(mech, public, data, &sig).unwrap();
+    s.verify(mech, public, data, &sig)
+        .unwrap_or_else(|e| panic!("{label} {mech:?}: {e}"));
     let mut bad = sig.clone();
     bad[3] ^= 0x40;
     assert_eq!(
@@ -657,4 +662,107 @@ fn envelope_wrapping_of_hsm_session_keys_under_a_vault_key() {
         ),
         "{r:?}"
     );
+}
+
+/// Every signing mechanism on every asymmetric key type: signed in Vault, verified by the bridge (locally) and by
+/// openssl. Prints the matrix.
+#[test]
+fn signature_matrix() {
+    let s = user_session(p());
+    let data = b"matrix input".to_vec();
+    let pss = |h: MechanismType, m: PkcsMgfType, n: u64| PkcsPssParams {
+        hash_alg: h,
+        mgf: m,
+        s_len: n.into(),
+    };
+    let mut rows = Vec::new();
+    for (label, rsa_bytes) in [("v-rsa", 256usize), ("v-rsa3072", 384)] {
+        let spki = spki(&s, vault_key(&s, label, ObjectClass::PUBLIC_KEY));
+        let cases: Vec<(&str, Mechanism, &str, Vec<&str>)> = vec![
+            ("SHA1_RSA_PKCS", Mechanism::Sha1RsaPkcs, "sha1", vec![]),
+            (
+                "SHA224_RSA_PKCS",
+                Mechanism::Sha224RsaPkcs,
+                "sha224",
+                vec![],
+            ),
+            (
+                "SHA256_RSA_PKCS",
+                Mechanism::Sha256RsaPkcs,
+                "sha256",
+                vec![],
+            ),
+            (
+                "SHA384_RSA_PKCS",
+                Mechanism::Sha384RsaPkcs,
+                "sha384",
+                vec![],
+            ),
+            (
+                "SHA512_RSA_PKCS",
+                Mechanism::Sha512RsaPkcs,
+                "sha512",
+                vec![],
+            ),
+            (
+                "SHA1_RSA_PKCS_PSS",
+                Mechanism::Sha1RsaPkcsPss(pss(MechanismType::SHA1, PkcsMgfType::MGF1_SHA1, 20)),
+                "sha1",
+                vec!["rsa_padding_mode:pss", "rsa_pss_saltlen:20"],
+            ),
+            (
+                "SHA256_RSA_PKCS_PSS",
+                Mechanism::Sha256RsaPkcsPss(pss(
+                    MechanismType::SHA256,
+                    PkcsMgfType::MGF1_SHA256,
+                    32,
+                )),
+                "sha256",
+                vec!["rsa_padding_mode:pss", "rsa_pss_saltlen:32"],
+            ),
+            (
+                "SHA512_RSA_PKCS_PSS",
+                Mechanism::Sha512RsaPkcsPss(pss(
+                    MechanismType::SHA512,
+                    PkcsMgfType::MGF1_SHA512,
+                    64,
+                )),
+                "sha512",
+                vec!["rsa_padding_mode:pss", "rsa_pss_saltlen:64"],
+            ),
+        ];
+        for (name, mech, dg, opts) in cases {
+            let sig = sign_verify(&s, label, &mech, &data, rsa_bytes);
+            assert!(
+                openssl_verify(&spki, Some(dg), &opts, &data, &sig),
+                "{label} {name}"
+            );
+            rows.push(format!("{label:10} {name:22} pass"));
+        }
+    }
+    for (label, len) in [("v-ec256", 64usize), ("v-ec384", 96), ("v-ec521", 132)] {
+        let spki = spki(&s, vault_key(&s, label, ObjectClass::PUBLIC_KEY));
+        for (name, mech, dg) in [
+            ("ECDSA_SHA1", Mechanism::EcdsaSha1, "sha1"),
+            ("ECDSA_SHA224", Mechanism::EcdsaSha224, "sha224"),
+            ("ECDSA_SHA256", Mechanism::EcdsaSha256, "sha256"),
+            ("ECDSA_SHA384", Mechanism::EcdsaSha384, "sha384"),
+            ("ECDSA_SHA512", Mechanism::EcdsaSha512, "sha512"),
+        ] {
+            let sig = sign_verify(&s, label, &mech, &data, len);
+            assert!(
+                openssl_verify(&spki, Some(dg), &[], &data, &der::ecdsa_der(&sig)),
+                "{label} {name}"
+            );
+            rows.push(format!("{label:10} {name:22} pass"));
+        }
+    }
+    for label in ["v-chacha", "v-aes128", "v-aes"] {
+        let k = vault_key(&s, label, ObjectClass::SECRET_KEY);
+        let enc = vault_mech(CKM_P11BRIDGE_VAULT_ENCRYPT);
+        let ct = s.encrypt(&enc, k, b"symmetric").unwrap();
+        assert_eq!(s.decrypt(&enc, k, &ct).unwrap(), b"symmetric");
+        rows.push(format!("{label:10} {:22} pass", "P11BRIDGE_VAULT_ENCRYPT"));
+    }
+    println!("{}", rows.join("\n"));
 }

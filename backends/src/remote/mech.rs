@@ -304,6 +304,15 @@ pub fn verify_local(k: &KeyMaterial, req: &SignRequest, sig: &[u8]) -> Result<()
         }
         (KeyMaterial::Ec { curve, point, .. }, SignRequest::Ecdsa { digest, .. }) => {
             use p256::ecdsa::signature::hazmat::PrehashVerifier;
+            // ECDSA takes a digest of any length as an integer (SEC 1 bits2int); the verifiers below refuse ones
+            // shorter than half the field, so pad on the left, which keeps the value.
+            let padded;
+            let digest: &[u8] = if digest.len() < curve.field_len() {
+                padded = [vec![0u8; curve.field_len() - digest.len()], digest.clone()].concat();
+                &padded
+            } else {
+                digest
+            };
             let ok = match curve {
                 Curve::P256 => {
                     let vk =
