@@ -43,6 +43,27 @@ pub struct SlotConfig {
     pub allow_init_token: bool,
     /// Expose every slot of this (pkcs11) backend one-to-one instead of a unified token.
     pub mirror: Option<String>,
+    /// A view: only keys of these types are found (`rsa`, `ec`, `ed25519`, `aes`, `generic_secret`, `chacha20`);
+    /// other objects (certificates, data) are unaffected. For consumers that cannot cope with some key types.
+    #[serde(default)]
+    pub key_types: Vec<String>,
+    /// A view: only objects whose label matches one of these patterns (`*` matches any run of characters).
+    #[serde(default)]
+    pub labels: Vec<String>,
+}
+
+/// The `CKK_*` of a `key_types` name.
+pub fn key_type_of(name: &str) -> Option<cryptoki_sys::CK_KEY_TYPE> {
+    use cryptoki_sys::*;
+    Some(match name {
+        "rsa" => CKK_RSA,
+        "ec" => CKK_EC,
+        "ed25519" | "ec_edwards" => CKK_EC_EDWARDS,
+        "aes" => CKK_AES,
+        "generic_secret" | "hmac" => CKK_GENERIC_SECRET,
+        "chacha20" => CKK_CHACHA20,
+        _ => return None,
+    })
 }
 
 fn err(msg: String) -> Error {
@@ -160,6 +181,13 @@ fn validate(cfg: &Config) -> Result<()> {
             if !s.backends.contains(d) {
                 return Err(err(format!(
                     "{at}.default_backend: \"{d}\" is not in backends"
+                )));
+            }
+        }
+        for k in &s.key_types {
+            if key_type_of(k).is_none() {
+                return Err(err(format!(
+                    "{at}.key_types: unknown key type \"{k}\" (rsa, ec, ed25519, aes, generic_secret, chacha20)"
                 )));
             }
         }

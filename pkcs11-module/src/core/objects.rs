@@ -56,6 +56,47 @@ pub(super) fn is_session_object(t: Template) -> bool {
     !matches!(t.bool_value(CKA_TOKEN), Ok(Some(true)))
 }
 
+/// Whether an object belongs to a filtered view: keys by type, everything by label.
+fn in_view(
+    u: &super::slot::Unified,
+    bs: &mut dyn p11bridge_backends::BackendSession,
+    o: p11bridge_backends::ObjRef,
+) -> bool {
+    let mut class: CK_OBJECT_CLASS = CK_UNAVAILABLE_INFORMATION;
+    let mut kt: CK_KEY_TYPE = CK_UNAVAILABLE_INFORMATION;
+    let mut t = [
+        CK_ATTRIBUTE {
+            type_: CKA_CLASS,
+            pValue: &mut class as *mut _ as *mut std::ffi::c_void,
+            ulValueLen: std::mem::size_of::<CK_OBJECT_CLASS>() as CK_ULONG,
+        },
+        CK_ATTRIBUTE {
+            type_: CKA_KEY_TYPE,
+            pValue: &mut kt as *mut _ as *mut std::ffi::c_void,
+            ulValueLen: std::mem::size_of::<CK_KEY_TYPE>() as CK_ULONG,
+        },
+    ];
+    let _ = bs.get_attributes(o, &mut t);
+    let is_key = matches!(class, CKO_PRIVATE_KEY | CKO_PUBLIC_KEY | CKO_SECRET_KEY);
+    if is_key && !u.key_types.is_empty() && !u.key_types.contains(&kt) {
+        return false;
+    }
+    if u.labels.is_empty() {
+        return true;
+    }
+    let mut buf = [0u8; 256];
+    let mut l = [CK_ATTRIBUTE {
+        type_: CKA_LABEL,
+        pValue: buf.as_mut_ptr() as *mut std::ffi::c_void,
+        ulValueLen: buf.len() as CK_ULONG,
+    }];
+    if bs.get_attributes(o, &mut l) != CKR_OK {
+        return false;
+    }
+    let label = String::from_utf8_lossy(&buf[..(l[0].ulValueLen as usize).min(buf.len())]);
+    u.labels.iter().any(|p| super::slot::glob(p, &label))
+}
+
 impl Module {
     /// `C_Login` / `C_LoginUser`.
     pub fn login(
@@ -187,8 +228,14 @@ impl Module {
                     continue;
                 }
                 match inner.member(slot, s.rw, pos).and_then(|bs| bs.find(t)) {
-                    Ok(found) => {
+                    Ok(mut found) => {
                         any_ok = true;
+                        if let Some(u) = slot.unified() {
+                            if !u.key_types.is_empty() || !u.labels.is_empty() {
+                                let bs = inner.member(slot, s.rw, pos)?;
+                                found.retain(|o| in_view(u, bs, *o));
+                            }
+                        }
                         handles.extend(found.into_iter().map(|o| slot.handles.intern((pos, o))));
                     }
                     Err(e) => {

@@ -36,6 +36,30 @@ pub struct Unified {
     mechanism_index: HashMap<CK_MECHANISM_TYPE, usize>,
     /// The first member with a random number generator (else the operating system's is used).
     pub rng_member: Option<usize>,
+    /// A view's filters (empty: everything).
+    pub key_types: Vec<CK_KEY_TYPE>,
+    pub labels: Vec<String>,
+}
+
+/// Whether `label` matches a pattern where `*` matches any run of characters.
+pub fn glob(pattern: &str, label: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == label;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !label.starts_with(first) || label.len() < first.len() + last.len() || !label.ends_with(last)
+    {
+        return false;
+    }
+    let mut rest = &label[first.len()..label.len() - last.len()];
+    for p in &parts[1..parts.len() - 1] {
+        match rest.find(p) {
+            Some(i) => rest = &rest[i + p.len()..],
+            None => return false,
+        }
+    }
+    true
 }
 
 impl Unified {
@@ -167,6 +191,12 @@ impl Slot {
                 mechanisms,
                 mechanism_index,
                 rng_member,
+                key_types: sc
+                    .key_types
+                    .iter()
+                    .filter_map(|k| super::config::key_type_of(k))
+                    .collect(),
+                labels: sc.labels.clone(),
             })),
             members,
             handles: Handles::table(),
@@ -347,4 +377,21 @@ fn serial_from(label: &str) -> String {
         h = h.wrapping_mul(0x100000001b3);
     }
     format!("{h:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob;
+
+    #[test]
+    fn label_patterns() {
+        assert!(glob("app-*", "app-signing"));
+        assert!(glob("*", "anything"));
+        assert!(glob("a*c*e", "abcde"));
+        assert!(glob("exact", "exact"));
+        assert!(!glob("exact", "exact2"));
+        assert!(!glob("app-*", "other"));
+        assert!(!glob("a*b*c", "acb"));
+        assert!(!glob("ab*ba", "aba"));
+    }
 }
