@@ -309,6 +309,21 @@ pub fn build(name: &str, section: &toml::Table, ctx: &BuildContext) -> Result<Ar
     }
 }
 
+/// Reads a `[backend.NAME]` section into a backend's config struct; errors name the section and the problem.
+pub fn parse_section<T: serde::de::DeserializeOwned>(
+    name: &str,
+    section: &toml::Table,
+) -> Result<T> {
+    toml::Value::Table(section.clone())
+        .try_into()
+        .map_err(|e: toml::de::Error| {
+            Error::with(
+                CKR_GENERAL_ERROR,
+                format!("backend.{name}: {}", e.message()),
+            )
+        })
+}
+
 /// What the application told `C_Initialize` that backends must honour.
 #[derive(Clone, Debug, Default)]
 pub struct BuildContext {

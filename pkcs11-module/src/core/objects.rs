@@ -355,11 +355,7 @@ impl Module {
         let st = passed.get();
         let mut inner = s.lock();
         let o = inner.member(slot, s.rw, pos)?.create_object(st)?;
-        let handle = slot.handles.intern((pos, o));
-        if is_session_object(t) && slot.unified().is_some() {
-            inner.session_objects.push(handle);
-        }
-        Ok(handle)
+        Ok(self.adopt(slot, &mut inner, pos, o, is_session_object(t)))
     }
 
     /// `C_CopyObject`: on the member that holds the original.
@@ -388,11 +384,9 @@ impl Module {
         let st = passed.get();
         let mut inner = s.lock();
         let n = inner.member(slot, s.rw, pos)?.copy_object(o, st)?;
-        let handle = slot.handles.intern((pos, n));
-        if matches!(t.bool_value(CKA_TOKEN), Ok(Some(false))) && slot.unified().is_some() {
-            inner.session_objects.push(handle);
-        }
-        Ok(handle)
+        // A copy is a session object only if the template says so (else it inherits CKA_TOKEN).
+        let session = matches!(t.bool_value(CKA_TOKEN), Ok(Some(false)));
+        Ok(self.adopt(slot, &mut inner, pos, n, session))
     }
 
     /// `C_DestroyObject`.
@@ -419,6 +413,23 @@ impl Module {
         let mut inner = s.lock();
         let r = inner.member(slot, s.rw, pos)?.object_size(o);
         r
+    }
+
+    /// The bridge handle of an object a backend just made; session objects of a unified slot are remembered so
+    /// that their handles are forgotten when the session closes.
+    pub(super) fn adopt(
+        &self,
+        slot: &Slot,
+        inner: &mut super::session::Inner,
+        pos: usize,
+        obj: p11bridge_backends::ObjRef,
+        session_object: bool,
+    ) -> CK_OBJECT_HANDLE {
+        let handle = slot.handles.intern((pos, obj));
+        if session_object && slot.unified().is_some() {
+            inner.session_objects.push(handle);
+        }
+        handle
     }
 
     /// The member new objects go to: named by `CKA_P11BRIDGE_BACKEND` in any of the templates, else the default.

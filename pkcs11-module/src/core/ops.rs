@@ -271,11 +271,7 @@ impl Module {
         let st = passed.get();
         let mut inner = s.lock();
         let o = inner.member(slot, s.rw, pos)?.generate_key(&mech, st)?;
-        let handle = slot.handles.intern((pos, o));
-        if is_session_object(t) && slot.unified().is_some() {
-            inner.session_objects.push(handle);
-        }
-        Ok(handle)
+        Ok(self.adopt(slot, &mut inner, pos, o, is_session_object(t)))
     }
 
     /// `C_GenerateKeyPair`.
@@ -294,18 +290,8 @@ impl Module {
         let (op, os) = inner
             .member(slot, s.rw, pos)?
             .generate_key_pair(&mech, tp, ts)?;
-        let (hp, hs) = (
-            slot.handles.intern((pos, op)),
-            slot.handles.intern((pos, os)),
-        );
-        if slot.unified().is_some() {
-            if is_session_object(public) {
-                inner.session_objects.push(hp);
-            }
-            if is_session_object(private) {
-                inner.session_objects.push(hs);
-            }
-        }
+        let hp = self.adopt(slot, &mut inner, pos, op, is_session_object(public));
+        let hs = self.adopt(slot, &mut inner, pos, os, is_session_object(private));
         Ok((hp, hs))
     }
 
@@ -400,11 +386,7 @@ impl Module {
             },
         };
         let pos = target;
-        let handle = slot.handles.intern((pos, o));
-        if is_session_object(t) && slot.unified().is_some() {
-            inner.session_objects.push(handle);
-        }
-        Ok(handle)
+        Ok(self.adopt(slot, &mut inner, pos, o, is_session_object(t)))
     }
 
     /// `C_DeriveKey`: made where the base key lives. Object handles inside known mechanism parameters are
@@ -443,11 +425,7 @@ impl Module {
         let st = passed.get();
         let mut inner = s.lock();
         let o = inner.member(slot, s.rw, pos)?.derive_key(&mech, bo, st)?;
-        let handle = slot.handles.intern((pos, o));
-        if is_session_object(t) && slot.unified().is_some() {
-            inner.session_objects.push(handle);
-        }
-        Ok(handle)
+        Ok(self.adopt(slot, &mut inner, pos, o, is_session_object(t)))
     }
 
     /// `C_SeedRandom`.
