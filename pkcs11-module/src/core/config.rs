@@ -17,6 +17,9 @@ pub struct Config {
     /// The interface `C_GetInterface(NULL, NULL, ...)` returns: "3.0" (default) or "2.40" (to front a 2.40 module
     /// exactly as it is: consumers that pick the default then see what they would see talking to it directly).
     pub default_interface: Option<String>,
+    /// The audit trail (off without this section).
+    #[serde(default)]
+    pub audit: Option<super::audit::AuditConfig>,
 }
 
 #[derive(Deserialize, Debug, Default)]

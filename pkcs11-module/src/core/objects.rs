@@ -98,8 +98,26 @@ fn in_view(
 }
 
 impl Module {
-    /// `C_Login` / `C_LoginUser`.
+    /// `C_Login` / `C_LoginUser`, recorded in the audit trail (failed logins too).
     pub fn login(
+        &self,
+        h: CK_SESSION_HANDLE,
+        user: CK_USER_TYPE,
+        pin: Option<&[u8]>,
+        username: Option<&[u8]>,
+    ) -> Result<()> {
+        let started = std::time::Instant::now();
+        let r = self.login_inner(h, user, pin, username);
+        if self.audit.is_some() {
+            if let Ok((_, slot)) = self.session_slot(h) {
+                let rv = r.as_ref().map_or_else(|e| e.rv(), |_| CKR_OK);
+                self.audit(slot, "login", None, None, None, Some(user), rv, started);
+            }
+        }
+        r
+    }
+
+    fn login_inner(
         &self,
         h: CK_SESSION_HANDLE,
         user: CK_USER_TYPE,
@@ -156,8 +174,20 @@ impl Module {
         Ok(())
     }
 
-    /// `C_Logout`.
+    /// `C_Logout`, recorded in the audit trail.
     pub fn logout(&self, h: CK_SESSION_HANDLE) -> Result<()> {
+        let started = std::time::Instant::now();
+        let r = self.logout_inner(h);
+        if self.audit.is_some() {
+            if let Ok((_, slot)) = self.session_slot(h) {
+                let rv = r.as_ref().map_or_else(|e| e.rv(), |_| CKR_OK);
+                self.audit(slot, "logout", None, None, None, None, rv, started);
+            }
+        }
+        r
+    }
+
+    fn logout_inner(&self, h: CK_SESSION_HANDLE) -> Result<()> {
         let (s, slot) = self.session_slot(h)?;
         if slot.state.lock().user.is_none() {
             return Err(Error::new(CKR_USER_NOT_LOGGED_IN));
@@ -397,7 +427,28 @@ impl Module {
             .resolve(obj)
             .ok_or(Error::new(CKR_OBJECT_HANDLE_INVALID))?;
         let mut inner = s.lock();
-        inner.member(slot, s.rw, pos)?.destroy_object(o)?;
+        let started = std::time::Instant::now();
+        let info = self.audit.as_ref().and_then(|_| {
+            inner
+                .member(slot, s.rw, pos)
+                .ok()
+                .map(|bs| super::audit::describe(bs, o))
+        });
+        let r = inner.member(slot, s.rw, pos)?.destroy_object(o);
+        if let Some(info) = &info {
+            let rv = r.as_ref().map_or_else(|e| e.rv(), |_| CKR_OK);
+            self.audit(
+                slot,
+                "destroy_object",
+                Some(pos),
+                Some(info),
+                None,
+                None,
+                rv,
+                started,
+            );
+        }
+        r?;
         slot.handles.forget(obj);
         inner.session_objects.retain(|x| *x != obj);
         Ok(())
@@ -425,6 +476,21 @@ impl Module {
         obj: p11bridge_backends::ObjRef,
         session_object: bool,
     ) -> CK_OBJECT_HANDLE {
+        if self.audit.is_some() {
+            if let Ok(bs) = inner.member(slot, false, pos) {
+                let info = super::audit::describe(bs, obj);
+                self.audit(
+                    slot,
+                    "new_object",
+                    Some(pos),
+                    Some(&info),
+                    None,
+                    None,
+                    CKR_OK,
+                    std::time::Instant::now(),
+                );
+            }
+        }
         let handle = slot.handles.intern((pos, obj));
         if session_object && slot.unified().is_some() {
             inner.session_objects.push(handle);
