@@ -118,7 +118,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Config> {
         err(format!(
             "{}{at}:{key} {}",
             path.display(),
-            inner.message().trim()
+            // One line: the log and stderr get exactly one line per failure.
+            inner.message().trim().replace('\n', "; ")
         ))
     })?;
     validate(&cfg).map_err(|e| err(format!("{}: {}", path.display(), e.cause().unwrap_or(""))))?;
