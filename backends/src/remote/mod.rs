@@ -8,7 +8,7 @@ pub mod der;
 pub mod mech;
 mod session;
 
-use crate::{vendor, Backend, BackendSession, Error, ObjRef, Result, Token};
+use crate::{vendor, Backend, BackendSession, Error, ObjRef, OpKind, Result, Token};
 use cryptoki_sys::*;
 use mech::{Hash, SignRequest};
 use parking_lot::{Mutex, RwLock};
@@ -245,6 +245,29 @@ pub trait RemoteService: Send + Sync + 'static {
     /// Random bytes from the service, if it has them.
     fn random(&self, _n: usize) -> Result<Vec<u8>> {
         Err(Error::new(CKR_RANDOM_NO_RNG))
+    }
+    /// Whether `C_GenerateRandom` on the unified token should come from [`RemoteService::random`].
+    fn has_random(&self) -> bool {
+        false
+    }
+    /// A service's own rules on mechanism parameters, checked at `C_*Init` (no network): e.g. a PSS salt length
+    /// or an OAEP hash the service cannot do. `pss` is (hash, salt length), `oaep` the OAEP hash.
+    fn check_init(
+        &self,
+        _kind: OpKind,
+        _key: &RemoteKey,
+        _mech: CK_MECHANISM_TYPE,
+        _pss: Option<(Hash, usize)>,
+        _oaep: Option<Hash>,
+    ) -> Result<()> {
+        Ok(())
+    }
+    /// Verifies a MAC with a secret key: by default computes it and compares (constant time).
+    fn verify_mac(&self, key: &RemoteKey, hash: Hash, data: &[u8], mac: &[u8]) -> Result<()> {
+        let m = self.mac(key, hash, data)?;
+        let same =
+            m.len() == mac.len() && m.iter().zip(mac).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0;
+        same.then_some(()).ok_or(Error::new(CKR_SIGNATURE_INVALID))
     }
     /// Creates a key from PKCS#11 templates (`CKM_*_KEY_PAIR_GEN` / `CKM_*_KEY_GEN`) and returns its name.
     fn generate(&self, _spec: &GenerateSpec) -> Result<String> {
@@ -626,6 +649,6 @@ impl Token for RemoteToken {
         Ok(Box::new(session::RemoteSession::new(self.shared.clone())))
     }
     fn has_rng(&self) -> bool {
-        false
+        self.shared.service.has_random()
     }
 }

@@ -254,10 +254,7 @@ impl RemoteSession {
             if signature.len() != h.len() {
                 return Err(Error::new(CKR_SIGNATURE_LEN_RANGE));
             }
-            let mac = self.shared.service.mac(&op.key, h, &buf)?;
-            let same = mac.len() == signature.len()
-                && mac.iter().zip(signature).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0;
-            return same.then_some(()).ok_or(Error::new(CKR_SIGNATURE_INVALID));
+            return self.shared.service.verify_mac(&op.key, h, &buf, signature);
         }
         let req = match digest {
             Some(d) => sign_request(&op, Either::Digest(d))?,
@@ -387,6 +384,7 @@ impl BackendSession for RemoteSession {
         let oaep = (m == CKM_RSA_PKCS_OAEP)
             .then(|| mech::oaep_params(mech))
             .transpose()?;
+        self.shared.service.check_init(kind, &k, m, pss, oaep)?;
         let context =
             if m == vendor::CKM_P11BRIDGE_VAULT_ENCRYPT || m == vendor::CKM_P11BRIDGE_KMS_ENCRYPT {
                 mech.param_bytes().to_vec()
