@@ -1199,7 +1199,11 @@ impl RemoteService for Kms {
         if !s.cfg.allow_destroy {
             return Err(Error::new(CKR_ACTION_PROHIBITED));
         }
-        let id = key.name.clone();
+        // ScheduleKeyDeletion is not a cross-account operation: the key id (the ARN's last part) names the key.
+        let id = key
+            .name
+            .rsplit_once(":key/")
+            .map_or(key.name.clone(), |(_, id)| id.to_string());
         let days = s.cfg.deletion_window_days;
         self.call(CKR_ACTION_PROHIBITED, move |c| async move {
             c.schedule_key_deletion()

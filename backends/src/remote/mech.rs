@@ -336,6 +336,8 @@ pub fn verify_local(k: &KeyMaterial, req: &SignRequest, sig: &[u8]) -> Result<()
                     let vk =
                         k256::ecdsa::VerifyingKey::from_sec1_bytes(point).map_err(|_| bad())?;
                     let s = k256::ecdsa::Signature::from_slice(sig).map_err(|_| bad())?;
+                    // k256 accepts low-S signatures only; KMS (like OpenSSL) makes either form, both valid.
+                    let s = s.normalize_s().unwrap_or(s);
                     vk.verify_prehash(digest, &s).is_ok()
                 }
             };

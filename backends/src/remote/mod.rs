@@ -321,7 +321,6 @@ pub struct Shared {
     /// Serializes fetches so that concurrent first searches make one enumeration.
     fetching: Mutex<()>,
     refreshing: AtomicBool,
-    logged_in: AtomicBool,
 }
 
 impl Shared {
@@ -332,12 +331,7 @@ impl Shared {
             cache: RwLock::new(Cache::default()),
             fetching: Mutex::new(()),
             refreshing: AtomicBool::new(false),
-            logged_in: AtomicBool::new(false),
         })
-    }
-
-    pub fn logged_in(&self) -> bool {
-        self.logged_in.load(Ordering::Acquire)
     }
 
     fn install(&self, fresh: Vec<RemoteKey>) {
@@ -595,17 +589,18 @@ impl Backend for RemoteBackend {
         self.kind
     }
     fn token(&self) -> Result<Arc<dyn Token>> {
+        // The login state is the token's (the slot's): a backend listed in two slots is logged in per slot.
         Ok(Arc::new(RemoteToken {
             shared: self.shared.clone(),
+            logged_in: Arc::new(AtomicBool::new(false)),
         }))
     }
-    fn finalize(&self) {
-        self.shared.logged_in.store(false, Ordering::Release);
-    }
+    fn finalize(&self) {}
 }
 
 pub struct RemoteToken {
     shared: Arc<Shared>,
+    logged_in: Arc<AtomicBool>,
 }
 
 impl Token for RemoteToken {
@@ -637,16 +632,19 @@ impl Token for RemoteToken {
         // The service authenticates with its own configured credentials on first use; a bridge user login makes
         // the private objects usable.
         if user == CKU_USER {
-            self.shared.logged_in.store(true, Ordering::Release);
+            self.logged_in.store(true, Ordering::Release);
         }
         Ok(())
     }
     fn logout_configured(&self) -> Result<()> {
-        self.shared.logged_in.store(false, Ordering::Release);
+        self.logged_in.store(false, Ordering::Release);
         Ok(())
     }
     fn open_session(&self, _rw: bool) -> Result<Box<dyn BackendSession>> {
-        Ok(Box::new(session::RemoteSession::new(self.shared.clone())))
+        Ok(Box::new(session::RemoteSession::new(
+            self.shared.clone(),
+            self.logged_in.clone(),
+        )))
     }
     fn has_rng(&self) -> bool {
         self.shared.service.has_random()

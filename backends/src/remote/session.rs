@@ -12,6 +12,7 @@ use crate::{
     fill_attr, vendor, BackendSession, Error, Mechanism, ObjRef, OpKind, Out, Result, Template,
 };
 use cryptoki_sys::*;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use zeroize::Zeroizing;
 
@@ -34,15 +35,22 @@ struct Op {
 
 pub struct RemoteSession {
     shared: Arc<Shared>,
+    /// The token's login state.
+    login: Arc<AtomicBool>,
     ops: [Option<Op>; 7],
 }
 
 impl RemoteSession {
-    pub fn new(shared: Arc<Shared>) -> Self {
+    pub fn new(shared: Arc<Shared>, login: Arc<AtomicBool>) -> Self {
         RemoteSession {
             shared,
+            login,
             ops: Default::default(),
         }
+    }
+
+    fn logged_in(&self) -> bool {
+        self.login.load(Ordering::Acquire)
     }
 
     fn op(&mut self, kind: OpKind) -> Result<&mut Op> {
@@ -266,7 +274,7 @@ impl RemoteSession {
 
 impl BackendSession for RemoteSession {
     fn find(&mut self, template: Template) -> Result<Vec<ObjRef>> {
-        let logged_in = self.shared.logged_in();
+        let logged_in = self.logged_in();
         let mut out = Vec::new();
         for (n, k) in self.shared.keys()? {
             for class in objects_of(&k) {
@@ -291,7 +299,7 @@ impl BackendSession for RemoteSession {
             return CKR_OBJECT_HANDLE_INVALID;
         };
         let private = class == CLASS_PRIVATE || class == CLASS_SECRET;
-        if private && !self.shared.logged_in() {
+        if private && !self.logged_in() {
             return CKR_OBJECT_HANDLE_INVALID;
         }
         let mut rv = CKR_OK;
@@ -325,7 +333,7 @@ impl BackendSession for RemoteSession {
                 "allow_destroy is not set for this backend",
             ));
         }
-        if !self.shared.logged_in() {
+        if !self.logged_in() {
             return Err(Error::new(CKR_USER_NOT_LOGGED_IN));
         }
         if class == CLASS_PUBLIC || class == super::CLASS_CERT {
@@ -354,7 +362,7 @@ impl BackendSession for RemoteSession {
             .key(obj)
             .map_err(|_| Error::new(CKR_KEY_HANDLE_INVALID))?;
         let private = class == CLASS_PRIVATE || class == CLASS_SECRET;
-        if private && !self.shared.logged_in() {
+        if private && !self.logged_in() {
             return Err(Error::new(CKR_USER_NOT_LOGGED_IN));
         }
         if !k.mechanisms.contains(&m) {
@@ -599,7 +607,7 @@ impl RemoteSession {
         sign: bool,
         decrypt: bool,
     ) -> Result<String> {
-        if !self.shared.logged_in() {
+        if !self.logged_in() {
             return Err(Error::new(CKR_USER_NOT_LOGGED_IN));
         }
         for t in templates {
