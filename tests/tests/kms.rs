@@ -49,6 +49,10 @@ fn setup() -> &'static Setup {
         ] {
             m.create_key(alias, spec, usage, &on);
         }
+        let hmac_arn = m
+            .boto("print(kms.describe_key(KeyId='alias/k-hmac')['KeyMetadata']['Arn'])")
+            .trim()
+            .to_string();
         let ec256_id = m.create_key("k-ec256", "ECC_NIST_P256", "SIGN_VERIFY", &on);
         // Not exposed: no tag; disabled; pending deletion.
         m.create_key("k-untagged", "ECC_NIST_P256", "SIGN_VERIFY", &[]);
@@ -75,12 +79,12 @@ allow_destroy = true
 random = "kms"
 timeout_ms = 5000
 
-# The same KMS, keys named explicitly (an alias, and a key id).
+# The same KMS, keys named explicitly (an alias, a key id, an ARN).
 [backend.kmslist]
 kind = "aws-kms"
 region = "us-east-1"
 endpoint = "{url}"
-keys = ["alias/k-untagged", "{ec256_id}"]
+keys = ["alias/k-untagged", "{ec256_id}", "{hmac_arn}"]
 cert_cache_dir = "{certs}"
 
 # A token with KMS alone, whose random numbers come from KMS.
@@ -151,7 +155,17 @@ fn kms_keys_are_objects_next_to_the_hsms() {
         ),
         3
     );
-    assert_eq!(count(&s, &[backend_attr("kmslist")]), 6);
+    assert_eq!(count(&s, &[backend_attr("kmslist")]), 7);
+    assert_eq!(
+        count(
+            &s,
+            &[
+                Attribute::Label(b"k-hmac".to_vec()),
+                backend_attr("kmslist")
+            ]
+        ),
+        1
+    );
     let k = kms_key(&s, "k-ec256", ObjectClass::PRIVATE_KEY);
     let a = s
         .get_attributes(
