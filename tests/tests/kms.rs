@@ -62,6 +62,15 @@ fn setup() -> &'static Setup {
         m.boto(&format!(
             "kms.schedule_key_deletion(KeyId='{p}', PendingWindowInDays=7)"
         ));
+        // A key in another account (111111111111), reached through role_arn: moto maps the credentials of an
+        // assumed role to the role's account.
+        m.boto(
+            "c = boto3.client('sts', endpoint_url=kms.meta.endpoint_url, region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing').assume_role(RoleArn='arn:aws:iam::111111111111:role/p11bridge', RoleSessionName='setup')['Credentials']\n\
+other = boto3.client('kms', endpoint_url=kms.meta.endpoint_url, region_name='us-east-1', aws_access_key_id=c['AccessKeyId'], aws_secret_access_key=c['SecretAccessKey'], aws_session_token=c['SessionToken'])\n\
+k = other.create_key(KeySpec='ECC_NIST_P256', KeyUsage='SIGN_VERIFY')['KeyMetadata']['KeyId']\n\
+other.create_alias(AliasName='alias/k-role', TargetKeyId=k)",
+        );
+        std::env::set_var("AWS_ENDPOINT_URL_STS", &m.url);
         let dir = repo_root()
             .join("target/test-env")
             .join(format!("kms-{}", std::process::id()));
@@ -87,6 +96,15 @@ endpoint = "{url}"
 keys = ["alias/k-untagged", "{ec256_id}", "{hmac_arn}"]
 cert_cache_dir = "{certs}"
 
+# Through an assumed role (STS AssumeRole at moto: AWS_ENDPOINT_URL_STS).
+[backend.kmsrole]
+kind = "aws-kms"
+region = "us-east-1"
+endpoint = "{url}"
+role_arn = "arn:aws:iam::111111111111:role/p11bridge"
+discover = true
+cert_cache_dir = "{certs}"
+
 # A token with KMS alone, whose random numbers come from KMS.
 [[slot]]
 label = "kms-only"
@@ -96,7 +114,7 @@ backends = ["kms"]
             url = m.url,
             certs = dir.join("certs").display(),
         );
-        env_with(&["kms", "kmslist"], &section);
+        env_with(&["kms", "kmslist", "kmsrole"], &section);
         Setup { ec256_id }
     })
 }
@@ -828,4 +846,34 @@ fn mechanism_info_lists_the_kms_mechanisms() {
     assert!(info.encrypt() && info.decrypt());
     assert!(!list.contains(&MechanismType::SHA1_RSA_PKCS));
     assert!(!list.contains(&MechanismType::EDDSA));
+}
+
+#[test]
+fn role_arn_credentials_reach_the_roles_account() {
+    let s = user_session(p());
+    // Only the key of account 111111111111 is there: the calls ran with the assumed role's credentials.
+    let objs = s.find_objects(&[backend_attr("kmsrole")]).unwrap();
+    assert_eq!(objs.len(), 3);
+    let key = s
+        .find_objects(&[
+            backend_attr("kmsrole"),
+            Attribute::Label(b"k-role".to_vec()),
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+        ])
+        .unwrap()[0];
+    let public = s
+        .find_objects(&[
+            backend_attr("kmsrole"),
+            Attribute::Label(b"k-role".to_vec()),
+            Attribute::Class(ObjectClass::PUBLIC_KEY),
+        ])
+        .unwrap()[0];
+    let sig = s.sign(&Mechanism::EcdsaSha256, key, b"role").unwrap();
+    assert!(openssl_verify(
+        &spki(&s, public),
+        Some("sha256"),
+        &[],
+        b"role",
+        &der::ecdsa_der(&sig)
+    ));
 }
