@@ -877,3 +877,67 @@ fn role_arn_credentials_reach_the_roles_account() {
         &der::ecdsa_der(&sig)
     ));
 }
+
+/// The same keys through an unmodified consumer: `pkcs11-tool` signs with KMS keys, openssl verifies.
+#[test]
+fn pkcs11_tool_signs_with_kms_keys() {
+    let s = user_session(p());
+    let d = tempdir("p11tool");
+    let data = b"signed through pkcs11-tool";
+    std::fs::write(d.join("data"), data).unwrap();
+    for (label, mech, extra) in [
+        (
+            "k-ec384",
+            "ECDSA-SHA384",
+            vec!["--signature-format", "openssl"],
+        ),
+        ("k-rsa", "SHA256-RSA-PKCS-PSS", vec![]),
+        ("k-rsa", "SHA512-RSA-PKCS", vec![]),
+    ] {
+        // pkcs11-tool picks the signing key by CKA_ID (not by label).
+        let id = match s
+            .get_attributes(
+                kms_key(&s, label, ObjectClass::PRIVATE_KEY),
+                &[AttributeType::Id],
+            )
+            .unwrap()
+            .pop()
+        {
+            Some(Attribute::Id(id)) => id.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+            other => panic!("{other:?}"),
+        };
+        let sig = d.join(format!("{label}-{mech}.sig"));
+        let out = std::process::Command::new("pkcs11-tool")
+            .arg("--module")
+            .arg(bridge_so())
+            .args(["--token-label", "kms-only", "--login", "--pin", BRIDGE_PIN])
+            .args(["--sign", "--mechanism", mech, "--id", &id])
+            .args(&extra)
+            .arg("--input-file")
+            .arg(d.join("data"))
+            .arg("--output-file")
+            .arg(&sig)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{label} {mech}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let sig = std::fs::read(&sig).unwrap();
+        let spki = spki(&s, kms_key(&s, label, ObjectClass::PUBLIC_KEY));
+        let ok = match mech {
+            "ECDSA-SHA384" => openssl_verify(&spki, Some("sha384"), &[], data, &sig),
+            // pkcs11-tool's PSS default: salt = hash length, MGF1 of the same hash.
+            "SHA256-RSA-PKCS-PSS" => openssl_verify(
+                &spki,
+                Some("sha256"),
+                &["rsa_padding_mode:pss", "rsa_pss_saltlen:32"],
+                data,
+                &sig,
+            ),
+            _ => openssl_verify(&spki, Some("sha512"), &[], data, &sig),
+        };
+        assert!(ok, "{label} {mech}");
+    }
+}

@@ -366,7 +366,10 @@ impl BackendSession for RemoteSession {
             return Err(Error::new(CKR_USER_NOT_LOGGED_IN));
         }
         if !k.mechanisms.contains(&m) {
-            return Err(Error::new(CKR_KEY_TYPE_INCONSISTENT));
+            return Err(Error::with(
+                CKR_KEY_TYPE_INCONSISTENT,
+                format!("key {} does not do mechanism {m:#x}", k.label),
+            ));
         }
         let u = k.usage;
         let allowed = match (kind, class) {
