@@ -1299,21 +1299,32 @@ mod tests {
         assert!(e.to_string().contains("backend.k.keys"), "{e}");
     }
 
-    /// The production client (HTTPS, rustls on ring) builds and reaches the point of connecting without a panic,
-    /// in a process that has both rustls providers compiled in or not, and with no global provider installed.
+    /// The production client (HTTPS, rustls on ring) builds and starts a TLS handshake without a panic, with no
+    /// process-wide rustls provider installed: a local listener receives a TLS ClientHello, then hangs up.
     #[test]
-    fn https_client_builds_without_panic() {
-        let t: toml::Table = toml::from_str(
-            "kind = \"aws-kms\"\nregion = \"us-east-1\"\nkeys = [\"alias/x\"]\nendpoint = \"https://127.0.0.1:9\"\ntimeout_ms = 2000\nmax_attempts = 1",
-        )
+    fn https_client_handshakes_without_panic() {
+        use std::io::Read;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            let mut b = [0u8; 5];
+            c.read_exact(&mut b).unwrap();
+            b
+        });
+        let t: toml::Table = toml::from_str(&format!(
+            "kind = \"aws-kms\"\nregion = \"us-east-1\"\nkeys = [\"alias/x\"]\nendpoint = \"https://127.0.0.1:{port}\"\ntimeout_ms = 3000\nmax_attempts = 1",
+        ))
         .unwrap();
         std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
         std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
         std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
         let k = Kms::new(KmsService::from_config("k", &t, &BuildContext::default()).unwrap());
-        // Nothing listens on port 9: the TLS connector is built, the connection fails → CKR_DEVICE_ERROR.
         let e = k.random(8).unwrap_err();
         assert_eq!(e.rv(), CKR_DEVICE_ERROR, "{e}");
+        let hello = server.join().unwrap();
+        assert_eq!(hello[0], 0x16, "a TLS handshake record");
+        assert_eq!(hello[1], 0x03, "TLS version major");
         assert!(rustls::crypto::CryptoProvider::get_default().is_none());
     }
 }
