@@ -171,15 +171,7 @@ pub struct KmsService {
 
 impl KmsService {
     pub fn from_config(name: &str, section: &toml::Table, _ctx: &BuildContext) -> Result<Self> {
-        let cfg: Config =
-            toml::Value::Table(section.clone())
-                .try_into()
-                .map_err(|e: toml::de::Error| {
-                    Error::with(
-                        CKR_GENERAL_ERROR,
-                        format!("backend.{name}: {}", e.message()),
-                    )
-                })?;
+        let cfg: Config = crate::parse_section(name, section)?;
         if cfg.keys.is_empty() && !cfg.discover {
             return Err(cfg_err(
                 name,

@@ -589,7 +589,7 @@ impl RemoteSession {
             return Err(Error::new(CKR_MECHANISM_INVALID));
         }
         let (k, class) = self.shared.key(obj).map_err(|_| Error::new(invalid))?;
-        if !self.shared.logged_in() {
+        if !self.logged_in() {
             return Err(Error::new(CKR_USER_NOT_LOGGED_IN));
         }
         if class != CLASS_SECRET || !k.mechanisms.contains(&m) {
