@@ -169,8 +169,9 @@ impl Module {
             }
             slot.check_pin(user, pin)?;
             st.user = Some(user);
+            // Under the state lock: a logout of the last session closing meanwhile must not undo it.
+            slot.login_members(user);
         }
-        slot.login_members(user);
         Ok(())
     }
 
@@ -198,8 +199,10 @@ impl Module {
             slot.state.lock().user = None;
             return Ok(());
         }
-        slot.state.lock().user = None;
+        let mut st = slot.state.lock();
+        st.user = None;
         slot.logout_members();
+        drop(st);
         Ok(())
     }
 

@@ -99,7 +99,7 @@ impl Session {
         }
         if st.ro + st.rw == 0 && st.user.is_some() {
             st.user = None;
-            drop(st);
+            // Under the state lock: a login racing with this logout must not be undone by it.
             if slot.unified().is_some() {
                 slot.logout_members();
             }
