@@ -2380,18 +2380,18 @@ fn private_before_login(c: &mut Checks, b: &'static Bridge) {
         matches!(&r, Ok(v) if v.len() == 1),
         format!("{r:?}"),
     );
-    // A handle learnt while logged in, used after logout: the upstream's answer.
+    // A handle learnt while logged in, used after logout.
     assert_eq!(b.login(s, CKU_USER, common::BRIDGE_PIN), CKR_OK);
     let key = b.find_one(s, CKO_PRIVATE_KEY, "ec-p256");
     assert_eq!(call!(f, C_Logout(s)), CKR_OK);
     let mut ecdsa = mech(CKM_ECDSA);
-    // SoftHSM 2.6 hides the private object: CKR_OBJECT_HANDLE_INVALID, passed through unchanged. (The spec's
-    // C_SignInit list has CKR_KEY_HANDLE_INVALID or CKR_USER_NOT_LOGGED_IN, not CKR_OBJECT_HANDLE_INVALID.)
+    // SoftHSM 2.6 hides the private object and answers CKR_OBJECT_HANDLE_INVALID; the spec's C_SignInit list has
+    // CKR_KEY_HANDLE_INVALID (or CKR_USER_NOT_LOGGED_IN), which the bridge answers for a key argument.
     chk!(
         c,
         f,
-        CKR_OBJECT_HANDLE_INVALID,
-        "private key after logout (the upstream's answer)",
+        CKR_KEY_HANDLE_INVALID,
+        "private key after logout",
         C_SignInit(s, &mut ecdsa, key)
     );
     let mut v = [0u8; 64];

@@ -9,6 +9,24 @@ use super::Module;
 use cryptoki_sys::*;
 use p11bridge_backends::{DualKind, Error, Mechanism, OpKind, Out, Result, Template};
 
+/// A backend's `CKR_OBJECT_HANDLE_INVALID` for a key argument is, in the spec's lists for the functions that take
+/// keys, `CKR_KEY_HANDLE_INVALID` (or the wrapping/unwrapping variant): SoftHSM2 answers the former, for instance
+/// for a private key's handle after C_Logout.
+fn key_handle_rv<T>(r: Result<T>, rv: CK_RV) -> Result<T> {
+    r.map_err(|e| {
+        if e.rv() == CKR_OBJECT_HANDLE_INVALID {
+            Error::with(
+                rv,
+                e.cause()
+                    .unwrap_or("the key's handle is not valid")
+                    .to_string(),
+            )
+        } else {
+            e
+        }
+    })
+}
+
 /// Whether an operation survives a call that produced `r` (with `len_query` when the output pointer was NULL).
 fn keeps_going(r: &Result<usize>, len_query: bool) -> bool {
     match r {
@@ -95,7 +113,10 @@ impl Module {
             None => (slot.member_for_mechanism(mech.mech_type())?, None),
         };
         let started = std::time::Instant::now();
-        let r = inner.member(slot, s.rw, pos)?.op_init(kind, &mech, obj);
+        let r = key_handle_rv(
+            inner.member(slot, s.rw, pos)?.op_init(kind, &mech, obj),
+            CKR_KEY_HANDLE_INVALID,
+        );
         if let (Some(_), Some(o)) = (&self.audit, obj) {
             let info = super::audit::describe(inner.member(slot, s.rw, pos)?, o);
             match &r {
@@ -226,7 +247,10 @@ impl Module {
                 "the key and the digest are in different backends",
             ));
         }
-        let r = inner.member(slot, s.rw, pos)?.digest_key(ko);
+        let r = key_handle_rv(
+            inner.member(slot, s.rw, pos)?.digest_key(ko),
+            CKR_KEY_HANDLE_INVALID,
+        );
         if r.is_err() {
             inner.ops[k] = None;
         }
@@ -388,7 +412,10 @@ impl Module {
         let started = std::time::Instant::now();
         let len_query = out.is_none();
         let r = if wp == kp {
-            inner.member(slot, s.rw, wp)?.wrap_key(&mech, wo, ko, out)
+            key_handle_rv(
+                inner.member(slot, s.rw, wp)?.wrap_key(&mech, wo, ko, out),
+                CKR_KEY_HANDLE_INVALID,
+            )
         } else {
             // Envelope wrapping across backends: the key's value leaves its backend (only if it is extractable and
             // readable) and is encrypted under the wrapping key by the other backend.
@@ -460,10 +487,12 @@ impl Module {
         let default = slot.unified().map_or(pos, |u| u.default_member);
         let (target, o) = match named {
             Some(target) if target != pos => (target, envelope(&mut inner, target)?),
-            _ => match inner
-                .member(slot, s.rw, pos)?
-                .unwrap_key(&mech, uo, wrapped, st)
-            {
+            _ => match key_handle_rv(
+                inner
+                    .member(slot, s.rw, pos)?
+                    .unwrap_key(&mech, uo, wrapped, st),
+                CKR_UNWRAPPING_KEY_HANDLE_INVALID,
+            ) {
                 // A backend that cannot hold the key (a remote service) unwraps it into the slot's default one.
                 Err(e) if e.rv() == CKR_MECHANISM_INVALID && named.is_none() && default != pos => {
                     (default, envelope(&mut inner, default)?)
@@ -510,7 +539,10 @@ impl Module {
         let passed = Passed::new(t);
         let st = passed.get();
         let mut inner = s.lock();
-        let o = inner.member(slot, s.rw, pos)?.derive_key(&mech, bo, st)?;
+        let o = key_handle_rv(
+            inner.member(slot, s.rw, pos)?.derive_key(&mech, bo, st),
+            CKR_KEY_HANDLE_INVALID,
+        )?;
         Ok(self.adopt(slot, &mut inner, pos, o, is_session_object(t)))
     }
 
