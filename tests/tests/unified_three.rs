@@ -111,3 +111,42 @@ fn hsm_vault_and_kms_keys_side_by_side() {
         "from SoftHSM"
     );
 }
+
+#[test]
+fn hash_and_sign_mechanisms_of_the_union_work_with_every_key() {
+    // CKM_ECDSA_SHA256 is in the token's list (Vault and KMS offer it); SoftHSM 2.6.1 has only CKM_ECDSA. A
+    // consumer that picks CKM_ECDSA_SHA256 for the HSM's key gets it: the core hashes, SoftHSM signs the digest.
+    let s = user_session(p());
+    let k = find_one(&s, "ec-p256", ObjectClass::PRIVATE_KEY);
+    let public = find_one(&s, "ec-p256", ObjectClass::PUBLIC_KEY);
+    let spki = spki(&s, public);
+    let data = b"hash-and-sign, emulated for the HSM key".to_vec();
+    let sig = s.sign(&Mechanism::EcdsaSha256, k, &data).unwrap();
+    assert_eq!(sig.len(), 64);
+    assert!(openssl_verify(
+        &spki,
+        Some("sha256"),
+        &[],
+        &data,
+        &der::ecdsa_der(&sig)
+    ));
+    s.verify(&Mechanism::EcdsaSha256, public, &data, &sig)
+        .unwrap();
+    // Multi-part, and the two-call convention through the emulation.
+    s.sign_init(&Mechanism::EcdsaSha384, k).unwrap();
+    s.sign_update(&data[..10]).unwrap();
+    s.sign_update(&data[10..]).unwrap();
+    let sig = s.sign_final().unwrap();
+    assert!(openssl_verify(
+        &spki,
+        Some("sha384"),
+        &[],
+        &data,
+        &der::ecdsa_der(&sig)
+    ));
+    let mut bad = sig.clone();
+    bad[5] ^= 1;
+    assert!(s
+        .verify(&Mechanism::EcdsaSha384, public, &data, &bad)
+        .is_err());
+}

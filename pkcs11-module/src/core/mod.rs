@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod config;
+mod emulate;
 pub mod handles;
 mod objects;
 mod ops;

@@ -113,10 +113,37 @@ impl Module {
             None => (slot.member_for_mechanism(mech.mech_type())?, None),
         };
         let started = std::time::Instant::now();
-        let r = key_handle_rv(
-            inner.member(slot, s.rw, pos)?.op_init(kind, &mech, obj),
-            CKR_KEY_HANDLE_INVALID,
-        );
+        // A hash-and-sign mechanism this key's backend lacks, while it has the raw one: hash here, sign there.
+        let emulate = match (slot.unified(), kind) {
+            (Some(u), OpKind::Sign | OpKind::Verify)
+                if obj.is_some() && !u.offers(pos, mech.mech_type()) =>
+            {
+                super::emulate::Emulated::new(mech.mech_type())
+                    .filter(|(_, base)| u.offers(pos, *base))
+            }
+            _ => None,
+        };
+        inner.emulated[k] = None;
+        let r = match emulate {
+            Some((e, base)) => {
+                // The same parameters (PSS's apply to CKM_RSA_PKCS_PSS alike; the others have none).
+                let raw = CK_MECHANISM {
+                    mechanism: base,
+                    ..mech.raw()
+                };
+                // SAFETY: the caller's parameter block, valid for this call.
+                let bm = unsafe { Mechanism::from_raw(raw) }?;
+                let r = inner.member(slot, s.rw, pos)?.op_init(kind, &bm, obj);
+                if r.is_ok() {
+                    inner.emulated[k] = Some(e);
+                }
+                key_handle_rv(r, CKR_KEY_HANDLE_INVALID)
+            }
+            None => key_handle_rv(
+                inner.member(slot, s.rw, pos)?.op_init(kind, &mech, obj),
+                CKR_KEY_HANDLE_INVALID,
+            ),
+        };
         if let (Some(_), Some(o)) = (&self.audit, obj) {
             let info = super::audit::describe(inner.member(slot, s.rw, pos)?, o);
             match &r {
@@ -157,7 +184,11 @@ impl Module {
         let pos = inner.ops[k].ok_or(Error::new(CKR_OPERATION_NOT_INITIALIZED))?;
         let started = std::time::Instant::now();
         let len_query = out.is_none();
-        let r = inner.member(slot, s.rw, pos)?.op_single(kind, input, out);
+        let r = match inner.emulated[k].as_ref().map(|e| e.input(input)) {
+            // Emulated hash-and-sign: the backend signs the digest with the raw mechanism, single-part.
+            Some(raw) => inner.member(slot, s.rw, pos)?.op_single(kind, &raw, out),
+            None => inner.member(slot, s.rw, pos)?.op_single(kind, input, out),
+        };
         if !keeps_going(&r, len_query) {
             inner.ops[k] = None;
             self.audit_done(slot, &mut inner, kind, pos, &r, started);
@@ -178,7 +209,13 @@ impl Module {
         let k = kind as usize;
         let pos = inner.ops[k].ok_or(Error::new(CKR_OPERATION_NOT_INITIALIZED))?;
         let started = std::time::Instant::now();
-        let r = inner.member(slot, s.rw, pos)?.op_update(kind, input, out);
+        let r = match inner.emulated[k].as_mut() {
+            Some(e) => {
+                e.update(input);
+                Ok(0)
+            }
+            None => inner.member(slot, s.rw, pos)?.op_update(kind, input, out),
+        };
         if !update_keeps_going(&r) {
             inner.ops[k] = None;
             self.audit_done(slot, &mut inner, kind, pos, &r, started);
@@ -194,7 +231,10 @@ impl Module {
         let pos = inner.ops[k].ok_or(Error::new(CKR_OPERATION_NOT_INITIALIZED))?;
         let started = std::time::Instant::now();
         let len_query = out.is_none();
-        let r = inner.member(slot, s.rw, pos)?.op_final(kind, out);
+        let r = match inner.emulated[k].as_ref().map(|e| e.input(&[])) {
+            Some(raw) => inner.member(slot, s.rw, pos)?.op_single(kind, &raw, out),
+            None => inner.member(slot, s.rw, pos)?.op_final(kind, out),
+        };
         if !keeps_going(&r, len_query) {
             inner.ops[k] = None;
             self.audit_done(slot, &mut inner, kind, pos, &r, started);
@@ -213,11 +253,15 @@ impl Module {
         let mut inner = s.lock();
         let k = OpKind::Verify as usize;
         let pos = inner.ops[k].ok_or(Error::new(CKR_OPERATION_NOT_INITIALIZED))?;
-        let bs = inner.member(slot, s.rw, pos)?;
         let started = std::time::Instant::now();
-        let r = match data {
-            Some(d) => bs.verify(d, signature),
-            None => bs.verify_final(signature),
+        let emulated = inner.emulated[k]
+            .as_ref()
+            .map(|e| e.input(data.unwrap_or(&[])));
+        let bs = inner.member(slot, s.rw, pos)?;
+        let r = match (emulated, data) {
+            (Some(raw), _) => bs.verify(&raw, signature),
+            (None, Some(d)) => bs.verify(d, signature),
+            (None, None) => bs.verify_final(signature),
         };
         inner.ops[k] = None;
         self.audit_done(

@@ -25,6 +25,8 @@ pub struct Inner {
     pub session_objects: Vec<CK_OBJECT_HANDLE>,
     /// For the audit trail: the key and mechanism of each active operation.
     pub audit_ops: [Option<(super::audit::ObjectInfo, CK_MECHANISM_TYPE)>; 7],
+    /// Hash-and-sign operations the core emulates for a backend that only has the raw mechanism.
+    pub emulated: [Option<super::emulate::Emulated>; 7],
     closed: bool,
 }
 
@@ -70,6 +72,7 @@ impl Session {
                 find: None,
                 session_objects: Vec::new(),
                 audit_ops: Default::default(),
+                emulated: Default::default(),
                 closed: false,
             }),
         })

@@ -63,6 +63,11 @@ pub fn glob(pattern: &str, label: &str) -> bool {
 }
 
 impl Unified {
+    /// Whether member `pos` offers the mechanism itself.
+    pub fn offers(&self, pos: usize, mech: CK_MECHANISM_TYPE) -> bool {
+        self.mechanism(mech).is_some_and(|m| m.2.contains(&pos))
+    }
+
     fn mechanism(
         &self,
         mech: CK_MECHANISM_TYPE,
