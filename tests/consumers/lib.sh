@@ -1,0 +1,53 @@
+# Sourced by every consumer script of tests/consumers/ (run by run.sh, which exports the environment):
+#   SO P11BRIDGE_CONFIG P11BRIDGE_PIN WORK RESULTS BACKENDS KEYS ROOT
+# Gives: check / na / fail_cell (one matrix cell each), key lookups, and the usual tools.
+# shellcheck shell=bash
+
+: "${CONSUMER:?set CONSUMER before sourcing lib.sh}"
+LOGS=$WORK/logs
+mkdir -p "$LOGS"
+
+record() { # status backend operation reason
+    printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$CONSUMER" "$2" "$3" "${4:-}" >>"$RESULTS"
+}
+
+# check BACKEND OPERATION COMMAND...: one cell; the command's output goes to a log, shown (tail) on failure.
+check() {
+    local backend=$1 op=$2 log
+    shift 2
+    log=$LOGS/$CONSUMER.$backend.${op//[^A-Za-z0-9_.-]/_}.log
+    if "$@" >"$log" 2>&1; then
+        echo "PASS $CONSUMER $backend $op"
+        record pass "$backend" "$op"
+    else
+        echo "FAIL $CONSUMER $backend $op"
+        tail -n 8 "$log" | sed 's/^/    /'
+        record fail "$backend" "$op" "$(grep -v '^\s*$' "$log" | tail -n 1 | cut -c1-160)"
+    fi
+}
+
+na() { # backend operation reason
+    echo "N/A $CONSUMER $1 $2 — $3"
+    record n/a "$1" "$2" "$3"
+}
+
+# Keys: KEYS is a file of "backend kind label id" lines (kind: rsa ec ed25519 aes rsa-dec; id: CKA_ID in hex).
+key_label() { awk -v b="$1" -v k="$2" '$1 == b && $2 == k { print $3; exit }' "$KEYS"; }
+key_id() { awk -v b="$1" -v k="$2" '$1 == b && $2 == k { print $4; exit }' "$KEYS"; }
+has_key() { [[ -n $(key_label "$1" "$2") ]]; }
+
+# Runs a command with a deadline (default 60 s): every consumer call is bounded.
+t() { timeout -k 5 "${T:-60}" "$@"; }
+
+# A free TCP port on 127.0.0.1.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Waits (at most $2 seconds, default 10) until something listens on 127.0.0.1:$1.
+wait_port() {
+    local i
+    for ((i = 0; i < ${2:-10} * 10; i++)); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
