@@ -51,3 +51,13 @@ wait_port() {
     done
     return 1
 }
+
+# Waits (at most $3 seconds, default 20) until file $1 has a line matching the regex $2.
+wait_line() {
+    local i
+    for ((i = 0; i < ${3:-20} * 10; i++)); do
+        grep -qE "$2" "$1" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
