@@ -26,12 +26,14 @@ activate = 1
 CNF
     for kind in rsa ec ed25519; do
         label=$(key_label hsm "$kind") id=$(key_id hsm "$kind")
-        OPENSSL_CONF=$d/openssl.cnf timeout 60 openssl req -x509 -new -days 3650 -subj "/O=p11bridge/CN=$label" \
-            -key "pkcs11:token=upstream;object=$label;type=private" -out "$d/$label.pem" &&
-            openssl x509 -in "$d/$label.pem" -outform DER -out "$d/$label.der" &&
-            timeout 60 pkcs11-tool --module "$SO" --token-label unified --login --pin "$P11BRIDGE_PIN" \
-                --write-object "$d/$label.der" --type cert --id "$id" --label "$label" >/dev/null ||
-            { echo "consumers: no certificate for the HSM key $label" >&2; return 1; }
+        if ! OPENSSL_CONF=$d/openssl.cnf timeout 60 openssl req -x509 -new -days 3650 -subj "/O=p11bridge/CN=$label" \
+            -key "pkcs11:token=upstream;object=$label;type=private" -out "$d/$label.pem" ||
+            ! openssl x509 -in "$d/$label.pem" -outform DER -out "$d/$label.der" ||
+            ! timeout 60 pkcs11-tool --module "$SO" --token-label unified --login --pin "$P11BRIDGE_PIN" \
+                --write-object "$d/$label.der" --type cert --id "$id" --label "$label" >/dev/null; then
+            echo "consumers: no certificate for the HSM key $label" >&2
+            return 1
+        fi
     done
 }
 hsm_certs >"$WORK/hsm-certs.log" 2>&1 || { cat "$WORK/hsm-certs.log" >&2; false; }

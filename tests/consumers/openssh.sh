@@ -3,6 +3,7 @@
 # started here on a loopback port (authorized_keys holding just that key); ssh-add -s loads the keys into an
 # ssh-agent started here (module path allowed with -P), and ssh logs in through the agent. The PIN comes from
 # SSH_ASKPASS (SSH_ASKPASS_REQUIRE=force).
+# shellcheck disable=SC2317 # functions run through check and trap
 set -uo pipefail
 CONSUMER=openssh
 # shellcheck source=lib.sh

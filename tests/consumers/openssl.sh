@@ -5,6 +5,7 @@
 # pkeyutl -sign, pkeyutl -decrypt (OAEP), req -x509 (a CA certificate), and a TLS handshake (s_server with the key,
 # s_client verifying the chain against the generated certificate). Every result is checked by OpenSSL's default
 # provider alone (OPENSSL_CONF=/dev/null).
+# shellcheck disable=SC2317 # functions run through check
 set -uo pipefail
 CONSUMER=openssl
 # shellcheck source=lib.sh
@@ -102,8 +103,8 @@ oaep() { # $4: hash
         fi && cmp msg "$1.$3.dec"
 }
 ca_cert() { # a CA certificate made with the key; the default provider checks its signature and CA:TRUE
-    local subj=(-subj "/O=p11bridge consumers/CN=$1" -addext basicConstraints=critical,CA:TRUE
-        -addext keyUsage=critical,keyCertSign,cRLSign,digitalSignature -addext "subjectAltName=DNS:localhost")
+    local subj=(-subj "/O=p11bridge consumers/CN=$1" -addext "basicConstraints=critical,CA:TRUE"
+        -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" -addext "subjectAltName=DNS:localhost")
     if [[ $3 == p ]]; then
         prov req -x509 -new -days 30 "${subj[@]}" -key "$(puri "$1" private)" -out "$1.$3.ca.pem"
     else

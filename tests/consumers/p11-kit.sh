@@ -8,6 +8,7 @@
 # so as root the private directory is bind-mounted over /usr/share/p11-kit/modules in a private mount namespace
 # (unshare -m): nothing on the system changes. As another user it goes to ~/.config/pkcs11/modules (HOME points into
 # the work directory).
+# shellcheck disable=SC2317 # functions run through check
 set -uo pipefail
 CONSUMER=p11-kit
 # shellcheck source=lib.sh
@@ -24,6 +25,7 @@ proxy=$(dirname "$(dpkg -L libp11-kit0 2>/dev/null | grep -m1 'libp11-kit.so.0$'
 # p11k COMMAND...: runs COMMAND seeing the private module directory (and a deadline).
 if (($(id -u) == 0)); then
     p11k() {
+        # shellcheck disable=SC2016 # expanded by the inner shell
         timeout -k 5 "${T:-60}" unshare -m sh -c 'mount --bind "$0" /usr/share/p11-kit/modules && exec "$@"' \
             "$dir/modules" "$@"
     }

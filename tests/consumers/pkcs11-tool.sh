@@ -3,6 +3,7 @@
 # public key and the certificate, sign with every mechanism the key supports (openssl verifies each signature, and
 # pkcs11-tool --verify through the bridge), OAEP-decrypt what openssl encrypted, and --keypairgen on the unified
 # token (the slot's default backend set to each backend in turn), the new key signing and then deleted.
+# shellcheck disable=SC2317 # functions run through check
 set -uo pipefail
 CONSUMER=pkcs11-tool
 # shellcheck source=lib.sh
@@ -50,7 +51,7 @@ digest_info() { # hash → DER DigestInfo prefix + digest
 # sign_rsa label id mech: sign, verify with openssl (from the public key) and with pkcs11-tool --verify
 sign_rsa() {
     local l=$1 id=$2 m=$3 h in=msg pss=() tv=()
-    h=$(tr 'A-Z' 'a-z' <<<"${m%%-*}")
+    h=${m%%-*} h=${h,,}
     case $m in
         RSA-PKCS) h=sha256 in=di.sha256 && digest_info sha256 >"$in" ;;
         RSA-PKCS-PSS) h=sha256 in=msg.sha256 tv=(--hash-algorithm SHA256 --mgf MGF1-SHA256) ;;
@@ -62,7 +63,7 @@ sign_rsa() {
 }
 sign_ec() {
     local l=$1 id=$2 m=$3 h in=msg
-    if [[ $m == ECDSA ]]; then h=sha256 in=msg.sha256; else h=$(tr 'A-Z' 'a-z' <<<"${m#ECDSA-}"); fi
+    if [[ $m == ECDSA ]]; then h=sha256 in=msg.sha256; else h=${m#ECDSA-} h=${h,,}; fi
     tool --sign -m "$m" --id "$id" -i "$in" -o "$l.$m.sig" --signature-format openssl &&
         sslv dgst -"$h" -verify "$l.pub.pem" -signature "$l.$m.sig" msg &&
         tool --verify -m "$m" --id "$id" -i "$in" --signature-file "$l.$m.sig" --signature-format openssl
@@ -165,7 +166,7 @@ keygen() { # backend key-type label (pkcs11-tool 0.23 selects keys by --id only,
             gen --delete-object --type "$ty" --id "$nid" >/dev/null 2>&1
         done
     fi
-    return $rc
+    return "$rc"
 }
 gen_label() { echo "$1-gen-$2-$$"; } # vault: matches the discovery prefix "vault-"
 for b in $BACKENDS; do

@@ -60,7 +60,8 @@ if [[ $BACKENDS == *kms* ]]; then
 fi
 
 export P11BRIDGE_PIN=consumer-pin-2468
-backend_list=$(printf '"%s", ' $BACKENDS)
+read -ra backend_array <<<"$BACKENDS"
+backend_list=$(printf '"%s", ' "${backend_array[@]}")
 backend_list="[${backend_list%, }]"
 write_config() { # file [default_backend]
     cat >"$1" <<TOML

@@ -5,6 +5,7 @@
 # key type + CKA_ENCRYPT/CKA_DECRYPT expecting exactly one match, C_GenerateRandom for the IV, CKM_AES_GCM with that
 # IV and a 128-bit tag, or CKM_RSA_PKCS_OAEP with SHA-256. A 32-byte root key is encrypted in one process and
 # decrypted in another (as across a Vault restart).
+# shellcheck disable=SC2317 # functions run through check
 set -uo pipefail
 CONSUMER=vault-seal
 # shellcheck source=lib.sh
