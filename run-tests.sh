@@ -27,7 +27,7 @@ suite() {
 
 suite fmt cargo fmt --all -- --check
 suite clippy cargo clippy --release --all-targets -- -D warnings
-suite build cargo build --release -p p11bridge
+suite build cargo build --release -p p11bridge -p p11bridge-cli
 so=$root/target/release/libp11bridge.so
 suite cargo-test cargo test --release --workspace
 suite pkcs11-tool-parity bash tests/pkcs11-tool/parity.sh "$so"

@@ -16,7 +16,8 @@
 #define CKA_P11BRIDGE_KEY_VERSION    (P11BRIDGE_VENDOR_BASE + 0x002UL)
 
 /* Mechanisms */
-/* AWS KMS symmetric Encrypt/Decrypt; ciphertext = the KMS ciphertext blob. */
+/* AWS KMS symmetric Encrypt/Decrypt; ciphertext = the KMS ciphertext blob. Optional parameter: the encryption
+ * context as a UTF-8 JSON object of strings, e.g. {"purpose":"backup"} (none when NULL / empty). */
 #define CKM_P11BRIDGE_KMS_ENCRYPT    (P11BRIDGE_VENDOR_BASE + 0x101UL)
 /* Vault transit encrypt/decrypt; ciphertext = "vault:vN:..." bytes. */
 #define CKM_P11BRIDGE_VAULT_ENCRYPT  (P11BRIDGE_VENDOR_BASE + 0x102UL)

@@ -9,6 +9,7 @@
 #![allow(clippy::macro_metavars_in_unsafe)]
 
 pub mod error;
+pub mod kms;
 pub mod pidlock;
 pub mod pkcs11;
 pub mod remote;
@@ -284,13 +285,24 @@ pub fn build(name: &str, section: &toml::Table, ctx: &BuildContext) -> Result<Ar
         .ok_or_else(|| {
             Error::with(
                 CKR_GENERAL_ERROR,
-                format!("backend.{name}.kind: missing (\"pkcs11\" or \"vault-transit\")"),
+                format!(
+                    "backend.{name}.kind: missing (\"pkcs11\", \"aws-kms\" or \"vault-transit\")"
+                ),
             )
         })?;
     match kind {
         "pkcs11" => Ok(Arc::new(pkcs11::UpstreamBackend::from_config(
             name, section, ctx,
         )?)),
+        "aws-kms" => {
+            runtime::set_cant_create_threads(ctx.cant_create_threads);
+            let svc = kms::Kms::new(kms::KmsService::from_config(name, section, ctx)?);
+            Ok(Arc::new(remote::RemoteBackend::new(
+                name,
+                "aws-kms",
+                Arc::new(svc),
+            )))
+        }
         "vault-transit" => {
             runtime::set_cant_create_threads(ctx.cant_create_threads);
             let svc = vault::Vault::new(vault::VaultService::from_config(name, section, ctx)?);
@@ -303,10 +315,25 @@ pub fn build(name: &str, section: &toml::Table, ctx: &BuildContext) -> Result<Ar
         other => Err(Error::with(
             CKR_GENERAL_ERROR,
             format!(
-                "backend.{name}.kind: unknown kind \"{other}\" (expected \"pkcs11\" or \"vault-transit\")"
+                "backend.{name}.kind: unknown kind \"{other}\" (expected \"pkcs11\", \"aws-kms\" or \"vault-transit\")"
             ),
         )),
     }
+}
+
+/// Reads a `[backend.NAME]` section into a backend's config struct; errors name the section and the problem.
+pub fn parse_section<T: serde::de::DeserializeOwned>(
+    name: &str,
+    section: &toml::Table,
+) -> Result<T> {
+    toml::Value::Table(section.clone())
+        .try_into()
+        .map_err(|e: toml::de::Error| {
+            Error::with(
+                CKR_GENERAL_ERROR,
+                format!("backend.{name}: {}", e.message()),
+            )
+        })
 }
 
 /// What the application told `C_Initialize` that backends must honour.

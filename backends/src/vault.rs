@@ -102,6 +102,38 @@ fn default_ttl() -> u64 {
     300
 }
 
+/// RSA mechanisms of transit RSA keys (the first and the last are not hash-and-sign).
+const RSA_MECHS: [CK_MECHANISM_TYPE; 13] = [
+    CKM_RSA_PKCS,
+    CKM_SHA1_RSA_PKCS,
+    CKM_SHA224_RSA_PKCS,
+    CKM_SHA256_RSA_PKCS,
+    CKM_SHA384_RSA_PKCS,
+    CKM_SHA512_RSA_PKCS,
+    CKM_RSA_PKCS_PSS,
+    CKM_SHA1_RSA_PKCS_PSS,
+    CKM_SHA224_RSA_PKCS_PSS,
+    CKM_SHA256_RSA_PKCS_PSS,
+    CKM_SHA384_RSA_PKCS_PSS,
+    CKM_SHA512_RSA_PKCS_PSS,
+    CKM_RSA_PKCS_OAEP,
+];
+const ECDSA_MECHS: [CK_MECHANISM_TYPE; 6] = [
+    CKM_ECDSA,
+    CKM_ECDSA_SHA1,
+    CKM_ECDSA_SHA224,
+    CKM_ECDSA_SHA256,
+    CKM_ECDSA_SHA384,
+    CKM_ECDSA_SHA512,
+];
+const HMAC_MECHS: [CK_MECHANISM_TYPE; 5] = [
+    CKM_SHA_1_HMAC,
+    CKM_SHA224_HMAC,
+    CKM_SHA256_HMAC,
+    CKM_SHA384_HMAC,
+    CKM_SHA512_HMAC,
+];
+
 fn cfg_err(name: &str, msg: impl std::fmt::Display) -> Error {
     Error::with(CKR_GENERAL_ERROR, format!("backend.{name}.{msg}"))
 }
@@ -137,15 +169,7 @@ enum Fault {
 
 impl VaultService {
     pub fn from_config(name: &str, section: &toml::Table, _ctx: &BuildContext) -> Result<Self> {
-        let cfg: Config =
-            toml::Value::Table(section.clone())
-                .try_into()
-                .map_err(|e: toml::de::Error| {
-                    Error::with(
-                        CKR_GENERAL_ERROR,
-                        format!("backend.{name}: {}", e.message()),
-                    )
-                })?;
+        let cfg: Config = crate::parse_section(name, section)?;
         let mut addresses = cfg.addresses.clone();
         if let Some(a) = &cfg.address {
             addresses.insert(0, a.clone());
@@ -460,40 +484,13 @@ impl VaultService {
             public_key(pk)
         };
         use cryptoki_sys::*;
-        let rsa_mechs = vec![
-            CKM_RSA_PKCS,
-            CKM_SHA1_RSA_PKCS,
-            CKM_SHA224_RSA_PKCS,
-            CKM_SHA256_RSA_PKCS,
-            CKM_SHA384_RSA_PKCS,
-            CKM_SHA512_RSA_PKCS,
-            CKM_RSA_PKCS_PSS,
-            CKM_SHA1_RSA_PKCS_PSS,
-            CKM_SHA224_RSA_PKCS_PSS,
-            CKM_SHA256_RSA_PKCS_PSS,
-            CKM_SHA384_RSA_PKCS_PSS,
-            CKM_SHA512_RSA_PKCS_PSS,
-            CKM_RSA_PKCS_OAEP,
-        ];
-        let ec_mechs = vec![
-            CKM_ECDSA,
-            CKM_ECDSA_SHA1,
-            CKM_ECDSA_SHA224,
-            CKM_ECDSA_SHA256,
-            CKM_ECDSA_SHA384,
-            CKM_ECDSA_SHA512,
-        ];
+        let rsa_mechs = RSA_MECHS.to_vec();
+        let ec_mechs = ECDSA_MECHS.to_vec();
         let sym = vec![
             vendor::CKM_P11BRIDGE_VAULT_ENCRYPT,
             vendor::CKM_P11BRIDGE_VAULT_REWRAP,
         ];
-        let hmac = vec![
-            CKM_SHA_1_HMAC,
-            CKM_SHA224_HMAC,
-            CKM_SHA256_HMAC,
-            CKM_SHA384_HMAC,
-            CKM_SHA512_HMAC,
-        ];
+        let hmac = HMAC_MECHS.to_vec();
         let (material, mechanisms, usage) = match ty {
             "rsa-2048" | "rsa-3072" | "rsa-4096" => (
                 public()?,
@@ -808,40 +805,15 @@ impl RemoteService for Vault {
                 info(2048, 4096, CKF_ENCRYPT | CKF_DECRYPT),
             ),
         ];
-        for m in [
-            CKM_SHA1_RSA_PKCS,
-            CKM_SHA224_RSA_PKCS,
-            CKM_SHA256_RSA_PKCS,
-            CKM_SHA384_RSA_PKCS,
-            CKM_SHA512_RSA_PKCS,
-            CKM_RSA_PKCS_PSS,
-            CKM_SHA1_RSA_PKCS_PSS,
-            CKM_SHA224_RSA_PKCS_PSS,
-            CKM_SHA256_RSA_PKCS_PSS,
-            CKM_SHA384_RSA_PKCS_PSS,
-            CKM_SHA512_RSA_PKCS_PSS,
-        ] {
+        for m in RSA_MECHS[1..12].iter().copied() {
             v.push((m, info(2048, 4096, sv)));
         }
         let ec = CKF_EC_F_P | CKF_EC_NAMEDCURVE | CKF_EC_UNCOMPRESS;
-        for m in [
-            CKM_ECDSA,
-            CKM_ECDSA_SHA1,
-            CKM_ECDSA_SHA224,
-            CKM_ECDSA_SHA256,
-            CKM_ECDSA_SHA384,
-            CKM_ECDSA_SHA512,
-        ] {
+        for m in ECDSA_MECHS {
             v.push((m, info(256, 521, sv | ec)));
         }
         v.push((CKM_EDDSA, info(255, 255, sv)));
-        for m in [
-            CKM_SHA_1_HMAC,
-            CKM_SHA224_HMAC,
-            CKM_SHA256_HMAC,
-            CKM_SHA384_HMAC,
-            CKM_SHA512_HMAC,
-        ] {
+        for m in HMAC_MECHS {
             v.push((m, info(0, 0, sv)));
         }
         v.push((

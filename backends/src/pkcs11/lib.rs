@@ -43,16 +43,83 @@ struct Entry {
 
 static REGISTRY: PidLock<Vec<Entry>> = PidLock::new(Vec::new());
 
-/// Calls a function of an upstream function list, or answers `CKR_FUNCTION_NOT_SUPPORTED` if it is missing.
+/// Calls a function of an upstream function list, or answers `CKR_FUNCTION_NOT_SUPPORTED` if it is missing. The
+/// call holds a [`ForkGuard`], so the process never forks while a thread is inside the upstream module.
 #[macro_export]
 macro_rules! up {
     ($list:expr, $f:ident ( $($a:expr),* $(,)? )) => {{
         match $list.$f {
-            // SAFETY: arguments are valid for the call; the module is loaded for the life of the process.
-            Some(func) => unsafe { func($($a),*) },
+            Some(func) => {
+                let _inside = $crate::pkcs11::lib::ForkGuard::enter();
+                // SAFETY: arguments are valid for the call; the module is loaded for the life of the process.
+                unsafe { func($($a),*) }
+            }
             None => ::cryptoki_sys::CKR_FUNCTION_NOT_SUPPORTED,
         }
     }};
+}
+
+/// Keeps `fork()` out of upstream calls. A child forked while another thread was inside the upstream module would
+/// inherit that module's (and its crypto library's) locks held by a thread that does not exist there, and hang or
+/// crash when it re-initializes the module. The `pthread_atfork` prepare handler waits — for a bounded time — until
+/// no thread is inside; threads arriving meanwhile wait for the fork to finish. Atomics only: the guard itself
+/// survives the fork in any state.
+pub struct ForkGuard;
+
+static INSIDE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static FORKING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static ATFORK: std::sync::Once = std::sync::Once::new();
+
+impl ForkGuard {
+    pub fn enter() -> ForkGuard {
+        use std::sync::atomic::Ordering::SeqCst;
+        loop {
+            while FORKING.load(SeqCst) {
+                std::thread::yield_now();
+            }
+            INSIDE.fetch_add(1, SeqCst);
+            if !FORKING.load(SeqCst) {
+                return ForkGuard;
+            }
+            INSIDE.fetch_sub(1, SeqCst);
+        }
+    }
+
+    /// Registers the fork handlers (once per process).
+    pub fn install() {
+        ATFORK.call_once(|| {
+            // SAFETY: plain functions without captured state.
+            unsafe {
+                libc::pthread_atfork(Some(fork_prepare), Some(fork_done), Some(fork_done_child))
+            };
+        });
+    }
+}
+
+impl Drop for ForkGuard {
+    fn drop(&mut self) {
+        INSIDE.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+extern "C" fn fork_prepare() {
+    use std::sync::atomic::Ordering::SeqCst;
+    FORKING.store(true, SeqCst);
+    // An upstream call that never returns (a hung network HSM) must not stop the fork forever.
+    let start = std::time::Instant::now();
+    while INSIDE.load(SeqCst) > 0 && start.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_micros(100));
+    }
+}
+
+extern "C" fn fork_done() {
+    FORKING.store(false, std::sync::atomic::Ordering::SeqCst);
+}
+
+extern "C" fn fork_done_child() {
+    // Threads that were inside in the parent do not exist here.
+    INSIDE.store(0, std::sync::atomic::Ordering::SeqCst);
+    FORKING.store(false, std::sync::atomic::Ordering::SeqCst);
 }
 
 fn init_args(ctx: &BuildContext) -> CK_C_INITIALIZE_ARGS {
@@ -164,6 +231,7 @@ fn initialize(e: &mut Entry, ctx: &BuildContext) -> Result<()> {
 
 /// Loads (once) and initializes (once per process) the module at `path`.
 pub fn acquire(path: &Path, ctx: &BuildContext) -> Result<Arc<Lib>> {
+    ForkGuard::install();
     let mut reg = REGISTRY.lock();
     let me = current_pid();
     if let Some(e) = reg.iter_mut().find(|e| e.lib.path == path) {

@@ -44,15 +44,7 @@ pub struct UpstreamBackend {
 
 impl UpstreamBackend {
     pub fn from_config(name: &str, section: &toml::Table, ctx: &BuildContext) -> Result<Self> {
-        let cfg: Config =
-            toml::Value::Table(section.clone())
-                .try_into()
-                .map_err(|e: toml::de::Error| {
-                    Error::with(
-                        CKR_GENERAL_ERROR,
-                        format!("backend.{name}: {}", e.message()),
-                    )
-                })?;
+        let cfg: Config = crate::parse_section(name, section)?;
         let selectors = [
             cfg.token_label.is_some(),
             cfg.slot_id.is_some(),

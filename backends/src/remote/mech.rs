@@ -333,10 +333,12 @@ pub fn verify_local(k: &KeyMaterial, req: &SignRequest, sig: &[u8]) -> Result<()
                     vk.verify_prehash(digest, &s).is_ok()
                 }
                 Curve::Secp256k1 => {
-                    return Err(Error::with(
-                        CKR_MECHANISM_INVALID,
-                        "secp256k1 verification is not built in",
-                    ))
+                    let vk =
+                        k256::ecdsa::VerifyingKey::from_sec1_bytes(point).map_err(|_| bad())?;
+                    let s = k256::ecdsa::Signature::from_slice(sig).map_err(|_| bad())?;
+                    // k256 accepts low-S signatures only; KMS (like OpenSSL) makes either form, both valid.
+                    let s = s.normalize_s().unwrap_or(s);
+                    vk.verify_prehash(digest, &s).is_ok()
                 }
             };
             ok.then_some(()).ok_or_else(bad)

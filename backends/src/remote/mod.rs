@@ -8,7 +8,7 @@ pub mod der;
 pub mod mech;
 mod session;
 
-use crate::{vendor, Backend, BackendSession, Error, ObjRef, Result, Token};
+use crate::{vendor, Backend, BackendSession, Error, ObjRef, OpKind, Result, Token};
 use cryptoki_sys::*;
 use mech::{Hash, SignRequest};
 use parking_lot::{Mutex, RwLock};
@@ -246,6 +246,29 @@ pub trait RemoteService: Send + Sync + 'static {
     fn random(&self, _n: usize) -> Result<Vec<u8>> {
         Err(Error::new(CKR_RANDOM_NO_RNG))
     }
+    /// Whether `C_GenerateRandom` on the unified token should come from [`RemoteService::random`].
+    fn has_random(&self) -> bool {
+        false
+    }
+    /// A service's own rules on mechanism parameters, checked at `C_*Init` (no network): e.g. a PSS salt length
+    /// or an OAEP hash the service cannot do. `pss` is (hash, salt length), `oaep` the OAEP hash.
+    fn check_init(
+        &self,
+        _kind: OpKind,
+        _key: &RemoteKey,
+        _mech: CK_MECHANISM_TYPE,
+        _pss: Option<(Hash, usize)>,
+        _oaep: Option<Hash>,
+    ) -> Result<()> {
+        Ok(())
+    }
+    /// Verifies a MAC with a secret key: by default computes it and compares (constant time).
+    fn verify_mac(&self, key: &RemoteKey, hash: Hash, data: &[u8], mac: &[u8]) -> Result<()> {
+        let m = self.mac(key, hash, data)?;
+        let same =
+            m.len() == mac.len() && m.iter().zip(mac).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0;
+        same.then_some(()).ok_or(Error::new(CKR_SIGNATURE_INVALID))
+    }
     /// Creates a key from PKCS#11 templates (`CKM_*_KEY_PAIR_GEN` / `CKM_*_KEY_GEN`) and returns its name.
     fn generate(&self, _spec: &GenerateSpec) -> Result<String> {
         Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED))
@@ -298,7 +321,6 @@ pub struct Shared {
     /// Serializes fetches so that concurrent first searches make one enumeration.
     fetching: Mutex<()>,
     refreshing: AtomicBool,
-    logged_in: AtomicBool,
 }
 
 impl Shared {
@@ -309,12 +331,7 @@ impl Shared {
             cache: RwLock::new(Cache::default()),
             fetching: Mutex::new(()),
             refreshing: AtomicBool::new(false),
-            logged_in: AtomicBool::new(false),
         })
-    }
-
-    pub fn logged_in(&self) -> bool {
-        self.logged_in.load(Ordering::Acquire)
     }
 
     fn install(&self, fresh: Vec<RemoteKey>) {
@@ -572,17 +589,18 @@ impl Backend for RemoteBackend {
         self.kind
     }
     fn token(&self) -> Result<Arc<dyn Token>> {
+        // The login state is the token's (the slot's): a backend listed in two slots is logged in per slot.
         Ok(Arc::new(RemoteToken {
             shared: self.shared.clone(),
+            logged_in: Arc::new(AtomicBool::new(false)),
         }))
     }
-    fn finalize(&self) {
-        self.shared.logged_in.store(false, Ordering::Release);
-    }
+    fn finalize(&self) {}
 }
 
 pub struct RemoteToken {
     shared: Arc<Shared>,
+    logged_in: Arc<AtomicBool>,
 }
 
 impl Token for RemoteToken {
@@ -614,18 +632,21 @@ impl Token for RemoteToken {
         // The service authenticates with its own configured credentials on first use; a bridge user login makes
         // the private objects usable.
         if user == CKU_USER {
-            self.shared.logged_in.store(true, Ordering::Release);
+            self.logged_in.store(true, Ordering::Release);
         }
         Ok(())
     }
     fn logout_configured(&self) -> Result<()> {
-        self.shared.logged_in.store(false, Ordering::Release);
+        self.logged_in.store(false, Ordering::Release);
         Ok(())
     }
     fn open_session(&self, _rw: bool) -> Result<Box<dyn BackendSession>> {
-        Ok(Box::new(session::RemoteSession::new(self.shared.clone())))
+        Ok(Box::new(session::RemoteSession::new(
+            self.shared.clone(),
+            self.logged_in.clone(),
+        )))
     }
     fn has_rng(&self) -> bool {
-        false
+        self.shared.service.has_random()
     }
 }

@@ -12,6 +12,7 @@ use crate::{
     fill_attr, vendor, BackendSession, Error, Mechanism, ObjRef, OpKind, Out, Result, Template,
 };
 use cryptoki_sys::*;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use zeroize::Zeroizing;
 
@@ -34,15 +35,22 @@ struct Op {
 
 pub struct RemoteSession {
     shared: Arc<Shared>,
+    /// The token's login state.
+    login: Arc<AtomicBool>,
     ops: [Option<Op>; 7],
 }
 
 impl RemoteSession {
-    pub fn new(shared: Arc<Shared>) -> Self {
+    pub fn new(shared: Arc<Shared>, login: Arc<AtomicBool>) -> Self {
         RemoteSession {
             shared,
+            login,
             ops: Default::default(),
         }
+    }
+
+    fn logged_in(&self) -> bool {
+        self.login.load(Ordering::Acquire)
     }
 
     fn op(&mut self, kind: OpKind) -> Result<&mut Op> {
@@ -254,10 +262,7 @@ impl RemoteSession {
             if signature.len() != h.len() {
                 return Err(Error::new(CKR_SIGNATURE_LEN_RANGE));
             }
-            let mac = self.shared.service.mac(&op.key, h, &buf)?;
-            let same = mac.len() == signature.len()
-                && mac.iter().zip(signature).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0;
-            return same.then_some(()).ok_or(Error::new(CKR_SIGNATURE_INVALID));
+            return self.shared.service.verify_mac(&op.key, h, &buf, signature);
         }
         let req = match digest {
             Some(d) => sign_request(&op, Either::Digest(d))?,
@@ -269,7 +274,7 @@ impl RemoteSession {
 
 impl BackendSession for RemoteSession {
     fn find(&mut self, template: Template) -> Result<Vec<ObjRef>> {
-        let logged_in = self.shared.logged_in();
+        let logged_in = self.logged_in();
         let mut out = Vec::new();
         for (n, k) in self.shared.keys()? {
             for class in objects_of(&k) {
@@ -294,7 +299,7 @@ impl BackendSession for RemoteSession {
             return CKR_OBJECT_HANDLE_INVALID;
         };
         let private = class == CLASS_PRIVATE || class == CLASS_SECRET;
-        if private && !self.shared.logged_in() {
+        if private && !self.logged_in() {
             return CKR_OBJECT_HANDLE_INVALID;
         }
         let mut rv = CKR_OK;
@@ -328,7 +333,7 @@ impl BackendSession for RemoteSession {
                 "allow_destroy is not set for this backend",
             ));
         }
-        if !self.shared.logged_in() {
+        if !self.logged_in() {
             return Err(Error::new(CKR_USER_NOT_LOGGED_IN));
         }
         if class == CLASS_PUBLIC || class == super::CLASS_CERT {
@@ -357,11 +362,14 @@ impl BackendSession for RemoteSession {
             .key(obj)
             .map_err(|_| Error::new(CKR_KEY_HANDLE_INVALID))?;
         let private = class == CLASS_PRIVATE || class == CLASS_SECRET;
-        if private && !self.shared.logged_in() {
+        if private && !self.logged_in() {
             return Err(Error::new(CKR_USER_NOT_LOGGED_IN));
         }
         if !k.mechanisms.contains(&m) {
-            return Err(Error::new(CKR_KEY_TYPE_INCONSISTENT));
+            return Err(Error::with(
+                CKR_KEY_TYPE_INCONSISTENT,
+                format!("key {} does not do mechanism {m:#x}", k.label),
+            ));
         }
         let u = k.usage;
         let allowed = match (kind, class) {
@@ -387,6 +395,7 @@ impl BackendSession for RemoteSession {
         let oaep = (m == CKM_RSA_PKCS_OAEP)
             .then(|| mech::oaep_params(mech))
             .transpose()?;
+        self.shared.service.check_init(kind, &k, m, pss, oaep)?;
         let context =
             if m == vendor::CKM_P11BRIDGE_VAULT_ENCRYPT || m == vendor::CKM_P11BRIDGE_KMS_ENCRYPT {
                 mech.param_bytes().to_vec()
@@ -580,7 +589,7 @@ impl RemoteSession {
             return Err(Error::new(CKR_MECHANISM_INVALID));
         }
         let (k, class) = self.shared.key(obj).map_err(|_| Error::new(invalid))?;
-        if !self.shared.logged_in() {
+        if !self.logged_in() {
             return Err(Error::new(CKR_USER_NOT_LOGGED_IN));
         }
         if class != CLASS_SECRET || !k.mechanisms.contains(&m) {
@@ -601,7 +610,7 @@ impl RemoteSession {
         sign: bool,
         decrypt: bool,
     ) -> Result<String> {
-        if !self.shared.logged_in() {
+        if !self.logged_in() {
             return Err(Error::new(CKR_USER_NOT_LOGGED_IN));
         }
         for t in templates {

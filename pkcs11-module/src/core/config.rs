@@ -17,6 +17,9 @@ pub struct Config {
     /// The interface `C_GetInterface(NULL, NULL, ...)` returns: "3.0" (default) or "2.40" (to front a 2.40 module
     /// exactly as it is: consumers that pick the default then see what they would see talking to it directly).
     pub default_interface: Option<String>,
+    /// The audit trail (off without this section).
+    #[serde(default)]
+    pub audit: Option<super::audit::AuditConfig>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -115,7 +118,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Config> {
         err(format!(
             "{}{at}:{key} {}",
             path.display(),
-            inner.message().trim()
+            // One line: the log and stderr get exactly one line per failure.
+            inner.message().trim().replace('\n', "; ")
         ))
     })?;
     validate(&cfg).map_err(|e| err(format!("{}: {}", path.display(), e.cause().unwrap_or(""))))?;

@@ -1,6 +1,7 @@
 //! The token core: global state, slots and tokens, sessions, login, handles, operation routing.
 //! It knows the `Backend` trait only; `p11bridge_backends::build` is the one place concrete backends are made.
 
+pub mod audit;
 pub mod config;
 pub mod handles;
 mod objects;
@@ -29,6 +30,8 @@ pub struct Module {
     sessions: RwLock<HashMap<CK_SESSION_HANDLE, Arc<Session>>>,
     next_session: AtomicU64,
     backends: Vec<Arc<dyn Backend>>,
+    /// The audit trail, when configured.
+    pub audit: Option<audit::Audit>,
 }
 
 static STATE: ArcSwapOption<Module> = ArcSwapOption::const_empty();
@@ -138,7 +141,12 @@ impl Module {
                 }
             }
         }
+        let audit = audit::Audit::open(&cfg.audit.clone().unwrap_or_default()).map_err(|e| {
+            finalize_all(&backends);
+            Error::with(CKR_GENERAL_ERROR, e)
+        })?;
         Ok(Module {
+            audit,
             generation,
             slots,
             sessions: RwLock::new(HashMap::new()),
@@ -154,6 +162,36 @@ impl Module {
         }
         for b in &self.backends {
             b.finalize();
+        }
+    }
+
+    /// Writes one audit event (when the trail is on).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn audit(
+        &self,
+        slot: &Slot,
+        event: &str,
+        member: Option<usize>,
+        object: Option<&audit::ObjectInfo>,
+        mechanism: Option<CK_MECHANISM_TYPE>,
+        user: Option<CK_USER_TYPE>,
+        rv: CK_RV,
+        started: std::time::Instant,
+    ) {
+        if let Some(a) = &self.audit {
+            let token = slot.audit_name();
+            a.record(&audit::Event {
+                event,
+                token: &token,
+                backend: member
+                    .and_then(|m| slot.members.get(m))
+                    .map(|m| m.name.as_str()),
+                object,
+                mechanism,
+                user,
+                rv,
+                latency: started.elapsed(),
+            });
         }
     }
 

@@ -98,8 +98,26 @@ fn in_view(
 }
 
 impl Module {
-    /// `C_Login` / `C_LoginUser`.
+    /// `C_Login` / `C_LoginUser`, recorded in the audit trail (failed logins too).
     pub fn login(
+        &self,
+        h: CK_SESSION_HANDLE,
+        user: CK_USER_TYPE,
+        pin: Option<&[u8]>,
+        username: Option<&[u8]>,
+    ) -> Result<()> {
+        let started = std::time::Instant::now();
+        let r = self.login_inner(h, user, pin, username);
+        if self.audit.is_some() {
+            if let Ok((_, slot)) = self.session_slot(h) {
+                let rv = r.as_ref().map_or_else(|e| e.rv(), |_| CKR_OK);
+                self.audit(slot, "login", None, None, None, Some(user), rv, started);
+            }
+        }
+        r
+    }
+
+    fn login_inner(
         &self,
         h: CK_SESSION_HANDLE,
         user: CK_USER_TYPE,
@@ -151,13 +169,26 @@ impl Module {
             }
             slot.check_pin(user, pin)?;
             st.user = Some(user);
+            // Under the state lock: a logout of the last session closing meanwhile must not undo it.
+            slot.login_members(user);
         }
-        slot.login_members(user);
         Ok(())
     }
 
-    /// `C_Logout`.
+    /// `C_Logout`, recorded in the audit trail.
     pub fn logout(&self, h: CK_SESSION_HANDLE) -> Result<()> {
+        let started = std::time::Instant::now();
+        let r = self.logout_inner(h);
+        if self.audit.is_some() {
+            if let Ok((_, slot)) = self.session_slot(h) {
+                let rv = r.as_ref().map_or_else(|e| e.rv(), |_| CKR_OK);
+                self.audit(slot, "logout", None, None, None, None, rv, started);
+            }
+        }
+        r
+    }
+
+    fn logout_inner(&self, h: CK_SESSION_HANDLE) -> Result<()> {
         let (s, slot) = self.session_slot(h)?;
         if slot.state.lock().user.is_none() {
             return Err(Error::new(CKR_USER_NOT_LOGGED_IN));
@@ -168,8 +199,10 @@ impl Module {
             slot.state.lock().user = None;
             return Ok(());
         }
-        slot.state.lock().user = None;
+        let mut st = slot.state.lock();
+        st.user = None;
         slot.logout_members();
+        drop(st);
         Ok(())
     }
 
@@ -355,11 +388,7 @@ impl Module {
         let st = passed.get();
         let mut inner = s.lock();
         let o = inner.member(slot, s.rw, pos)?.create_object(st)?;
-        let handle = slot.handles.intern((pos, o));
-        if is_session_object(t) && slot.unified().is_some() {
-            inner.session_objects.push(handle);
-        }
-        Ok(handle)
+        Ok(self.adopt(slot, &mut inner, pos, o, is_session_object(t)))
     }
 
     /// `C_CopyObject`: on the member that holds the original.
@@ -388,11 +417,9 @@ impl Module {
         let st = passed.get();
         let mut inner = s.lock();
         let n = inner.member(slot, s.rw, pos)?.copy_object(o, st)?;
-        let handle = slot.handles.intern((pos, n));
-        if matches!(t.bool_value(CKA_TOKEN), Ok(Some(false))) && slot.unified().is_some() {
-            inner.session_objects.push(handle);
-        }
-        Ok(handle)
+        // A copy is a session object only if the template says so (else it inherits CKA_TOKEN).
+        let session = matches!(t.bool_value(CKA_TOKEN), Ok(Some(false)));
+        Ok(self.adopt(slot, &mut inner, pos, n, session))
     }
 
     /// `C_DestroyObject`.
@@ -403,7 +430,28 @@ impl Module {
             .resolve(obj)
             .ok_or(Error::new(CKR_OBJECT_HANDLE_INVALID))?;
         let mut inner = s.lock();
-        inner.member(slot, s.rw, pos)?.destroy_object(o)?;
+        let started = std::time::Instant::now();
+        let info = self.audit.as_ref().and_then(|_| {
+            inner
+                .member(slot, s.rw, pos)
+                .ok()
+                .map(|bs| super::audit::describe(bs, o))
+        });
+        let r = inner.member(slot, s.rw, pos)?.destroy_object(o);
+        if let Some(info) = &info {
+            let rv = r.as_ref().map_or_else(|e| e.rv(), |_| CKR_OK);
+            self.audit(
+                slot,
+                "destroy_object",
+                Some(pos),
+                Some(info),
+                None,
+                None,
+                rv,
+                started,
+            );
+        }
+        r?;
         slot.handles.forget(obj);
         inner.session_objects.retain(|x| *x != obj);
         Ok(())
@@ -419,6 +467,38 @@ impl Module {
         let mut inner = s.lock();
         let r = inner.member(slot, s.rw, pos)?.object_size(o);
         r
+    }
+
+    /// The bridge handle of an object a backend just made; session objects of a unified slot are remembered so
+    /// that their handles are forgotten when the session closes.
+    pub(super) fn adopt(
+        &self,
+        slot: &Slot,
+        inner: &mut super::session::Inner,
+        pos: usize,
+        obj: p11bridge_backends::ObjRef,
+        session_object: bool,
+    ) -> CK_OBJECT_HANDLE {
+        if self.audit.is_some() {
+            if let Ok(bs) = inner.member(slot, false, pos) {
+                let info = super::audit::describe(bs, obj);
+                self.audit(
+                    slot,
+                    "new_object",
+                    Some(pos),
+                    Some(&info),
+                    None,
+                    None,
+                    CKR_OK,
+                    std::time::Instant::now(),
+                );
+            }
+        }
+        let handle = slot.handles.intern((pos, obj));
+        if session_object && slot.unified().is_some() {
+            inner.session_objects.push(handle);
+        }
+        handle
     }
 
     /// The member new objects go to: named by `CKA_P11BRIDGE_BACKEND` in any of the templates, else the default.

@@ -25,7 +25,45 @@ fn update_keeps_going(r: &Result<usize>) -> bool {
     }
 }
 
+/// The audit trail's name for an operation.
+fn kind_event(kind: OpKind) -> &'static str {
+    match kind {
+        OpKind::Encrypt => "encrypt",
+        OpKind::Decrypt => "decrypt",
+        OpKind::Digest => "digest",
+        OpKind::Sign => "sign",
+        OpKind::Verify => "verify",
+        OpKind::SignRecover => "sign_recover",
+        OpKind::VerifyRecover => "verify_recover",
+    }
+}
+
 impl Module {
+    /// Records the end of an operation in the audit trail.
+    fn audit_done(
+        &self,
+        slot: &super::slot::Slot,
+        inner: &mut super::session::Inner,
+        kind: OpKind,
+        pos: usize,
+        r: &Result<usize>,
+        started: std::time::Instant,
+    ) {
+        if let Some((info, mech)) = inner.audit_ops[kind as usize].take() {
+            let rv = r.as_ref().map_or_else(|e| e.rv(), |_| CKR_OK);
+            self.audit(
+                slot,
+                kind_event(kind),
+                Some(pos),
+                Some(&info),
+                Some(mech),
+                None,
+                rv,
+                started,
+            );
+        }
+    }
+
     /// `C_*Init`. A NULL mechanism (3.0) cancels the active operation of that kind.
     pub fn op_init(
         &self,
@@ -56,7 +94,24 @@ impl Module {
             }
             None => (slot.member_for_mechanism(mech.mech_type())?, None),
         };
+        let started = std::time::Instant::now();
         let r = inner.member(slot, s.rw, pos)?.op_init(kind, &mech, obj);
+        if let (Some(_), Some(o)) = (&self.audit, obj) {
+            let info = super::audit::describe(inner.member(slot, s.rw, pos)?, o);
+            match &r {
+                Ok(()) => inner.audit_ops[k] = Some((info, mech.mech_type())),
+                Err(e) => self.audit(
+                    slot,
+                    kind_event(kind),
+                    Some(pos),
+                    Some(&info),
+                    Some(mech.mech_type()),
+                    None,
+                    e.rv(),
+                    started,
+                ),
+            }
+        }
         match &r {
             Ok(()) => inner.ops[k] = Some(pos),
             // The backend still runs an operation we consider ended (an upstream that did not end it on an error
@@ -79,10 +134,12 @@ impl Module {
         let mut inner = s.lock();
         let k = kind as usize;
         let pos = inner.ops[k].ok_or(Error::new(CKR_OPERATION_NOT_INITIALIZED))?;
+        let started = std::time::Instant::now();
         let len_query = out.is_none();
         let r = inner.member(slot, s.rw, pos)?.op_single(kind, input, out);
         if !keeps_going(&r, len_query) {
             inner.ops[k] = None;
+            self.audit_done(slot, &mut inner, kind, pos, &r, started);
         }
         r
     }
@@ -99,9 +156,11 @@ impl Module {
         let mut inner = s.lock();
         let k = kind as usize;
         let pos = inner.ops[k].ok_or(Error::new(CKR_OPERATION_NOT_INITIALIZED))?;
+        let started = std::time::Instant::now();
         let r = inner.member(slot, s.rw, pos)?.op_update(kind, input, out);
         if !update_keeps_going(&r) {
             inner.ops[k] = None;
+            self.audit_done(slot, &mut inner, kind, pos, &r, started);
         }
         r
     }
@@ -112,10 +171,12 @@ impl Module {
         let mut inner = s.lock();
         let k = kind as usize;
         let pos = inner.ops[k].ok_or(Error::new(CKR_OPERATION_NOT_INITIALIZED))?;
+        let started = std::time::Instant::now();
         let len_query = out.is_none();
         let r = inner.member(slot, s.rw, pos)?.op_final(kind, out);
         if !keeps_going(&r, len_query) {
             inner.ops[k] = None;
+            self.audit_done(slot, &mut inner, kind, pos, &r, started);
         }
         r
     }
@@ -132,11 +193,20 @@ impl Module {
         let k = OpKind::Verify as usize;
         let pos = inner.ops[k].ok_or(Error::new(CKR_OPERATION_NOT_INITIALIZED))?;
         let bs = inner.member(slot, s.rw, pos)?;
+        let started = std::time::Instant::now();
         let r = match data {
             Some(d) => bs.verify(d, signature),
             None => bs.verify_final(signature),
         };
         inner.ops[k] = None;
+        self.audit_done(
+            slot,
+            &mut inner,
+            OpKind::Verify,
+            pos,
+            &r.clone().map(|_| 0),
+            started,
+        );
         r
     }
 
@@ -271,11 +341,7 @@ impl Module {
         let st = passed.get();
         let mut inner = s.lock();
         let o = inner.member(slot, s.rw, pos)?.generate_key(&mech, st)?;
-        let handle = slot.handles.intern((pos, o));
-        if is_session_object(t) && slot.unified().is_some() {
-            inner.session_objects.push(handle);
-        }
-        Ok(handle)
+        Ok(self.adopt(slot, &mut inner, pos, o, is_session_object(t)))
     }
 
     /// `C_GenerateKeyPair`.
@@ -294,18 +360,8 @@ impl Module {
         let (op, os) = inner
             .member(slot, s.rw, pos)?
             .generate_key_pair(&mech, tp, ts)?;
-        let (hp, hs) = (
-            slot.handles.intern((pos, op)),
-            slot.handles.intern((pos, os)),
-        );
-        if slot.unified().is_some() {
-            if is_session_object(public) {
-                inner.session_objects.push(hp);
-            }
-            if is_session_object(private) {
-                inner.session_objects.push(hs);
-            }
-        }
+        let hp = self.adopt(slot, &mut inner, pos, op, is_session_object(public));
+        let hs = self.adopt(slot, &mut inner, pos, os, is_session_object(private));
         Ok((hp, hs))
     }
 
@@ -329,16 +385,32 @@ impl Module {
             .resolve(key)
             .ok_or(Error::new(CKR_KEY_HANDLE_INVALID))?;
         let mut inner = s.lock();
-        if wp == kp {
-            let r = inner.member(slot, s.rw, wp)?.wrap_key(&mech, wo, ko, out);
-            return r;
+        let started = std::time::Instant::now();
+        let len_query = out.is_none();
+        let r = if wp == kp {
+            inner.member(slot, s.rw, wp)?.wrap_key(&mech, wo, ko, out)
+        } else {
+            // Envelope wrapping across backends: the key's value leaves its backend (only if it is extractable and
+            // readable) and is encrypted under the wrapping key by the other backend.
+            let value = inner.member(slot, s.rw, kp)?.export_value(ko)?;
+            inner
+                .member(slot, s.rw, wp)?
+                .wrap_value(&mech, wo, &value, out)
+        };
+        if self.audit.is_some() && !len_query {
+            let info = super::audit::describe(inner.member(slot, s.rw, kp)?, ko);
+            let rv = r.as_ref().map_or_else(|e| e.rv(), |_| CKR_OK);
+            self.audit(
+                slot,
+                "wrap_key",
+                Some(kp),
+                Some(&info),
+                Some(mech.mech_type()),
+                None,
+                rv,
+                started,
+            );
         }
-        // Envelope wrapping across backends: the key's value leaves its backend (only if it is extractable and
-        // readable) and is encrypted under the wrapping key by the other backend.
-        let value = inner.member(slot, s.rw, kp)?.export_value(ko)?;
-        let r = inner
-            .member(slot, s.rw, wp)?
-            .wrap_value(&mech, wo, &value, out);
         r
     }
 
@@ -400,11 +472,7 @@ impl Module {
             },
         };
         let pos = target;
-        let handle = slot.handles.intern((pos, o));
-        if is_session_object(t) && slot.unified().is_some() {
-            inner.session_objects.push(handle);
-        }
-        Ok(handle)
+        Ok(self.adopt(slot, &mut inner, pos, o, is_session_object(t)))
     }
 
     /// `C_DeriveKey`: made where the base key lives. Object handles inside known mechanism parameters are
@@ -443,11 +511,7 @@ impl Module {
         let st = passed.get();
         let mut inner = s.lock();
         let o = inner.member(slot, s.rw, pos)?.derive_key(&mech, bo, st)?;
-        let handle = slot.handles.intern((pos, o));
-        if is_session_object(t) && slot.unified().is_some() {
-            inner.session_objects.push(handle);
-        }
-        Ok(handle)
+        Ok(self.adopt(slot, &mut inner, pos, o, is_session_object(t)))
     }
 
     /// `C_SeedRandom`.

@@ -23,6 +23,8 @@ pub struct Inner {
     pub find: Option<Find>,
     /// Handles of session objects created here (forgotten when the session closes).
     pub session_objects: Vec<CK_OBJECT_HANDLE>,
+    /// For the audit trail: the key and mechanism of each active operation.
+    pub audit_ops: [Option<(super::audit::ObjectInfo, CK_MECHANISM_TYPE)>; 7],
     closed: bool,
 }
 
@@ -67,6 +69,7 @@ impl Session {
                 ops: [None; 7],
                 find: None,
                 session_objects: Vec::new(),
+                audit_ops: Default::default(),
                 closed: false,
             }),
         })
@@ -96,7 +99,7 @@ impl Session {
         }
         if st.ro + st.rw == 0 && st.user.is_some() {
             st.user = None;
-            drop(st);
+            // Under the state lock: a login racing with this logout must not be undone by it.
             if slot.unified().is_some() {
                 slot.logout_members();
             }

@@ -204,6 +204,14 @@ impl Slot {
         }])
     }
 
+    /// How the audit trail names this token.
+    pub fn audit_name(&self) -> String {
+        match &self.kind {
+            SlotKind::Unified(u) => u.label.clone(),
+            SlotKind::Mirror => format!("mirror:{}:{}", self.members[0].name, self.id),
+        }
+    }
+
     pub fn unified(&self) -> Option<&Unified> {
         match &self.kind {
             SlotKind::Unified(u) => Some(u),

@@ -5,6 +5,7 @@
 
 pub mod bao;
 pub mod der;
+pub mod moto;
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::object::{Attribute, AttributeType, ObjectHandle};

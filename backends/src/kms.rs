@@ -1,0 +1,1322 @@
+//! The AWS KMS backend (`kind = "aws-kms"`).
+//!
+//! KMS keys become objects of the unified token through the shared remote layer; this file only says how to talk
+//! to KMS: one SDK client per backend (made on first use, inside the module's runtime, never in `C_Initialize`),
+//! key selection (a list of aliases / key ids / ARNs, or discovery with a tag filter), and the KMS calls.
+//!
+//! TLS: the SDK's default HTTPS client is not used (it brings aws-lc-rs as a second rustls provider next to the
+//! ring one the crate already uses, and rustls refuses to pick between two without a process-wide default). The
+//! backend builds the SDK's hyper client itself with rustls on ring, installing nothing global.
+//!
+//! Retries: the SDK's standard retry strategy (jittered exponential backoff; throttling and 5xx/transient errors)
+//! for the idempotent calls, within the per-call deadline; `CreateKey`, `CreateAlias`, `DeleteAlias` and
+//! `ScheduleKeyDeletion` run with retries disabled.
+
+use crate::remote::mech::{Hash, RsaPad, SignRequest};
+use crate::remote::{
+    cert, der, Curve, GenerateKind, GenerateSpec, KeyMaterial, RemoteKey, RemoteService, Usage,
+};
+use crate::{runtime, vendor, BuildContext, Error, OpKind, Result};
+use aws_sdk_kms::config::retry::RetryConfig;
+use aws_sdk_kms::config::timeout::TimeoutConfig;
+use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_kms::primitives::Blob;
+use aws_sdk_kms::types::{
+    EncryptionAlgorithmSpec, KeyManagerType, KeySpec, KeyState, KeyUsageType, MacAlgorithmSpec,
+    MessageType, SigningAlgorithmSpec, Tag,
+};
+use aws_sdk_kms::Client;
+use cryptoki_sys::*;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use zeroize::Zeroizing;
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    #[allow(dead_code)]
+    kind: String,
+    /// AWS region; else the standard chain (`AWS_REGION`, profile).
+    region: Option<String>,
+    /// Endpoint URL (VPC endpoint, FIPS endpoint, emulator).
+    endpoint: Option<String>,
+    /// Shared config/credentials profile.
+    profile: Option<String>,
+    /// A role to assume (STS `AssumeRole`) with the chain's credentials.
+    role_arn: Option<String>,
+    /// Which keys: aliases (`alias/x`), key ids or ARNs; or discovery (`ListKeys`) with an optional tag filter.
+    #[serde(default)]
+    keys: Vec<String>,
+    #[serde(default)]
+    discover: bool,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+    /// Per-call deadline (retries included) and connect timeout (milliseconds).
+    #[serde(default = "default_timeout_ms")]
+    timeout_ms: u64,
+    #[serde(default = "default_connect_timeout_ms")]
+    connect_timeout_ms: u64,
+    /// Attempts per idempotent call (1 = no retry).
+    #[serde(default = "default_max_attempts")]
+    max_attempts: u32,
+    /// How long key metadata stays fresh (seconds).
+    #[serde(default = "default_ttl")]
+    cache_ttl_s: u64,
+    /// Certificates to show for keys (PEM files), by alias (`alias/x`), key id or ARN.
+    #[serde(default)]
+    certificates: BTreeMap<String, PathBuf>,
+    /// Where generated certificates are cached (default `$XDG_CACHE_HOME/p11bridge` or `~/.cache/p11bridge`).
+    cert_cache_dir: Option<PathBuf>,
+    /// Let `C_DestroyObject` schedule key deletion.
+    #[serde(default)]
+    allow_destroy: bool,
+    #[serde(default = "default_window")]
+    deletion_window_days: i32,
+    /// `C_GenerateRandom` source on a slot where this backend serves randomness: "os" or "kms".
+    #[serde(default = "default_random")]
+    random: String,
+}
+
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+fn default_connect_timeout_ms() -> u64 {
+    3_000
+}
+fn default_max_attempts() -> u32 {
+    4
+}
+fn default_ttl() -> u64 {
+    300
+}
+fn default_window() -> i32 {
+    7
+}
+fn default_random() -> String {
+    "os".into()
+}
+
+fn cfg_err(name: &str, msg: impl std::fmt::Display) -> Error {
+    Error::with(CKR_GENERAL_ERROR, format!("backend.{name}.{msg}"))
+}
+
+/// What went wrong with one KMS request, before it becomes a `CK_RV` for the operation at hand.
+#[derive(Debug)]
+enum Fault {
+    /// No answer: connect failure, timeout, I/O error, credentials that could not be loaded.
+    Unreachable(String),
+    /// A KMS error (`__type` code and message).
+    Service(String, String),
+}
+
+fn fault<E, R>(e: SdkError<E, R>) -> Fault
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match &e {
+        SdkError::ServiceError(_) => Fault::Service(
+            e.code().unwrap_or("Unknown").to_string(),
+            e.message().unwrap_or("").to_string(),
+        ),
+        _ => Fault::Unreachable(DisplayErrorContext(&e).to_string()),
+    }
+}
+
+/// Maps a KMS fault to the `CK_RV` of a key operation (the README's error table). `bad_input` is what a
+/// `ValidationException` means for this call (the input the caller gave was not acceptable).
+fn map_fault(backend: &str, f: Fault, bad_input: CK_RV) -> Error {
+    match f {
+        Fault::Unreachable(m) => {
+            Error::with(CKR_DEVICE_ERROR, format!("{backend}: unreachable: {m}"))
+        }
+        Fault::Service(code, m) => {
+            let rv = match code.as_str() {
+                "AccessDeniedException" => CKR_KEY_FUNCTION_NOT_PERMITTED,
+                "InvalidKeyUsageException" | "IncorrectKeyException" => {
+                    CKR_KEY_FUNCTION_NOT_PERMITTED
+                }
+                "NotFoundException" | "DisabledException" | "KMSInvalidStateException" => {
+                    CKR_KEY_HANDLE_INVALID
+                }
+                "ValidationException" => bad_input,
+                "InvalidCiphertextException" => CKR_ENCRYPTED_DATA_INVALID,
+                "KMSInvalidSignatureException" | "KMSInvalidMacException" => CKR_SIGNATURE_INVALID,
+                "AlreadyExistsException" | "InvalidAliasNameException" => {
+                    CKR_ATTRIBUTE_VALUE_INVALID
+                }
+                "LimitExceededException" => CKR_DEVICE_MEMORY,
+                // Throttling that outlived the retries, KMS internal errors, custom key stores down, credentials
+                // KMS rejects: the device cannot serve now.
+                _ => CKR_DEVICE_ERROR,
+            };
+            Error::with(rv, format!("{backend}: {code}: {m}"))
+        }
+    }
+}
+
+pub struct KmsService {
+    name: String,
+    cfg: Config,
+    /// The client, made on first use (and again in a forked child: its pool is the parent's).
+    client: tokio::sync::Mutex<Option<(u32, Client)>>,
+    /// Keys created through the bridge while it runs (added to a configured `keys` list).
+    created: parking_lot::Mutex<Vec<String>>,
+    cert_dir: Option<PathBuf>,
+}
+
+impl KmsService {
+    pub fn from_config(name: &str, section: &toml::Table, _ctx: &BuildContext) -> Result<Self> {
+        let cfg: Config = crate::parse_section(name, section)?;
+        if cfg.keys.is_empty() && !cfg.discover {
+            return Err(cfg_err(
+                name,
+                "keys: list aliases, key ids or ARNs, or set discover = true",
+            ));
+        }
+        if !cfg.tags.is_empty() && !cfg.discover {
+            return Err(cfg_err(name, "tags: a tag filter needs discover = true"));
+        }
+        if let Some(e) = &cfg.endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return Err(cfg_err(
+                    name,
+                    format!("endpoint: \"{e}\" is not an http(s) URL"),
+                ));
+            }
+        }
+        if cfg.region.as_deref() == Some("") {
+            return Err(cfg_err(name, "region: empty"));
+        }
+        if cfg.timeout_ms == 0 || cfg.connect_timeout_ms == 0 {
+            return Err(cfg_err(name, "timeout_ms: must be > 0"));
+        }
+        if cfg.max_attempts == 0 || cfg.max_attempts > 10 {
+            return Err(cfg_err(name, "max_attempts: 1 to 10"));
+        }
+        if !(7..=30).contains(&cfg.deletion_window_days) {
+            return Err(cfg_err(
+                name,
+                "deletion_window_days: KMS allows 7 to 30 days",
+            ));
+        }
+        if cfg.random != "os" && cfg.random != "kms" {
+            return Err(cfg_err(name, "random: \"os\" or \"kms\""));
+        }
+        for (k, p) in &cfg.certificates {
+            if !p.exists() {
+                return Err(cfg_err(
+                    name,
+                    format!("certificates.{k}: {} does not exist", p.display()),
+                ));
+            }
+        }
+        let cert_dir = cfg.cert_cache_dir.clone().or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .map(|d| d.join("p11bridge"))
+        });
+        Ok(KmsService {
+            name: name.to_string(),
+            cfg,
+            client: tokio::sync::Mutex::new(None),
+            created: parking_lot::Mutex::new(Vec::new()),
+            cert_dir,
+        })
+    }
+
+    fn deadline(&self) -> Duration {
+        Duration::from_millis(self.cfg.timeout_ms)
+    }
+
+    /// The backend's one client (connection pool and credential cache shared by every session).
+    async fn client(&self) -> Client {
+        let me = std::process::id();
+        let mut g = self.client.lock().await;
+        if let Some((pid, c)) = g.as_ref() {
+            if *pid == me {
+                return c.clone();
+            }
+        }
+        let c = build_client(&self.cfg).await;
+        *g = Some((me, c.clone()));
+        c
+    }
+}
+
+/// An HTTPS-capable client for the SDK: hyper over rustls with the ring provider (nothing installed globally).
+pub fn http_client() -> aws_sdk_kms::config::SharedHttpClient {
+    use aws_smithy_http_client::tls;
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https()
+}
+
+async fn build_client(cfg: &Config) -> Client {
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
+        .operation_timeout(Duration::from_millis(cfg.timeout_ms))
+        .operation_attempt_timeout(Duration::from_millis(cfg.timeout_ms))
+        .build();
+    let retry = RetryConfig::standard()
+        .with_max_attempts(cfg.max_attempts)
+        .with_initial_backoff(Duration::from_millis(50))
+        .with_max_backoff(Duration::from_secs(1));
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(http_client())
+        .retry_config(retry)
+        .timeout_config(timeouts);
+    if let Some(r) = &cfg.region {
+        loader = loader.region(aws_config::Region::new(r.clone()));
+    }
+    if let Some(p) = &cfg.profile {
+        loader = loader.profile_name(p);
+    }
+    let conf = loader.load().await;
+    let mut b = aws_sdk_kms::config::Builder::from(&conf);
+    if let Some(e) = &cfg.endpoint {
+        b = b.endpoint_url(e);
+    }
+    if let Some(role) = &cfg.role_arn {
+        let p = aws_config::sts::AssumeRoleProvider::builder(role)
+            .session_name("p11bridge")
+            .configure(&conf)
+            .build()
+            .await;
+        b = b.credentials_provider(p);
+    }
+    Client::from_conf(b.build())
+}
+
+/// Per-call config for calls that must not be repeated (they create or delete something).
+fn no_retry() -> aws_sdk_kms::config::Builder {
+    aws_sdk_kms::config::Builder::default().retry_config(RetryConfig::disabled())
+}
+
+/// `CKA_ID`: the 16 bytes of the key's UUID (multi-Region keys: of the part after `mrk-`); else a hash.
+fn key_id_bytes(key_id: &str) -> Vec<u8> {
+    let hex: String = key_id
+        .trim_start_matches("mrk-")
+        .chars()
+        .filter(|c| *c != '-')
+        .collect();
+    if hex.len() == 32 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        let v: Vec<u8> = (0..16)
+            .filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+            .collect();
+        if v.len() == 16 {
+            return v;
+        }
+    }
+    use sha2::Digest;
+    sha2::Sha256::digest(key_id.as_bytes())[..16].to_vec()
+}
+
+fn curve_alg(c: Curve) -> (SigningAlgorithmSpec, usize) {
+    match c {
+        Curve::P256 | Curve::Secp256k1 => (SigningAlgorithmSpec::EcdsaSha256, 32),
+        Curve::P384 => (SigningAlgorithmSpec::EcdsaSha384, 48),
+        Curve::P521 => (SigningAlgorithmSpec::EcdsaSha512, 64),
+    }
+}
+
+fn mac_alg(h: Hash) -> Result<MacAlgorithmSpec> {
+    Ok(match h {
+        Hash::Sha224 => MacAlgorithmSpec::HmacSha224,
+        Hash::Sha256 => MacAlgorithmSpec::HmacSha256,
+        Hash::Sha384 => MacAlgorithmSpec::HmacSha384,
+        Hash::Sha512 => MacAlgorithmSpec::HmacSha512,
+        Hash::Sha1 => return Err(Error::new(CKR_MECHANISM_INVALID)),
+    })
+}
+
+fn oaep_alg(h: Hash) -> Result<EncryptionAlgorithmSpec> {
+    match h {
+        Hash::Sha1 => Ok(EncryptionAlgorithmSpec::RsaesOaepSha1),
+        Hash::Sha256 => Ok(EncryptionAlgorithmSpec::RsaesOaepSha256),
+        _ => Err(Error::with(
+            CKR_MECHANISM_PARAM_INVALID,
+            "KMS decrypts RSA-OAEP with SHA-1 or SHA-256 only",
+        )),
+    }
+}
+
+/// The encryption context of `CKM_P11BRIDGE_KMS_ENCRYPT`: the mechanism parameter, a JSON object of strings.
+fn context(ctx: &[u8]) -> Result<Option<HashMap<String, String>>> {
+    if ctx.is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_slice::<HashMap<String, String>>(ctx)
+        .map(Some)
+        .map_err(|_| {
+            Error::with(
+                CKR_MECHANISM_PARAM_INVALID,
+                "the CKM_P11BRIDGE_KMS_ENCRYPT parameter is a JSON object of strings (the encryption context)",
+            )
+        })
+}
+
+/// One selected key as read from KMS.
+struct Described {
+    meta: aws_sdk_kms::types::KeyMetadata,
+    public_key: Option<Vec<u8>>,
+    /// The alias it was selected by, if any.
+    selected_alias: Option<String>,
+}
+
+const RSA_SIGN: &[CK_MECHANISM_TYPE] = &[
+    CKM_RSA_PKCS,
+    CKM_SHA256_RSA_PKCS,
+    CKM_SHA384_RSA_PKCS,
+    CKM_SHA512_RSA_PKCS,
+    CKM_RSA_PKCS_PSS,
+    CKM_SHA256_RSA_PKCS_PSS,
+    CKM_SHA384_RSA_PKCS_PSS,
+    CKM_SHA512_RSA_PKCS_PSS,
+];
+
+/// The service, shared through an `Arc` so that requests can outlive the caller's stack frame.
+pub struct Kms(Arc<KmsService>);
+
+impl Kms {
+    pub fn new(s: KmsService) -> Self {
+        Kms(Arc::new(s))
+    }
+
+    /// Runs one KMS call on the module's runtime within the deadline, mapping its fault for this operation.
+    fn call<T, F, Fut>(&self, bad_input: CK_RV, f: F) -> Result<T>
+    where
+        F: FnOnce(Client) -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<T, Fault>> + Send,
+        T: Send + 'static,
+    {
+        let me = self.0.clone();
+        runtime::run(self.0.deadline(), async move {
+            let c = me.client().await;
+            f(c).await.map_err(|e| map_fault(&me.name, e, bad_input))
+        })
+    }
+
+    /// Every selected key id (or alias / ARN as configured) with the alias it was given by.
+    async fn selection(s: &KmsService, c: &Client) -> std::result::Result<Vec<String>, Fault> {
+        let mut out: Vec<String> = s.cfg.keys.clone();
+        if s.cfg.discover {
+            let mut marker = None;
+            loop {
+                let r = c
+                    .list_keys()
+                    .limit(1000)
+                    .set_marker(marker.take())
+                    .send()
+                    .await
+                    .map_err(fault)?;
+                for k in r.keys() {
+                    if let Some(id) = k.key_arn().or(k.key_id()) {
+                        out.push(id.to_string());
+                    }
+                }
+                match (r.truncated(), r.next_marker()) {
+                    (true, Some(m)) => marker = Some(m.to_string()),
+                    _ => break,
+                }
+            }
+        }
+        for k in s.created.lock().iter() {
+            out.push(k.clone());
+        }
+        Ok(out)
+    }
+
+    async fn aliases(c: &Client) -> std::result::Result<HashMap<String, Vec<String>>, Fault> {
+        let mut by_key: HashMap<String, Vec<String>> = HashMap::new();
+        let mut marker = None;
+        loop {
+            let r = c
+                .list_aliases()
+                .limit(100)
+                .set_marker(marker.take())
+                .send()
+                .await
+                .map_err(fault)?;
+            for a in r.aliases() {
+                if let (Some(n), Some(k)) = (a.alias_name(), a.target_key_id()) {
+                    if !n.starts_with("alias/aws/") {
+                        by_key.entry(k.to_string()).or_default().push(n.to_string());
+                    }
+                }
+            }
+            match (r.truncated(), r.next_marker()) {
+                (true, Some(m)) => marker = Some(m.to_string()),
+                _ => break,
+            }
+        }
+        for v in by_key.values_mut() {
+            v.sort();
+        }
+        Ok(by_key)
+    }
+
+    /// Reads one key: metadata, tags (when filtering), public key. `None`: not exposed.
+    async fn describe_one(
+        s: Arc<KmsService>,
+        c: Client,
+        sel: String,
+    ) -> std::result::Result<Option<Described>, Fault> {
+        let d = c.describe_key().key_id(&sel).send().await.map_err(fault)?;
+        let Some(meta) = d.key_metadata().cloned() else {
+            return Ok(None);
+        };
+        if meta.key_state() != Some(&KeyState::Enabled) || !meta.enabled() {
+            return Ok(None);
+        }
+        let listed = s.cfg.keys.contains(&sel);
+        if !listed && meta.key_manager() == Some(&KeyManagerType::Aws) {
+            // AWS managed keys are discovered but not exposed (list them explicitly to use them).
+            return Ok(None);
+        }
+        if !listed && !s.cfg.tags.is_empty() {
+            let t = c
+                .list_resource_tags()
+                .key_id(meta.key_id())
+                .send()
+                .await
+                .map_err(fault)?;
+            let have: HashMap<&str, &str> = t
+                .tags()
+                .iter()
+                .map(|t| (t.tag_key(), t.tag_value()))
+                .collect();
+            if !s
+                .cfg
+                .tags
+                .iter()
+                .all(|(k, v)| have.get(k.as_str()) == Some(&v.as_str()))
+            {
+                return Ok(None);
+            }
+        }
+        let asymmetric = matches!(
+            meta.key_spec(),
+            Some(
+                KeySpec::Rsa2048
+                    | KeySpec::Rsa3072
+                    | KeySpec::Rsa4096
+                    | KeySpec::EccNistP256
+                    | KeySpec::EccNistP384
+                    | KeySpec::EccNistP521
+                    | KeySpec::EccSecgP256K1
+            )
+        );
+        let public_key = if asymmetric {
+            let p = c
+                .get_public_key()
+                .key_id(meta.key_id())
+                .send()
+                .await
+                .map_err(fault)?;
+            p.public_key().map(|b| b.as_ref().to_vec())
+        } else {
+            None
+        };
+        let selected_alias = sel
+            .rsplit_once(":alias/")
+            .map(|(_, a)| format!("alias/{a}"))
+            .or_else(|| sel.starts_with("alias/").then(|| sel.clone()));
+        Ok(Some(Described {
+            meta,
+            public_key,
+            selected_alias,
+        }))
+    }
+
+    /// Turns what KMS said into a key of the bridge (`None` for key specs and usages it does not expose).
+    fn to_key(&self, d: Described, aliases: &HashMap<String, Vec<String>>) -> Option<RemoteKey> {
+        let s = &self.0;
+        let m = &d.meta;
+        let key_id = m.key_id().to_string();
+        let name = m.arn().unwrap_or(&key_id).to_string();
+        let alias = d
+            .selected_alias
+            .clone()
+            .or_else(|| aliases.get(&key_id).and_then(|v| v.first().cloned()));
+        let label = alias
+            .as_deref()
+            .map(|a| a.trim_start_matches("alias/").to_string())
+            .unwrap_or_else(|| key_id.clone());
+        let usage = m
+            .key_usage()
+            .cloned()
+            .unwrap_or(KeyUsageType::EncryptDecrypt);
+        let secret = |key_type, bits| KeyMaterial::Secret { key_type, bits };
+        let (material, mechanisms, usage) = match (m.key_spec()?, &usage) {
+            (KeySpec::SymmetricDefault, KeyUsageType::EncryptDecrypt) => (
+                secret(CKK_AES, 256),
+                vec![vendor::CKM_P11BRIDGE_KMS_ENCRYPT],
+                Usage {
+                    encrypt: true,
+                    ..Default::default()
+                },
+            ),
+            (
+                spec @ (KeySpec::Hmac224 | KeySpec::Hmac256 | KeySpec::Hmac384 | KeySpec::Hmac512),
+                KeyUsageType::GenerateVerifyMac,
+            ) => {
+                let (mech, bits) = match spec {
+                    KeySpec::Hmac224 => (CKM_SHA224_HMAC, 224),
+                    KeySpec::Hmac256 => (CKM_SHA256_HMAC, 256),
+                    KeySpec::Hmac384 => (CKM_SHA384_HMAC, 384),
+                    _ => (CKM_SHA512_HMAC, 512),
+                };
+                (
+                    secret(CKK_GENERIC_SECRET, bits),
+                    vec![mech],
+                    Usage {
+                        sign: true,
+                        ..Default::default()
+                    },
+                )
+            }
+            (KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096, KeyUsageType::SignVerify) => (
+                KeyMaterial::from_spki(d.public_key.as_deref()?)?,
+                RSA_SIGN.to_vec(),
+                Usage {
+                    sign: true,
+                    ..Default::default()
+                },
+            ),
+            (
+                KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096,
+                KeyUsageType::EncryptDecrypt,
+            ) => (
+                KeyMaterial::from_spki(d.public_key.as_deref()?)?,
+                vec![CKM_RSA_PKCS_OAEP],
+                Usage {
+                    decrypt: true,
+                    ..Default::default()
+                },
+            ),
+            (
+                KeySpec::EccNistP256
+                | KeySpec::EccNistP384
+                | KeySpec::EccNistP521
+                | KeySpec::EccSecgP256K1,
+                KeyUsageType::SignVerify,
+            ) => {
+                let material = KeyMaterial::from_spki(d.public_key.as_deref()?)?;
+                let hashed = match &material {
+                    KeyMaterial::Ec {
+                        curve: Curve::P384, ..
+                    } => CKM_ECDSA_SHA384,
+                    KeyMaterial::Ec {
+                        curve: Curve::P521, ..
+                    } => CKM_ECDSA_SHA512,
+                    KeyMaterial::Ec { .. } => CKM_ECDSA_SHA256,
+                    _ => return None,
+                };
+                (
+                    material,
+                    vec![CKM_ECDSA, hashed],
+                    Usage {
+                        sign: true,
+                        ..Default::default()
+                    },
+                )
+            }
+            _ => return None,
+        };
+        let mut key = RemoteKey {
+            name,
+            label,
+            id: key_id_bytes(&key_id),
+            material,
+            usage,
+            version: None,
+            mechanisms,
+            cert: None,
+            destroyable: s.cfg.allow_destroy,
+        };
+        if !key.material.is_secret() {
+            let mut names = vec![key_id.clone(), key.name.clone()];
+            names.extend(alias);
+            names.extend(aliases.get(&key_id).cloned().unwrap_or_default());
+            key.cert = self.certificate(&key, &names);
+        }
+        Some(key)
+    }
+
+    /// The key's certificate: configured, cached, or generated now (signed by the key through KMS).
+    fn certificate(&self, key: &RemoteKey, names: &[String]) -> Option<crate::remote::Certificate> {
+        let s = &self.0;
+        if let Some(p) = names.iter().find_map(|n| s.cfg.certificates.get(n)) {
+            return match cert::from_pem_file(p) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!(backend = %s.name, key = %key.name, "certificate: {e}");
+                    None
+                }
+            };
+        }
+        let path = s
+            .cert_dir
+            .as_ref()
+            .and_then(|d| cert::cache_path(d, "aws-kms", &key.name, &key.material));
+        if let Some(c) = path
+            .as_ref()
+            .and_then(|p| cert::load_cached(p, &key.material))
+        {
+            return Some(c);
+        }
+        let made = if key.usage.sign {
+            match cert::self_signed(&key.label, &key.material, |req| self.sign(key, req))? {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(backend = %s.name, key = %key.name, error = %e, "cannot self-sign a certificate");
+                    return None;
+                }
+            }
+        } else {
+            cert::locally_issued(&key.label, &key.material)?
+        };
+        if let Some(p) = &path {
+            cert::store_cached(p, &made);
+        }
+        Some(made)
+    }
+}
+
+impl RemoteService for Kms {
+    fn mechanisms(&self) -> Vec<(CK_MECHANISM_TYPE, CK_MECHANISM_INFO)> {
+        let info = |min: CK_ULONG, max: CK_ULONG, flags: CK_FLAGS| CK_MECHANISM_INFO {
+            ulMinKeySize: min,
+            ulMaxKeySize: max,
+            flags,
+        };
+        let sv = CKF_SIGN | CKF_VERIFY;
+        let mut v: Vec<_> = RSA_SIGN
+            .iter()
+            .map(|m| (*m, info(2048, 4096, sv)))
+            .collect();
+        v.push((
+            CKM_RSA_PKCS_OAEP,
+            info(2048, 4096, CKF_ENCRYPT | CKF_DECRYPT),
+        ));
+        let ec = CKF_EC_F_P | CKF_EC_NAMEDCURVE | CKF_EC_UNCOMPRESS;
+        for m in [
+            CKM_ECDSA,
+            CKM_ECDSA_SHA256,
+            CKM_ECDSA_SHA384,
+            CKM_ECDSA_SHA512,
+        ] {
+            v.push((m, info(256, 521, sv | ec)));
+        }
+        for m in [
+            CKM_SHA224_HMAC,
+            CKM_SHA256_HMAC,
+            CKM_SHA384_HMAC,
+            CKM_SHA512_HMAC,
+        ] {
+            v.push((m, info(224, 512, sv)));
+        }
+        v.push((
+            vendor::CKM_P11BRIDGE_KMS_ENCRYPT,
+            info(256, 256, CKF_ENCRYPT | CKF_DECRYPT),
+        ));
+        v.push((
+            CKM_RSA_PKCS_KEY_PAIR_GEN,
+            info(2048, 4096, CKF_GENERATE_KEY_PAIR),
+        ));
+        v.push((
+            CKM_EC_KEY_PAIR_GEN,
+            info(256, 521, CKF_GENERATE_KEY_PAIR | ec),
+        ));
+        v.push((CKM_AES_KEY_GEN, info(32, 32, CKF_GENERATE)));
+        v.push((CKM_GENERIC_SECRET_KEY_GEN, info(28, 64, CKF_GENERATE)));
+        v
+    }
+
+    fn ttl(&self) -> Duration {
+        Duration::from_secs(self.0.cfg.cache_ttl_s)
+    }
+
+    fn fetch_keys(&self) -> Result<Vec<RemoteKey>> {
+        let me = self.0.clone();
+        let name = me.name.clone();
+        // Aliases, the selection, then every key (metadata, tags, public key) at most 8 at a time.
+        let (described, aliases) = runtime::run(me.deadline() * 4, async move {
+            let c = me.client().await;
+            let m = |f| map_fault(&me.name, f, CKR_DEVICE_ERROR);
+            let aliases = Self::aliases(&c).await.map_err(m)?;
+            let sel = Self::selection(&me, &c).await.map_err(m)?;
+            let sem = Arc::new(tokio::sync::Semaphore::new(8));
+            let mut set = tokio::task::JoinSet::new();
+            for (i, k) in sel.into_iter().enumerate() {
+                let (s, c, sem) = (me.clone(), c.clone(), sem.clone());
+                set.spawn(async move {
+                    let _p = sem.acquire().await;
+                    let r = Self::describe_one(s, c, k.clone()).await;
+                    (i, k, r)
+                });
+            }
+            let mut out = Vec::new();
+            while let Some(r) = set.join_next().await {
+                if let Ok(x) = r {
+                    out.push(x);
+                }
+            }
+            out.sort_by_key(|x| x.0);
+            let mut described = Vec::new();
+            for (_, k, r) in out {
+                match r {
+                    Ok(Some(d)) => described.push(d),
+                    Ok(None) => tracing::debug!(backend = %me.name, key = %k, "key not exposed"),
+                    // A selected key that is missing (or forbidden) is not fatal; an unreachable KMS is.
+                    Err(Fault::Service(code, msg)) if code != "ThrottlingException" => {
+                        tracing::warn!(backend = %me.name, key = %k, %code, %msg, "key skipped")
+                    }
+                    Err(f) => return Err(m(f)),
+                }
+            }
+            Ok((described, aliases))
+        })?;
+        let mut keys: Vec<RemoteKey> = Vec::new();
+        for d in described {
+            if let Some(k) = self.to_key(d, &aliases) {
+                // The same key selected twice (alias and id) is one key.
+                if !keys.iter().any(|x| x.name == k.name) {
+                    keys.push(k);
+                }
+            }
+        }
+        tracing::debug!(backend = %name, n = keys.len(), "kms keys fetched");
+        Ok(keys)
+    }
+
+    fn check_init(
+        &self,
+        kind: OpKind,
+        key: &RemoteKey,
+        _mech: CK_MECHANISM_TYPE,
+        pss: Option<(Hash, usize)>,
+        oaep: Option<Hash>,
+    ) -> Result<()> {
+        if let (OpKind::Sign, Some((h, salt))) = (kind, pss) {
+            if !matches!(h, Hash::Sha256 | Hash::Sha384 | Hash::Sha512) || salt != h.len() {
+                return Err(Error::with(
+                    CKR_MECHANISM_PARAM_INVALID,
+                    "KMS signs RSA-PSS with SHA-256/384/512, MGF1 of the same hash and a salt as long as the hash",
+                ));
+            }
+        }
+        if let (OpKind::Decrypt, Some(h)) = (kind, oaep) {
+            oaep_alg(h)?;
+        }
+        let _ = key;
+        Ok(())
+    }
+
+    fn sign(&self, key: &RemoteKey, req: &SignRequest) -> Result<Vec<u8>> {
+        let (alg, digest, curve) = match (req, &key.material) {
+            (SignRequest::Rsa { hash, pad, digest }, KeyMaterial::Rsa { .. }) => {
+                let alg = match (pad, hash) {
+                    (RsaPad::Pkcs1, Hash::Sha256) => SigningAlgorithmSpec::RsassaPkcs1V15Sha256,
+                    (RsaPad::Pkcs1, Hash::Sha384) => SigningAlgorithmSpec::RsassaPkcs1V15Sha384,
+                    (RsaPad::Pkcs1, Hash::Sha512) => SigningAlgorithmSpec::RsassaPkcs1V15Sha512,
+                    (RsaPad::Pss(s), Hash::Sha256) if *s == 32 => {
+                        SigningAlgorithmSpec::RsassaPssSha256
+                    }
+                    (RsaPad::Pss(s), Hash::Sha384) if *s == 48 => {
+                        SigningAlgorithmSpec::RsassaPssSha384
+                    }
+                    (RsaPad::Pss(s), Hash::Sha512) if *s == 64 => {
+                        SigningAlgorithmSpec::RsassaPssSha512
+                    }
+                    (RsaPad::Pss(_), _) => return Err(Error::new(CKR_MECHANISM_PARAM_INVALID)),
+                    (RsaPad::Pkcs1, _) => {
+                        return Err(Error::with(
+                            CKR_DATA_INVALID,
+                            "KMS signs SHA-256/384/512 digests only",
+                        ))
+                    }
+                };
+                (alg, digest.clone(), None)
+            }
+            (SignRequest::Ecdsa { digest, .. }, KeyMaterial::Ec { curve, .. }) => {
+                let (alg, want) = curve_alg(*curve);
+                if digest.len() != want {
+                    return Err(Error::with(
+                        CKR_DATA_LEN_RANGE,
+                        format!("KMS signs {want}-byte digests with this curve"),
+                    ));
+                }
+                (alg, digest.clone(), Some(*curve))
+            }
+            _ => return Err(Error::new(CKR_KEY_TYPE_INCONSISTENT)),
+        };
+        let id = key.name.clone();
+        let sig = self.call(CKR_DATA_LEN_RANGE, move |c| async move {
+            let r = c
+                .sign()
+                .key_id(id)
+                .message(Blob::new(digest))
+                .message_type(MessageType::Digest)
+                .signing_algorithm(alg)
+                .send()
+                .await
+                .map_err(fault)?;
+            Ok(r.signature()
+                .map(|b| b.as_ref().to_vec())
+                .unwrap_or_default())
+        })?;
+        let bad = |what: &str| Error::with(CKR_DEVICE_ERROR, format!("KMS returned {what}"));
+        match curve {
+            Some(c) => der::ecdsa_der_to_raw(&sig, c.field_len())
+                .ok_or_else(|| bad("a malformed ECDSA signature")),
+            None => {
+                let want = crate::remote::mech::signature_len(&key.material);
+                if sig.len() != want {
+                    return Err(bad("an RSA signature of the wrong length"));
+                }
+                Ok(sig)
+            }
+        }
+    }
+
+    fn decrypt_oaep(&self, key: &RemoteKey, hash: Hash, ct: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        let alg = oaep_alg(hash)?;
+        let id = key.name.clone();
+        let ct = ct.to_vec();
+        self.call(CKR_ENCRYPTED_DATA_LEN_RANGE, move |c| async move {
+            let r = c
+                .decrypt()
+                .key_id(id)
+                .ciphertext_blob(Blob::new(ct))
+                .encryption_algorithm(alg)
+                .send()
+                .await
+                .map_err(fault)?;
+            Ok(Zeroizing::new(
+                r.plaintext()
+                    .map(|b| b.as_ref().to_vec())
+                    .unwrap_or_default(),
+            ))
+        })
+    }
+
+    fn mac(&self, key: &RemoteKey, hash: Hash, data: &[u8]) -> Result<Vec<u8>> {
+        let alg = mac_alg(hash)?;
+        let id = key.name.clone();
+        let data = data.to_vec();
+        self.call(CKR_DATA_LEN_RANGE, move |c| async move {
+            let r = c
+                .generate_mac()
+                .key_id(id)
+                .message(Blob::new(data))
+                .mac_algorithm(alg)
+                .send()
+                .await
+                .map_err(fault)?;
+            Ok(r.mac().map(|b| b.as_ref().to_vec()).unwrap_or_default())
+        })
+    }
+
+    fn verify_mac(&self, key: &RemoteKey, hash: Hash, data: &[u8], mac: &[u8]) -> Result<()> {
+        let alg = mac_alg(hash)?;
+        if mac.len() != hash.len() {
+            return Err(Error::new(CKR_SIGNATURE_LEN_RANGE));
+        }
+        let id = key.name.clone();
+        let (data, mac) = (data.to_vec(), mac.to_vec());
+        let valid = self.call(CKR_DATA_LEN_RANGE, move |c| async move {
+            let r = c
+                .verify_mac()
+                .key_id(id)
+                .message(Blob::new(data))
+                .mac(Blob::new(mac))
+                .mac_algorithm(alg)
+                .send()
+                .await
+                .map_err(fault)?;
+            Ok(r.mac_valid())
+        })?;
+        valid.then_some(()).ok_or(Error::new(CKR_SIGNATURE_INVALID))
+    }
+
+    fn encrypt(
+        &self,
+        key: &RemoteKey,
+        _mech: CK_MECHANISM_TYPE,
+        pt: &[u8],
+        ctx: &[u8],
+    ) -> Result<Vec<u8>> {
+        if pt.is_empty() || pt.len() > 4096 {
+            return Err(Error::with(
+                CKR_DATA_LEN_RANGE,
+                "KMS encrypts 1 to 4096 bytes",
+            ));
+        }
+        let ctx = context(ctx)?;
+        let id = key.name.clone();
+        let pt = Zeroizing::new(pt.to_vec());
+        // Not idempotent in effect (a fresh ciphertext each time) but harmless to repeat.
+        self.call(CKR_DATA_LEN_RANGE, move |c| async move {
+            let r = c
+                .encrypt()
+                .key_id(id)
+                .plaintext(Blob::new(pt.to_vec()))
+                .set_encryption_context(ctx)
+                .send()
+                .await
+                .map_err(fault)?;
+            Ok(r.ciphertext_blob()
+                .map(|b| b.as_ref().to_vec())
+                .unwrap_or_default())
+        })
+    }
+
+    fn decrypt(
+        &self,
+        key: &RemoteKey,
+        _mech: CK_MECHANISM_TYPE,
+        ct: &[u8],
+        ctx: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>> {
+        if ct.is_empty() || ct.len() > 6144 {
+            return Err(Error::new(CKR_ENCRYPTED_DATA_LEN_RANGE));
+        }
+        let ctx = context(ctx)?;
+        let id = key.name.clone();
+        let ct = ct.to_vec();
+        self.call(CKR_ENCRYPTED_DATA_INVALID, move |c| async move {
+            let r = c
+                .decrypt()
+                .key_id(id)
+                .ciphertext_blob(Blob::new(ct))
+                .set_encryption_context(ctx)
+                .send()
+                .await
+                .map_err(fault)?;
+            Ok(Zeroizing::new(
+                r.plaintext()
+                    .map(|b| b.as_ref().to_vec())
+                    .unwrap_or_default(),
+            ))
+        })
+    }
+
+    fn encrypt_len(&self, _key: &RemoteKey, _mech: CK_MECHANISM_TYPE, pt_len: usize) -> usize {
+        // A KMS ciphertext blob: a header of a few hundred bytes (key ARN, IV, tag, context) plus the plaintext.
+        pt_len + 512
+    }
+
+    fn has_random(&self) -> bool {
+        self.0.cfg.random == "kms"
+    }
+
+    fn random(&self, n: usize) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let chunk = (n - out.len()).min(1024) as i32;
+            let r = self.call(CKR_DATA_LEN_RANGE, move |c| async move {
+                let r = c
+                    .generate_random()
+                    .number_of_bytes(chunk)
+                    .send()
+                    .await
+                    .map_err(fault)?;
+                Ok(r.plaintext()
+                    .map(|b| b.as_ref().to_vec())
+                    .unwrap_or_default())
+            })?;
+            if r.len() != chunk as usize {
+                return Err(Error::with(
+                    CKR_DEVICE_ERROR,
+                    "KMS returned fewer random bytes",
+                ));
+            }
+            out.extend_from_slice(&r);
+        }
+        Ok(out)
+    }
+
+    fn generate(&self, spec: &GenerateSpec) -> Result<String> {
+        let s = &self.0;
+        let label = spec.label.clone();
+        if label.is_empty()
+            || label.len() > 250
+            || label.starts_with("aws/")
+            || !label
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "/_-".contains(c))
+        {
+            return Err(Error::with(
+                CKR_ATTRIBUTE_VALUE_INVALID,
+                "CKA_LABEL becomes the KMS alias: [A-Za-z0-9/_-]+, not starting with aws/",
+            ));
+        }
+        let (key_spec, usage) = match spec.material {
+            GenerateKind::Rsa { bits } => (
+                match bits {
+                    2048 => KeySpec::Rsa2048,
+                    3072 => KeySpec::Rsa3072,
+                    4096 => KeySpec::Rsa4096,
+                    _ => return Err(Error::new(CKR_KEY_SIZE_RANGE)),
+                },
+                if spec.sign {
+                    KeyUsageType::SignVerify
+                } else if spec.decrypt {
+                    KeyUsageType::EncryptDecrypt
+                } else {
+                    return Err(Error::with(
+                        CKR_TEMPLATE_INCONSISTENT,
+                        "a KMS RSA key signs (CKA_SIGN) or decrypts (CKA_DECRYPT)",
+                    ));
+                },
+            ),
+            GenerateKind::Ec { curve } => (
+                match curve {
+                    Curve::P256 => KeySpec::EccNistP256,
+                    Curve::P384 => KeySpec::EccNistP384,
+                    Curve::P521 => KeySpec::EccNistP521,
+                    Curve::Secp256k1 => KeySpec::EccSecgP256K1,
+                },
+                KeyUsageType::SignVerify,
+            ),
+            GenerateKind::Aes { bits: 256 } => {
+                (KeySpec::SymmetricDefault, KeyUsageType::EncryptDecrypt)
+            }
+            GenerateKind::Aes { .. } => return Err(Error::new(CKR_KEY_SIZE_RANGE)),
+            GenerateKind::Hmac { bits } => (
+                match bits {
+                    224 => KeySpec::Hmac224,
+                    256 => KeySpec::Hmac256,
+                    384 => KeySpec::Hmac384,
+                    512 => KeySpec::Hmac512,
+                    _ => return Err(Error::new(CKR_KEY_SIZE_RANGE)),
+                },
+                KeyUsageType::GenerateVerifyMac,
+            ),
+            GenerateKind::Ed25519 => return Err(Error::new(CKR_MECHANISM_INVALID)),
+        };
+        let alias = format!("alias/{label}");
+        // Never put an existing alias on a new key.
+        let a = alias.clone();
+        match self.call(CKR_DEVICE_ERROR, move |c| async move {
+            c.describe_key().key_id(a).send().await.map_err(fault)?;
+            Ok(())
+        }) {
+            Ok(()) => {
+                return Err(Error::with(
+                    CKR_ATTRIBUTE_VALUE_INVALID,
+                    format!("the alias {alias} exists"),
+                ))
+            }
+            Err(e) if e.rv() == CKR_KEY_HANDLE_INVALID => {}
+            Err(e) => return Err(e),
+        }
+        let mut tags = vec![];
+        for (k, v) in &s.cfg.tags {
+            tags.push(
+                Tag::builder()
+                    .tag_key(k)
+                    .tag_value(v)
+                    .build()
+                    .map_err(|e| Error::with(CKR_GENERAL_ERROR, e.to_string()))?,
+            );
+        }
+        let (arn, key_id) = self.call(CKR_TEMPLATE_INCONSISTENT, move |c| async move {
+            let r = c
+                .create_key()
+                .key_spec(key_spec)
+                .key_usage(usage)
+                .description("created through p11bridge")
+                .set_tags((!tags.is_empty()).then_some(tags))
+                .customize()
+                .config_override(no_retry())
+                .send()
+                .await
+                .map_err(fault)?;
+            let m = r
+                .key_metadata()
+                .ok_or_else(|| Fault::Unreachable("CreateKey answered no metadata".into()))?;
+            Ok((
+                m.arn().unwrap_or(m.key_id()).to_string(),
+                m.key_id().to_string(),
+            ))
+        })?;
+        let (a, k) = (alias.clone(), key_id.clone());
+        let aliased = self.call(CKR_ATTRIBUTE_VALUE_INVALID, move |c| async move {
+            c.create_alias()
+                .alias_name(a)
+                .target_key_id(k)
+                .customize()
+                .config_override(no_retry())
+                .send()
+                .await
+                .map_err(fault)?;
+            Ok(())
+        });
+        if let Err(e) = aliased {
+            // Do not leave a nameless key behind.
+            let k = key_id.clone();
+            let days = s.cfg.deletion_window_days;
+            let _ = self.call(CKR_DEVICE_ERROR, move |c| async move {
+                c.schedule_key_deletion()
+                    .key_id(k)
+                    .pending_window_in_days(days)
+                    .customize()
+                    .config_override(no_retry())
+                    .send()
+                    .await
+                    .map_err(fault)?;
+                Ok(())
+            });
+            return Err(e);
+        }
+        if !s.cfg.discover {
+            s.created.lock().push(arn.clone());
+        }
+        tracing::info!(backend = %s.name, key = %arn, %alias, "kms key created");
+        Ok(arn)
+    }
+
+    fn destroy(&self, key: &RemoteKey) -> Result<()> {
+        let s = &self.0;
+        if !s.cfg.allow_destroy {
+            return Err(Error::new(CKR_ACTION_PROHIBITED));
+        }
+        // ScheduleKeyDeletion is not a cross-account operation: the key id (the ARN's last part) names the key.
+        let id = key
+            .name
+            .rsplit_once(":key/")
+            .map_or(key.name.clone(), |(_, id)| id.to_string());
+        let days = s.cfg.deletion_window_days;
+        self.call(CKR_ACTION_PROHIBITED, move |c| async move {
+            c.schedule_key_deletion()
+                .key_id(id)
+                .pending_window_in_days(days)
+                .customize()
+                .config_override(no_retry())
+                .send()
+                .await
+                .map_err(fault)?;
+            Ok(())
+        })?;
+        // Free the label for a new key (the alias would keep pointing at a key pending deletion).
+        if key.label != key.name && !key.name.ends_with(&key.label) {
+            let alias = format!("alias/{}", key.label);
+            let _ = self.call(CKR_DEVICE_ERROR, move |c| async move {
+                c.delete_alias()
+                    .alias_name(alias)
+                    .customize()
+                    .config_override(no_retry())
+                    .send()
+                    .await
+                    .map_err(fault)?;
+                Ok(())
+            });
+        }
+        s.created.lock().retain(|k| *k != key.name);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_id_is_the_uuid() {
+        assert_eq!(
+            key_id_bytes("1234abcd-12ab-34cd-56ef-1234567890ab"),
+            vec![
+                0x12, 0x34, 0xab, 0xcd, 0x12, 0xab, 0x34, 0xcd, 0x56, 0xef, 0x12, 0x34, 0x56, 0x78,
+                0x90, 0xab
+            ]
+        );
+        assert_eq!(
+            key_id_bytes("mrk-1234abcd12ab34cd56ef1234567890ab").len(),
+            16
+        );
+        assert_eq!(key_id_bytes("something else").len(), 16);
+    }
+
+    #[test]
+    fn faults_map_to_deliberate_return_values() {
+        let f = |c: &str| {
+            map_fault(
+                "k",
+                Fault::Service(c.into(), String::new()),
+                CKR_DATA_INVALID,
+            )
+            .rv()
+        };
+        assert_eq!(f("AccessDeniedException"), CKR_KEY_FUNCTION_NOT_PERMITTED);
+        assert_eq!(
+            f("InvalidKeyUsageException"),
+            CKR_KEY_FUNCTION_NOT_PERMITTED
+        );
+        assert_eq!(f("DisabledException"), CKR_KEY_HANDLE_INVALID);
+        assert_eq!(f("NotFoundException"), CKR_KEY_HANDLE_INVALID);
+        assert_eq!(f("ValidationException"), CKR_DATA_INVALID);
+        assert_eq!(f("InvalidCiphertextException"), CKR_ENCRYPTED_DATA_INVALID);
+        assert_eq!(f("ThrottlingException"), CKR_DEVICE_ERROR);
+        assert_eq!(f("KMSInternalException"), CKR_DEVICE_ERROR);
+        assert_eq!(
+            map_fault("k", Fault::Unreachable("x".into()), CKR_DATA_INVALID).rv(),
+            CKR_DEVICE_ERROR
+        );
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let t: toml::Table = toml::from_str(
+            "kind = \"aws-kms\"\nregion = \"us-east-1\"\nfoo = 1\nkeys = [\"alias/x\"]",
+        )
+        .unwrap();
+        let e = KmsService::from_config("k", &t, &BuildContext::default())
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("backend.k"), "{e}");
+        let t: toml::Table = toml::from_str("kind = \"aws-kms\"").unwrap();
+        let e = KmsService::from_config("k", &t, &BuildContext::default())
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("backend.k.keys"), "{e}");
+    }
+
+    /// The production client (HTTPS, rustls on ring) builds and starts a TLS handshake without a panic, with no
+    /// process-wide rustls provider installed: a local listener receives a TLS ClientHello, then hangs up.
+    #[test]
+    fn https_client_handshakes_without_panic() {
+        use std::io::Read;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            let mut b = [0u8; 5];
+            c.read_exact(&mut b).unwrap();
+            b
+        });
+        let t: toml::Table = toml::from_str(&format!(
+            "kind = \"aws-kms\"\nregion = \"us-east-1\"\nkeys = [\"alias/x\"]\nendpoint = \"https://127.0.0.1:{port}\"\ntimeout_ms = 3000\nmax_attempts = 1",
+        ))
+        .unwrap();
+        std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+        std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
+        let k = Kms::new(KmsService::from_config("k", &t, &BuildContext::default()).unwrap());
+        let e = k.random(8).unwrap_err();
+        assert_eq!(e.rv(), CKR_DEVICE_ERROR, "{e}");
+        let hello = server.join().unwrap();
+        assert_eq!(hello[0], 0x16, "a TLS handshake record");
+        assert_eq!(hello[1], 0x03, "TLS version major");
+        assert!(rustls::crypto::CryptoProvider::get_default().is_none());
+    }
+}
