@@ -23,7 +23,7 @@ check token "javac P11Consumer.java" t javac -d "$dir" "$here/java/P11Consumer.j
 args=()
 for b in $BACKENDS; do
     for kind in rsa ec ed25519; do
-        has_key "$b" "$kind" || continue
+        has_key "$b" "$kind" || { no_key "$b" "$kind"; continue; }
         a="$b:$kind:$(key_label "$b" "$kind")"
         if [[ $kind == rsa ]]; then
             dec=""

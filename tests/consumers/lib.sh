@@ -61,3 +61,10 @@ wait_line() {
     done
     return 1
 }
+
+# An N/A cell standing for every check of a key type the backend does not have.
+no_key() { # backend kind
+    local why="no $2 key in this backend"
+    [[ $1 == kms && $2 == ed25519 ]] && why="the KMS backend has no Ed25519 key spec (RSA and EC P-256/384/521, secp256k1)"
+    na "$1" "$2 key: all checks" "$why"
+}

@@ -30,8 +30,12 @@ for b in $BACKENDS; do
     for kind in rsa ec; do
         has_key "$b" "$kind" && check "$b" "ssh-keygen -D lists the $kind key" listed "$(key_label "$b" "$kind")"
     done
-    has_key "$b" ed25519 && na "$b" "ssh-keygen -D lists the ed25519 key" \
-        "OpenSSH 9.2's PKCS#11 support has no Ed25519 ($(grep -m1 -o 'skipping unsupported key type' keygen-D.err))"
+    if has_key "$b" ed25519; then
+        na "$b" "ssh-keygen -D lists the ed25519 key" \
+            "OpenSSH 9.2's PKCS#11 support has no Ed25519 ($(grep -m1 -o 'skipping unsupported key type' keygen-D.err))"
+    else
+        no_key "$b" ed25519
+    fi
 done
 
 # --- sshd on a loopback port -----------------------------------------------------------------------------------------
@@ -52,6 +56,8 @@ PasswordAuthentication no
 KbdInteractiveAuthentication no
 PermitRootLogin prohibit-password
 LogLevel VERBOSE
+# A client offers every key of the token in turn; the default 6 attempts run out before the last ones.
+MaxAuthTries 30
 CFG
 : >authorized_keys
 timeout -k 5 600 /usr/sbin/sshd -D -e -f "$dir/sshd_config" 2>sshd.log &
@@ -104,7 +110,9 @@ for b in $BACKENDS; do
         check "$b" "ssh-add -L shows the $kind key" in_agent "$l"
         check "$b" "ssh via ssh-agent: login with the $kind key" login_with_agent "$l"
     done
-    has_key "$b" ed25519 && na "$b" "ssh -I / ssh-agent with the ed25519 key" "OpenSSH 9.2's PKCS#11 support has no Ed25519"
+    if has_key "$b" ed25519; then
+        na "$b" "ssh -I / ssh-agent with the ed25519 key" "OpenSSH 9.2's PKCS#11 support has no Ed25519"
+    fi
 done
 t ssh-add -e "$SO" >/dev/null 2>&1
 exit 0

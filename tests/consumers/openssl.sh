@@ -160,7 +160,7 @@ fi
 
 for b in $BACKENDS; do
     for kind in rsa ec ed25519; do
-        has_key "$b" "$kind" || continue
+        has_key "$b" "$kind" || { no_key "$b" "$kind"; continue; }
         l=$(key_label "$b" "$kind")
         [[ $kind == rsa ]] && has_key "$b" rsa-dec && ld=$(key_label "$b" rsa-dec) || ld=$l
         for c in p e; do

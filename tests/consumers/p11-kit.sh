@@ -70,7 +70,7 @@ check token "pkcs11-tool --module p11-kit-proxy.so -L shows unified" grep -q 'to
 
 for b in $BACKENDS; do
     for kind in rsa ec ed25519; do
-        has_key "$b" "$kind" || continue
+        has_key "$b" "$kind" || { no_key "$b" "$kind"; continue; }
         l=$(key_label "$b" "$kind")
         check "$b" "p11tool --list-all: $kind private key and certificate" listed "$l"
         if [[ $kind == ed25519 ]]; then

@@ -89,7 +89,7 @@ pkcs1_decrypt() {
 
 for b in $BACKENDS; do
     for kind in rsa ec ed25519; do
-        has_key "$b" "$kind" || { na "$b" "$kind: all" "no $kind key in this backend"; continue; }
+        has_key "$b" "$kind" || { no_key "$b" "$kind"; continue; }
         l=$(key_label "$b" "$kind") id=$(key_id "$b" "$kind")
         check "$b" "-O lists $kind private, public, certificate" has_objects "$l"
         check "$b" "--read-object cert ($kind)" cert "$l" "$id"
