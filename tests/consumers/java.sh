@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Consumer: Java 17 SunPKCS11. Compiles java/P11Consumer.java and runs it with a SunPKCS11 configuration naming
 # libp11bridge.so and the unified slot: KeyStore listing (every private key with its certificate), SHA256withRSA,
 # RSASSA-PSS, SHA256withECDSA, OAEP and PKCS#1 decryption, each verified (or encrypted) by the JDK's software

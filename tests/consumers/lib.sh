@@ -11,18 +11,27 @@ record() { # status backend operation reason
     printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$CONSUMER" "$2" "$3" "${4:-}" >>"$RESULTS"
 }
 
-# check BACKEND OPERATION COMMAND...: one cell; the command's output goes to a log, shown (tail) on failure.
+# check BACKEND OPERATION COMMAND...: one cell; the command's output goes to a log, shown (tail) on failure. The
+# bridge logs at debug level to a file beside it; a failure's reason names the last call the bridge refused.
 check() {
-    local backend=$1 op=$2 log
+    local backend=$1 op=$2 log reason refused
     shift 2
     log=$LOGS/$CONSUMER.$backend.${op//[^A-Za-z0-9_.-]/_}.log
-    if "$@" >"$log" 2>&1; then
+    rm -f "$log.bridge"
+    if P11BRIDGE_LOG=debug P11BRIDGE_LOG_FILE=$log.bridge "$@" >"$log" 2>&1; then
         echo "PASS $CONSUMER $backend $op"
         record pass "$backend" "$op"
     else
         echo "FAIL $CONSUMER $backend $op"
         tail -n 8 "$log" | sed 's/^/    /'
-        record fail "$backend" "$op" "$(grep -v '^\s*$' "$log" | tail -n 1 | cut -c1-160)"
+        # The last line of output, without OpenSSL's per-process error prefix (so that the results page is stable).
+        reason=$(grep -v '^\s*$' "$log" | tail -n 1 | sed -E 's/^[0-9A-F]{8,16}:error:[0-9A-F]+://' | cut -c1-160)
+        refused=$(grep -ahoE 'returned function="C_[A-Za-z]+" rv=CKR_[A-Z_]+' "$log.bridge" 2>/dev/null |
+            grep -vE '"C_(GetAttributeValue|FindObjects[A-Za-z]*|GetMechanismInfo)"' | tail -n 1 |
+            sed -E 's/returned function="([^"]+)" rv=/\1 → /')
+        [[ -n $refused ]] && reason+=" (bridge: $refused)"
+        echo "    ${refused:+bridge: $refused}"
+        record fail "$backend" "$op" "$reason"
     fi
 }
 

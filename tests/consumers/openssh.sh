@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Consumer: OpenSSH 9.2. ssh-keygen -D lists the token's keys; ssh -I logs in with each backend's key to an sshd
 # started here on a loopback port (authorized_keys holding just that key); ssh-add -s loads the keys into an
 # ssh-agent started here (module path allowed with -P), and ssh logs in through the agent. The PIN comes from

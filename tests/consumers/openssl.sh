@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Consumer: OpenSSL 3 — pkcs11-provider (bookworm-backports) on the full `unified` slot, and libp11's engine
 # (libengine-pkcs11-openssl 0.4.12) on the `engine` view slot (no Ed25519 keys: libp11 0.4.12 cannot enumerate the
 # private keys of a token holding one). Keys addressed by RFC 7512 URIs. For each backend's keys: dgst -sign,
@@ -144,7 +145,7 @@ tls() { # s_server with the key and its CA certificate; s_client verifies the ch
     grep -E 'Verify return code|Protocol|Cipher is|^HTTP' "$1.$3.client.log"
     ((rc == 0)) && grep -q 'Verify return code: 0 (ok)' "$1.$3.client.log" && grep -q '^HTTP/1.0 200' "$1.$3.client.log" &&
         return 0
-    echo "handshake failed: $(grep -m1 -o 'SSL routines:[^:]*:[^:]*' "$1.$3.server.log" "$1.$3.client.log" | head -1)"
+    echo "handshake failed: $(grep -h -m1 -o 'SSL routines:[^:]*:[^:]*' "$1.$3.server.log" "$1.$3.client.log" | head -1)"
     return 1
 }
 

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Consumer: p11-kit 0.24 and GnuTLS 3.7. Registers libp11bridge.so with p11-kit through the repository's
 # contrib/p11-kit/p11bridge.module (module path rewritten to the library under test) in a private module directory,
 # then: p11-kit list-modules; p11tool --list-all and --test-sign (GnuTLS loads p11-kit's registered modules);

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Consumer: pkcs11-tool (OpenSC 0.23). -L, -M, -O; for each backend's RSA-2048, EC P-256 and Ed25519 key: read the
 # public key and the certificate, sign with every mechanism the key supports (openssl verifies each signature, and
 # pkcs11-tool --verify through the bridge), OAEP-decrypt what openssl encrypted, and --keypairgen on the unified

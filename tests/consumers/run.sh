@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # tests/consumers/run.sh BRIDGE_SO [CONSUMER...]
 #
 # The consumer matrix: real PKCS#11 consumers (pkcs11-tool, OpenSSL engine and provider, Java SunPKCS11, OpenSSH,

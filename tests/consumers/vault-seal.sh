@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Consumer: the Vault/OpenBao `seal "pkcs11"` wrapper. The HSM-enabled builds cannot be installed here (OpenBao's
 # pkcs11 seal is an external cgo plugin no registry ships; Vault's is Enterprise-only), so vault-seal/seal.py replays
 # go-kms-wrapping's pkcs11 call sequence with PyKCS11: token by label, RW session, login, C_FindObjects on label +
