@@ -11,7 +11,7 @@
 #
 # Environment: CONSUMERS_KEEP=1 keeps the work directory; CONSUMERS_NO_DOC=1 does not rewrite the results page.
 set -uo pipefail
-[[ $# -ge 1 ]] || { sed -n '2,/^set -uo/{/^set -uo/d;s/^# \{0,1\}//;p}' "$0" >&2; exit 2; }
+[[ $# -ge 1 ]] || { sed -n '3,/^set -uo/{/^set -uo/d;s/^# \{0,1\}//;p}' "$0" >&2; exit 2; }
 SO=$(realpath "$1")
 shift
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
