@@ -82,6 +82,10 @@ dgst_sign() {
         eng dgst -sha256 $(ekey) -sign "$(euri "$1" private)" -out "$1.$3.dgst.sig" msg
     fi && sslv dgst -sha256 -verify "$1.$3.pub.pem" -signature "$1.$3.dgst.sig" msg
 }
+direct_dgst_sign() {
+    OPENSSL_CONF=$WORK/hsm-certs/openssl.cnf t openssl dgst -sha256 -sign "pkcs11:token=upstream;object=$1;type=private" \
+        -out "$1.direct.sig" msg && sslv dgst -sha256 -verify "$1.p.pub.pem" -signature "$1.direct.sig" msg
+}
 pkeyutl_sign() { # $4: extra -pkeyopt (PSS)
     local opts=(-pkeyopt digest:sha256) vopts=(-pkeyopt digest:sha256)
     [[ ${4:-} == pss ]] && opts+=(-pkeyopt rsa_padding_mode:pss -pkeyopt rsa_pss_saltlen:32) &&
@@ -133,7 +137,7 @@ tls() { # s_server with the key and its CA certificate; s_client verifies the ch
     fi
     pid=$!
     if wait_line "$1.$3.server.log" "^ACCEPT" 20; then
-        printf 'GET / HTTP/1.0\r\n\r\n' | sslv s_client -connect "127.0.0.1:$port" -servername localhost \
+        printf 'GET / HTTP/1.0\r\n\r\n' | OPENSSL_CONF=/dev/null timeout 30 openssl s_client -connect "127.0.0.1:$port" -servername localhost \
             -CAfile "$cert" -verify_return_error -verify_hostname "$host" -ign_eof >"$1.$3.client.log" 2>&1
         rc=$?
     else
@@ -172,6 +176,10 @@ for b in $BACKENDS; do
             fi
             check "$b" "$who: read public key ($kind)" pub "$l" "$kind" "$c"
             check "$b" "$who: dgst -sign ($kind)" dgst_sign "$l" "$kind" "$c"
+            if [[ $b == hsm && $c == p && $kind == ec ]]; then
+                # Reference: the same command with SoftHSM2's module directly (the HSM's own configuration).
+                check "$b" "provider: dgst -sign (ec), SoftHSM2 directly, for reference" direct_dgst_sign "$l"
+            fi
             if [[ $kind != ed25519 ]]; then
                 check "$b" "$who: pkeyutl -sign ($kind)" pkeyutl_sign "$l" "$kind" "$c"
             fi
