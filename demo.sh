@@ -24,19 +24,35 @@ bao_start "$demo/bao"
 "$BAO" write -f transit/keys/app-signing type=ecdsa-p256 >/dev/null
 "$BAO" write -f transit/keys/app-rsa type=rsa-2048 >/dev/null
 
+echo "== starting a KMS emulator (moto + p11bridge's fidelity layer) with one key" >&2
+moto_start "$demo/moto"
+python3 - "$KMS_ENDPOINT" <<'PY'
+import sys, boto3
+kms = boto3.client("kms", endpoint_url=sys.argv[1], region_name="us-east-1")
+k = kms.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+kms.create_alias(AliasName="alias/kms-signing", TargetKeyId=k)
+PY
+
 export P11BRIDGE_PIN=demo-pin-2468
 cat > "$demo/p11bridge.toml" <<TOML
-# One unified token over the SoftHSM2 token "upstream" and Vault transit (see README: Configuration).
+# One unified token over the SoftHSM2 token "upstream", Vault transit and AWS KMS (see README: Configuration).
 [[slot]]
 label = "unified"
 user_pin = "env:P11BRIDGE_PIN"
-backends = ["hsm", "vault"]
+backends = ["hsm", "vault", "kms"]
 
 [backend.vault]
 kind = "vault-transit"
 address = "$BAO_ADDR"
 token = "env:BAO_TOKEN"
 keys = ["app-signing", "app-rsa"]
+cert_cache_dir = "$demo/certs"
+
+[backend.kms]
+kind = "aws-kms"
+region = "us-east-1"
+endpoint = "$KMS_ENDPOINT"
+keys = ["alias/kms-signing"]
 cert_cache_dir = "$demo/certs"
 
 [backend.hsm]
@@ -77,6 +93,13 @@ openssl pkey -pubin -inform DER -in vault-ec.der -out vault-ec.pem
 run tool --login --pin "$P11BRIDGE_PIN" --sign -m ECDSA --id "$vid" -i msg.sha256 -o vault-ec.sig --signature-format openssl
 run openssl pkeyutl -verify -pubin -inkey vault-ec.pem -in msg.sha256 -sigfile vault-ec.sig
 
+# The KMS key: same consumer, same token, same PIN.
+kid=$(id_of kms-signing)
+run tool --read-object --type pubkey --id "$kid" -o kms-ec.der
+openssl pkey -pubin -inform DER -in kms-ec.der -out kms-ec.pem
+run tool --login --pin "$P11BRIDGE_PIN" --sign -m ECDSA --id "$kid" -i msg.sha256 -o kms-ec.sig --signature-format openssl
+run openssl pkeyutl -verify -pubin -inkey kms-ec.pem -in msg.sha256 -sigfile kms-ec.sig
+
 echo
-echo "demo: pkcs11-tool listed and signed through p11bridge with keys in SoftHSM2 and in Vault transit;"
+echo "demo: pkcs11-tool listed and signed through p11bridge with keys in SoftHSM2, Vault transit and AWS KMS;"
 echo "      openssl verified every signature."

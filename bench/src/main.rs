@@ -31,7 +31,8 @@ macro_rules! call {
 }
 
 fn load(path: &Path) -> Module {
-    let lib = unsafe { libloading::Library::new(path) }.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let lib = unsafe { libloading::Library::new(path) }
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut fl: *mut CK_FUNCTION_LIST = std::ptr::null_mut();
     unsafe {
         let get: libloading::Symbol<unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV> =
@@ -39,9 +40,7 @@ fn load(path: &Path) -> Module {
         assert_eq!(get(&mut fl), CKR_OK);
     }
     std::mem::forget(lib);
-    Module {
-        f: unsafe { &*fl },
-    }
+    Module { f: unsafe { &*fl } }
 }
 
 fn ok(rv: CK_RV, what: &str) {
@@ -49,14 +48,23 @@ fn ok(rv: CK_RV, what: &str) {
 }
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn slot_by_label(m: &Module, label: &str) -> CK_SLOT_ID {
     let mut n: CK_ULONG = 0;
-    ok(call!(m, C_GetSlotList(CK_TRUE, std::ptr::null_mut(), &mut n)), "slots");
+    ok(
+        call!(m, C_GetSlotList(CK_TRUE, std::ptr::null_mut(), &mut n)),
+        "slots",
+    );
     let mut v = vec![0; n as usize];
-    ok(call!(m, C_GetSlotList(CK_TRUE, v.as_mut_ptr(), &mut n)), "slots");
+    ok(
+        call!(m, C_GetSlotList(CK_TRUE, v.as_mut_ptr(), &mut n)),
+        "slots",
+    );
     for s in v {
         let mut ti = unsafe { std::mem::zeroed::<CK_TOKEN_INFO>() };
         if call!(m, C_GetTokenInfo(s, &mut ti)) == CKR_OK {
@@ -72,11 +80,26 @@ fn slot_by_label(m: &Module, label: &str) -> CK_SLOT_ID {
 fn session(m: &Module, slot: CK_SLOT_ID, pin: &str) -> CK_SESSION_HANDLE {
     let mut h = 0;
     ok(
-        call!(m, C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, std::ptr::null_mut(), None, &mut h)),
+        call!(
+            m,
+            C_OpenSession(
+                slot,
+                CKF_SERIAL_SESSION | CKF_RW_SESSION,
+                std::ptr::null_mut(),
+                None,
+                &mut h
+            )
+        ),
         "open",
     );
-    let rv = call!(m, C_Login(h, CKU_USER, pin.as_ptr() as *mut u8, pin.len() as CK_ULONG));
-    assert!(rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN, "login 0x{rv:x}");
+    let rv = call!(
+        m,
+        C_Login(h, CKU_USER, pin.as_ptr() as *mut u8, pin.len() as CK_ULONG)
+    );
+    assert!(
+        rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN,
+        "login 0x{rv:x}"
+    );
     h
 }
 
@@ -94,10 +117,16 @@ fn find(m: &Module, s: CK_SESSION_HANDLE, label: &str, class: CK_OBJECT_CLASS) -
             ulValueLen: std::mem::size_of::<CK_OBJECT_CLASS>() as CK_ULONG,
         },
     ];
-    ok(call!(m, C_FindObjectsInit(s, t.as_mut_ptr(), 2)), "find init");
+    ok(
+        call!(m, C_FindObjectsInit(s, t.as_mut_ptr(), 2)),
+        "find init",
+    );
     let mut h = [0; 4];
     let mut n = 0;
-    ok(call!(m, C_FindObjects(s, h.as_mut_ptr(), 4, &mut n)), "find");
+    ok(
+        call!(m, C_FindObjects(s, h.as_mut_ptr(), 4, &mut n)),
+        "find",
+    );
     ok(call!(m, C_FindObjectsFinal(s)), "find final");
     assert_eq!(n, 1, "{label}");
     h[0]
@@ -124,7 +153,19 @@ fn run_op(m: &Module, s: CK_SESSION_HANDLE, op: Op) {
             let mut data = [7u8; 32];
             let mut sig = [0u8; 512];
             let mut n = sig.len() as CK_ULONG;
-            ok(call!(m, C_Sign(s, data.as_mut_ptr(), len as CK_ULONG, sig.as_mut_ptr(), &mut n)), "sign");
+            ok(
+                call!(
+                    m,
+                    C_Sign(
+                        s,
+                        data.as_mut_ptr(),
+                        len as CK_ULONG,
+                        sig.as_mut_ptr(),
+                        &mut n
+                    )
+                ),
+                "sign",
+            );
         }
         Op::GcmEncrypt(key) => {
             let mut iv = [1u8; 12];
@@ -145,7 +186,13 @@ fn run_op(m: &Module, s: CK_SESSION_HANDLE, op: Op) {
             let mut data = [3u8; 1024];
             let mut out = [0u8; 1100];
             let mut n = out.len() as CK_ULONG;
-            ok(call!(m, C_Encrypt(s, data.as_mut_ptr(), 1024, out.as_mut_ptr(), &mut n)), "encrypt");
+            ok(
+                call!(
+                    m,
+                    C_Encrypt(s, data.as_mut_ptr(), 1024, out.as_mut_ptr(), &mut n)
+                ),
+                "encrypt",
+            );
         }
         Op::GetLabel(key) => {
             let mut buf = [0u8; 64];
@@ -154,7 +201,10 @@ fn run_op(m: &Module, s: CK_SESSION_HANDLE, op: Op) {
                 pValue: buf.as_mut_ptr() as *mut c_void,
                 ulValueLen: 64,
             }];
-            ok(call!(m, C_GetAttributeValue(s, key, t.as_mut_ptr(), 1)), "get attribute");
+            ok(
+                call!(m, C_GetAttributeValue(s, key, t.as_mut_ptr(), 1)),
+                "get attribute",
+            );
         }
         Op::FindByLabel => {
             let label = b"ec-p256";
@@ -163,10 +213,16 @@ fn run_op(m: &Module, s: CK_SESSION_HANDLE, op: Op) {
                 pValue: label.as_ptr() as *mut c_void,
                 ulValueLen: label.len() as CK_ULONG,
             }];
-            ok(call!(m, C_FindObjectsInit(s, t.as_mut_ptr(), 1)), "find init");
+            ok(
+                call!(m, C_FindObjectsInit(s, t.as_mut_ptr(), 1)),
+                "find init",
+            );
             let mut h = [0; 8];
             let mut n = 0;
-            ok(call!(m, C_FindObjects(s, h.as_mut_ptr(), 8, &mut n)), "find");
+            ok(
+                call!(m, C_FindObjects(s, h.as_mut_ptr(), 8, &mut n)),
+                "find",
+            );
             ok(call!(m, C_FindObjectsFinal(s)), "find final");
         }
     }
@@ -243,7 +299,12 @@ struct Row {
 fn print_row(r: &mut Row) {
     let (dr, br) = (r.direct.rate(), r.bridge.rate());
     let us = |d: Duration| d.as_secs_f64() * 1e6;
-    let (d50, d99, b50, b99) = (r.direct.pct(0.5), r.direct.pct(0.99), r.bridge.pct(0.5), r.bridge.pct(0.99));
+    let (d50, d99, b50, b99) = (
+        r.direct.pct(0.5),
+        r.direct.pct(0.99),
+        r.bridge.pct(0.5),
+        r.bridge.pct(0.99),
+    );
     println!(
         "| {:<34} | {:>3} | {:>10.0} | {:>10.0} | {:>5.3} | {:>9.1} / {:>9.1} | {:>9.1} / {:>9.1} | {:>+8.2} |",
         r.name,
@@ -262,7 +323,14 @@ fn print_row(r: &mut Row) {
 fn header() {
     println!(
         "| {:<34} | {:>3} | {:>10} | {:>10} | {:>5} | {:>21} | {:>21} | {:>8} |",
-        "row", "thr", "direct/s", "bridge/s", "ratio", "direct p50 / p99 µs", "bridge p50 / p99 µs", "Δp50 µs"
+        "row",
+        "thr",
+        "direct/s",
+        "bridge/s",
+        "ratio",
+        "direct p50 / p99 µs",
+        "bridge p50 / p99 µs",
+        "Δp50 µs"
     );
     println!("|{}|", ["-"; 8].map(|_| "----------").join("|"));
 }
@@ -290,7 +358,10 @@ impl Http {
             self.host,
             body.len()
         );
-        self.stream.get_mut().write_all(req.as_bytes()).expect("write");
+        self.stream
+            .get_mut()
+            .write_all(req.as_bytes())
+            .expect("write");
         let mut len = 0usize;
         let mut line = String::new();
         loop {
@@ -327,7 +398,11 @@ fn start_bao(dir: &Path) -> (String, String) {
     .trim()
     .to_string();
     let port = loop {
-        let p = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let p = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         if std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
             break p;
         }
@@ -337,9 +412,18 @@ fn start_bao(dir: &Path) -> (String, String) {
     let (b2, t2, log) = (bin.clone(), token.clone(), dir.join("bao.log"));
     std::thread::spawn(move || {
         let mut c = Command::new(&b2);
-        c.args(["server", "-dev", &format!("-dev-root-token-id={t2}"), &format!("-dev-listen-address=127.0.0.1:{port}")])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log).map(Stdio::from).unwrap_or(Stdio::null()));
+        c.args([
+            "server",
+            "-dev",
+            &format!("-dev-root-token-id={t2}"),
+            &format!("-dev-listen-address=127.0.0.1:{port}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::File::create(log)
+                .map(Stdio::from)
+                .unwrap_or(Stdio::null()),
+        );
         unsafe {
             c.pre_exec(|| {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
@@ -370,7 +454,12 @@ fn start_bao(dir: &Path) -> (String, String) {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(cli(&["secrets", "enable", "transit"]));
-    assert!(cli(&["write", "-f", "transit/keys/b-ec", "type=ecdsa-p256"]));
+    assert!(cli(&[
+        "write",
+        "-f",
+        "transit/keys/b-ec",
+        "type=ecdsa-p256"
+    ]));
     assert!(cli(&["write", "-f", "transit/keys/b-ed", "type=ed25519"]));
     (addr, token)
 }
@@ -401,7 +490,10 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let root = repo_root();
     let so = root.join("target/release/libp11bridge.so");
-    assert!(so.exists(), "build first: cargo build --release -p p11bridge");
+    assert!(
+        so.exists(),
+        "build first: cargo build --release -p p11bridge"
+    );
     if args.get(1).map(String::as_str) == Some("--footprint-child") {
         footprint(&so);
         return;
@@ -409,7 +501,9 @@ fn main() {
     let quick = args.iter().any(|a| a == "--quick");
     let (rounds, scale) = if quick { (3, 1) } else { (5, 4) };
 
-    let dir = root.join("target/bench-env").join(std::process::id().to_string());
+    let dir = root
+        .join("target/bench-env")
+        .join(std::process::id().to_string());
     std::fs::create_dir_all(&dir).unwrap();
     let out = Command::new("bash")
         .arg(root.join("softhsm-setup.sh"))
@@ -418,7 +512,11 @@ fn main() {
         .output()
         .expect("softhsm-setup.sh");
     for line in String::from_utf8_lossy(&out.stdout).lines() {
-        if let Some((k, v)) = line.trim().strip_prefix("export ").and_then(|l| l.split_once('=')) {
+        if let Some((k, v)) = line
+            .trim()
+            .strip_prefix("export ")
+            .and_then(|l| l.split_once('='))
+        {
             std::env::set_var(k, v.trim_matches(|c| c == '"' || c == '\''));
         }
     }
@@ -459,9 +557,13 @@ cert_cache_dir = "{}"
         .output()
         .expect("footprint child");
     let fp = String::from_utf8_lossy(&fp.stdout).to_string();
-    let f: Vec<u64> = fp.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    let f: Vec<u64> = fp
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
 
-    let direct: &'static Module = Box::leak(Box::new(load(Path::new("/usr/lib/softhsm/libsofthsm2.so"))));
+    let direct: &'static Module =
+        Box::leak(Box::new(load(Path::new("/usr/lib/softhsm/libsofthsm2.so"))));
     let bridge: &'static Module = Box::leak(Box::new(load(&so)));
     let mut args = CK_C_INITIALIZE_ARGS {
         CreateMutex: None,
@@ -471,16 +573,28 @@ cert_cache_dir = "{}"
         flags: CKF_OS_LOCKING_OK,
         pReserved: std::ptr::null_mut(),
     };
-    ok(call!(direct, C_Initialize(&mut args as *mut _ as *mut c_void)), "softhsm init");
-    ok(call!(bridge, C_Initialize(&mut args as *mut _ as *mut c_void)), "bridge init");
+    ok(
+        call!(direct, C_Initialize(&mut args as *mut _ as *mut c_void)),
+        "softhsm init",
+    );
+    ok(
+        call!(bridge, C_Initialize(&mut args as *mut _ as *mut c_void)),
+        "bridge init",
+    );
     let dslot = slot_by_label(direct, "upstream");
     let bslot = slot_by_label(bridge, "unified");
 
-    println!("p11bridge-bench ({} mode): bridge vs direct, same process, rounds interleaved", if quick { "quick" } else { "full" });
+    println!(
+        "p11bridge-bench ({} mode): bridge vs direct, same process, rounds interleaved",
+        if quick { "quick" } else { "full" }
+    );
     println!();
     header();
     type Setup = (&'static Module, CK_SESSION_HANDLE, Op);
-    let pass_through = |name: &str, pick: fn(&'static Module, CK_SESSION_HANDLE) -> Op, threads: usize, iters: usize| {
+    let pass_through = |name: &str,
+                        pick: fn(&'static Module, CK_SESSION_HANDLE) -> Op,
+                        threads: usize,
+                        iters: usize| {
         let mut row = Row {
             name: name.to_string(),
             threads,
@@ -488,12 +602,15 @@ cert_cache_dir = "{}"
             bridge: Stats::default(),
         };
         for _ in 0..rounds {
-            for (side, m, slot, pin) in [(0, direct, dslot, "1234"), (1, bridge, bslot, "bench-pin")] {
+            for (side, m, slot, pin) in
+                [(0, direct, dslot, "1234"), (1, bridge, bslot, "bench-pin")]
+            {
                 let setup: Arc<dyn Fn(usize) -> Setup + Send + Sync> = Arc::new(move |_| {
                     let s = session(m, slot, pin);
                     (m, s, pick(m, s))
                 });
-                let work: Arc<dyn Fn(&mut Setup) + Send + Sync> = Arc::new(|st: &mut Setup| run_op(st.0, st.1, st.2));
+                let work: Arc<dyn Fn(&mut Setup) + Send + Sync> =
+                    Arc::new(|st: &mut Setup| run_op(st.0, st.1, st.2));
                 let st = round(threads, iters, setup, work);
                 if side == 0 {
                     row.direct.add(st);
@@ -513,7 +630,13 @@ cert_cache_dir = "{}"
         );
         pass_through(
             "SoftHSM C_Sign RSA-2048 PKCS#1",
-            |m, s| Op::Sign(CKM_SHA256_RSA_PKCS, find(m, s, "rsa-2048", CKO_PRIVATE_KEY), 32),
+            |m, s| {
+                Op::Sign(
+                    CKM_SHA256_RSA_PKCS,
+                    find(m, s, "rsa-2048", CKO_PRIVATE_KEY),
+                    32,
+                )
+            },
             threads,
             25 * scale,
         );
@@ -529,7 +652,12 @@ cert_cache_dir = "{}"
             threads,
             5000 * scale,
         );
-        pass_through("SoftHSM C_FindObjects by label", |_, _| Op::FindByLabel, threads, 1000 * scale);
+        pass_through(
+            "SoftHSM C_FindObjects by label",
+            |_, _| Op::FindByLabel,
+            threads,
+            1000 * scale,
+        );
     }
 
     // Vault: the bridge's C_Sign vs the same transit request on a kept-alive connection.
@@ -568,13 +696,18 @@ cert_cache_dir = "{}"
                     }),
                 );
                 row.direct.add(st);
-                let mech = if vlabel == "b-ed" { CKM_EDDSA } else { CKM_ECDSA };
+                let mech = if vlabel == "b-ed" {
+                    CKM_EDDSA
+                } else {
+                    CKM_ECDSA
+                };
                 let setup: Arc<dyn Fn(usize) -> Setup + Send + Sync> = Arc::new(move |_| {
                     let s = session(bridge, bslot, "bench-pin");
                     let k = find(bridge, s, vlabel, CKO_PRIVATE_KEY);
                     (bridge, s, Op::Sign(mech, k, 32))
                 });
-                let work: Arc<dyn Fn(&mut Setup) + Send + Sync> = Arc::new(|st: &mut Setup| run_op(st.0, st.1, st.2));
+                let work: Arc<dyn Fn(&mut Setup) + Send + Sync> =
+                    Arc::new(|st: &mut Setup| run_op(st.0, st.1, st.2));
                 row.bridge.add(round(threads, iters, setup, work));
             }
             print_row(&mut row);

@@ -40,6 +40,8 @@ pub struct UpstreamBackend {
     lib: Arc<Lib>,
     cfg: Config,
     released: Mutex<bool>,
+    /// The login state of each upstream slot a unified slot uses (shared by all such slots).
+    configured: Mutex<std::collections::HashMap<CK_SLOT_ID, Arc<Configured>>>,
 }
 
 impl UpstreamBackend {
@@ -75,6 +77,7 @@ impl UpstreamBackend {
             lib,
             cfg,
             released: Mutex::new(false),
+            configured: Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -147,14 +150,22 @@ impl Backend for UpstreamBackend {
     }
     fn token(&self) -> Result<Arc<dyn Token>> {
         let slot = self.find_slot()?;
+        let configured = self
+            .configured
+            .lock()
+            .entry(slot)
+            .or_insert_with(|| {
+                Arc::new(Configured {
+                    pin: self.cfg.pin.clone(),
+                    so_pin: self.cfg.so_pin.clone(),
+                    anchor: Mutex::new(Anchor::default()),
+                })
+            })
+            .clone();
         Ok(Arc::new(UpstreamToken {
             lib: self.lib.clone(),
             slot,
-            configured: Some(Arc::new(Configured {
-                pin: self.cfg.pin.clone(),
-                so_pin: self.cfg.so_pin.clone(),
-                anchor: Mutex::new(None),
-            })),
+            configured: Some(configured),
         }))
     }
     fn mirror_tokens(&self) -> Result<Vec<Arc<dyn Token>>> {
@@ -180,10 +191,18 @@ impl Backend for UpstreamBackend {
 }
 
 /// The credentials a unified slot logs the upstream in with, and the session that holds that login.
+/// Shared by every unified slot over the same upstream token: PKCS#11 login is per application and token, so the
+/// slots share one login, counted, and the upstream is logged out when the last of them logs out.
 struct Configured {
     pin: Option<SecretRef>,
     so_pin: Option<SecretRef>,
-    anchor: Mutex<Option<CK_SESSION_HANDLE>>,
+    anchor: Mutex<Anchor>,
+}
+
+#[derive(Default)]
+struct Anchor {
+    session: Option<CK_SESSION_HANDLE>,
+    logins: usize,
 }
 
 pub struct UpstreamToken {
@@ -268,7 +287,12 @@ impl Token for UpstreamToken {
         let pin = pin_ref.resolve()?;
         let f = self.lib.f();
         let mut anchor = c.anchor.lock();
-        if anchor.is_none() {
+        if anchor.logins > 0 {
+            // Another slot over this upstream token logged it in already.
+            anchor.logins += 1;
+            return Ok(());
+        }
+        if anchor.session.is_none() {
             let mut h: CK_SESSION_HANDLE = 0;
             let mut rv = up!(
                 f,
@@ -287,12 +311,15 @@ impl Token for UpstreamToken {
                 );
             }
             Error::check(rv)?;
-            *anchor = Some(h);
+            anchor.session = Some(h);
         }
-        let h = anchor.unwrap_or_default();
+        let h = anchor.session.unwrap_or_default();
         let (p, n) = pin_ptr(Some(pin.expose()));
         match up!(f, C_Login(h, user, p, n)) {
-            CKR_OK | CKR_USER_ALREADY_LOGGED_IN => Ok(()),
+            CKR_OK | CKR_USER_ALREADY_LOGGED_IN => {
+                anchor.logins = 1;
+                Ok(())
+            }
             rv => Err(Error::with(
                 rv,
                 format!(
@@ -306,9 +333,13 @@ impl Token for UpstreamToken {
         let Some(c) = &self.configured else {
             return Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED));
         };
-        if let Some(h) = c.anchor.lock().take() {
-            up!(self.lib.f(), C_Logout(h));
-            up!(self.lib.f(), C_CloseSession(h));
+        let mut anchor = c.anchor.lock();
+        anchor.logins = anchor.logins.saturating_sub(1);
+        if anchor.logins == 0 {
+            if let Some(h) = anchor.session.take() {
+                up!(self.lib.f(), C_Logout(h));
+                up!(self.lib.f(), C_CloseSession(h));
+            }
         }
         Ok(())
     }
