@@ -718,11 +718,10 @@ cert_cache_dir = "{}"
     let size = std::fs::metadata(&so).map(|m| m.len()).unwrap_or(0);
     if f.len() == 3 {
         println!(
-            "footprint: C_Initialize {} µs (SoftHSM2 + Vault configured; remote backends connect lazily), RSS {} KiB → {} KiB after C_Initialize, libp11bridge.so {:.1} MiB ({:.1} MiB stripped of debug info: see README)",
+            "footprint: C_Initialize {} µs (SoftHSM2 + Vault configured; remote backends connect lazily), RSS {} KiB → {} KiB after C_Initialize, libp11bridge.so {:.1} MiB",
             f[0],
             f[1],
             f[2],
-            size as f64 / 1048576.0,
             size as f64 / 1048576.0
         );
     }
