@@ -32,6 +32,7 @@ so=$root/target/release/libp11bridge.so
 suite cargo-test cargo test --release --workspace
 suite pkcs11-tool-parity bash tests/pkcs11-tool/parity.sh "$so"
 suite pkcs11-tool-vault bash tests/vault/pkcs11-tool.sh "$so"
+suite consumers bash tests/consumers/run.sh "$so"
 suite kms-fidelity python3 -m pytest -q tests/kms
 suite cryptoki-suite bash tests/cryptoki-suite/run.sh "$so"
 
