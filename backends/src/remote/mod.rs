@@ -317,6 +317,8 @@ struct Cache {
 pub struct Shared {
     pub name: String,
     pub service: Arc<dyn RemoteService>,
+    /// The service's mechanisms, read once (they are static).
+    pub mechanisms: Vec<CK_MECHANISM_TYPE>,
     cache: RwLock<Cache>,
     /// Serializes fetches so that concurrent first searches make one enumeration.
     fetching: Mutex<()>,
@@ -327,6 +329,7 @@ impl Shared {
     pub fn new(name: &str, service: Arc<dyn RemoteService>) -> Arc<Shared> {
         Arc::new(Shared {
             name: name.to_string(),
+            mechanisms: service.mechanisms().into_iter().map(|m| m.0).collect(),
             service,
             cache: RwLock::new(Cache::default()),
             fetching: Mutex::new(()),

@@ -350,7 +350,7 @@ impl BackendSession for RemoteSession {
 
     fn op_init(&mut self, kind: OpKind, mech: &Mechanism, key: Option<ObjRef>) -> Result<()> {
         let m = mech.mech_type();
-        if !self.shared.service.mechanisms().iter().any(|x| x.0 == m) {
+        if !self.shared.mechanisms.contains(&m) {
             return Err(Error::new(CKR_MECHANISM_INVALID));
         }
         let Some(obj) = key else {
