@@ -33,6 +33,9 @@ pub struct Module {
     backends: Vec<Arc<dyn Backend>>,
     /// The audit trail, when configured.
     pub audit: Option<audit::Audit>,
+    /// Calls in progress, and whether `C_Finalize` has begun.
+    in_flight: std::sync::atomic::AtomicUsize,
+    finalizing: std::sync::atomic::AtomicBool,
 }
 
 static STATE: ArcSwapOption<Module> = ArcSwapOption::const_empty();
@@ -47,12 +50,36 @@ extern "C" fn in_child_after_fork() {
 }
 
 /// The initialized module of this process, or `CKR_CRYPTOKI_NOT_INITIALIZED` (also in a forked child that has
-/// not called `C_Initialize` itself).
-pub fn module() -> Result<Arc<Module>> {
+/// not called `C_Initialize` itself, and once `C_Finalize` has begun). The guard counts the call as in progress:
+/// `C_Finalize` waits for calls in progress before it tears anything down.
+pub fn module() -> Result<InCall> {
     let g = STATE.load();
     match &*g {
-        Some(m) if m.generation == FORK_GENERATION.load(Ordering::Relaxed) => Ok(m.clone()),
+        Some(m) if m.generation == FORK_GENERATION.load(Ordering::Relaxed) => {
+            m.in_flight.fetch_add(1, Ordering::SeqCst);
+            if m.finalizing.load(Ordering::SeqCst) {
+                m.in_flight.fetch_sub(1, Ordering::SeqCst);
+                return Err(Error::new(CKR_CRYPTOKI_NOT_INITIALIZED));
+            }
+            Ok(InCall(m.clone()))
+        }
         _ => Err(Error::new(CKR_CRYPTOKI_NOT_INITIALIZED)),
+    }
+}
+
+/// A call in progress on the module (see [`module`]).
+pub struct InCall(Arc<Module>);
+
+impl std::ops::Deref for InCall {
+    type Target = Module;
+    fn deref(&self) -> &Module {
+        &self.0
+    }
+}
+
+impl Drop for InCall {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -100,8 +127,18 @@ pub fn initialize(args: InitArgs) -> Result<()> {
 /// `C_Finalize`.
 pub fn finalize() -> Result<()> {
     let _g = INIT_LOCK.lock();
-    let m = module()?;
+    let m = {
+        let call = module()?;
+        call.0.clone()
+    };
+    // New calls are refused from now on; calls in progress finish first (each is bounded by its backend's
+    // deadline), so no upstream module is finalized under a thread that is still inside it.
+    m.finalizing.store(true, Ordering::SeqCst);
     STATE.store(None);
+    let start = std::time::Instant::now();
+    while m.in_flight.load(Ordering::SeqCst) > 0 && start.elapsed() < std::time::Duration::from_secs(30) {
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
     m.teardown();
     Ok(())
 }
@@ -147,6 +184,8 @@ impl Module {
             Error::with(CKR_GENERAL_ERROR, e)
         })?;
         Ok(Module {
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            finalizing: std::sync::atomic::AtomicBool::new(false),
             audit,
             generation,
             slots,
