@@ -258,6 +258,7 @@ pub const SECTIONS: &[(&str, bool, SectionFn)] = &[
     ("two-call convention", true, two_call),
     ("C_GetAttributeValue", true, attributes),
     ("login", true, login),
+    ("handles across C_Logout", true, handles_across_logout),
     ("private objects before login", true, private_before_login),
     ("interfaces and versions", true, interfaces),
     ("miscellaneous", true, misc),
@@ -2455,6 +2456,48 @@ fn login(c: &mut Checks, b: &'static Bridge) {
         CKR_USER_NOT_LOGGED_IN,
     );
     close(b, h);
+}
+
+/// A private key's handle after `C_Logout`, and after logging in again.
+///
+/// BRIDGE BUG (found by the stress run, kept failing on purpose): the bridge answers `CKR_OBJECT_HANDLE_INVALID`
+/// from `C_SignInit` for a private key's handle once the user logged out, and again after a new login (the key then
+/// has a new handle). §5.13.1 C_SignInit has no CKR_OBJECT_HANDLE_INVALID among its return values: a key handle
+/// that is not (or no longer) valid is CKR_KEY_HANDLE_INVALID (§5.1.6), which the bridge answers for handles it
+/// never issued; while logged out CKR_USER_NOT_LOGGED_IN also fits. A new handle after a new login is allowed
+/// (§4.4: the handle is guaranteed only while the object stays accessible to the session).
+fn handles_across_logout(c: &mut Checks, b: &'static Bridge) {
+    let f = b.f;
+    let u = b.slot_by_label(tgt().user_label);
+    let s = b.open(u, RW).unwrap();
+    assert_eq!(b.login(s, CKU_USER, tgt().pin), CKR_OK, "login");
+    let k = b.find_one(s, CKO_PRIVATE_KEY, "ec-p256");
+    c.rv("C_Logout", call!(f, C_Logout(s)), CKR_OK);
+    let mut m = mech(CKM_ECDSA);
+    let got = call!(f, C_SignInit(s, &mut m, k));
+    c.any(
+        "[BRIDGE BUG] C_SignInit a private key's handle after C_Logout (KEY_HANDLE_INVALID or USER_NOT_LOGGED_IN)",
+        got,
+        &[CKR_KEY_HANDLE_INVALID, CKR_USER_NOT_LOGGED_IN],
+    );
+    c.rv("C_Login again", b.login(s, CKU_USER, tgt().pin), CKR_OK);
+    let got = call!(f, C_SignInit(s, &mut m, k));
+    c.any(
+        "[BRIDGE BUG] C_SignInit the handle from before C_Logout, logged in again (OK, or KEY_HANDLE_INVALID for a new handle)",
+        got,
+        &[CKR_OK, CKR_KEY_HANDLE_INVALID],
+    );
+    if got == CKR_OK {
+        let _ = call!(f, C_SignInit(s, null_mut(), 0));
+    }
+    let k2 = b.find_one(s, CKO_PRIVATE_KEY, "ec-p256");
+    let sig = b.ecdsa_sign(s, k2, &[3u8; 32]);
+    c.that(
+        "C_Sign with the handle found after the new login",
+        sig.is_ok(),
+        format!("{sig:?}"),
+    );
+    close(b, s);
 }
 
 fn private_before_login(c: &mut Checks, b: &'static Bridge) {
