@@ -27,6 +27,9 @@
 #                       module, which is useful to develop the checks.
 #   PARITY_KEEP=1       keep the temp dir (path printed to stderr).
 #   PARITY_TIMEOUT=sec  per pkcs11-tool invocation (default 120).
+#   PARITY_THREADS_RUNS=n  bridge runs of --test-threads (default 3; a run takes 30 s:
+#                       pkcs11-tool waits that long for its threads); SoftHSM2 is
+#                       run until one run completes, at most 3n times.
 #   SOFTHSM_MODULE      SoftHSM module (default /usr/lib/softhsm/libsofthsm2.so)
 set -euo pipefail
 
@@ -446,6 +449,60 @@ check_test() {
     fi
 }
 
+# pkcs11-tool --test-threads: each --test-threads starts one thread running 2-byte commands (IL: C_Initialize
+# with CKF_OS_LOCKING_OK, IN: C_Initialize(NULL), Pn: pause n s, GI: C_GetInfo, SL: C_GetSlotList, Tn:
+# C_GetTokenInfo of slot index n) while the main thread initializes too and lists the slots (-L).
+threads_args=(--test-threads ILGISLT0 --test-threads ILGISLT0 --test-threads ILP1GISLT0 --test-threads INP1GISLT0 -L)
+threads_runs=${PARITY_THREADS_RUNS:-3}
+
+# norm_threads: the per-thread event sequences in thread order (the interleaving of threads is scheduling), with
+# the race of who initializes first (CKR_OK vs CKR_CRYPTOKI_ALREADY_INITIALIZED, both correct) and slot counts
+# erased; plus pkcs11-tool's verdict line.
+norm_threads() {
+    grep -E '^Test thread [0-9]+ |^test_threads all threads' |
+        grep -vE ' (started with options|pauseing for)' |
+        sed -E -e 's/C_Initialize +returned (CKR_OK|CKR_CRYPTOKI_ALREADY_INITIALIZED)$/C_Initialize returned OK-or-ALREADY/' \
+            -e 's/l_p11_num_slots:[0-9]+/l_p11_num_slots:N/' -e 's/ +$//' |
+        awk '{ t = ($1 == "Test") ? $3 : 999; printf "%05d\t%06d\t%s\n", t, NR, $0 }' |
+        LC_ALL=C sort -t "$(printf '\t')" -k1,1n -k2,2n | cut -f3-
+}
+
+# check_test_threads: $threads_runs runs of pkcs11-tool --test-threads against SoftHSM directly and through the
+# bridge. SoftHSM 2.6's C_Initialize is not thread-safe: most direct runs crash (SIGSEGV/SIGABRT); they are
+# counted in a note, and the first direct run that completes is the reference (at most 3 × $threads_runs tries).
+# Every bridge run must complete with all threads ending CKR_OK, and match the reference.
+check_test_threads() {
+    local i rc ref="" ok=0 bad=0
+    need_bridge unified
+    for i in $(seq 1 $((3 * threads_runs))); do
+        [[ -z $ref ]] || break
+        rc=0
+        timeout "$timeout_s" pkcs11-tool --module "${MOD[direct]}" "${threads_args[@]}" >"$out/threads.direct.$i" 2>&1 || rc=$?
+        if [[ $rc == 0 ]] && grep -q '^test_threads all threads have ended with CKR_OK' "$out/threads.direct.$i"; then
+            ok=$((ok + 1))
+            [[ -n $ref ]] || { ref=$out/threads.direct.norm; norm_threads <"$out/threads.direct.$i" >"$ref"; }
+        else
+            bad=$((bad + 1))
+        fi
+    done
+    echo "NOTE test-threads: SoftHSM2 directly: $bad runs crashed or failed before $ok completed" >"$out/threads.note"
+    for i in $(seq 1 "$threads_runs"); do
+        rc=0
+        timeout "$timeout_s" pkcs11-tool --module "${MOD[unified]}" "${threads_args[@]}" >"$out/threads.bridge.$i" 2>&1 || rc=$?
+        if [[ $rc != 0 ]] || ! grep -q '^test_threads all threads have ended with CKR_OK' "$out/threads.bridge.$i"; then
+            echo "bridge run $i: exit status $rc"
+            sed 's/^/  | /' "$out/threads.bridge.$i"
+            return 1
+        fi
+        norm_threads <"$out/threads.bridge.$i" >"$out/threads.bridge.norm"
+        if [[ -n $ref ]]; then
+            diff -u --label direct --label "bridge run $i" "$ref" "$out/threads.bridge.norm"
+        fi
+    done
+    echo "NOTE test-threads: the bridge: $threads_runs of $threads_runs runs completed with every thread CKR_OK" >>"$out/threads.note"
+    [[ -n $ref ]] || echo "NOTE test-threads: no SoftHSM2 run completed to compare with; bridge runs checked alone" >>"$out/threads.note"
+}
+
 # Generate an EC P-256 key pair through TARGET, sign with it through TARGET,
 # and verify with openssl; the pair must exist on the SoftHSM token too.
 check_keypairgen() {
@@ -506,6 +563,8 @@ for t in mirror unified; do
     check "test[$t]" check_test "$t"
     check "test-allow-sw[$t]" check_test "$t" --allow-sw
 done
+check test-threads check_test_threads
+[[ ! -f $out/threads.note ]] || cat "$out/threads.note"
 check "keypairgen[unified]" check_keypairgen unified b1
 check "keypairgen[mirror]" check_keypairgen mirror b2
 

@@ -136,7 +136,9 @@ pub fn finalize() -> Result<()> {
     m.finalizing.store(true, Ordering::SeqCst);
     STATE.store(None);
     let start = std::time::Instant::now();
-    while m.in_flight.load(Ordering::SeqCst) > 0 && start.elapsed() < std::time::Duration::from_secs(30) {
+    while m.in_flight.load(Ordering::SeqCst) > 0
+        && start.elapsed() < std::time::Duration::from_secs(30)
+    {
         std::thread::sleep(std::time::Duration::from_micros(200));
     }
     m.teardown();
