@@ -390,6 +390,35 @@ impl Kms {
         Kms(Arc::new(s))
     }
 
+    /// One KMS `Decrypt`: RSA-OAEP (with its algorithm) or symmetric (with an optional encryption context).
+    fn decrypt_call(
+        &self,
+        key: &RemoteKey,
+        ct: &[u8],
+        alg: Option<EncryptionAlgorithmSpec>,
+        ctx: Option<HashMap<String, String>>,
+        bad_input: CK_RV,
+    ) -> Result<Zeroizing<Vec<u8>>> {
+        let id = key.name.clone();
+        let ct = ct.to_vec();
+        self.call(bad_input, move |c| async move {
+            let r = c
+                .decrypt()
+                .key_id(id)
+                .ciphertext_blob(Blob::new(ct))
+                .set_encryption_algorithm(alg)
+                .set_encryption_context(ctx)
+                .send()
+                .await
+                .map_err(fault)?;
+            Ok(Zeroizing::new(
+                r.plaintext()
+                    .map(|b| b.as_ref().to_vec())
+                    .unwrap_or_default(),
+            ))
+        })
+    }
+
     /// Runs one KMS call on the module's runtime within the deadline, mapping its fault for this operation.
     fn call<T, F, Fut>(&self, bad_input: CK_RV, f: F) -> Result<T>
     where
@@ -890,23 +919,7 @@ impl RemoteService for Kms {
 
     fn decrypt_oaep(&self, key: &RemoteKey, hash: Hash, ct: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
         let alg = oaep_alg(hash)?;
-        let id = key.name.clone();
-        let ct = ct.to_vec();
-        self.call(CKR_ENCRYPTED_DATA_LEN_RANGE, move |c| async move {
-            let r = c
-                .decrypt()
-                .key_id(id)
-                .ciphertext_blob(Blob::new(ct))
-                .encryption_algorithm(alg)
-                .send()
-                .await
-                .map_err(fault)?;
-            Ok(Zeroizing::new(
-                r.plaintext()
-                    .map(|b| b.as_ref().to_vec())
-                    .unwrap_or_default(),
-            ))
-        })
+        self.decrypt_call(key, ct, Some(alg), None, CKR_ENCRYPTED_DATA_LEN_RANGE)
     }
 
     fn mac(&self, key: &RemoteKey, hash: Hash, data: &[u8]) -> Result<Vec<u8>> {
@@ -991,23 +1004,7 @@ impl RemoteService for Kms {
             return Err(Error::new(CKR_ENCRYPTED_DATA_LEN_RANGE));
         }
         let ctx = context(ctx)?;
-        let id = key.name.clone();
-        let ct = ct.to_vec();
-        self.call(CKR_ENCRYPTED_DATA_INVALID, move |c| async move {
-            let r = c
-                .decrypt()
-                .key_id(id)
-                .ciphertext_blob(Blob::new(ct))
-                .set_encryption_context(ctx)
-                .send()
-                .await
-                .map_err(fault)?;
-            Ok(Zeroizing::new(
-                r.plaintext()
-                    .map(|b| b.as_ref().to_vec())
-                    .unwrap_or_default(),
-            ))
-        })
+        self.decrypt_call(key, ct, None, ctx, CKR_ENCRYPTED_DATA_INVALID)
     }
 
     fn encrypt_len(&self, _key: &RemoteKey, _mech: CK_MECHANISM_TYPE, pt_len: usize) -> usize {
