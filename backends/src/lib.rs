@@ -9,6 +9,7 @@
 #![allow(clippy::macro_metavars_in_unsafe)]
 
 pub mod error;
+pub mod health;
 pub mod kms;
 pub mod pidlock;
 pub mod pkcs11;

@@ -129,3 +129,22 @@ pub fn spawn_blocking(job: impl FnOnce() + Send + 'static) -> bool {
         Err(_) => false,
     }
 }
+
+/// Spawns a detached background task (health probes) on the module's runtime. `false` if there are no worker
+/// threads (the application forbade creating them) or the runtime cannot be made: the caller then does without.
+/// After `fork()` the task is gone with the parent's runtime; callers re-spawn lazily (stamp with the pid).
+pub fn spawn_background<F>(fut: F) -> bool
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    match runtime() {
+        Ok(rt) => match &rt.kind {
+            Kind::Workers(r) => {
+                r.spawn(fut);
+                true
+            }
+            Kind::CallerThread(_) => false,
+        },
+        Err(_) => false,
+    }
+}
