@@ -33,6 +33,9 @@ suite cargo-test cargo test --release --workspace
 suite pkcs11-tool-parity bash tests/pkcs11-tool/parity.sh "$so"
 suite pkcs11-tool-vault bash tests/vault/pkcs11-tool.sh "$so"
 suite consumers bash tests/consumers/run.sh "$so"
+# The benchmark in smoke mode (a few iterations, 20 keys; every row present): it must keep running. Its numbers
+# are not checked here; docs/PERFORMANCE.md has a full run.
+suite bench-smoke cargo run --release -q -p p11bridge-bench -- --smoke --so "$so"
 suite kms-fidelity python3 -m pytest -q tests/kms
 suite cryptoki-suite bash tests/cryptoki-suite/run.sh "$so"
 # The conformance harness: spec matrix against SoftHSM2 and the bridge, 16-thread stress with a concurrent

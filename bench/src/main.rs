@@ -1,11 +1,21 @@
 //! p11bridge-bench: the bridge against the same work done without it, in one process, interleaved.
 //!
-//! `cargo run --release -p p11bridge-bench [-- --quick]` prints one table:
+//! `cargo run --release -p p11bridge-bench -- --all` (full), `--quick` (fewer rounds) or `--smoke` (a few iterations
+//! and 20 keys, for CI) prints markdown tables; it starts its own servers (SoftHSM2 token, OpenBao dev server,
+//! moto behind the KMS fidelity layer) and stops them when it exits:
 //! - pass-through over SoftHSM2: the bridge's unified token vs SoftHSM2's own function list (same process, same
 //!   token, both through raw PKCS#11 calls), 1 and 2 threads on separate sessions;
 //! - Vault transit (an OpenBao dev server started here): `C_Sign` through the bridge vs the same transit request
 //!   sent directly over a kept-alive HTTP/1.1 connection per thread, 1, 8 and 32 threads;
-//! - footprint: `C_Initialize` time, RSS after initialize, size of the `.so`.
+//! - AWS KMS (moto): `C_Sign` ECDSA P-256 through the bridge vs a direct aws-sdk-kms `Sign` to the same endpoint,
+//!   1 and 8 threads;
+//! - enumeration of N KMS keys and N transit keys: the first `C_FindObjects` after `C_Initialize` (cold, with and
+//!   without generated certificates cached on disk) and repeated ones (warm), with the backend requests each made,
+//!   against a sequential direct client issuing the requests the search needs;
+//! - footprint: `C_Initialize` time, RSS after initialize (all three backends configured), size of the `.so`.
+//!
+//! The `.so` under test is copied to a private directory first (`--so PATH` to choose it; default
+//! `target/release/libp11bridge.so`), so a concurrent build cannot swap it mid-run.
 //!
 //! Rounds alternate direct and bridge so that drift of the machine hits both. Nothing here is asserted: targets
 //! are read off the table.
@@ -268,23 +278,32 @@ fn round<S: Send + 'static>(
             let mut st = setup(t);
             b.wait();
             let mut lat = Vec::with_capacity(iters);
+            let start = Instant::now();
             for _ in 0..iters {
                 let t0 = Instant::now();
                 work(&mut st);
                 lat.push(t0.elapsed());
             }
-            lat
+            (start, Instant::now(), lat)
         }));
     }
     barrier.wait();
-    let t0 = Instant::now();
     let mut lat = Vec::new();
+    let (mut first, mut last) = (None::<Instant>, None::<Instant>);
     for h in hs {
-        lat.extend(h.join().expect("worker"));
+        let (s, e, l) = h.join().expect("worker");
+        first = Some(first.map_or(s, |f| f.min(s)));
+        last = Some(last.map_or(e, |x| x.max(e)));
+        lat.extend(l);
     }
+    // From the first thread's start to the last one's end (not the main thread's view: it may be descheduled).
+    let wall = match (first, last) {
+        (Some(f), Some(l)) => l.duration_since(f),
+        _ => Duration::ZERO,
+    };
     Stats {
         ops: threads * iters,
-        wall: t0.elapsed(),
+        wall,
         lat,
     }
 }
@@ -353,8 +372,11 @@ impl Http {
         }
     }
     fn post(&mut self, path: &str, token: &str, body: &str) -> String {
+        self.request("POST", path, token, body)
+    }
+    fn request(&mut self, method: &str, path: &str, token: &str, body: &str) -> String {
         let req = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nX-Vault-Token: {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nX-Vault-Token: {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             self.host,
             body.len()
         );
@@ -486,25 +508,325 @@ fn footprint(so: &Path) {
     println!("{} {} {}", init.as_micros(), before, after);
 }
 
+// ---------------------------------------------------------------- moto + the KMS fidelity layer
+
+struct Moto {
+    url: String,
+}
+
+impl Moto {
+    fn start(root: &Path, dir: &Path) -> Moto {
+        std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+        std::env::set_var("AWS_REGION", "us-east-1");
+        std::env::set_var("AWS_DEFAULT_REGION", "us-east-1");
+        std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
+        let script = root.join("tests/kms/moto_fidelity.py");
+        let log = dir.join("moto.log");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut c = Command::new("python3");
+            c.arg(&script)
+                .args(["--host", "127.0.0.1", "--port", "0"])
+                .stdout(Stdio::piped())
+                .stderr(
+                    std::fs::File::create(log)
+                        .map(Stdio::from)
+                        .unwrap_or(Stdio::null()),
+                );
+            unsafe {
+                c.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+            let mut child = c.spawn().expect("moto_fidelity.py");
+            let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+            let mut line = String::new();
+            let _ = out.read_line(&mut line);
+            tx.send(line).unwrap();
+            let _ = child.wait();
+            loop {
+                std::thread::park();
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("moto did not start");
+        let url = line
+            .trim()
+            .strip_prefix("READY ")
+            .unwrap_or_else(|| panic!("moto_fidelity.py said {line:?}"))
+            .to_string();
+        Moto { url }
+    }
+
+    fn side(&self, method: &str, path: &str) -> String {
+        let host = self.url.trim_start_matches("http://");
+        let mut s = TcpStream::connect(host).expect("moto");
+        write!(
+            s,
+            "{method} {path} HTTP/1.0\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n"
+        )
+        .unwrap();
+        let mut r = String::new();
+        s.read_to_string(&mut r).unwrap();
+        r.split_once("\r\n\r\n")
+            .map(|x| x.1.to_string())
+            .unwrap_or_default()
+    }
+
+    /// KMS requests since the last reset, by action.
+    fn stats(&self) -> Vec<(String, u64)> {
+        let v: serde_json::Value = serde_json::from_str(&self.side("GET", "/_fidelity/stats"))
+            .unwrap_or(serde_json::Value::Null);
+        let mut out: Vec<(String, u64)> = v
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
+    fn reset(&self) {
+        self.side("POST", "/_fidelity/reset");
+    }
+
+    /// Runs Python with boto3's KMS client bound to this server as `kms`.
+    fn boto(&self, code: &str) -> String {
+        let prelude = format!(
+            "import boto3,json\nfrom concurrent.futures import ThreadPoolExecutor\nkms = boto3.client('kms', endpoint_url='{}', region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing')\n",
+            self.url
+        );
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(format!("{prelude}{code}"))
+            .output()
+            .expect("python3");
+        assert!(
+            out.status.success(),
+            "boto3: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Creates `n` P-256 signing keys with aliases `alias/{prefix}NNNN`, 8 requests at a time.
+    fn create_keys(&self, prefix: &str, n: usize) {
+        self.boto(&format!(
+            "def mk(i):\n    k = kms.create_key(KeySpec='ECC_NIST_P256', KeyUsage='SIGN_VERIFY')['KeyMetadata']['KeyId']\n    kms.create_alias(AliasName='alias/{prefix}%04d' % i, TargetKeyId=k)\nwith ThreadPoolExecutor(8) as ex:\n    list(ex.map(mk, range({n})))\n"
+        ));
+    }
+}
+
+fn fmt_counts(v: &[(String, u64)]) -> String {
+    let total: u64 = v.iter().map(|x| x.1).sum();
+    if total == 0 {
+        return "0".into();
+    }
+    let parts: Vec<String> = v.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    format!("{total} ({})", parts.join(", "))
+}
+
+/// The direct KMS client: aws-sdk-kms with the same HTTPS client as the bridge, to the same endpoint.
+fn kms_client(rt: &tokio::runtime::Runtime, url: &str) -> aws_sdk_kms::Client {
+    rt.block_on(async {
+        let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(p11bridge_backends::kms::http_client())
+            .region(aws_config::Region::new("us-east-1"))
+            .load()
+            .await;
+        aws_sdk_kms::Client::from_conf(
+            aws_sdk_kms::config::Builder::from(&conf)
+                .endpoint_url(url)
+                .build(),
+        )
+    })
+}
+
+// ---------------------------------------------------------------- Vault request counts (a counting proxy)
+
+/// A loopback HTTP/1.1 proxy in front of OpenBao that counts requests by method and first path segment after the
+/// mount (`GET keys`, `LIST keys`, `POST sign`). Enough HTTP for Vault: bodies with Content-Length.
+struct CountingProxy {
+    url: String,
+    counts: Arc<std::sync::Mutex<std::collections::BTreeMap<String, u64>>>,
+}
+
+fn read_message(r: &mut BufReader<TcpStream>) -> Option<(String, Vec<u8>)> {
+    let mut head = Vec::new();
+    let mut len = 0usize;
+    let mut first = String::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        if first.is_empty() {
+            first = line.trim_end().to_string();
+        }
+        head.extend_from_slice(line.as_bytes());
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some(v) = l.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).ok()?;
+    head.extend_from_slice(&body);
+    Some((first, head))
+}
+
+impl CountingProxy {
+    fn start(upstream: &'static str) -> CountingProxy {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let counts = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+        let c2 = counts.clone();
+        std::thread::spawn(move || {
+            for conn in l.incoming().flatten() {
+                let counts = c2.clone();
+                std::thread::spawn(move || {
+                    conn.set_nodelay(true).ok();
+                    let Ok(up) = TcpStream::connect(upstream.trim_start_matches("http://")) else {
+                        return;
+                    };
+                    up.set_nodelay(true).ok();
+                    let mut down_w = conn.try_clone().unwrap();
+                    let mut up_w = up.try_clone().unwrap();
+                    let mut down_r = BufReader::new(conn);
+                    let mut up_r = BufReader::new(up);
+                    while let Some((first, req)) = read_message(&mut down_r) {
+                        let mut it = first.split_whitespace();
+                        let method = it.next().unwrap_or("?").to_string();
+                        let path = it.next().unwrap_or("");
+                        let what = path
+                            .trim_start_matches("/v1/")
+                            .split('/')
+                            .nth(1)
+                            .unwrap_or("");
+                        let what = what.split('?').next().unwrap_or("");
+                        *counts
+                            .lock()
+                            .unwrap()
+                            .entry(format!("{method} {what}"))
+                            .or_default() += 1;
+                        if up_w.write_all(&req).is_err() {
+                            return;
+                        }
+                        let Some((_, resp)) = read_message(&mut up_r) else {
+                            return;
+                        };
+                        if down_w.write_all(&resp).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        CountingProxy { url, counts }
+    }
+
+    fn counts(&self) -> Vec<(String, u64)> {
+        self.counts
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+}
+
+fn diff(after: &[(String, u64)], before: &[(String, u64)]) -> Vec<(String, u64)> {
+    after
+        .iter()
+        .filter_map(|(k, n)| {
+            let b = before.iter().find(|x| &x.0 == k).map_or(0, |x| x.1);
+            (*n > b).then(|| (k.clone(), n - b))
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------- the run
+
+struct Opts {
+    mode: &'static str,
+    rounds: usize,
+    scale: f64,
+    enum_keys: usize,
+}
+
+fn iters(o: &Opts, n: usize) -> usize {
+    ((n as f64 * o.scale) as usize).max(3)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let root = repo_root();
-    let so = root.join("target/release/libp11bridge.so");
-    assert!(
-        so.exists(),
-        "build first: cargo build --release -p p11bridge"
-    );
     if args.get(1).map(String::as_str) == Some("--footprint-child") {
-        footprint(&so);
+        footprint(Path::new(&args[2]));
         return;
     }
-    let quick = args.iter().any(|a| a == "--quick");
-    let (rounds, scale) = if quick { (3, 1) } else { (5, 4) };
+    let arg = |name: &str| args.iter().any(|a| a == name);
+    let o = if arg("--smoke") {
+        Opts {
+            mode: "smoke",
+            rounds: 1,
+            scale: 0.05,
+            enum_keys: 20,
+        }
+    } else if arg("--quick") {
+        Opts {
+            mode: "quick",
+            rounds: 3,
+            scale: 1.0,
+            enum_keys: 200,
+        }
+    } else {
+        Opts {
+            mode: "full",
+            rounds: 5,
+            scale: 4.0,
+            enum_keys: 1000,
+        }
+    };
+    let enum_keys = args
+        .iter()
+        .position(|a| a == "--keys")
+        .and_then(|i| args.get(i + 1)?.parse().ok())
+        .unwrap_or(o.enum_keys);
+    let src_so = args
+        .iter()
+        .position(|a| a == "--so")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.join("target"))
+                .join("release/libp11bridge.so")
+        });
+    assert!(
+        src_so.exists(),
+        "{}: build first: cargo build --release -p p11bridge",
+        src_so.display()
+    );
 
     let dir = root
         .join("target/bench-env")
         .join(std::process::id().to_string());
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    // The .so under test, copied: others may rebuild target/release meanwhile.
+    let so = dir.join("libp11bridge.so");
+    std::fs::copy(&src_so, &so).expect("copy the .so");
     let out = Command::new("bash")
         .arg(root.join("softhsm-setup.sh"))
         .arg(dir.join("softhsm"))
@@ -521,8 +843,16 @@ fn main() {
         }
     }
     let (bao_addr, bao_token) = start_bao(&dir);
+    let moto = Moto::start(&root, &dir);
+    moto.boto("k = kms.create_key(KeySpec='ECC_NIST_P256', KeyUsage='SIGN_VERIFY')['KeyMetadata']['KeyId']\nkms.create_alias(AliasName='alias/k-ec', TargetKeyId=k)\n");
     std::env::set_var("BENCH_BAO_TOKEN", &bao_token);
     std::env::set_var("P11BRIDGE_PIN", "bench-pin");
+    let batch_cfg = args
+        .iter()
+        .position(|a| a == "--vault-batch")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| format!("batch = {v}\n"))
+        .unwrap_or_default();
     let config = dir.join("p11bridge.toml");
     std::fs::write(
         &config,
@@ -530,7 +860,7 @@ fn main() {
             r#"[[slot]]
 label = "unified"
 user_pin = "env:P11BRIDGE_PIN"
-backends = ["hsm", "vault"]
+backends = ["hsm", "vault", "kms"]
 
 [backend.hsm]
 kind = "pkcs11"
@@ -543,9 +873,17 @@ kind = "vault-transit"
 address = "{bao_addr}"
 token = "env:BENCH_BAO_TOKEN"
 keys = ["b-ec", "b-ed"]
-cert_cache_dir = "{}"
+cert_cache_dir = "{certs}"
+{batch_cfg}
+[backend.kms]
+kind = "aws-kms"
+region = "us-east-1"
+endpoint = "{kms}"
+keys = ["alias/k-ec"]
+cert_cache_dir = "{certs}"
 "#,
-            dir.join("certs").display()
+            certs = dir.join("certs").display(),
+            kms = moto.url,
         ),
     )
     .unwrap();
@@ -554,6 +892,7 @@ cert_cache_dir = "{}"
     // Footprint first, in a fresh process.
     let fp = Command::new(std::env::current_exe().unwrap())
         .arg("--footprint-child")
+        .arg(&so)
         .output()
         .expect("footprint child");
     let fp = String::from_utf8_lossy(&fp.stdout).to_string();
@@ -565,7 +904,7 @@ cert_cache_dir = "{}"
     let direct: &'static Module =
         Box::leak(Box::new(load(Path::new("/usr/lib/softhsm/libsofthsm2.so"))));
     let bridge: &'static Module = Box::leak(Box::new(load(&so)));
-    let mut args = CK_C_INITIALIZE_ARGS {
+    let mut init_args = CK_C_INITIALIZE_ARGS {
         CreateMutex: None,
         DestroyMutex: None,
         LockMutex: None,
@@ -573,24 +912,39 @@ cert_cache_dir = "{}"
         flags: CKF_OS_LOCKING_OK,
         pReserved: std::ptr::null_mut(),
     };
-    ok(
-        call!(direct, C_Initialize(&mut args as *mut _ as *mut c_void)),
-        "softhsm init",
-    );
-    ok(
-        call!(bridge, C_Initialize(&mut args as *mut _ as *mut c_void)),
-        "bridge init",
-    );
+    let init_ptr = &mut init_args as *mut _ as *mut c_void;
+    ok(call!(direct, C_Initialize(init_ptr)), "softhsm init");
+    ok(call!(bridge, C_Initialize(init_ptr)), "bridge init");
     let dslot = slot_by_label(direct, "upstream");
     let bslot = slot_by_label(bridge, "unified");
 
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|x| x.1.trim().to_string())
+        })
+        .unwrap_or_default();
+    let load_avg = || {
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     println!(
-        "p11bridge-bench ({} mode): bridge vs direct, same process, rounds interleaved",
-        if quick { "quick" } else { "full" }
+        "p11bridge-bench ({} mode): bridge vs direct, same process, rounds interleaved; {} × {cpu}; load average at start {}",
+        o.mode,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_avg()
     );
     println!();
     header();
     type Setup = (&'static Module, CK_SESSION_HANDLE, Op);
+    let rounds = o.rounds;
     let pass_through = |name: &str,
                         pick: fn(&'static Module, CK_SESSION_HANDLE) -> Op,
                         threads: usize,
@@ -626,7 +980,7 @@ cert_cache_dir = "{}"
             "SoftHSM C_Sign ECDSA P-256",
             |m, s| Op::Sign(CKM_ECDSA, find(m, s, "ec-p256", CKO_PRIVATE_KEY), 32),
             threads,
-            100 * scale,
+            iters(&o, 100),
         );
         pass_through(
             "SoftHSM C_Sign RSA-2048 PKCS#1",
@@ -638,25 +992,25 @@ cert_cache_dir = "{}"
                 )
             },
             threads,
-            25 * scale,
+            iters(&o, 25),
         );
         pass_through(
             "SoftHSM C_Encrypt AES-GCM 1 KiB",
             |m, s| Op::GcmEncrypt(find(m, s, "aes-256", CKO_SECRET_KEY)),
             threads,
-            1000 * scale,
+            iters(&o, 1000),
         );
         pass_through(
             "SoftHSM C_GetAttributeValue LABEL",
             |m, s| Op::GetLabel(find(m, s, "ec-p256", CKO_PRIVATE_KEY)),
             threads,
-            5000 * scale,
+            iters(&o, 5000),
         );
         pass_through(
             "SoftHSM C_FindObjects by label",
             |_, _| Op::FindByLabel,
             threads,
-            1000 * scale,
+            iters(&o, 1000),
         );
     }
 
@@ -678,7 +1032,7 @@ cert_cache_dir = "{}"
         ),
     ] {
         for threads in [1, 8, 32] {
-            let iters = (if threads == 1 { 100 } else { 25 }) * scale;
+            let n = iters(&o, if threads == 1 { 100 } else { 25 });
             let mut row = Row {
                 name: name.to_string(),
                 threads,
@@ -688,7 +1042,7 @@ cert_cache_dir = "{}"
             for _ in 0..rounds {
                 let st = round(
                     threads,
-                    iters,
+                    n,
                     Arc::new(move |_| Http::connect(addr)),
                     Arc::new(move |h: &mut Http| {
                         let r = h.post(path, token, body);
@@ -708,22 +1062,338 @@ cert_cache_dir = "{}"
                 });
                 let work: Arc<dyn Fn(&mut Setup) + Send + Sync> =
                     Arc::new(|st: &mut Setup| run_op(st.0, st.1, st.2));
-                row.bridge.add(round(threads, iters, setup, work));
+                row.bridge.add(round(threads, n, setup, work));
             }
             print_row(&mut row);
         }
     }
 
+    // KMS: the bridge's C_Sign vs aws-sdk-kms Sign, both through the fidelity layer to moto.
+    let krt: &'static tokio::runtime::Runtime = Box::leak(Box::new(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap(),
+    ));
+    let kc = kms_client(krt, &moto.url);
+    for threads in [1, 8] {
+        let n = iters(&o, if threads == 1 { 50 } else { 12 });
+        let mut row = Row {
+            name: "KMS C_Sign ECDSA P-256".into(),
+            threads,
+            direct: Stats::default(),
+            bridge: Stats::default(),
+        };
+        for _ in 0..rounds {
+            let c = kc.clone();
+            let st = round(
+                threads,
+                n,
+                Arc::new(move |_| c.clone()),
+                Arc::new(move |c: &mut aws_sdk_kms::Client| {
+                    let r = krt.block_on(
+                        c.sign()
+                            .key_id("alias/k-ec")
+                            .message(aws_sdk_kms::primitives::Blob::new(vec![7u8; 32]))
+                            .message_type(aws_sdk_kms::types::MessageType::Digest)
+                            .signing_algorithm(
+                                aws_sdk_kms::types::SigningAlgorithmSpec::EcdsaSha256,
+                            )
+                            .send(),
+                    );
+                    assert!(r.expect("kms sign").signature().is_some());
+                }),
+            );
+            row.direct.add(st);
+            let setup: Arc<dyn Fn(usize) -> Setup + Send + Sync> = Arc::new(move |_| {
+                let s = session(bridge, bslot, "bench-pin");
+                let k = find(bridge, s, "k-ec", CKO_PRIVATE_KEY);
+                (bridge, s, Op::Sign(CKM_ECDSA, k, 32))
+            });
+            let work: Arc<dyn Fn(&mut Setup) + Send + Sync> =
+                Arc::new(|st: &mut Setup| run_op(st.0, st.1, st.2));
+            row.bridge.add(round(threads, n, setup, work));
+        }
+        print_row(&mut row);
+    }
+    println!("(direct = SoftHSM2's own function list; a kept-alive HTTP/1.1 connection per thread to OpenBao; aws-sdk-kms with the bridge's HTTPS client to the same moto endpoint)");
+
+    // Enumeration.
+    println!();
+    enumeration(bridge, &dir, &moto, krt, &kc, addr, token, enum_keys, &o);
+
     println!();
     let size = std::fs::metadata(&so).map(|m| m.len()).unwrap_or(0);
     if f.len() == 3 {
         println!(
-            "footprint: C_Initialize {} µs (SoftHSM2 + Vault configured; remote backends connect lazily), RSS {} KiB → {} KiB after C_Initialize, libp11bridge.so {:.1} MiB",
+            "footprint: C_Initialize {} µs (SoftHSM2 + Vault + KMS configured; remote backends connect lazily), RSS {} KiB → {} KiB after C_Initialize (+{:.1} MiB), libp11bridge.so {:.1} MiB",
             f[0],
             f[1],
             f[2],
+            f[2].saturating_sub(f[1]) as f64 / 1024.0,
             size as f64 / 1048576.0
         );
     }
-    println!("(direct = SoftHSM2's own function list, or a kept-alive HTTP/1.1 connection per thread to OpenBao)");
+    println!("load average at end: {}", load_avg());
+    ok(call!(bridge, C_Finalize(std::ptr::null_mut())), "finalize");
+    let _ = std::fs::remove_dir_all(dir.join("softhsm"));
+}
+
+/// Opens a session on the unified token of a freshly initialized bridge (config from `P11BRIDGE_CONFIG`).
+fn reinit(bridge: &'static Module, config: &Path) -> CK_SESSION_HANDLE {
+    std::env::set_var("P11BRIDGE_CONFIG", config);
+    ok(call!(bridge, C_Finalize(std::ptr::null_mut())), "finalize");
+    let mut a = CK_C_INITIALIZE_ARGS {
+        CreateMutex: None,
+        DestroyMutex: None,
+        LockMutex: None,
+        UnlockMutex: None,
+        flags: CKF_OS_LOCKING_OK,
+        pReserved: std::ptr::null_mut(),
+    };
+    ok(
+        call!(bridge, C_Initialize(&mut a as *mut _ as *mut c_void)),
+        "init",
+    );
+    let slot = slot_by_label(bridge, "enum");
+    session(bridge, slot, "bench-pin")
+}
+
+/// One search by label; the number of objects found.
+fn find_label(m: &Module, s: CK_SESSION_HANDLE, label: &str) -> usize {
+    let mut t = [CK_ATTRIBUTE {
+        type_: CKA_LABEL,
+        pValue: label.as_ptr() as *mut c_void,
+        ulValueLen: label.len() as CK_ULONG,
+    }];
+    ok(
+        call!(m, C_FindObjectsInit(s, t.as_mut_ptr(), 1)),
+        "find init",
+    );
+    let mut h = [0; 8];
+    let mut n = 0;
+    ok(
+        call!(m, C_FindObjects(s, h.as_mut_ptr(), 8, &mut n)),
+        "find",
+    );
+    ok(call!(m, C_FindObjectsFinal(s)), "find final");
+    n as usize
+}
+
+struct EnumRow {
+    name: String,
+    ms: f64,
+    requests: String,
+}
+
+fn print_enum(r: &EnumRow) {
+    println!("| {:<58} | {:>10.2} | {} |", r.name, r.ms, r.requests);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn enumeration(
+    bridge: &'static Module,
+    dir: &Path,
+    moto: &Moto,
+    krt: &'static tokio::runtime::Runtime,
+    kc: &aws_sdk_kms::Client,
+    addr: &'static str,
+    token: &'static str,
+    n: usize,
+    o: &Opts,
+) {
+    // Setup (not timed): n KMS keys with aliases, n transit keys, a proxy to count Vault's requests.
+    let t = Instant::now();
+    moto.create_keys("enum-", n);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let hs: Vec<_> = (0..8)
+        .map(|_| {
+            let next = next.clone();
+            std::thread::spawn(move || {
+                let mut h = Http::connect(addr);
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= n {
+                        break;
+                    }
+                    let r = h.post(
+                        &format!("/v1/transit/keys/enum-{i:04}"),
+                        token,
+                        r#"{"type":"ecdsa-p256"}"#,
+                    );
+                    assert!(!r.contains("errors"), "{r}");
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    // Vault's requests are counted by a proxy in front of it (OpenBao enables audit devices from its config only).
+    let proxy = CountingProxy::start(addr);
+    let paddr: &'static str = Box::leak(proxy.url.clone().into_boxed_str());
+    eprintln!(
+        "(setup: {n} KMS keys and {n} transit keys created in {:.1} s)",
+        t.elapsed().as_secs_f64()
+    );
+
+    println!(
+        "| {:<58} | {:>10} | backend requests |",
+        "enumeration", "ms"
+    );
+    println!("|{}|{}|{}|", "-".repeat(60), "-".repeat(12), "-".repeat(20));
+    let warm_iters = if o.mode == "smoke" { 20 } else { 200 };
+    let label = "enum-0007";
+    let label = if n > 7 { label } else { "enum-0000" };
+    for backend in ["kms", "vault"] {
+        let certs = dir.join(format!("enum-certs-{backend}"));
+        let section = if backend == "kms" {
+            format!(
+                "[backend.kms]\nkind = \"aws-kms\"\nregion = \"us-east-1\"\nendpoint = \"{}\"\ndiscover = true\ncert_cache_dir = \"{}\"\n",
+                moto.url,
+                certs.display()
+            )
+        } else {
+            format!(
+                "[backend.vault]\nkind = \"vault-transit\"\naddress = \"{paddr}\"\ntoken = \"env:BENCH_BAO_TOKEN\"\ndiscover = true\nprefix = \"enum-\"\ncert_cache_dir = \"{}\"\n",
+                certs.display()
+            )
+        };
+        let config = dir.join(format!("enum-{backend}.toml"));
+        std::fs::write(
+            &config,
+            format!("[[slot]]\nlabel = \"enum\"\nuser_pin = \"env:P11BRIDGE_PIN\"\nbackends = [\"{backend}\"]\n\n{section}"),
+        )
+        .unwrap();
+        let counts = || {
+            if backend == "kms" {
+                moto.stats()
+            } else {
+                proxy.counts()
+            }
+        };
+        let what = if backend == "kms" {
+            "KMS"
+        } else {
+            "Vault transit"
+        };
+        for (pass, note) in [
+            (0, "cold, certificates generated"),
+            (1, "cold, certificates cached on disk"),
+        ] {
+            let s = reinit(bridge, &config);
+            if backend == "kms" {
+                moto.reset();
+            }
+            let before = counts();
+            let t = Instant::now();
+            let found = find_label(bridge, s, label);
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            assert!(found >= 2, "{backend}: {label} found {found} objects");
+            let req = diff(&counts(), &before);
+            print_enum(&EnumRow {
+                name: format!("{what} {n} keys: first C_FindObjects ({note})"),
+                ms,
+                requests: fmt_counts(&req),
+            });
+            if pass == 1 {
+                let before = counts();
+                let mut worst = Duration::ZERO;
+                let t = Instant::now();
+                for _ in 0..warm_iters {
+                    let t1 = Instant::now();
+                    find_label(bridge, s, label);
+                    worst = worst.max(t1.elapsed());
+                }
+                let avg = t.elapsed().as_secs_f64() * 1e3 / warm_iters as f64;
+                let req = diff(&counts(), &before);
+                print_enum(&EnumRow {
+                    name: format!(
+                        "{what} {n} keys: warm C_FindObjects (mean of {warm_iters}; max {:.2} ms)",
+                        worst.as_secs_f64() * 1e3
+                    ),
+                    ms: avg,
+                    requests: fmt_counts(&req),
+                });
+            }
+        }
+        // The sequential direct client issuing the requests the search needs.
+        if backend == "kms" {
+            moto.reset();
+        }
+        let before = counts();
+        let t = Instant::now();
+        if backend == "kms" {
+            krt.block_on(direct_kms_enum(kc.clone()));
+        } else {
+            let mut h = Http::connect(paddr);
+            let list = h.request("LIST", "/v1/transit/keys", token, "");
+            let v: serde_json::Value = serde_json::from_str(&list).expect("list");
+            for k in v
+                .pointer("/data/keys")
+                .and_then(|k| k.as_array())
+                .expect("keys")
+            {
+                let k = k.as_str().unwrap_or("");
+                if k.starts_with("enum-") {
+                    let r = h.request("GET", &format!("/v1/transit/keys/{k}"), token, "");
+                    assert!(r.contains("public_key"));
+                }
+            }
+        }
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        let req = diff(&counts(), &before);
+        print_enum(&EnumRow {
+            name: format!("{what} {n} keys: direct sequential client, same requests"),
+            ms,
+            requests: fmt_counts(&req),
+        });
+    }
+}
+
+/// What the bridge's KMS enumeration needs, one request at a time: aliases, keys, and each key's metadata and
+/// public key.
+async fn direct_kms_enum(c: aws_sdk_kms::Client) {
+    let mut marker = None;
+    loop {
+        let r = c
+            .list_aliases()
+            .limit(100)
+            .set_marker(marker.take())
+            .send()
+            .await
+            .expect("aliases");
+        match (r.truncated(), r.next_marker()) {
+            (true, Some(m)) => marker = Some(m.to_string()),
+            _ => break,
+        }
+    }
+    let mut ids = Vec::new();
+    loop {
+        let r = c
+            .list_keys()
+            .limit(1000)
+            .set_marker(marker.take())
+            .send()
+            .await
+            .expect("keys");
+        ids.extend(
+            r.keys()
+                .iter()
+                .filter_map(|k| k.key_id().map(str::to_owned)),
+        );
+        match (r.truncated(), r.next_marker()) {
+            (true, Some(m)) => marker = Some(m.to_string()),
+            _ => break,
+        }
+    }
+    for id in ids {
+        c.describe_key().key_id(&id).send().await.expect("describe");
+        c.get_public_key()
+            .key_id(&id)
+            .send()
+            .await
+            .expect("public key");
+    }
 }
