@@ -3,9 +3,10 @@
 //! - Created on first use, never in `C_Initialize` (no thread, no network before a remote backend is used).
 //! - Stamped with the process id: after `fork()` the parent's runtime is never touched (its worker threads do not
 //!   exist in the child; dropping it would hang) — it is leaked, and the child builds its own.
-//! - Callers are plain threads of the host application, maybe inside the host's own tokio runtime: futures run on
-//!   our workers and the caller waits on a channel with a deadline, so no nested `block_on` can panic and nothing
-//!   waits forever.
+//! - Callers are plain threads of the host application, maybe inside the host's own tokio runtime. A caller outside
+//!   any runtime drives its future itself (`block_on` on our runtime's handle: no hop to a worker and back; our
+//!   workers drive I/O and timers); a caller inside a runtime (where a nested `block_on` would panic) has the
+//!   future run on our workers and waits on a channel. Either way the deadline bounds the wait.
 //! - With `CKF_LIBRARY_CANT_CREATE_OS_THREADS`, a current-thread runtime is driven on the caller's thread instead.
 
 use crate::{Error, Result};
@@ -79,6 +80,14 @@ where
 {
     let rt = runtime()?;
     match &rt.kind {
+        Kind::Workers(r) if tokio::runtime::Handle::try_current().is_err() => {
+            // The caller's thread runs the future (saves a wakeup of a worker and one of the caller); our workers
+            // keep driving I/O and timers, so the timeout fires even while the caller is parked.
+            match r.block_on(async move { tokio::time::timeout(deadline, fut).await }) {
+                Ok(r) => r,
+                Err(_) => Err(timed_out(deadline)),
+            }
+        }
         Kind::Workers(r) => {
             let (tx, rx) = std::sync::mpsc::sync_channel(1);
             r.spawn(async move {
