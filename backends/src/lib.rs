@@ -8,6 +8,7 @@
 // `up!` calls upstream functions with plain argument expressions (pointers and integers we computed).
 #![allow(clippy::macro_metavars_in_unsafe)]
 
+pub mod batch;
 pub mod error;
 pub mod health;
 pub mod kms;

@@ -6,6 +6,7 @@
 //! renewal; the transit calls it cannot express (`salt_length`, `prehashed`, `marshaling_algorithm`) go through the
 //! same HTTP client as raw requests.
 
+use crate::batch::GroupCommit;
 use crate::remote::mech::{Hash, RsaPad, SignRequest};
 use crate::remote::{
     cert, Curve, GenerateKind, GenerateSpec, KeyMaterial, RemoteKey, RemoteService, Usage,
@@ -78,6 +79,19 @@ struct Config {
     /// Let `C_DestroyObject` delete transit keys.
     #[serde(default)]
     allow_destroy: bool,
+    /// Coalesce concurrent signatures with the same key and parameters into one `batch_input` request (a lone
+    /// signature is sent at once, as a plain request), at most `batch_max` items per request.
+    #[serde(default = "default_batch")]
+    batch: bool,
+    #[serde(default = "default_batch_max")]
+    batch_max: usize,
+}
+
+fn default_batch() -> bool {
+    true
+}
+fn default_batch_max() -> usize {
+    32
 }
 
 fn default_mount() -> String {
@@ -156,6 +170,8 @@ pub struct VaultService {
     token: RwLock<Option<TokenState>>,
     login: tokio::sync::Mutex<()>,
     cert_dir: Option<PathBuf>,
+    /// Concurrent sign requests, coalesced (see `batch.rs`): items are base64 inputs, results `vault:vN:...`.
+    signer: GroupCommit<String, String>,
 }
 
 /// What went wrong with one request, before it becomes a `CK_RV` for the operation at hand.
@@ -225,6 +241,10 @@ impl VaultService {
                 ));
             }
         }
+        if cfg.batch_max == 0 || cfg.batch_max > 1000 {
+            return Err(cfg_err(name, "batch_max: between 1 and 1000"));
+        }
+        let cfg_batch_max = cfg.batch_max;
         let cert_dir = cfg.cert_cache_dir.clone().or_else(|| {
             std::env::var_os("XDG_CACHE_HOME")
                 .map(PathBuf::from)
@@ -240,6 +260,7 @@ impl VaultService {
             token: RwLock::new(None),
             login: tokio::sync::Mutex::new(()),
             cert_dir,
+            signer: GroupCommit::new(cfg_batch_max),
         })
     }
 
@@ -648,6 +669,72 @@ impl VaultService {
     }
 }
 
+impl VaultService {
+    /// One sign request for one or more inputs (`params`: every other field of the body). One input goes as a
+    /// plain request; several as `batch_input`, each answered by its own `signature` or `error`.
+    fn sign_batch(
+        self: &Arc<Self>,
+        path: &str,
+        params: &Value,
+        inputs: Vec<String>,
+    ) -> Result<Vec<Result<String>>> {
+        let mut body = params.clone();
+        if let [one] = inputs.as_slice() {
+            body["input"] = json!(one);
+            let v = self.op(
+                reqwest::Method::POST,
+                path.to_string(),
+                Some(body),
+                true,
+                CKR_DATA_INVALID,
+            )?;
+            return Ok(vec![field(&v, "signature").map(str::to_owned)]);
+        }
+        let n = inputs.len();
+        body["batch_input"] =
+            Value::Array(inputs.into_iter().map(|i| json!({ "input": i })).collect());
+        let v = self.op(
+            reqwest::Method::POST,
+            path.to_string(),
+            Some(body),
+            true,
+            CKR_DATA_INVALID,
+        )?;
+        Ok(batch_signatures(&self.name, &v, n))
+    }
+}
+
+/// The per-item results of a `batch_input` sign answer (`data.batch_results[i]`: `signature` or `error`).
+fn batch_signatures(backend: &str, v: &Value, n: usize) -> Vec<Result<String>> {
+    let items = v
+        .pointer("/data/batch_results")
+        .and_then(Value::as_array)
+        .filter(|a| a.len() == n);
+    let Some(items) = items else {
+        let e = Error::with(
+            CKR_DEVICE_ERROR,
+            format!("{backend}: batch answer without {n} batch_results"),
+        );
+        return (0..n).map(|_| Err(e.clone())).collect();
+    };
+    items
+        .iter()
+        .map(|it| {
+            match (
+                it.get("signature").and_then(Value::as_str),
+                it.get("error").and_then(Value::as_str),
+            ) {
+                (Some(sig), _) if !sig.is_empty() => Ok(sig.to_string()),
+                (_, err) => Err(map_fault(
+                    backend,
+                    Fault::Status(400, err.unwrap_or("no signature").to_string()),
+                    CKR_DATA_INVALID,
+                )),
+            }
+        })
+        .collect()
+}
+
 fn without_url(e: &reqwest::Error) -> String {
     let mut s = e.to_string();
     if let Some(u) = e.url() {
@@ -924,14 +1011,31 @@ impl RemoteService for Vault {
         if let Some(v) = key.version {
             body["key_version"] = json!(v);
         }
-        let v = s.op(
-            reqwest::Method::POST,
-            s.transit(&path),
-            Some(body),
-            true,
-            CKR_DATA_INVALID,
-        )?;
-        let sig = unvault(field(&v, "signature")?)?;
+        let sig = if s.cfg.batch {
+            // Concurrent signatures with the same key and parameters share one `batch_input` request.
+            let input = body
+                .as_object_mut()
+                .and_then(|o| o.remove("input"))
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            let path = s.transit(&path);
+            let batch_key = format!("{path}\n{body}");
+            // A queued caller waits for the request in flight, then its own.
+            let wait = s.deadline() * 2 + Duration::from_secs(1);
+            s.signer.submit(&batch_key, input, wait, |inputs| {
+                s.sign_batch(&path, &body, inputs)
+            })?
+        } else {
+            let v = s.op(
+                reqwest::Method::POST,
+                s.transit(&path),
+                Some(body),
+                true,
+                CKR_DATA_INVALID,
+            )?;
+            field(&v, "signature")?.to_string()
+        };
+        let sig = unvault(&sig)?;
         let want = crate::remote::mech::signature_len(&key.material);
         if sig.len() != want {
             return Err(Error::with(
@@ -1151,5 +1255,31 @@ impl RemoteService for Vault {
             CKR_ACTION_PROHIBITED,
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_answers_map_per_item() {
+        // OpenBao's answer to a `batch_input` sign with one bad item (invalid base64).
+        let v: Value = serde_json::from_str(
+            r#"{"data":{"batch_results":[
+                {"signature":"vault:v1:AAAA","key_version":1},
+                {"error":"unable to decode input as base64: illegal base64 data at input byte 0"},
+                {"signature":"vault:v1:BBBB","key_version":1}]}}"#,
+        )
+        .unwrap();
+        let r = batch_signatures("v", &v, 3);
+        assert_eq!(r[0].as_ref().unwrap(), "vault:v1:AAAA");
+        assert_eq!(r[1].as_ref().unwrap_err().rv(), CKR_DATA_INVALID);
+        assert_eq!(r[2].as_ref().unwrap(), "vault:v1:BBBB");
+        // An answer that does not match the request fails every item.
+        let r = batch_signatures("v", &v, 2);
+        assert!(r
+            .iter()
+            .all(|x| x.as_ref().unwrap_err().rv() == CKR_DEVICE_ERROR));
     }
 }

@@ -975,7 +975,13 @@ cert_cache_dir = "{certs}"
         }
         print_row(&mut row);
     };
-    for threads in [1, 2] {
+    // `--only hsm,vault,kms,enum`: a subset of the sections (all by default).
+    let only: Option<String> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1).cloned());
+    let want = |sec: &str| only.as_ref().is_none_or(|o| o.split(',').any(|x| x == sec));
+    for threads in [1, 2].into_iter().filter(|_| want("hsm")) {
         pass_through(
             "SoftHSM C_Sign ECDSA P-256",
             |m, s| Op::Sign(CKM_ECDSA, find(m, s, "ec-p256", CKO_PRIVATE_KEY), 32),
@@ -1031,7 +1037,7 @@ cert_cache_dir = "{certs}"
             r#"{"input":"BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc="}"#,
         ),
     ] {
-        for threads in [1, 8, 32] {
+        for threads in [1, 8, 32].into_iter().filter(|_| want("vault")) {
             let n = iters(&o, if threads == 1 { 100 } else { 25 });
             let mut row = Row {
                 name: name.to_string(),
@@ -1077,7 +1083,7 @@ cert_cache_dir = "{certs}"
             .unwrap(),
     ));
     let kc = kms_client(krt, &moto.url);
-    for threads in [1, 8] {
+    for threads in [1, 8].into_iter().filter(|_| want("kms")) {
         let n = iters(&o, if threads == 1 { 50 } else { 12 });
         let mut row = Row {
             name: "KMS C_Sign ECDSA P-256".into(),
@@ -1121,7 +1127,9 @@ cert_cache_dir = "{certs}"
 
     // Enumeration.
     println!();
-    enumeration(bridge, &dir, &moto, krt, &kc, addr, token, enum_keys, &o);
+    if want("enum") {
+        enumeration(bridge, &dir, &moto, krt, &kc, addr, token, enum_keys, &o);
+    }
 
     println!();
     let size = std::fs::metadata(&so).map(|m| m.len()).unwrap_or(0);
