@@ -157,3 +157,54 @@ where
         Err(_) => false,
     }
 }
+
+/// Whether the module may create threads (the application did not set `CKF_LIBRARY_CANT_CREATE_OS_THREADS`).
+pub fn may_create_threads() -> bool {
+    !CANT_CREATE_THREADS.get().copied().unwrap_or(false)
+}
+
+/// Maps `f` over `items`, in order, on the caller's thread and up to `n - 1` scoped helper threads (for blocking
+/// per-item work such as reading or generating certificates). Only the caller's thread when the application
+/// forbade creating threads or a thread cannot be made.
+pub fn par_map<T: Send, R: Send>(items: Vec<T>, n: usize, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+    let len = items.len();
+    if n <= 1 || len <= 1 || !may_create_threads() {
+        return items.into_iter().map(f).collect();
+    }
+    let queue = Mutex::new(items.into_iter().enumerate());
+    let out = Mutex::new(Vec::with_capacity(len));
+    let work = || loop {
+        let next = queue.lock().next();
+        let Some((i, t)) = next else { break };
+        let r = f(t);
+        out.lock().push((i, r));
+    };
+    std::thread::scope(|sc| {
+        for _ in 1..n.min(len) {
+            if std::thread::Builder::new()
+                .name("p11bridge-par".into())
+                .spawn_scoped(sc, work)
+                .is_err()
+            {
+                break;
+            }
+        }
+        work();
+    });
+    let mut out = out.into_inner();
+    out.sort_by_key(|x| x.0);
+    out.into_iter().map(|x| x.1).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn par_map_keeps_order() {
+        let v: Vec<u32> = (0..100).collect();
+        let out = super::par_map(v, 8, |x| {
+            std::thread::sleep(std::time::Duration::from_micros(100));
+            x * 3
+        });
+        assert_eq!(out, (0..100).map(|x| x * 3).collect::<Vec<u32>>());
+    }
+}

@@ -963,15 +963,10 @@ impl RemoteService for Vault {
             out.sort_by_key(|x| x.0);
             Ok(out.into_iter().map(|(_, n, v)| (n, v)).collect())
         })?;
-        let mut keys = Vec::new();
+        let mut found = Vec::new();
         for (name, v) in datas {
             match v {
-                Ok(v) => match v.get("data").and_then(|d| me.describe(&name, d)) {
-                    Some(k) => keys.push(k),
-                    None => {
-                        tracing::debug!(backend = %me.name, key = %name, "key type not exposed")
-                    }
-                },
+                Ok(v) => found.push((name, v)),
                 // A listed key that is missing is not fatal; an unreachable Vault is.
                 Err(e) if e.rv() == CKR_KEY_HANDLE_INVALID => {
                     tracing::warn!(backend = %me.name, key = %name, "configured key does not exist")
@@ -979,7 +974,15 @@ impl RemoteService for Vault {
                 Err(e) => return Err(e),
             }
         }
-        Ok(keys)
+        // Describing reads (or, the first time, generates) each key's certificate: 8 at a time.
+        let described = runtime::par_map(found, 8, |(name, v)| {
+            let k = v.get("data").and_then(|d| me.describe(&name, d));
+            if k.is_none() {
+                tracing::debug!(backend = %me.name, key = %name, "key type not exposed");
+            }
+            k
+        });
+        Ok(described.into_iter().flatten().collect())
     }
 
     fn sign(&self, key: &RemoteKey, req: &SignRequest) -> Result<Vec<u8>> {

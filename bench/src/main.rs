@@ -384,22 +384,8 @@ impl Http {
             .get_mut()
             .write_all(req.as_bytes())
             .expect("write");
-        let mut len = 0usize;
-        let mut line = String::new();
-        loop {
-            line.clear();
-            self.stream.read_line(&mut line).expect("read");
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            if let Some(v) = l.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap_or(0);
-            }
-        }
-        let mut b = vec![0u8; len];
-        self.stream.read_exact(&mut b).expect("body");
-        String::from_utf8_lossy(&b).into_owned()
+        let (_, _, body) = read_message(&mut self.stream).expect("response");
+        String::from_utf8_lossy(&body).into_owned()
     }
 }
 
@@ -657,9 +643,11 @@ struct CountingProxy {
     counts: Arc<std::sync::Mutex<std::collections::BTreeMap<String, u64>>>,
 }
 
-fn read_message(r: &mut BufReader<TcpStream>) -> Option<(String, Vec<u8>)> {
-    let mut head = Vec::new();
+/// One HTTP/1.1 message: its first line, its raw bytes, and its body (Content-Length or chunked).
+fn read_message(r: &mut BufReader<TcpStream>) -> Option<(String, Vec<u8>, Vec<u8>)> {
+    let mut raw = Vec::new();
     let mut len = 0usize;
+    let mut chunked = false;
     let mut first = String::new();
     loop {
         let mut line = String::new();
@@ -669,19 +657,39 @@ fn read_message(r: &mut BufReader<TcpStream>) -> Option<(String, Vec<u8>)> {
         if first.is_empty() {
             first = line.trim_end().to_string();
         }
-        head.extend_from_slice(line.as_bytes());
-        let l = line.trim_end();
+        raw.extend_from_slice(line.as_bytes());
+        let l = line.trim_end().to_ascii_lowercase();
         if l.is_empty() {
             break;
         }
-        if let Some(v) = l.to_ascii_lowercase().strip_prefix("content-length:") {
+        if let Some(v) = l.strip_prefix("content-length:") {
             len = v.trim().parse().unwrap_or(0);
         }
+        if l.starts_with("transfer-encoding:") && l.contains("chunked") {
+            chunked = true;
+        }
     }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).ok()?;
-    head.extend_from_slice(&body);
-    Some((first, head))
+    let mut body = Vec::new();
+    if chunked {
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line).ok()?;
+            raw.extend_from_slice(line.as_bytes());
+            let size = usize::from_str_radix(line.trim().split(';').next()?, 16).ok()?;
+            let mut chunk = vec![0u8; size + 2];
+            r.read_exact(&mut chunk).ok()?;
+            raw.extend_from_slice(&chunk);
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    } else {
+        body = vec![0u8; len];
+        r.read_exact(&mut body).ok()?;
+        raw.extend_from_slice(&body);
+    }
+    Some((first, raw, body))
 }
 
 impl CountingProxy {
@@ -703,7 +711,7 @@ impl CountingProxy {
                     let mut up_w = up.try_clone().unwrap();
                     let mut down_r = BufReader::new(conn);
                     let mut up_r = BufReader::new(up);
-                    while let Some((first, req)) = read_message(&mut down_r) {
+                    while let Some((first, req, _)) = read_message(&mut down_r) {
                         let mut it = first.split_whitespace();
                         let method = it.next().unwrap_or("?").to_string();
                         let path = it.next().unwrap_or("");
@@ -721,7 +729,7 @@ impl CountingProxy {
                         if up_w.write_all(&req).is_err() {
                             return;
                         }
-                        let Some((_, resp)) = read_message(&mut up_r) else {
+                        let Some((_, resp, _)) = read_message(&mut up_r) else {
                             return;
                         };
                         if down_w.write_all(&resp).is_err() {
