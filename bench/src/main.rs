@@ -1036,13 +1036,13 @@ cert_cache_dir = "{certs}"
             "Vault C_Sign ECDSA P-256",
             "b-ec",
             "/v1/transit/sign/b-ec/sha2-256",
-            r#"{"input":"BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=","prehashed":true,"marshaling_algorithm":"jws"}"#,
+            r#"{"input":"BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=","prehashed":true,"marshaling_algorithm":"jws","key_version":1}"#,
         ),
         (
             "Vault C_Sign Ed25519",
             "b-ed",
             "/v1/transit/sign/b-ed",
-            r#"{"input":"BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc="}"#,
+            r#"{"input":"BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=","key_version":1}"#,
         ),
     ] {
         for threads in [1, 8, 32].into_iter().filter(|_| want("vault")) {
