@@ -244,7 +244,11 @@ mod tests {
         assert!(!e.enter(0, true, false));
         e.breakers[1].failure();
         assert!(e.all_down(&[0, 1], true));
-        assert_eq!(e.route(&[0, 1], true), vec![0, 1], "last resort: all, in order");
+        assert_eq!(
+            e.route(&[0, 1], true),
+            vec![0, 1],
+            "last resort: all, in order"
+        );
         assert!(e.enter(0, true, true));
         std::thread::sleep(Duration::from_millis(40));
         // Without a prober, a caller probes the endpoint that is due.

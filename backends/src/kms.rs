@@ -12,11 +12,11 @@
 //! for the idempotent calls, within the per-call deadline; `CreateKey`, `CreateAlias`, `DeleteAlias` and
 //! `ScheduleKeyDeletion` run with retries disabled.
 
+use crate::health::{Admit, Endpoints};
 use crate::remote::mech::{Hash, RsaPad, SignRequest};
 use crate::remote::{
     cert, der, Curve, GenerateKind, GenerateSpec, KeyMaterial, RemoteKey, RemoteService, Usage,
 };
-use crate::health::{Admit, Endpoints};
 use crate::{runtime, vendor, BuildContext, Error, OpKind, Result};
 use aws_sdk_kms::config::http::HttpResponse;
 use aws_sdk_kms::config::retry::RetryConfig;
@@ -188,10 +188,10 @@ fn health(f: &Fault) -> Health {
     }
 }
 
-/// A key reference (ARN) as it is named in `region`: the region part of a KMS ARN is replaced; key ids and
-/// aliases are the same in every region.
+/// A key reference as it is named in `region`: the region part of a multi-Region key's ARN is replaced (key ids
+/// and aliases are the same in every region; other keys live in one region and keep their ARN).
 fn in_region(key: &str, region: Option<&str>) -> String {
-    let Some(region) = region else {
+    let Some(region) = region.filter(|_| multi_region_key(key)) else {
         return key.to_string();
     };
     let parts: Vec<&str> = key.splitn(6, ':').collect();
@@ -213,7 +213,9 @@ fn arn_region(key: &str) -> Option<&str> {
 
 /// Whether a key reference names a multi-Region key (`mrk-` key id, bare or in an ARN).
 fn multi_region_key(key: &str) -> bool {
-    key.rsplit([':', '/']).next().is_some_and(|id| id.starts_with("mrk-"))
+    key.rsplit([':', '/'])
+        .next()
+        .is_some_and(|id| id.starts_with("mrk-"))
 }
 
 /// Maps a KMS fault to the `CK_RV` of a key operation (the README's error table). `bad_input` is what a
@@ -328,10 +330,7 @@ impl KmsService {
         }
         for (r, e) in &cfg.endpoints {
             if !cfg.regions.contains(r) {
-                return Err(cfg_err(
-                    name,
-                    format!("endpoints.{r}: not one of regions"),
-                ));
+                return Err(cfg_err(name, format!("endpoints.{r}: not one of regions")));
             }
             if !(e.starts_with("http://") || e.starts_with("https://")) {
                 return Err(cfg_err(
@@ -340,8 +339,7 @@ impl KmsService {
                 ));
             }
         }
-        if cfg.breaker_failures == 0 || cfg.breaker_cooldown_ms == 0 || cfg.probe_interval_ms == 0
-        {
+        if cfg.breaker_failures == 0 || cfg.breaker_cooldown_ms == 0 || cfg.probe_interval_ms == 0 {
             return Err(cfg_err(
                 name,
                 "breaker_failures: breaker_failures, breaker_cooldown_ms and probe_interval_ms must be > 0",
@@ -440,9 +438,11 @@ impl KmsService {
             Target::Any => all,
             Target::Only(i) => vec![i],
             Target::Key(k) if self.regions.len() == 1 || multi_region_key(k) => all,
-            Target::Key(k) => match arn_region(k)
-                .and_then(|r| self.regions.iter().position(|x| x.name.as_deref() == Some(r)))
-            {
+            Target::Key(k) => match arn_region(k).and_then(|r| {
+                self.regions
+                    .iter()
+                    .position(|x| x.name.as_deref() == Some(r))
+            }) {
                 Some(i) => vec![i],
                 None => all,
             },
@@ -496,9 +496,7 @@ impl KmsService {
             let region = self.regions[i].name.clone();
             let out = match tokio::time::timeout(share, f(c, region)).await {
                 Ok(r) => r,
-                Err(_) => Err(Fault::Unreachable(format!(
-                    "no answer within {share:?}"
-                ))),
+                Err(_) => Err(Fault::Unreachable(format!("no answer within {share:?}"))),
             };
             let b = &self.health.breakers[i];
             match out {
@@ -551,11 +549,7 @@ async fn probe_loop(w: std::sync::Weak<KmsService>) {
                 continue;
             }
             let c = s.client(i).await;
-            let r = tokio::time::timeout(
-                s.deadline(),
-                c.list_keys().limit(1).send(),
-            )
-            .await;
+            let r = tokio::time::timeout(s.deadline(), c.list_keys().limit(1).send()).await;
             let ok = match r {
                 Ok(Ok(_)) => true,
                 Ok(Err(e)) => health(&fault(e)) == Health::Answered,
@@ -725,7 +719,12 @@ impl Kms {
         let id = key.name.clone();
         let ct = ct.to_vec();
         self.call(Target::Key(&key.name), bad_input, move |c, r| {
-            let (id, ct, alg, ctx) = (in_region(&id, r.as_deref()), ct.clone(), alg.clone(), ctx.clone());
+            let (id, ct, alg, ctx) = (
+                in_region(&id, r.as_deref()),
+                ct.clone(),
+                alg.clone(),
+                ctx.clone(),
+            );
             async move {
                 let r = c
                     .decrypt()
@@ -1644,6 +1643,72 @@ mod tests {
             16
         );
         assert_eq!(key_id_bytes("something else").len(), 16);
+    }
+
+    #[test]
+    fn multi_region_arns_are_named_per_region() {
+        let arn = "arn:aws:kms:us-east-1:123456789012:key/mrk-1234abcd12ab34cd56ef1234567890ab";
+        assert_eq!(
+            in_region(arn, Some("us-west-2")),
+            "arn:aws:kms:us-west-2:123456789012:key/mrk-1234abcd12ab34cd56ef1234567890ab"
+        );
+        assert_eq!(in_region(arn, None), arn);
+        let single = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+        assert_eq!(in_region(single, Some("us-west-2")), single);
+        assert_eq!(in_region("alias/x", Some("us-west-2")), "alias/x");
+        assert_eq!(arn_region(arn), Some("us-east-1"));
+        assert!(multi_region_key("mrk-1234"));
+        assert!(!multi_region_key("alias/mrk"));
+        assert_eq!(
+            health(&Fault::Service(
+                "KMSInternalException".into(),
+                String::new(),
+                500
+            )),
+            Health::Down
+        );
+        assert_eq!(
+            health(&Fault::Service(
+                "ThrottlingException".into(),
+                String::new(),
+                400
+            )),
+            Health::Busy
+        );
+        assert_eq!(
+            health(&Fault::Service(
+                "NotFoundException".into(),
+                String::new(),
+                400
+            )),
+            Health::Answered
+        );
+        assert_eq!(health(&Fault::Unreachable("x".into())), Health::Down);
+    }
+
+    #[test]
+    fn regions_config_is_checked() {
+        let bad = |extra: &str| {
+            let t: toml::Table = toml::from_str(&format!(
+                "kind = \"aws-kms\"\nkeys = [\"alias/x\"]\n{extra}"
+            ))
+            .unwrap();
+            KmsService::from_config("k", &t, &BuildContext::default())
+                .err()
+                .map(|e| e.to_string())
+        };
+        assert!(bad("regions = [\"a\", \"b\"]\nregion = \"a\"")
+            .unwrap()
+            .contains("regions"));
+        assert!(bad("regions = [\"a\", \"a\"]").unwrap().contains("twice"));
+        assert!(bad("regions = [\"a\"]\nendpoint = \"http://x\"")
+            .unwrap()
+            .contains("endpoints"));
+        assert!(bad("regions = [\"a\"]\nendpoints = { b = \"http://x\" }")
+            .unwrap()
+            .contains("endpoints.b"));
+        assert!(bad("regions = [\"a\"]\nbreaker_failures = 0").is_some());
+        assert!(bad("regions = [\"a\", \"b\"]\nendpoints = { a = \"http://x\" }").is_none());
     }
 
     #[test]
