@@ -1,8 +1,13 @@
 //! The AWS KMS backend (`kind = "aws-kms"`).
 //!
 //! KMS keys become objects of the unified token through the shared remote layer; this file only says how to talk
-//! to KMS: one SDK client per backend (made on first use, inside the module's runtime, never in `C_Initialize`),
+//! to KMS: one SDK client per region (made on first use, inside the module's runtime, never in `C_Initialize`),
 //! key selection (a list of aliases / key ids / ARNs, or discovery with a tag filter), and the KMS calls.
+//!
+//! High availability: with `regions`, every call walks the regions whose breaker is closed (`health::Endpoints`)
+//! within one deadline, failing over on endpoint faults only; multi-Region keys are used in every region, other
+//! keys in their own; calls that create or delete go to one region and are never re-sent. A background prober
+//! closes the breakers of regions that answer again.
 //!
 //! TLS: the SDK's default HTTPS client is not used (it brings aws-lc-rs as a second rustls provider next to the
 //! ring one the crate already uses, and rustls refuses to pick between two without a process-wide default). The

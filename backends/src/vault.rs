@@ -2,7 +2,8 @@
 //!
 //! Transit keys become objects of the unified token through the shared remote layer; this file only says how to
 //! talk to Vault: authentication (token, AppRole, Kubernetes; renewal before expiry and one re-login after a 403),
-//! several addresses tried in order (HA), key discovery, and the transit calls. vaultrs does the logins and token
+//! several addresses (HA: the healthy ones in order, a circuit breaker and a background prober per address,
+//! standby redirects followed), key discovery, and the transit calls. vaultrs does the logins and token
 //! renewal; the transit calls it cannot express (`salt_length`, `prehashed`, `marshaling_algorithm`) go through the
 //! same HTTP client as raw requests.
 
@@ -419,7 +420,14 @@ impl VaultService {
             let addr = &self.addresses[idx];
             let breaker = &self.health.breakers[idx];
             let left = end.saturating_duration_since(tokio::time::Instant::now());
-            let node_end = tokio::time::Instant::now() + left / (route.len() - n) as u32;
+            // A request that must not be repeated is never re-sent after a timeout (the node may have done it): it
+            // gets all the time left.
+            let share = if idempotent {
+                left / (route.len() - n) as u32
+            } else {
+                left
+            };
+            let node_end = tokio::time::Instant::now() + share;
             let unwell = |why: String| {
                 if breaker.failure() {
                     tracing::warn!(backend = %self.name, address = %addr, "address unhealthy: breaker open");
@@ -459,6 +467,9 @@ impl VaultService {
                     }
                     Err(_) => {
                         last = unwell(format!("{addr}: no answer in time (timeout)"));
+                        if !idempotent {
+                            return Err(last);
+                        }
                         continue 'nodes;
                     }
                 };
