@@ -31,7 +31,7 @@ use std::sync::Arc;
 pub trait Backend: Send + Sync {
     /// The name of its config section.
     fn name(&self) -> &str;
-    /// The `kind` it was built from (`pkcs11`, `aws-kms`, `vault-transit`).
+    /// The `kind` it was built from (`pkcs11`, `pkcs11-ha`, `aws-kms`, `vault-transit`).
     fn kind(&self) -> &'static str;
     /// The token this backend contributes to a unified slot.
     fn token(&self) -> Result<Arc<dyn Token>>;
@@ -280,6 +280,17 @@ pub trait BackendSession: Send {
 /// Builds the backend of one `[backend.NAME]` section. This is the one place that knows every concrete backend.
 /// Errors name the key (`backend.NAME.KEY`) and the problem.
 pub fn build(name: &str, section: &toml::Table, ctx: &BuildContext) -> Result<Arc<dyn Backend>> {
+    build_with(name, section, &std::collections::BTreeMap::new(), ctx)
+}
+
+/// Like [`build`], with every `[backend.*]` section of the file at hand: a `pkcs11-ha` group builds its members from
+/// the sections it names.
+pub fn build_with(
+    name: &str,
+    section: &toml::Table,
+    all: &std::collections::BTreeMap<String, toml::Table>,
+    ctx: &BuildContext,
+) -> Result<Arc<dyn Backend>> {
     let kind = section
         .get("kind")
         .and_then(|v| v.as_str())
@@ -287,13 +298,16 @@ pub fn build(name: &str, section: &toml::Table, ctx: &BuildContext) -> Result<Ar
             Error::with(
                 CKR_GENERAL_ERROR,
                 format!(
-                    "backend.{name}.kind: missing (\"pkcs11\", \"aws-kms\" or \"vault-transit\")"
+                    "backend.{name}.kind: missing (\"pkcs11\", \"pkcs11-ha\", \"aws-kms\" or \"vault-transit\")"
                 ),
             )
         })?;
     match kind {
         "pkcs11" => Ok(Arc::new(pkcs11::UpstreamBackend::from_config(
             name, section, ctx,
+        )?)),
+        "pkcs11-ha" => Ok(Arc::new(pkcs11::ha::HaBackend::from_config(
+            name, section, all, ctx,
         )?)),
         "aws-kms" => {
             runtime::set_cant_create_threads(ctx.cant_create_threads);
@@ -316,7 +330,7 @@ pub fn build(name: &str, section: &toml::Table, ctx: &BuildContext) -> Result<Ar
         other => Err(Error::with(
             CKR_GENERAL_ERROR,
             format!(
-                "backend.{name}.kind: unknown kind \"{other}\" (expected \"pkcs11\", \"aws-kms\" or \"vault-transit\")"
+                "backend.{name}.kind: unknown kind \"{other}\" (expected \"pkcs11\", \"pkcs11-ha\", \"aws-kms\" or \"vault-transit\")"
             ),
         )),
     }
