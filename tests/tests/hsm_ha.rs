@@ -117,12 +117,6 @@ impl Setup {
     }
 }
 
-impl Drop for Setup {
-    fn drop(&mut self) {
-        self.kill_server();
-    }
-}
-
 fn setup() -> &'static Setup {
     static S: OnceLock<Setup> = OnceLock::new();
     S.get_or_init(|| {
@@ -336,9 +330,19 @@ fn signing_loop(
     })
 }
 
+/// Stops the p11-kit server when the test ends, passed or not (the setup is a static, never dropped).
+struct StopServer(&'static Setup);
+
+impl Drop for StopServer {
+    fn drop(&mut self) {
+        self.0.kill_server();
+    }
+}
+
 #[test]
 fn failover_and_recovery() {
     let st = setup();
+    let _stop = StopServer(st);
     let p = bridge();
     let s = session(p);
     let key = find_one(&s, "rsa-2048", ObjectClass::PRIVATE_KEY);
@@ -443,6 +447,7 @@ fn failover_and_recovery() {
         v.get(v.len() / 2).copied().unwrap_or_default()
     };
     let max_after = after_kill.iter().map(|o| o.took).max().unwrap_or_default();
+    let max_before = before_kill.iter().map(|o| o.took).max().unwrap_or_default();
     // The failover window: from the kill to the end of the call that met the dead primary first (it failed over
     // to the survivor inside the call); the bridge's log says when that happened.
     let detected = st
@@ -464,7 +469,7 @@ fn failover_and_recovery() {
     let a_after = spread(&at_kill, &down, "hsm_a");
     let b_after = spread(&at_kill, &down, "hsm_b");
     println!(
-        "failover: {} ops before the kill (median {typical:?}), {} after; failed ops: {failed} in all, \
+        "failover: {} ops before the kill (median {typical:?}, slowest {max_before:?}), {} after; failed ops: {failed} in all, \
          {failed_after_window} after the window; failover window {window:?} ({in_window} ops in it; the dead \
          primary met {detect_after:?} after the kill, the call that failed over took {:?}); slowest op after the kill {max_after:?}; routed after the kill: hsm_a {a_after}, hsm_b {b_after}; calls \
          that hit the dead primary: {}",

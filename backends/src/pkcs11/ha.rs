@@ -261,13 +261,13 @@ impl Group {
     /// Records a member failure; opening its breaker starts the prober.
     fn failed(&self, m: &Member, e: &Error) {
         if m.breaker.failure() {
-            tracing::warn!(target: T, group = %self.name, member = %m.name, error = %e, "member down: breaker open");
+            tracing::warn!(target: T, group = %self.name, member = %m.name, error = %e,
+                served = m.routed.load(SeqCst), "member down: breaker open");
             self.ensure_prober();
         }
     }
 
-    /// Members in the order to try them: from `start`, closed ones only; with `probe`, also those due for a probe
-    /// (when no prober thread does it).
+    /// Member positions from `start`, wrapping around.
     fn order(&self, start: usize) -> impl Iterator<Item = usize> + '_ {
         let n = self.members.len();
         (0..n).map(move |i| (start + i) % n)
@@ -337,7 +337,8 @@ impl Group {
             Ok(()) => {
                 m.epoch.fetch_add(1, SeqCst);
                 m.breaker.success();
-                tracing::info!(target: T, group = %self.name, member = %m.name, "member back: breaker closed");
+                tracing::info!(target: T, group = %self.name, member = %m.name,
+                    served = m.routed.load(SeqCst), "member back: breaker closed");
                 true
             }
             Err(e) => {
@@ -1275,4 +1276,55 @@ fn intern_found(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_failures_are_device_and_connection_errors() {
+        for rv in [
+            CKR_DEVICE_ERROR,
+            CKR_DEVICE_REMOVED,
+            CKR_TOKEN_NOT_PRESENT,
+            CKR_SESSION_HANDLE_INVALID,
+            CKR_SESSION_CLOSED,
+        ] {
+            assert!(is_member_failure(rv, false), "{}", crate::rv_name(rv));
+        }
+        for rv in [
+            CKR_GENERAL_ERROR,
+            CKR_KEY_HANDLE_INVALID,
+            CKR_DATA_LEN_RANGE,
+            CKR_MECHANISM_INVALID,
+            CKR_SIGNATURE_INVALID,
+        ] {
+            assert!(!is_member_failure(rv, true), "{}", crate::rv_name(rv));
+        }
+        assert!(is_member_failure(CKR_USER_NOT_LOGGED_IN, true));
+        assert!(!is_member_failure(CKR_USER_NOT_LOGGED_IN, false));
+    }
+
+    #[test]
+    fn only_pointer_free_parameters_are_replayed() {
+        assert!(replayable(&Mechanism::simple(CKM_SHA256_RSA_PKCS)).is_some());
+        let mut pss = CK_RSA_PKCS_PSS_PARAMS {
+            hashAlg: CKM_SHA256,
+            mgf: CKG_MGF1_SHA256,
+            sLen: 32,
+        };
+        let m = Mechanism::with_param(CKM_SHA256_RSA_PKCS_PSS, &mut pss);
+        let saved = replayable(&m).expect("PSS parameters hold no pointers");
+        let again = saved.get().unwrap();
+        assert_eq!(again.param::<CK_RSA_PKCS_PSS_PARAMS>().unwrap().sLen, 32);
+        let mut oaep = CK_RSA_PKCS_OAEP_PARAMS {
+            hashAlg: CKM_SHA_1,
+            mgf: CKG_MGF1_SHA1,
+            source: CKZ_DATA_SPECIFIED,
+            pSourceData: std::ptr::null_mut(),
+            ulSourceDataLen: 0,
+        };
+        assert!(replayable(&Mechanism::with_param(CKM_RSA_PKCS_OAEP, &mut oaep)).is_none());
+    }
 }
