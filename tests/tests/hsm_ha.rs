@@ -191,7 +191,10 @@ pin = "env:HSM_PIN"
             log: log.clone(),
             server: Mutex::new(None),
         };
-        s.start_server();
+        // HA_START_DOWN (set for a child process by `primary_down_at_initialize`): the primary is down at first.
+        if std::env::var_os("HA_START_DOWN").is_none() {
+            s.start_server();
+        }
         std::env::set_var(
             "P11_KIT_SERVER_ADDRESS",
             format!("unix:path={}", s.socket().display()),
@@ -212,7 +215,11 @@ fn bridge() -> &'static Pkcs11 {
     P.get_or_init(|| {
         let s = setup();
         let p = Pkcs11::new(s.dir.join("libp11bridge.so")).expect("load the bridge");
-        p.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        let mut flags = CInitializeFlags::OS_LOCKING_OK;
+        if std::env::var_os("HA_NO_THREADS").is_some() {
+            flags |= CInitializeFlags::LIBRARY_CANT_CREATE_OS_THREADS;
+        }
+        p.initialize(CInitializeArgs::new(flags))
             .expect("C_Initialize");
         p
     })
@@ -542,6 +549,75 @@ fn failover_and_recovery() {
     assert!(
         a3 >= 30 && b3 >= 30,
         "load not spread again: hsm_a {a3}, hsm_b {b3}"
+    );
+}
+
+/// The primary is down when the application calls `C_Initialize`: the group starts on the other member, and the
+/// primary joins once it is up — found by the prober thread, or, with `CKF_LIBRARY_CANT_CREATE_OS_THREADS`, by a
+/// call that probes it inline. Each case runs in a child process (one `C_Initialize` per process).
+#[test]
+fn primary_down_at_initialize() {
+    for no_threads in [false, true] {
+        let mut c = Command::new(std::env::current_exe().unwrap());
+        c.args(["--exact", "child_primary_down_at_initialize", "--nocapture"])
+            .env("HA_CHILD_DOWN", "1")
+            .env("HA_START_DOWN", "1");
+        if no_threads {
+            c.env("HA_NO_THREADS", "1");
+        }
+        let out = c.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("CHILD-OK"))
+            .unwrap_or_else(|| panic!("no_threads={no_threads}: child failed:\n{text}"));
+        assert!(out.status.success(), "{text}");
+        println!("primary down at C_Initialize (no_threads={no_threads}): {line}");
+    }
+}
+
+/// Helper of `primary_down_at_initialize` (does nothing unless run by it).
+#[test]
+fn child_primary_down_at_initialize() {
+    if std::env::var_os("HA_CHILD_DOWN").is_none() {
+        return;
+    }
+    let st = setup();
+    let _stop = StopServer(st);
+    let p = bridge();
+    let s = session(p);
+    let key = find_one(&s, "rsa-2048", ObjectClass::PRIVATE_KEY);
+    let public = find_one(&s, "rsa-2048", ObjectClass::PUBLIC_KEY);
+    let checker = Checker {
+        spki: spki(&s, public),
+        known: Mutex::new(HashMap::new()),
+    };
+    for i in 0..20 {
+        let m = msg(i);
+        let sig = s.sign(&Mechanism::Sha256RsaPkcs, key, &m).unwrap();
+        assert!(checker.check(&m, &sig));
+    }
+    let r = st.routed();
+    assert_eq!(r.get("hsm_a"), None, "the dead primary served: {r:?}");
+    assert_eq!(r.get("hsm_b"), Some(&20));
+    let started = Instant::now();
+    st.start_server();
+    let mut i = 0;
+    while !st.routed().contains_key("hsm_a") {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the primary never joined"
+        );
+        let m = msg(i);
+        let sig = s.sign(&Mechanism::Sha256RsaPkcs, key, &m).unwrap();
+        assert!(checker.check(&m, &sig));
+        i += 1;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!(
+        "CHILD-OK: 20 signs on hsm_b while hsm_a was down; hsm_a served {:?} after its server started",
+        started.elapsed()
     );
 }
 
