@@ -77,6 +77,11 @@ pub trait Token: Send + Sync {
 /// Every method returns the `CK_RV` the spec names for its failure.
 #[allow(unused_variables)]
 pub trait BackendSession: Send {
+    /// For a backend with several endpoints (an HA group): the endpoint that ran the last operation, named for the
+    /// audit trail.
+    fn served_by(&self) -> Option<&str> {
+        None
+    }
     /// `C_Login` with the caller's PIN (mirror slots).
     fn login(&mut self, user: CK_USER_TYPE, pin: Option<&[u8]>) -> Result<()> {
         Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED))

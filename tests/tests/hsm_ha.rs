@@ -108,6 +108,21 @@ impl Setup {
             .find(|t| *t >= after)
     }
 
+    /// Audit events of this kind, by the member that served them.
+    fn audited(&self, event: &str) -> HashMap<String, usize> {
+        let text = std::fs::read_to_string(self.dir.join("audit.jsonl")).unwrap_or_default();
+        let mut m = HashMap::new();
+        for l in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(l).expect("audit line is JSON");
+            if v["event"] == event && v["rv"] == "CKR_OK" {
+                assert_eq!(v["backend"], "hsm", "{l}");
+                let member = v["member"].as_str().unwrap_or("none").to_string();
+                *m.entry(member).or_insert(0) += 1;
+            }
+        }
+        m
+    }
+
     fn log_has(&self, what: &str) -> usize {
         std::fs::read_to_string(&self.log)
             .unwrap_or_default()
@@ -156,6 +171,7 @@ fn setup() -> &'static Setup {
         let so = dir.join("libp11bridge.so");
         std::fs::copy(bridge_so(), &so).expect("private copy of libp11bridge.so");
         let log = dir.join("bridge.log");
+        let audit = dir.join("audit.jsonl").display().to_string();
         let config = dir.join("p11bridge.toml");
         std::fs::write(
             &config,
@@ -165,6 +181,9 @@ fn setup() -> &'static Setup {
 label = "ha"
 user_pin = "env:P11BRIDGE_PIN"
 backends = ["hsm"]
+
+[audit]
+file = "{audit}"
 
 [backend.hsm]
 kind = "pkcs11-ha"
@@ -395,6 +414,11 @@ fn failover_and_recovery() {
         spread(&before, &after, "hsm_b"),
     );
     println!("load spreading, both healthy, 200 signs: hsm_a {a1}, hsm_b {b1}");
+    // The audit trail names the member that signed.
+    let audited = st.audited("sign");
+    println!("audit trail, sign events by member: {audited:?}");
+    assert_eq!(audited.get("hsm_a"), Some(&a1), "{audited:?}");
+    assert_eq!(audited.get("hsm_b"), Some(&b1), "{audited:?}");
     assert!(
         a1 >= 60 && b1 >= 60,
         "load not spread: hsm_a {a1}, hsm_b {b1}"

@@ -901,6 +901,7 @@ impl HaSession {
                 if let Some(o) = self.ops[kind as usize].as_mut() {
                     o.member = i;
                 }
+                self.last_op = Some(i);
                 Ok(v)
             }
             Err(e) => {
@@ -993,6 +994,9 @@ impl HaSession {
 }
 
 impl BackendSession for HaSession {
+    fn served_by(&self) -> Option<&str> {
+        self.last_op.map(|i| self.g.members[i].name.as_str())
+    }
     fn context_login_configured(&mut self) -> Result<()> {
         let i = self
             .last_op

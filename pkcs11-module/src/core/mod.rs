@@ -233,6 +233,25 @@ impl Module {
         rv: CK_RV,
         started: std::time::Instant,
     ) {
+        self.audit_served(
+            slot, event, member, None, object, mechanism, user, rv, started,
+        );
+    }
+
+    /// [`Module::audit`], naming the HA group member that served the operation.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn audit_served(
+        &self,
+        slot: &Slot,
+        event: &str,
+        member: Option<usize>,
+        served_by: Option<&str>,
+        object: Option<&audit::ObjectInfo>,
+        mechanism: Option<CK_MECHANISM_TYPE>,
+        user: Option<CK_USER_TYPE>,
+        rv: CK_RV,
+        started: std::time::Instant,
+    ) {
         if let Some(a) = &self.audit {
             let token = slot.audit_name();
             a.record(&audit::Event {
@@ -241,6 +260,7 @@ impl Module {
                 backend: member
                     .and_then(|m| slot.members.get(m))
                     .map(|m| m.name.as_str()),
+                member: served_by,
                 object,
                 mechanism,
                 user,
