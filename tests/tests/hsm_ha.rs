@@ -397,6 +397,41 @@ fn failover_and_recovery() {
         ])
         .unwrap();
     s.destroy_object(d).unwrap();
+    // A session key: made on the session's home member and used there (AES-CBC-PAD round trip).
+    let aes = s
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::Token(false),
+                Attribute::ValueLen(32.into()),
+                Attribute::Encrypt(true),
+                Attribute::Decrypt(true),
+            ],
+        )
+        .unwrap();
+    let ct = s
+        .encrypt(&Mechanism::AesCbcPad([7; 16]), aes, b"session key data")
+        .unwrap();
+    assert_eq!(
+        s.decrypt(&Mechanism::AesCbcPad([7; 16]), aes, &ct).unwrap(),
+        b"session key data"
+    );
+    let e = s
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[Attribute::Token(true), Attribute::ValueLen(32.into())],
+        )
+        .unwrap_err();
+    assert_eq!(
+        rv(e),
+        RvError::TemplateInconsistent,
+        "token keys are not made through the group"
+    );
+    // Group objects are not changed through the bridge (the members would drift apart).
+    let e = s
+        .update_attributes(public, &[Attribute::Label("renamed".into())])
+        .unwrap_err();
+    assert_eq!(rv(e), RvError::ActionProhibited);
 
     // 1. Both members healthy: load is spread.
     let before = st.routed();

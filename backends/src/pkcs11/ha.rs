@@ -821,7 +821,10 @@ impl HaSession {
     /// Where this session's own objects go: its home member, chosen (round-robin among healthy ones) on first use.
     fn home(&mut self) -> Result<usize> {
         if let Some(h) = self.home {
-            return Ok(h);
+            // A home member that is down is replaced (the objects made there are gone with it anyway).
+            if self.g.members[h].breaker.is_closed() {
+                return Ok(h);
+            }
         }
         let start = self.g.next_rr();
         let h = self
@@ -941,18 +944,29 @@ impl HaSession {
         keys: &[ObjRef],
         f: impl FnMut(&mut dyn BackendSession, &[CK_OBJECT_HANDLE]) -> Result<R>,
     ) -> Result<(usize, R)> {
-        let h = self.home()?;
-        // Shared keys are resolved on the home member; homed ones pin it (and must be on it).
+        // A key that lives on one member decides (it must be where the new object is made); else the home member,
+        // where shared keys are resolved.
+        let mut pinned = None;
         for k in keys {
             if let Some(kh) = self.g.home_of(*k)? {
-                if kh != h {
+                if pinned.is_some_and(|p| p != kh) {
                     return Err(Error::with(
                         CKR_KEY_HANDLE_INVALID,
-                        "the key lives on another member of the HA group",
+                        "the keys live on different members of the HA group",
                     ));
                 }
+                pinned = Some(kh);
             }
         }
+        let h = match pinned {
+            Some(kh) => {
+                if self.home.is_none() {
+                    self.home = Some(kh);
+                }
+                kh
+            }
+            None => self.home()?,
+        };
         let r = self.run_pinned(h, keys, f);
         if r.is_err() && !self.g.members[h].breaker.is_closed() {
             // The home member is down: the next object goes elsewhere.
@@ -969,6 +983,12 @@ impl HaSession {
     ) -> Result<(usize, R)> {
         let logged_in = self.g.logged_in();
         let g = self.g.clone();
+        if !g.usable(i, true) {
+            return Err(Error::with(
+                CKR_DEVICE_ERROR,
+                "the HA group member holding this object is down",
+            ));
+        }
         let r = (|| {
             let bs = self.member_session(i)?;
             let mut hs = Vec::new();
