@@ -439,6 +439,20 @@ impl Group {
         r
     }
 
+    /// Forgets the cached handles of the shared objects among `keys` on member `m`; whether there were any.
+    fn forget_cached(&self, keys: &[ObjRef], m: usize) -> bool {
+        let mut o = self.objects.write();
+        let mut any = false;
+        for k in keys {
+            if let Some(GObj::Shared { handles, .. }) = o.list.get_mut(*k as usize) {
+                if let Some(h) = handles.get_mut(m) {
+                    any |= h.take().is_some();
+                }
+            }
+        }
+        any
+    }
+
     /// The member an object lives on, if it is homed.
     fn home_of(&self, r: ObjRef) -> Result<Option<usize>> {
         match self.objects.read().list.get(r as usize) {
@@ -762,32 +776,30 @@ impl HaSession {
                         return Err(e);
                     }
                 };
-                let mut hs = Vec::with_capacity(keys.len());
-                let mut res = Ok(true);
-                for k in keys {
-                    match g.resolve(*k, i, bs) {
-                        Ok(Some(h)) => hs.push(h),
-                        Ok(None) => {
-                            res = Ok(false);
-                            break;
-                        }
+                let mut r = None;
+                // A cached handle the member no longer knows (the key was re-created there out of band) is looked up
+                // again, once.
+                for attempt in 0..2 {
+                    let hs = match resolve_all(&g, keys, i, bs) {
+                        Ok(Some(hs)) => hs,
+                        Ok(None) => break,
                         Err(e) => {
-                            res = Err(e);
+                            r = Some(Err(e));
                             break;
                         }
+                    };
+                    g.members[i].routed.fetch_add(1, SeqCst);
+                    let out = f(bs, &hs);
+                    let stale = matches!(&out, Err(e) if matches!(e.rv(), CKR_KEY_HANDLE_INVALID | CKR_OBJECT_HANDLE_INVALID));
+                    r = Some(out);
+                    if !(stale && attempt == 0 && g.forget_cached(keys, i)) {
+                        break;
                     }
                 }
-                let r = match res {
-                    Ok(true) => {
-                        g.members[i].routed.fetch_add(1, SeqCst);
-                        f(bs, &hs)
-                    }
-                    Ok(false) => {
-                        // This member does not hold the key: not its fault, try the next.
-                        missing = true;
-                        continue;
-                    }
-                    Err(e) => Err(e),
+                let Some(r) = r else {
+                    // This member does not hold the key: not its fault, try the next.
+                    missing = true;
+                    continue;
                 };
                 match r {
                     Ok(v) => return Ok((i, v)),
@@ -1250,6 +1262,23 @@ impl BackendSession for HaSession {
         self.routed("random", None, i);
         Ok(())
     }
+}
+
+/// The handles of `keys` on member `i`; `None` if it does not hold one of them.
+fn resolve_all(
+    g: &Group,
+    keys: &[ObjRef],
+    i: usize,
+    bs: &mut dyn BackendSession,
+) -> Result<Option<Vec<CK_OBJECT_HANDLE>>> {
+    let mut hs = Vec::with_capacity(keys.len());
+    for k in keys {
+        match g.resolve(*k, i, bs)? {
+            Some(h) => hs.push(h),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(hs))
 }
 
 /// Interns what a search on member `i` found: token objects with a `CKA_ID` as group objects, the rest homed on `i`.
