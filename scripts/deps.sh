@@ -5,7 +5,8 @@ set -euo pipefail
 
 need_pkgs=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for p in softhsm2 opensc openssl procps; do
+# p11-kit + p11-kit-modules: `p11-kit server` and p11-kit-client.so, the killable HSM member of tests/tests/hsm_ha.rs.
+for p in softhsm2 opensc openssl procps p11-kit p11-kit-modules; do
     have "$p" || need_pkgs+=("$p")
 done
 

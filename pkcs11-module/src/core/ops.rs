@@ -69,10 +69,15 @@ impl Module {
     ) {
         if let Some((info, mech)) = inner.audit_ops[kind as usize].take() {
             let rv = r.as_ref().map_or_else(|e| e.rv(), |_| CKR_OK);
-            self.audit(
+            let served_by = inner
+                .member(slot, false, pos)
+                .ok()
+                .and_then(|bs| bs.served_by().map(str::to_owned));
+            self.audit_served(
                 slot,
                 kind_event(kind),
                 Some(pos),
+                served_by.as_deref(),
                 Some(&info),
                 Some(mech),
                 None,
