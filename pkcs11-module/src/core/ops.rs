@@ -504,6 +504,7 @@ impl Module {
             Some(_) => super::objects::named_member(slot, t)?,
             None => None,
         };
+        super::keycheck::check(&t, None)?;
         let passed = Passed::new(t);
         let st = passed.get();
         let mut inner = s.lock();
