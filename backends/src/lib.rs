@@ -16,6 +16,7 @@ pub mod pkcs11;
 pub mod remote;
 pub mod runtime;
 pub mod secret;
+pub mod testpanic;
 pub mod types;
 pub mod vault;
 pub mod vendor;
@@ -332,6 +333,10 @@ pub fn build_with(
                 Arc::new(svc),
             )))
         }
+        // Tests only (panic containment): unknown unless P11BRIDGE_ENABLE_TEST_BACKENDS=1.
+        "test-panic" if testpanic::enabled() => Ok(Arc::new(testpanic::PanicBackend::from_config(
+            name, section,
+        )?)),
         other => Err(Error::with(
             CKR_GENERAL_ERROR,
             format!(

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod config;
 mod emulate;
 pub mod handles;
+mod keycheck;
 mod objects;
 mod ops;
 mod session;
