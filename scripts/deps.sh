@@ -5,9 +5,12 @@ set -euo pipefail
 
 need_pkgs=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for p in softhsm2 opensc openssl procps; do
+# p11-kit + p11-kit-modules: `p11-kit server` and p11-kit-client.so, the killable HSM member of tests/tests/hsm_ha.rs.
+for p in softhsm2 opensc openssl procps p11-kit p11-kit-modules; do
     have "$p" || need_pkgs+=("$p")
 done
+# A C++ compiler: libfuzzer-sys builds libFuzzer for the fuzz suite (conformance/fuzz/).
+command -v c++ >/dev/null 2>&1 || need_pkgs+=(g++)
 
 if ((${#need_pkgs[@]})); then
     echo "deps: installing ${need_pkgs[*]}" >&2
@@ -39,3 +42,10 @@ command -v cargo >/dev/null 2>&1 || {
 for c in rustfmt clippy; do
     cargo "${c/rustfmt/fmt}" --version >/dev/null 2>&1 || rustup component add "$c" >&2 || true
 done
+
+# cargo-fuzz, for the fuzz suite (conformance/fuzz/run.sh; its nightly flags work on the stable toolchain through
+# RUSTC_BOOTSTRAP=1, no nightly toolchain is needed). Installed once; a present cargo-fuzz is left alone.
+if ! command -v cargo-fuzz >/dev/null 2>&1 && [[ ! -x $HOME/.cargo/bin/cargo-fuzz ]]; then
+    echo "deps: cargo install cargo-fuzz --locked" >&2
+    cargo install cargo-fuzz --locked >&2
+fi

@@ -114,6 +114,88 @@ impl Breaker {
     }
 }
 
+/// The breakers of one backend's endpoints (in preference order) and the pid stamp of its background prober.
+///
+/// Routing: a call uses the endpoints believed healthy, in order. With a background prober (worker threads), that
+/// means *closed* breakers only: an open endpoint is probed by the prober, never on a caller's time. Without one
+/// (`CKF_LIBRARY_CANT_CREATE_OS_THREADS`), a caller whose turn comes to an endpoint due for a probe is the probe
+/// ([`Breaker::admit`]). When no endpoint is usable, every one is tried in order (last resort): an outage of all of
+/// them costs what it cost without breakers, and the first to answer closes its breaker.
+#[derive(Debug)]
+pub struct Endpoints {
+    pub breakers: Vec<Breaker>,
+    /// `(pid, running)`: whether this process has a prober (`None`: not tried yet).
+    prober: Mutex<Option<(u32, bool)>>,
+}
+
+impl Endpoints {
+    pub fn new(n: usize, threshold: u32, cooldown: Duration) -> Self {
+        Endpoints {
+            breakers: (0..n).map(|_| Breaker::new(threshold, cooldown)).collect(),
+            prober: Mutex::new(None),
+        }
+    }
+
+    /// The endpoints (indexes among `among`, kept in that order) a call should try; never empty if `among` is not.
+    pub fn route(&self, among: &[usize], background: bool) -> Vec<usize> {
+        let usable: Vec<usize> = among
+            .iter()
+            .copied()
+            .filter(|&i| {
+                self.breakers
+                    .get(i)
+                    .is_some_and(|b| b.is_closed() || (!background && b.probe_due()))
+            })
+            .collect();
+        if usable.is_empty() {
+            among.to_vec()
+        } else {
+            usable
+        }
+    }
+
+    /// Called when a call's turn comes to endpoint `i`: whether to use it. Closed → yes. Without a prober, an open
+    /// endpoint due for a probe admits this caller as the probe. `last_resort`: the route had no usable endpoint,
+    /// every one is tried.
+    pub fn enter(&self, i: usize, background: bool, last_resort: bool) -> bool {
+        let Some(b) = self.breakers.get(i) else {
+            return false;
+        };
+        if last_resort || b.is_closed() {
+            return true;
+        }
+        !background && b.admit() != Admit::No
+    }
+
+    /// Whether every endpoint in `among` is unusable (the route is the last resort).
+    pub fn all_down(&self, among: &[usize], background: bool) -> bool {
+        !among.iter().any(|&i| {
+            self.breakers
+                .get(i)
+                .is_some_and(|b| b.is_closed() || (!background && b.probe_due()))
+        })
+    }
+
+    /// Makes sure this process has a background prober: `start` spawns one and says whether it could (no worker
+    /// threads → `false`). Tried once per process (after `fork()` the parent's prober is gone: a new one is
+    /// started in the child). Returns whether a prober runs.
+    pub fn ensure_prober(&self, start: impl FnOnce() -> bool) -> bool {
+        let me = std::process::id();
+        // A lock inherited locked through fork() must not hang the child.
+        let Some(mut g) = self.prober.try_lock_for(Duration::from_secs(1)) else {
+            return false;
+        };
+        match *g {
+            Some((pid, running)) if pid == me => running,
+            _ => {
+                let running = start();
+                *g = Some((me, running));
+                running
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,5 +233,36 @@ mod tests {
         assert!(b.is_closed());
         assert!(b.failure());
         assert!(!b.is_closed());
+    }
+
+    #[test]
+    fn routes_around_open_endpoints() {
+        let e = Endpoints::new(2, 1, Duration::from_millis(30));
+        assert_eq!(e.route(&[0, 1], true), vec![0, 1]);
+        e.breakers[0].failure();
+        assert_eq!(e.route(&[0, 1], true), vec![1]);
+        assert!(!e.enter(0, true, false));
+        e.breakers[1].failure();
+        assert!(e.all_down(&[0, 1], true));
+        assert_eq!(
+            e.route(&[0, 1], true),
+            vec![0, 1],
+            "last resort: all, in order"
+        );
+        assert!(e.enter(0, true, true));
+        std::thread::sleep(Duration::from_millis(40));
+        // Without a prober, a caller probes the endpoint that is due.
+        assert_eq!(e.route(&[0, 1], false), vec![0, 1]);
+        assert!(e.enter(0, false, false));
+        assert!(!e.enter(0, false, false), "one probe at a time");
+        e.breakers[0].success();
+        assert_eq!(e.route(&[0, 1], true), vec![0]);
+        let mut n = 0;
+        assert!(e.ensure_prober(|| {
+            n += 1;
+            true
+        }));
+        assert!(e.ensure_prober(|| unreachable!()));
+        assert_eq!(n, 1);
     }
 }

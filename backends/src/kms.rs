@@ -1,8 +1,13 @@
 //! The AWS KMS backend (`kind = "aws-kms"`).
 //!
 //! KMS keys become objects of the unified token through the shared remote layer; this file only says how to talk
-//! to KMS: one SDK client per backend (made on first use, inside the module's runtime, never in `C_Initialize`),
+//! to KMS: one SDK client per region (made on first use, inside the module's runtime, never in `C_Initialize`),
 //! key selection (a list of aliases / key ids / ARNs, or discovery with a tag filter), and the KMS calls.
+//!
+//! High availability: with `regions`, every call walks the regions whose breaker is closed (`health::Endpoints`)
+//! within one deadline, failing over on endpoint faults only; multi-Region keys are used in every region, other
+//! keys in their own; calls that create or delete go to one region and are never re-sent. A background prober
+//! closes the breakers of regions that answer again.
 //!
 //! TLS: the SDK's default HTTPS client is not used (it brings aws-lc-rs as a second rustls provider next to the
 //! ring one the crate already uses, and rustls refuses to pick between two without a process-wide default). The
@@ -12,11 +17,13 @@
 //! for the idempotent calls, within the per-call deadline; `CreateKey`, `CreateAlias`, `DeleteAlias` and
 //! `ScheduleKeyDeletion` run with retries disabled.
 
+use crate::health::{Admit, Endpoints};
 use crate::remote::mech::{Hash, RsaPad, SignRequest};
 use crate::remote::{
     cert, der, Curve, GenerateKind, GenerateSpec, KeyMaterial, RemoteKey, RemoteService, Usage,
 };
 use crate::{runtime, vendor, BuildContext, Error, OpKind, Result};
+use aws_sdk_kms::config::http::HttpResponse;
 use aws_sdk_kms::config::retry::RetryConfig;
 use aws_sdk_kms::config::timeout::TimeoutConfig;
 use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
@@ -42,8 +49,22 @@ struct Config {
     kind: String,
     /// AWS region; else the standard chain (`AWS_REGION`, profile).
     region: Option<String>,
+    /// Several regions (multi-Region keys: the same key id in each), in order of preference. Excludes `region`.
+    #[serde(default)]
+    regions: Vec<String>,
     /// Endpoint URL (VPC endpoint, FIPS endpoint, emulator).
     endpoint: Option<String>,
+    /// With `regions`: an endpoint URL per region (regions not named use the standard endpoint).
+    #[serde(default)]
+    endpoints: BTreeMap<String, String>,
+    /// Circuit breaker per region: consecutive endpoint failures that open it, how long it stays open before a
+    /// probe, and how often the background prober looks (milliseconds).
+    #[serde(default = "default_breaker_failures")]
+    breaker_failures: u32,
+    #[serde(default = "default_breaker_cooldown_ms")]
+    breaker_cooldown_ms: u64,
+    #[serde(default = "default_probe_interval_ms")]
+    probe_interval_ms: u64,
     /// Shared config/credentials profile.
     profile: Option<String>,
     /// A role to assume (STS `AssumeRole`) with the chain's credentials.
@@ -90,6 +111,15 @@ fn default_connect_timeout_ms() -> u64 {
 fn default_max_attempts() -> u32 {
     4
 }
+fn default_breaker_failures() -> u32 {
+    3
+}
+fn default_breaker_cooldown_ms() -> u64 {
+    5_000
+}
+fn default_probe_interval_ms() -> u64 {
+    1_000
+}
 fn default_ttl() -> u64 {
     300
 }
@@ -109,22 +139,88 @@ fn cfg_err(name: &str, msg: impl std::fmt::Display) -> Error {
 enum Fault {
     /// No answer: connect failure, timeout, I/O error, credentials that could not be loaded.
     Unreachable(String),
-    /// A KMS error (`__type` code and message).
-    Service(String, String),
+    /// A KMS error (`__type` code, message and HTTP status).
+    Service(String, String, u16),
 }
 
-fn fault<E, R>(e: SdkError<E, R>) -> Fault
+fn fault<E>(e: SdkError<E, HttpResponse>) -> Fault
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
 {
     match &e {
         SdkError::ServiceError(_) => Fault::Service(
             e.code().unwrap_or("Unknown").to_string(),
             e.message().unwrap_or("").to_string(),
+            e.raw_response().map_or(0, |r| r.status().as_u16()),
         ),
         _ => Fault::Unreachable(DisplayErrorContext(&e).to_string()),
     }
+}
+
+/// What a fault says about the region that gave it.
+#[derive(Debug, PartialEq, Eq)]
+enum Health {
+    /// The region is unwell (no answer, 5xx, KMS internal errors): counts against its breaker, the call fails over.
+    Down,
+    /// Throttled after the retries: the call fails over, the breaker does not count it (a rate, not an outage).
+    Busy,
+    /// A real answer (access denied, no such key, bad input…): the region is fine and the answer stands.
+    Answered,
+}
+
+fn health(f: &Fault) -> Health {
+    match f {
+        Fault::Unreachable(_) => Health::Down,
+        Fault::Service(code, _, status) => {
+            if code == "ThrottlingException" || *status == 429 {
+                Health::Busy
+            } else if *status >= 500
+                || matches!(
+                    code.as_str(),
+                    "KMSInternalException"
+                        | "DependencyTimeoutException"
+                        | "KeyUnavailableException"
+                        | "InternalFailure"
+                        | "ServiceUnavailable"
+                        | "ServiceUnavailableException"
+                )
+            {
+                Health::Down
+            } else {
+                Health::Answered
+            }
+        }
+    }
+}
+
+/// A key reference as it is named in `region`: the region part of a multi-Region key's ARN is replaced (key ids
+/// and aliases are the same in every region; other keys live in one region and keep their ARN).
+fn in_region(key: &str, region: Option<&str>) -> String {
+    let Some(region) = region.filter(|_| multi_region_key(key)) else {
+        return key.to_string();
+    };
+    let parts: Vec<&str> = key.splitn(6, ':').collect();
+    if parts.len() == 6 && parts[0] == "arn" && parts[2] == "kms" {
+        format!(
+            "{}:{}:{}:{region}:{}:{}",
+            parts[0], parts[1], parts[2], parts[4], parts[5]
+        )
+    } else {
+        key.to_string()
+    }
+}
+
+/// The region of a KMS ARN.
+fn arn_region(key: &str) -> Option<&str> {
+    let parts: Vec<&str> = key.splitn(6, ':').collect();
+    (parts.len() == 6 && parts[0] == "arn" && parts[2] == "kms").then(|| parts[3])
+}
+
+/// Whether a key reference names a multi-Region key (`mrk-` key id, bare or in an ARN).
+fn multi_region_key(key: &str) -> bool {
+    key.rsplit([':', '/'])
+        .next()
+        .is_some_and(|id| id.starts_with("mrk-"))
 }
 
 /// Maps a KMS fault to the `CK_RV` of a key operation (the README's error table). `bad_input` is what a
@@ -134,7 +230,7 @@ fn map_fault(backend: &str, f: Fault, bad_input: CK_RV) -> Error {
         Fault::Unreachable(m) => {
             Error::with(CKR_DEVICE_ERROR, format!("{backend}: unreachable: {m}"))
         }
-        Fault::Service(code, m) => {
+        Fault::Service(code, m, _) => {
             let rv = match code.as_str() {
                 "AccessDeniedException" => CKR_KEY_FUNCTION_NOT_PERMITTED,
                 "InvalidKeyUsageException" | "IncorrectKeyException" => {
@@ -159,11 +255,34 @@ fn map_fault(backend: &str, f: Fault, bad_input: CK_RV) -> Error {
     }
 }
 
+/// One region the backend may send calls to.
+struct Region {
+    /// `None`: the standard chain's region (a single-region configuration without `region`).
+    name: Option<String>,
+    endpoint: Option<String>,
+    /// Its client, made on first use (and again in a forked child: its pool is the parent's).
+    client: tokio::sync::Mutex<Option<(u32, Client)>>,
+}
+
+/// Where a call may go.
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    /// Any region (idempotent calls that name no key, e.g. GenerateRandom, ListKeys).
+    Any,
+    /// The regions holding this key (idempotent key operations): every region for a multi-Region key, else the
+    /// region of its ARN.
+    Key(&'a str),
+    /// Exactly this region, once (calls that create or delete something: never re-sent elsewhere).
+    Only(usize),
+}
+
 pub struct KmsService {
     name: String,
     cfg: Config,
-    /// The client, made on first use (and again in a forked child: its pool is the parent's).
-    client: tokio::sync::Mutex<Option<(u32, Client)>>,
+    /// In order of preference; one entry for a single-region configuration.
+    regions: Vec<Region>,
+    /// A circuit breaker per region.
+    health: Endpoints,
     /// Keys created through the bridge while it runs (added to a configured `keys` list).
     created: parking_lot::Mutex<Vec<String>>,
     cert_dir: Option<PathBuf>,
@@ -191,6 +310,45 @@ impl KmsService {
         }
         if cfg.region.as_deref() == Some("") {
             return Err(cfg_err(name, "region: empty"));
+        }
+        if !cfg.regions.is_empty() {
+            if cfg.region.is_some() {
+                return Err(cfg_err(
+                    name,
+                    "regions: give either region or regions, not both",
+                ));
+            }
+            if cfg.endpoint.is_some() {
+                return Err(cfg_err(
+                    name,
+                    "endpoint: with regions, give endpoints = { \"REGION\" = \"URL\", ... }",
+                ));
+            }
+            for (i, r) in cfg.regions.iter().enumerate() {
+                if r.is_empty() || cfg.regions[..i].contains(r) {
+                    return Err(cfg_err(
+                        name,
+                        format!("regions: \"{r}\" is empty or listed twice"),
+                    ));
+                }
+            }
+        }
+        for (r, e) in &cfg.endpoints {
+            if !cfg.regions.contains(r) {
+                return Err(cfg_err(name, format!("endpoints.{r}: not one of regions")));
+            }
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return Err(cfg_err(
+                    name,
+                    format!("endpoints.{r}: \"{e}\" is not an http(s) URL"),
+                ));
+            }
+        }
+        if cfg.breaker_failures == 0 || cfg.breaker_cooldown_ms == 0 || cfg.probe_interval_ms == 0 {
+            return Err(cfg_err(
+                name,
+                "breaker_failures: breaker_failures, breaker_cooldown_ms and probe_interval_ms must be > 0",
+            ));
         }
         if cfg.timeout_ms == 0 || cfg.connect_timeout_ms == 0 {
             return Err(cfg_err(name, "timeout_ms: must be > 0"));
@@ -221,10 +379,32 @@ impl KmsService {
                 .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
                 .map(|d| d.join("p11bridge"))
         });
+        let regions: Vec<Region> = if cfg.regions.is_empty() {
+            vec![Region {
+                name: cfg.region.clone(),
+                endpoint: cfg.endpoint.clone(),
+                client: tokio::sync::Mutex::new(None),
+            }]
+        } else {
+            cfg.regions
+                .iter()
+                .map(|r| Region {
+                    name: Some(r.clone()),
+                    endpoint: cfg.endpoints.get(r).cloned(),
+                    client: tokio::sync::Mutex::new(None),
+                })
+                .collect()
+        };
+        let health = Endpoints::new(
+            regions.len(),
+            cfg.breaker_failures,
+            Duration::from_millis(cfg.breaker_cooldown_ms),
+        );
         Ok(KmsService {
             name: name.to_string(),
             cfg,
-            client: tokio::sync::Mutex::new(None),
+            regions,
+            health,
             created: parking_lot::Mutex::new(Vec::new()),
             cert_dir,
         })
@@ -234,18 +414,160 @@ impl KmsService {
         Duration::from_millis(self.cfg.timeout_ms)
     }
 
-    /// The backend's one client (connection pool and credential cache shared by every session).
-    async fn client(&self) -> Client {
+    /// The client of region `i` (connection pool and credential cache shared by every session).
+    async fn client(&self, i: usize) -> Client {
         let me = std::process::id();
-        let mut g = self.client.lock().await;
+        let r = &self.regions[i.min(self.regions.len() - 1)];
+        let mut g = r.client.lock().await;
         if let Some((pid, c)) = g.as_ref() {
             if *pid == me {
                 return c.clone();
             }
         }
-        let c = build_client(&self.cfg).await;
+        let c = build_client(&self.cfg, r.name.as_deref(), r.endpoint.as_deref()).await;
         *g = Some((me, c.clone()));
         c
+    }
+
+    fn region_name(&self, i: usize) -> &str {
+        self.regions
+            .get(i)
+            .and_then(|r| r.name.as_deref())
+            .unwrap_or("default")
+    }
+
+    /// The regions a call may go to, in order of preference.
+    fn candidates(&self, target: Target<'_>) -> Vec<usize> {
+        let all: Vec<usize> = (0..self.regions.len()).collect();
+        match target {
+            Target::Any => all,
+            Target::Only(i) => vec![i],
+            Target::Key(k) if self.regions.len() == 1 || multi_region_key(k) => all,
+            Target::Key(k) => match arn_region(k).and_then(|r| {
+                self.regions
+                    .iter()
+                    .position(|x| x.name.as_deref() == Some(r))
+            }) {
+                Some(i) => vec![i],
+                None => all,
+            },
+        }
+    }
+
+    /// The region calls that create or delete something go to: the first healthy one.
+    fn home(&self, background: bool) -> usize {
+        let all: Vec<usize> = (0..self.regions.len()).collect();
+        self.health.route(&all, background)[0]
+    }
+
+    /// Starts the background prober of this process if there are several regions. `true` if one runs (callers
+    /// then never probe an open region themselves).
+    fn background(self: &Arc<Self>) -> bool {
+        if self.regions.len() < 2 {
+            return false;
+        }
+        let w = Arc::downgrade(self);
+        self.health
+            .ensure_prober(move || runtime::spawn_background(probe_loop(w)))
+    }
+
+    /// Runs `f` in the regions `target` allows, within one deadline: the healthy regions in order, each attempt
+    /// capped at an equal share of the time left (the last gets all of it), failing over on endpoint faults only.
+    async fn failover<T, F, Fut>(
+        self: Arc<Self>,
+        target_regions: Vec<usize>,
+        background: bool,
+        deadline: Duration,
+        f: F,
+    ) -> std::result::Result<T, Fault>
+    where
+        F: Fn(Client, Option<String>) -> Fut,
+        Fut: Future<Output = std::result::Result<T, Fault>>,
+    {
+        let end = tokio::time::Instant::now() + deadline;
+        let last_resort = self.health.all_down(&target_regions, background);
+        let route = self.health.route(&target_regions, background);
+        let mut last = Fault::Unreachable("no region available".into());
+        for (n, &i) in route.iter().enumerate() {
+            if !self.health.enter(i, background, last_resort) {
+                continue;
+            }
+            let left = end.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let share = left / (route.len() - n) as u32;
+            let c = self.client(i).await;
+            let region = self.regions[i].name.clone();
+            let out = match tokio::time::timeout(share, f(c, region)).await {
+                Ok(r) => r,
+                Err(_) => Err(Fault::Unreachable(format!("no answer within {share:?}"))),
+            };
+            let b = &self.health.breakers[i];
+            match out {
+                Ok(v) => {
+                    if !b.is_closed() {
+                        tracing::info!(backend = %self.name, region = %self.region_name(i), "region healthy again");
+                    }
+                    b.success();
+                    return Ok(v);
+                }
+                Err(f) => match health(&f) {
+                    Health::Answered => {
+                        b.success();
+                        return Err(f);
+                    }
+                    h => {
+                        if h == Health::Down && b.failure() {
+                            tracing::warn!(backend = %self.name, region = %self.region_name(i), "region unhealthy: breaker open");
+                        }
+                        if route.len() > 1 {
+                            tracing::debug!(backend = %self.name, region = %self.region_name(i), fault = ?f, "failing over");
+                        }
+                        last = f;
+                    }
+                },
+            }
+        }
+        Err(last)
+    }
+}
+
+/// The background prober of a multi-region backend: every `probe_interval_ms`, each region whose breaker is due
+/// for a probe gets one cheap call (`ListKeys` with `Limit=1`); an answer closes its breaker, so calls return to it.
+/// Ends when the backend is gone (`C_Finalize`).
+async fn probe_loop(w: std::sync::Weak<KmsService>) {
+    loop {
+        let Some(interval) = w
+            .upgrade()
+            .map(|s| Duration::from_millis(s.cfg.probe_interval_ms))
+        else {
+            return;
+        };
+        tokio::time::sleep(interval).await;
+        let Some(s) = w.upgrade() else {
+            return;
+        };
+        for i in 0..s.regions.len() {
+            let b = &s.health.breakers[i];
+            if !b.probe_due() || b.admit() != Admit::Probe {
+                continue;
+            }
+            let c = s.client(i).await;
+            let r = tokio::time::timeout(s.deadline(), c.list_keys().limit(1).send()).await;
+            let ok = match r {
+                Ok(Ok(_)) => true,
+                Ok(Err(e)) => health(&fault(e)) == Health::Answered,
+                Err(_) => false,
+            };
+            if ok {
+                b.success();
+                tracing::info!(backend = %s.name, region = %s.region_name(i), "probe answered: region healthy again");
+            } else {
+                b.failure();
+                tracing::debug!(backend = %s.name, region = %s.region_name(i), "probe failed: region still down");
+            }
+        }
     }
 }
 
@@ -259,7 +581,7 @@ pub fn http_client() -> aws_sdk_kms::config::SharedHttpClient {
         .build_https()
 }
 
-async fn build_client(cfg: &Config) -> Client {
+async fn build_client(cfg: &Config, region: Option<&str>, endpoint: Option<&str>) -> Client {
     let timeouts = TimeoutConfig::builder()
         .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
         .operation_timeout(Duration::from_millis(cfg.timeout_ms))
@@ -273,15 +595,15 @@ async fn build_client(cfg: &Config) -> Client {
         .http_client(http_client())
         .retry_config(retry)
         .timeout_config(timeouts);
-    if let Some(r) = &cfg.region {
-        loader = loader.region(aws_config::Region::new(r.clone()));
+    if let Some(r) = region {
+        loader = loader.region(aws_config::Region::new(r.to_string()));
     }
     if let Some(p) = &cfg.profile {
         loader = loader.profile_name(p);
     }
     let conf = loader.load().await;
     let mut b = aws_sdk_kms::config::Builder::from(&conf);
-    if let Some(e) = &cfg.endpoint {
+    if let Some(e) = endpoint {
         b = b.endpoint_url(e);
     }
     if let Some(role) = &cfg.role_arn {
@@ -401,35 +723,49 @@ impl Kms {
     ) -> Result<Zeroizing<Vec<u8>>> {
         let id = key.name.clone();
         let ct = ct.to_vec();
-        self.call(bad_input, move |c| async move {
-            let r = c
-                .decrypt()
-                .key_id(id)
-                .ciphertext_blob(Blob::new(ct))
-                .set_encryption_algorithm(alg)
-                .set_encryption_context(ctx)
-                .send()
-                .await
-                .map_err(fault)?;
-            Ok(Zeroizing::new(
-                r.plaintext()
-                    .map(|b| b.as_ref().to_vec())
-                    .unwrap_or_default(),
-            ))
+        self.call(Target::Key(&key.name), bad_input, move |c, r| {
+            let (id, ct, alg, ctx) = (
+                in_region(&id, r.as_deref()),
+                ct.clone(),
+                alg.clone(),
+                ctx.clone(),
+            );
+            async move {
+                let r = c
+                    .decrypt()
+                    .key_id(id)
+                    .ciphertext_blob(Blob::new(ct))
+                    .set_encryption_algorithm(alg)
+                    .set_encryption_context(ctx)
+                    .send()
+                    .await
+                    .map_err(fault)?;
+                Ok(Zeroizing::new(
+                    r.plaintext()
+                        .map(|b| b.as_ref().to_vec())
+                        .unwrap_or_default(),
+                ))
+            }
         })
     }
 
-    /// Runs one KMS call on the module's runtime within the deadline, mapping its fault for this operation.
-    fn call<T, F, Fut>(&self, bad_input: CK_RV, f: F) -> Result<T>
+    /// Runs one KMS call on the module's runtime within the deadline, in the regions `target` allows (failing
+    /// over between them), mapping its fault for this operation. `f` gets the region's client and name.
+    fn call<T, F, Fut>(&self, target: Target<'_>, bad_input: CK_RV, f: F) -> Result<T>
     where
-        F: FnOnce(Client) -> Fut + Send + 'static,
+        F: Fn(Client, Option<String>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<T, Fault>> + Send,
         T: Send + 'static,
     {
         let me = self.0.clone();
-        runtime::run(self.0.deadline(), async move {
-            let c = me.client().await;
-            f(c).await.map_err(|e| map_fault(&me.name, e, bad_input))
+        let background = me.background();
+        let regions = me.candidates(target);
+        let deadline = me.deadline();
+        let name = me.name.clone();
+        runtime::run(deadline, async move {
+            me.failover(regions, background, deadline, f)
+                .await
+                .map_err(|e| map_fault(&name, e, bad_input))
         })
     }
 
@@ -497,6 +833,7 @@ impl Kms {
         s: Arc<KmsService>,
         c: Client,
         sel: String,
+        region: Option<String>,
     ) -> std::result::Result<Option<Described>, Fault> {
         let d = c.describe_key().key_id(&sel).send().await.map_err(fault)?;
         let Some(meta) = d.key_metadata().cloned() else {
@@ -505,7 +842,11 @@ impl Kms {
         if meta.key_state() != Some(&KeyState::Enabled) || !meta.enabled() {
             return Ok(None);
         }
-        let listed = s.cfg.keys.contains(&sel);
+        let listed = s
+            .cfg
+            .keys
+            .iter()
+            .any(|k| in_region(k, region.as_deref()) == sel);
         if !listed && meta.key_manager() == Some(&KeyManagerType::Aws) {
             // AWS managed keys are discovered but not exposed (list them explicitly to use them).
             return Ok(None);
@@ -570,7 +911,11 @@ impl Kms {
         let s = &self.0;
         let m = &d.meta;
         let key_id = m.key_id().to_string();
-        let name = m.arn().unwrap_or(&key_id).to_string();
+        let mut name = m.arn().unwrap_or(&key_id).to_string();
+        if s.regions.len() > 1 && multi_region_key(&key_id) {
+            // The same object whichever region answered the refresh: named in the first region.
+            name = in_region(&name, s.regions[0].name.as_deref());
+        }
         let alias = d
             .selected_alias
             .clone()
@@ -777,42 +1122,61 @@ impl RemoteService for Kms {
     fn fetch_keys(&self) -> Result<Vec<RemoteKey>> {
         let me = self.0.clone();
         let name = me.name.clone();
-        // Aliases, the selection, then every key (metadata, tags, public key) at most 8 at a time.
-        let (described, aliases) = runtime::run(me.deadline() * 4, async move {
-            let c = me.client().await;
-            let m = |f| map_fault(&me.name, f, CKR_DEVICE_ERROR);
-            let aliases = Self::aliases(&c).await.map_err(m)?;
-            let sel = Self::selection(&me, &c).await.map_err(m)?;
-            let sem = Arc::new(tokio::sync::Semaphore::new(8));
-            let mut set = tokio::task::JoinSet::new();
-            for (i, k) in sel.into_iter().enumerate() {
-                let (s, c, sem) = (me.clone(), c.clone(), sem.clone());
-                set.spawn(async move {
-                    let _p = sem.acquire().await;
-                    let r = Self::describe_one(s, c, k.clone()).await;
-                    (i, k, r)
-                });
-            }
-            let mut out = Vec::new();
-            while let Some(r) = set.join_next().await {
-                if let Ok(x) = r {
-                    out.push(x);
-                }
-            }
-            out.sort_by_key(|x| x.0);
-            let mut described = Vec::new();
-            for (_, k, r) in out {
-                match r {
-                    Ok(Some(d)) => described.push(d),
-                    Ok(None) => tracing::debug!(backend = %me.name, key = %k, "key not exposed"),
-                    // A selected key that is missing (or forbidden) is not fatal; an unreachable KMS is.
-                    Err(Fault::Service(code, msg)) if code != "ThrottlingException" => {
-                        tracing::warn!(backend = %me.name, key = %k, %code, %msg, "key skipped")
+        let background = me.background();
+        let regions = me.candidates(Target::Any);
+        let deadline = me.deadline() * 4;
+        // In the first healthy region: aliases, the selection, then every key (metadata, tags, public key) at
+        // most 8 at a time.
+        let (described, aliases) = runtime::run(deadline, async move {
+            let s = me.clone();
+            let name = me.name.clone();
+            me.failover(regions, background, deadline, move |c, region| {
+                let me = s.clone();
+                async move {
+                    let aliases = Self::aliases(&c).await?;
+                    // ARNs as they are named in this region (multi-Region keys: same id everywhere).
+                    let sel: Vec<String> = Self::selection(&me, &c)
+                        .await?
+                        .iter()
+                        .map(|k| in_region(k, region.as_deref()))
+                        .collect();
+                    let sem = Arc::new(tokio::sync::Semaphore::new(8));
+                    let mut set = tokio::task::JoinSet::new();
+                    for (i, k) in sel.into_iter().enumerate() {
+                        let (s, c, sem) = (me.clone(), c.clone(), sem.clone());
+                        let region = region.clone();
+                        set.spawn(async move {
+                            let _p = sem.acquire().await;
+                            let r = Self::describe_one(s, c, k.clone(), region).await;
+                            (i, k, r)
+                        });
                     }
-                    Err(f) => return Err(m(f)),
+                    let mut out = Vec::new();
+                    while let Some(r) = set.join_next().await {
+                        if let Ok(x) = r {
+                            out.push(x);
+                        }
+                    }
+                    out.sort_by_key(|x| x.0);
+                    let mut described = Vec::new();
+                    for (_, k, r) in out {
+                        match r {
+                            Ok(Some(d)) => described.push(d),
+                            Ok(None) => {
+                                tracing::debug!(backend = %me.name, key = %k, "key not exposed")
+                            }
+                            // A selected key that is missing (or forbidden) is not fatal; an unreachable KMS is.
+                            Err(f) if health(&f) == Health::Answered => {
+                                tracing::warn!(backend = %me.name, key = %k, fault = ?f, "key skipped")
+                            }
+                            Err(f) => return Err(f),
+                        }
+                    }
+                    Ok((described, aliases))
                 }
-            }
-            Ok((described, aliases))
+            })
+            .await
+            .map_err(|f| map_fault(&name, f, CKR_DEVICE_ERROR))
         })?;
         let mut keys: Vec<RemoteKey> = Vec::new();
         for d in described {
@@ -889,19 +1253,22 @@ impl RemoteService for Kms {
             _ => return Err(Error::new(CKR_KEY_TYPE_INCONSISTENT)),
         };
         let id = key.name.clone();
-        let sig = self.call(CKR_DATA_LEN_RANGE, move |c| async move {
-            let r = c
-                .sign()
-                .key_id(id)
-                .message(Blob::new(digest))
-                .message_type(MessageType::Digest)
-                .signing_algorithm(alg)
-                .send()
-                .await
-                .map_err(fault)?;
-            Ok(r.signature()
-                .map(|b| b.as_ref().to_vec())
-                .unwrap_or_default())
+        let sig = self.call(Target::Key(&key.name), CKR_DATA_LEN_RANGE, move |c, r| {
+            let (id, digest, alg) = (in_region(&id, r.as_deref()), digest.clone(), alg.clone());
+            async move {
+                let r = c
+                    .sign()
+                    .key_id(id)
+                    .message(Blob::new(digest))
+                    .message_type(MessageType::Digest)
+                    .signing_algorithm(alg)
+                    .send()
+                    .await
+                    .map_err(fault)?;
+                Ok(r.signature()
+                    .map(|b| b.as_ref().to_vec())
+                    .unwrap_or_default())
+            }
         })?;
         let bad = |what: &str| Error::with(CKR_DEVICE_ERROR, format!("KMS returned {what}"));
         match curve {
@@ -926,16 +1293,19 @@ impl RemoteService for Kms {
         let alg = mac_alg(hash)?;
         let id = key.name.clone();
         let data = data.to_vec();
-        self.call(CKR_DATA_LEN_RANGE, move |c| async move {
-            let r = c
-                .generate_mac()
-                .key_id(id)
-                .message(Blob::new(data))
-                .mac_algorithm(alg)
-                .send()
-                .await
-                .map_err(fault)?;
-            Ok(r.mac().map(|b| b.as_ref().to_vec()).unwrap_or_default())
+        self.call(Target::Key(&key.name), CKR_DATA_LEN_RANGE, move |c, r| {
+            let (id, data, alg) = (in_region(&id, r.as_deref()), data.clone(), alg.clone());
+            async move {
+                let r = c
+                    .generate_mac()
+                    .key_id(id)
+                    .message(Blob::new(data))
+                    .mac_algorithm(alg)
+                    .send()
+                    .await
+                    .map_err(fault)?;
+                Ok(r.mac().map(|b| b.as_ref().to_vec()).unwrap_or_default())
+            }
         })
     }
 
@@ -946,17 +1316,25 @@ impl RemoteService for Kms {
         }
         let id = key.name.clone();
         let (data, mac) = (data.to_vec(), mac.to_vec());
-        let valid = self.call(CKR_DATA_LEN_RANGE, move |c| async move {
-            let r = c
-                .verify_mac()
-                .key_id(id)
-                .message(Blob::new(data))
-                .mac(Blob::new(mac))
-                .mac_algorithm(alg)
-                .send()
-                .await
-                .map_err(fault)?;
-            Ok(r.mac_valid())
+        let valid = self.call(Target::Key(&key.name), CKR_DATA_LEN_RANGE, move |c, r| {
+            let (id, data, mac, alg) = (
+                in_region(&id, r.as_deref()),
+                data.clone(),
+                mac.clone(),
+                alg.clone(),
+            );
+            async move {
+                let r = c
+                    .verify_mac()
+                    .key_id(id)
+                    .message(Blob::new(data))
+                    .mac(Blob::new(mac))
+                    .mac_algorithm(alg)
+                    .send()
+                    .await
+                    .map_err(fault)?;
+                Ok(r.mac_valid())
+            }
         })?;
         valid.then_some(()).ok_or(Error::new(CKR_SIGNATURE_INVALID))
     }
@@ -978,18 +1356,21 @@ impl RemoteService for Kms {
         let id = key.name.clone();
         let pt = Zeroizing::new(pt.to_vec());
         // Not idempotent in effect (a fresh ciphertext each time) but harmless to repeat.
-        self.call(CKR_DATA_LEN_RANGE, move |c| async move {
-            let r = c
-                .encrypt()
-                .key_id(id)
-                .plaintext(Blob::new(pt.to_vec()))
-                .set_encryption_context(ctx)
-                .send()
-                .await
-                .map_err(fault)?;
-            Ok(r.ciphertext_blob()
-                .map(|b| b.as_ref().to_vec())
-                .unwrap_or_default())
+        self.call(Target::Key(&key.name), CKR_DATA_LEN_RANGE, move |c, r| {
+            let (id, pt, ctx) = (in_region(&id, r.as_deref()), pt.clone(), ctx.clone());
+            async move {
+                let r = c
+                    .encrypt()
+                    .key_id(id)
+                    .plaintext(Blob::new(pt.to_vec()))
+                    .set_encryption_context(ctx)
+                    .send()
+                    .await
+                    .map_err(fault)?;
+                Ok(r.ciphertext_blob()
+                    .map(|b| b.as_ref().to_vec())
+                    .unwrap_or_default())
+            }
         })
     }
 
@@ -1020,7 +1401,7 @@ impl RemoteService for Kms {
         let mut out = Vec::with_capacity(n);
         while out.len() < n {
             let chunk = (n - out.len()).min(1024) as i32;
-            let r = self.call(CKR_DATA_LEN_RANGE, move |c| async move {
+            let r = self.call(Target::Any, CKR_DATA_LEN_RANGE, move |c, _| async move {
                 let r = c
                     .generate_random()
                     .number_of_bytes(chunk)
@@ -1102,11 +1483,16 @@ impl RemoteService for Kms {
             GenerateKind::Ed25519 => return Err(Error::new(CKR_MECHANISM_INVALID)),
         };
         let alias = format!("alias/{label}");
+        // Everything below goes to one region, the first healthy one, and is never re-sent to another.
+        let home = Target::Only(s.home(s.background()));
         // Never put an existing alias on a new key.
         let a = alias.clone();
-        match self.call(CKR_DEVICE_ERROR, move |c| async move {
-            c.describe_key().key_id(a).send().await.map_err(fault)?;
-            Ok(())
+        match self.call(home, CKR_DEVICE_ERROR, move |c, _| {
+            let a = a.clone();
+            async move {
+                c.describe_key().key_id(a).send().await.map_err(fault)?;
+                Ok(())
+            }
         }) {
             Ok(()) => {
                 return Err(Error::with(
@@ -1127,52 +1513,61 @@ impl RemoteService for Kms {
                     .map_err(|e| Error::with(CKR_GENERAL_ERROR, e.to_string()))?,
             );
         }
-        let (arn, key_id) = self.call(CKR_TEMPLATE_INCONSISTENT, move |c| async move {
-            let r = c
-                .create_key()
-                .key_spec(key_spec)
-                .key_usage(usage)
-                .description("created through p11bridge")
-                .set_tags((!tags.is_empty()).then_some(tags))
-                .customize()
-                .config_override(no_retry())
-                .send()
-                .await
-                .map_err(fault)?;
-            let m = r
-                .key_metadata()
-                .ok_or_else(|| Fault::Unreachable("CreateKey answered no metadata".into()))?;
-            Ok((
-                m.arn().unwrap_or(m.key_id()).to_string(),
-                m.key_id().to_string(),
-            ))
+        let (arn, key_id) = self.call(home, CKR_TEMPLATE_INCONSISTENT, move |c, _| {
+            let (key_spec, usage, tags) = (key_spec.clone(), usage.clone(), tags.clone());
+            async move {
+                let r = c
+                    .create_key()
+                    .key_spec(key_spec)
+                    .key_usage(usage)
+                    .description("created through p11bridge")
+                    .set_tags((!tags.is_empty()).then_some(tags))
+                    .customize()
+                    .config_override(no_retry())
+                    .send()
+                    .await
+                    .map_err(fault)?;
+                let m = r
+                    .key_metadata()
+                    .ok_or_else(|| Fault::Unreachable("CreateKey answered no metadata".into()))?;
+                Ok((
+                    m.arn().unwrap_or(m.key_id()).to_string(),
+                    m.key_id().to_string(),
+                ))
+            }
         })?;
         let (a, k) = (alias.clone(), key_id.clone());
-        let aliased = self.call(CKR_ATTRIBUTE_VALUE_INVALID, move |c| async move {
-            c.create_alias()
-                .alias_name(a)
-                .target_key_id(k)
-                .customize()
-                .config_override(no_retry())
-                .send()
-                .await
-                .map_err(fault)?;
-            Ok(())
-        });
-        if let Err(e) = aliased {
-            // Do not leave a nameless key behind.
-            let k = key_id.clone();
-            let days = s.cfg.deletion_window_days;
-            let _ = self.call(CKR_DEVICE_ERROR, move |c| async move {
-                c.schedule_key_deletion()
-                    .key_id(k)
-                    .pending_window_in_days(days)
+        let aliased = self.call(home, CKR_ATTRIBUTE_VALUE_INVALID, move |c, _| {
+            let (a, k) = (a.clone(), k.clone());
+            async move {
+                c.create_alias()
+                    .alias_name(a)
+                    .target_key_id(k)
                     .customize()
                     .config_override(no_retry())
                     .send()
                     .await
                     .map_err(fault)?;
                 Ok(())
+            }
+        });
+        if let Err(e) = aliased {
+            // Do not leave a nameless key behind.
+            let k = key_id.clone();
+            let days = s.cfg.deletion_window_days;
+            let _ = self.call(home, CKR_DEVICE_ERROR, move |c, _| {
+                let k = k.clone();
+                async move {
+                    c.schedule_key_deletion()
+                        .key_id(k)
+                        .pending_window_in_days(days)
+                        .customize()
+                        .config_override(no_retry())
+                        .send()
+                        .await
+                        .map_err(fault)?;
+                    Ok(())
+                }
             });
             return Err(e);
         }
@@ -1194,29 +1589,40 @@ impl RemoteService for Kms {
             .rsplit_once(":key/")
             .map_or(key.name.clone(), |(_, id)| id.to_string());
         let days = s.cfg.deletion_window_days;
-        self.call(CKR_ACTION_PROHIBITED, move |c| async move {
-            c.schedule_key_deletion()
-                .key_id(id)
-                .pending_window_in_days(days)
-                .customize()
-                .config_override(no_retry())
-                .send()
-                .await
-                .map_err(fault)?;
-            Ok(())
-        })?;
-        // Free the label for a new key (the alias would keep pointing at a key pending deletion).
-        if key.label != key.name && !key.name.ends_with(&key.label) {
-            let alias = format!("alias/{}", key.label);
-            let _ = self.call(CKR_DEVICE_ERROR, move |c| async move {
-                c.delete_alias()
-                    .alias_name(alias)
+        // Deletion goes to one region, never re-sent: the key's own (its ARN's), else the first healthy one.
+        let region = arn_region(&key.name)
+            .and_then(|r| s.regions.iter().position(|x| x.name.as_deref() == Some(r)))
+            .unwrap_or_else(|| s.home(s.background()));
+        let home = Target::Only(region);
+        self.call(home, CKR_ACTION_PROHIBITED, move |c, _| {
+            let id = id.clone();
+            async move {
+                c.schedule_key_deletion()
+                    .key_id(id)
+                    .pending_window_in_days(days)
                     .customize()
                     .config_override(no_retry())
                     .send()
                     .await
                     .map_err(fault)?;
                 Ok(())
+            }
+        })?;
+        // Free the label for a new key (the alias would keep pointing at a key pending deletion).
+        if key.label != key.name && !key.name.ends_with(&key.label) {
+            let alias = format!("alias/{}", key.label);
+            let _ = self.call(home, CKR_DEVICE_ERROR, move |c, _| {
+                let alias = alias.clone();
+                async move {
+                    c.delete_alias()
+                        .alias_name(alias)
+                        .customize()
+                        .config_override(no_retry())
+                        .send()
+                        .await
+                        .map_err(fault)?;
+                    Ok(())
+                }
             });
         }
         s.created.lock().retain(|k| *k != key.name);
@@ -1245,11 +1651,77 @@ mod tests {
     }
 
     #[test]
+    fn multi_region_arns_are_named_per_region() {
+        let arn = "arn:aws:kms:us-east-1:123456789012:key/mrk-1234abcd12ab34cd56ef1234567890ab";
+        assert_eq!(
+            in_region(arn, Some("us-west-2")),
+            "arn:aws:kms:us-west-2:123456789012:key/mrk-1234abcd12ab34cd56ef1234567890ab"
+        );
+        assert_eq!(in_region(arn, None), arn);
+        let single = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+        assert_eq!(in_region(single, Some("us-west-2")), single);
+        assert_eq!(in_region("alias/x", Some("us-west-2")), "alias/x");
+        assert_eq!(arn_region(arn), Some("us-east-1"));
+        assert!(multi_region_key("mrk-1234"));
+        assert!(!multi_region_key("alias/mrk"));
+        assert_eq!(
+            health(&Fault::Service(
+                "KMSInternalException".into(),
+                String::new(),
+                500
+            )),
+            Health::Down
+        );
+        assert_eq!(
+            health(&Fault::Service(
+                "ThrottlingException".into(),
+                String::new(),
+                400
+            )),
+            Health::Busy
+        );
+        assert_eq!(
+            health(&Fault::Service(
+                "NotFoundException".into(),
+                String::new(),
+                400
+            )),
+            Health::Answered
+        );
+        assert_eq!(health(&Fault::Unreachable("x".into())), Health::Down);
+    }
+
+    #[test]
+    fn regions_config_is_checked() {
+        let bad = |extra: &str| {
+            let t: toml::Table = toml::from_str(&format!(
+                "kind = \"aws-kms\"\nkeys = [\"alias/x\"]\n{extra}"
+            ))
+            .unwrap();
+            KmsService::from_config("k", &t, &BuildContext::default())
+                .err()
+                .map(|e| e.to_string())
+        };
+        assert!(bad("regions = [\"a\", \"b\"]\nregion = \"a\"")
+            .unwrap()
+            .contains("regions"));
+        assert!(bad("regions = [\"a\", \"a\"]").unwrap().contains("twice"));
+        assert!(bad("regions = [\"a\"]\nendpoint = \"http://x\"")
+            .unwrap()
+            .contains("endpoints"));
+        assert!(bad("regions = [\"a\"]\nendpoints = { b = \"http://x\" }")
+            .unwrap()
+            .contains("endpoints.b"));
+        assert!(bad("regions = [\"a\"]\nbreaker_failures = 0").is_some());
+        assert!(bad("regions = [\"a\", \"b\"]\nendpoints = { a = \"http://x\" }").is_none());
+    }
+
+    #[test]
     fn faults_map_to_deliberate_return_values() {
         let f = |c: &str| {
             map_fault(
                 "k",
-                Fault::Service(c.into(), String::new()),
+                Fault::Service(c.into(), String::new(), 400),
                 CKR_DATA_INVALID,
             )
             .rv()

@@ -17,6 +17,7 @@ pub mod pkcs11;
 pub mod remote;
 pub mod runtime;
 pub mod secret;
+pub mod testpanic;
 pub mod types;
 pub mod vault;
 pub mod vendor;
@@ -32,7 +33,7 @@ use std::sync::Arc;
 pub trait Backend: Send + Sync {
     /// The name of its config section.
     fn name(&self) -> &str;
-    /// The `kind` it was built from (`pkcs11`, `aws-kms`, `vault-transit`).
+    /// The `kind` it was built from (`pkcs11`, `pkcs11-ha`, `aws-kms`, `vault-transit`).
     fn kind(&self) -> &'static str;
     /// The token this backend contributes to a unified slot.
     fn token(&self) -> Result<Arc<dyn Token>>;
@@ -78,6 +79,11 @@ pub trait Token: Send + Sync {
 /// Every method returns the `CK_RV` the spec names for its failure.
 #[allow(unused_variables)]
 pub trait BackendSession: Send {
+    /// For a backend with several endpoints (an HA group): the endpoint that ran the last operation, named for the
+    /// audit trail.
+    fn served_by(&self) -> Option<&str> {
+        None
+    }
     /// `C_Login` with the caller's PIN (mirror slots).
     fn login(&mut self, user: CK_USER_TYPE, pin: Option<&[u8]>) -> Result<()> {
         Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED))
@@ -281,6 +287,17 @@ pub trait BackendSession: Send {
 /// Builds the backend of one `[backend.NAME]` section. This is the one place that knows every concrete backend.
 /// Errors name the key (`backend.NAME.KEY`) and the problem.
 pub fn build(name: &str, section: &toml::Table, ctx: &BuildContext) -> Result<Arc<dyn Backend>> {
+    build_with(name, section, &std::collections::BTreeMap::new(), ctx)
+}
+
+/// Like [`build`], with every `[backend.*]` section of the file at hand: a `pkcs11-ha` group builds its members from
+/// the sections it names.
+pub fn build_with(
+    name: &str,
+    section: &toml::Table,
+    all: &std::collections::BTreeMap<String, toml::Table>,
+    ctx: &BuildContext,
+) -> Result<Arc<dyn Backend>> {
     let kind = section
         .get("kind")
         .and_then(|v| v.as_str())
@@ -288,13 +305,16 @@ pub fn build(name: &str, section: &toml::Table, ctx: &BuildContext) -> Result<Ar
             Error::with(
                 CKR_GENERAL_ERROR,
                 format!(
-                    "backend.{name}.kind: missing (\"pkcs11\", \"aws-kms\" or \"vault-transit\")"
+                    "backend.{name}.kind: missing (\"pkcs11\", \"pkcs11-ha\", \"aws-kms\" or \"vault-transit\")"
                 ),
             )
         })?;
     match kind {
         "pkcs11" => Ok(Arc::new(pkcs11::UpstreamBackend::from_config(
             name, section, ctx,
+        )?)),
+        "pkcs11-ha" => Ok(Arc::new(pkcs11::ha::HaBackend::from_config(
+            name, section, all, ctx,
         )?)),
         "aws-kms" => {
             runtime::set_cant_create_threads(ctx.cant_create_threads);
@@ -314,10 +334,14 @@ pub fn build(name: &str, section: &toml::Table, ctx: &BuildContext) -> Result<Ar
                 Arc::new(svc),
             )))
         }
+        // Tests only (panic containment): unknown unless P11BRIDGE_ENABLE_TEST_BACKENDS=1.
+        "test-panic" if testpanic::enabled() => Ok(Arc::new(testpanic::PanicBackend::from_config(
+            name, section,
+        )?)),
         other => Err(Error::with(
             CKR_GENERAL_ERROR,
             format!(
-                "backend.{name}.kind: unknown kind \"{other}\" (expected \"pkcs11\", \"aws-kms\" or \"vault-transit\")"
+                "backend.{name}.kind: unknown kind \"{other}\" (expected \"pkcs11\", \"pkcs11-ha\", \"aws-kms\" or \"vault-transit\")"
             ),
         )),
     }

@@ -2,11 +2,13 @@
 //!
 //! Transit keys become objects of the unified token through the shared remote layer; this file only says how to
 //! talk to Vault: authentication (token, AppRole, Kubernetes; renewal before expiry and one re-login after a 403),
-//! several addresses tried in order (HA), key discovery, and the transit calls. vaultrs does the logins and token
+//! several addresses (HA: the healthy ones in order, a circuit breaker and a background prober per address,
+//! standby redirects followed), key discovery, and the transit calls. vaultrs does the logins and token
 //! renewal; the transit calls it cannot express (`salt_length`, `prehashed`, `marshaling_algorithm`) go through the
 //! same HTTP client as raw requests.
 
 use crate::batch::GroupCommit;
+use crate::health::{Admit, Endpoints};
 use crate::remote::mech::{Hash, RsaPad, SignRequest};
 use crate::remote::{
     cert, Curve, GenerateKind, GenerateSpec, KeyMaterial, RemoteKey, RemoteService, Usage,
@@ -20,7 +22,6 @@ use serde_json::{json, Value};
 use sha2::Digest;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
@@ -85,6 +86,14 @@ struct Config {
     batch: bool,
     #[serde(default = "default_batch_max")]
     batch_max: usize,
+    /// Circuit breaker per address: consecutive failures that open it, how long it stays open before a probe, and
+    /// how often the background prober looks (milliseconds).
+    #[serde(default = "default_breaker_failures")]
+    breaker_failures: u32,
+    #[serde(default = "default_breaker_cooldown_ms")]
+    breaker_cooldown_ms: u64,
+    #[serde(default = "default_probe_interval_ms")]
+    probe_interval_ms: u64,
 }
 
 fn default_batch() -> bool {
@@ -92,6 +101,15 @@ fn default_batch() -> bool {
 }
 fn default_batch_max() -> usize {
     32
+}
+fn default_breaker_failures() -> u32 {
+    3
+}
+fn default_breaker_cooldown_ms() -> u64 {
+    5_000
+}
+fn default_probe_interval_ms() -> u64 {
+    1_000
 }
 
 fn default_mount() -> String {
@@ -164,8 +182,8 @@ pub struct VaultService {
     name: String,
     cfg: Config,
     addresses: Vec<String>,
-    /// The address that answered last.
-    current: AtomicUsize,
+    /// A circuit breaker per address (in `addresses` order).
+    health: Endpoints,
     http: OnceLock<std::result::Result<reqwest::Client, String>>,
     token: RwLock<Option<TokenState>>,
     login: tokio::sync::Mutex<()>,
@@ -241,6 +259,12 @@ impl VaultService {
                 ));
             }
         }
+        if cfg.breaker_failures == 0 || cfg.breaker_cooldown_ms == 0 || cfg.probe_interval_ms == 0 {
+            return Err(cfg_err(
+                name,
+                "breaker_failures: breaker_failures, breaker_cooldown_ms and probe_interval_ms must be > 0",
+            ));
+        }
         if cfg.batch_max == 0 || cfg.batch_max > 1000 {
             return Err(cfg_err(name, "batch_max: between 1 and 1000"));
         }
@@ -251,11 +275,16 @@ impl VaultService {
                 .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
                 .map(|d| d.join("p11bridge"))
         });
+        let health = Endpoints::new(
+            addresses.len(),
+            cfg.breaker_failures,
+            Duration::from_millis(cfg.breaker_cooldown_ms),
+        );
         Ok(VaultService {
             name: name.to_string(),
             cfg,
             addresses,
-            current: AtomicUsize::new(0),
+            health,
             http: OnceLock::new(),
             token: RwLock::new(None),
             login: tokio::sync::Mutex::new(()),
@@ -374,7 +403,19 @@ impl VaultService {
         Ok(tok)
     }
 
-    /// One transit request, with failover across addresses, one re-login after a 403 (for logins that can
+    /// Starts the background prober of this process if there are several addresses. `true` if one runs (callers
+    /// then never probe an open address themselves).
+    fn background(self: &Arc<Self>) -> bool {
+        if self.addresses.len() < 2 {
+            return false;
+        }
+        let w = Arc::downgrade(self);
+        self.health
+            .ensure_prober(move || runtime::spawn_background(probe_loop(w)))
+    }
+
+    /// One transit request, with failover across addresses (the healthy ones in configured order, each capped at
+    /// an equal share of the time left; standby redirects followed), one re-login after a 403 (for logins that can
     /// expire), and retries of idempotent requests on 429/5xx within the deadline.
     async fn call(
         self: Arc<Self>,
@@ -384,14 +425,35 @@ impl VaultService {
         idempotent: bool,
     ) -> std::result::Result<Value, Fault> {
         let http = self.http().map_err(|e| Fault::Unreachable(e.to_string()))?;
-        let n = self.addresses.len();
-        let start = self.current.load(Ordering::Relaxed);
+        let background = self.background();
+        let all: Vec<usize> = (0..self.addresses.len()).collect();
+        let last_resort = self.health.all_down(&all, background);
+        let route = self.health.route(&all, background);
+        let end = tokio::time::Instant::now() + self.deadline();
         let mut last = Fault::Unreachable("no address".into());
         let mut relogged = false;
         let mut attempt = 0u32;
-        'nodes: for i in 0..n {
-            let idx = (start + i) % n;
+        'nodes: for (n, &idx) in route.iter().enumerate() {
+            if !self.health.enter(idx, background, last_resort) {
+                continue;
+            }
             let addr = &self.addresses[idx];
+            let breaker = &self.health.breakers[idx];
+            let left = end.saturating_duration_since(tokio::time::Instant::now());
+            // A request that must not be repeated is never re-sent after a timeout (the node may have done it): it
+            // gets all the time left.
+            let share = if idempotent {
+                left / (route.len() - n) as u32
+            } else {
+                left
+            };
+            let node_end = tokio::time::Instant::now() + share;
+            let unwell = |why: String| {
+                if breaker.failure() {
+                    tracing::warn!(backend = %self.name, address = %addr, "address unhealthy: breaker open");
+                }
+                Fault::Unreachable(why)
+            };
             loop {
                 let token = match self.current_token(addr, false).await {
                     Ok(t) => t,
@@ -410,18 +472,35 @@ impl VaultService {
                 if let Some(b) = &body {
                     rb = rb.json(b);
                 }
-                let resp = match rb.send().await {
-                    Ok(r) => r,
-                    Err(e) => {
+                // The node's share of the deadline covers the request and reading the answer.
+                let exchange = async {
+                    let resp = rb.send().await?;
+                    let status = resp.status().as_u16();
+                    Ok::<_, reqwest::Error>((status, resp.text().await.unwrap_or_default()))
+                };
+                let (status, text) = match tokio::time::timeout_at(node_end, exchange).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(e)) => {
                         // Connection-level failure: try the next node.
-                        last = Fault::Unreachable(format!("{addr}: {}", without_url(&e)));
+                        last = unwell(format!("{addr}: {}", without_url(&e)));
+                        continue 'nodes;
+                    }
+                    Err(_) => {
+                        last = unwell(format!("{addr}: no answer in time (timeout)"));
+                        if !idempotent {
+                            return Err(last);
+                        }
                         continue 'nodes;
                     }
                 };
-                let status = resp.status().as_u16();
-                let text = resp.text().await.unwrap_or_default();
+                if status != 502 && status != 503 {
+                    // The node answered (a Vault error is an answer too).
+                    if !breaker.is_closed() {
+                        tracing::info!(backend = %self.name, address = %addr, "address healthy again");
+                    }
+                    breaker.success();
+                }
                 if (200..300).contains(&status) {
-                    self.current.store(idx, Ordering::Relaxed);
                     if text.trim().is_empty() {
                         return Ok(Value::Null);
                     }
@@ -448,6 +527,7 @@ impl VaultService {
                 }
                 if status == 503 || status == 502 {
                     // Sealed or standby without forwarding: another node may serve.
+                    let _ = unwell(String::new());
                     last = Fault::Status(status, msg);
                     continue 'nodes;
                 }
@@ -733,6 +813,45 @@ fn batch_signatures(backend: &str, v: &Value, n: usize) -> Vec<Result<String>> {
             }
         })
         .collect()
+}
+
+/// The background prober of a multi-address backend: every `probe_interval_ms`, each address whose breaker is due
+/// for a probe gets `GET /v1/sys/health` (unauthenticated); an active node (200) or a standby (429, 472, 473: it
+/// redirects or forwards) closes its breaker, so calls return to it. Ends when the backend is gone (`C_Finalize`).
+async fn probe_loop(w: std::sync::Weak<VaultService>) {
+    loop {
+        let Some(interval) = w
+            .upgrade()
+            .map(|s| Duration::from_millis(s.cfg.probe_interval_ms))
+        else {
+            return;
+        };
+        tokio::time::sleep(interval).await;
+        let Some(s) = w.upgrade() else {
+            return;
+        };
+        let Ok(http) = s.http() else {
+            continue;
+        };
+        for (i, addr) in s.addresses.iter().enumerate() {
+            let b = &s.health.breakers[i];
+            if !b.probe_due() || b.admit() != Admit::Probe {
+                continue;
+            }
+            let url = format!("{}/v1/sys/health", addr.trim_end_matches('/'));
+            let r = tokio::time::timeout(s.deadline(), http.get(&url).send()).await;
+            match r {
+                Ok(Ok(r)) if matches!(r.status().as_u16(), 200 | 429 | 472 | 473) => {
+                    b.success();
+                    tracing::info!(backend = %s.name, address = %addr, "probe answered: address healthy again");
+                }
+                _ => {
+                    b.failure();
+                    tracing::debug!(backend = %s.name, address = %addr, "probe failed: address still down");
+                }
+            }
+        }
+    }
 }
 
 fn without_url(e: &reqwest::Error) -> String {

@@ -4,5 +4,6 @@
 pub mod cases;
 pub mod env;
 pub mod module;
+pub mod moto;
 pub mod proxy;
 pub mod runner;

@@ -26,6 +26,10 @@ pub enum Mode {
     Blackhole,
     /// Forward one byte every this many milliseconds.
     SlowDrip(u64),
+    /// Forward requests, but reset the connection when the upstream's reply arrives, for the next N replies (then
+    /// back to `Pass`): the server did the work, the client never hears of it. Shows which calls a client retries
+    /// (an idempotent Sign: the server counts it twice) and which it must not (a CreateKey: counted once).
+    ResetReply(u64),
 }
 
 impl Mode {
@@ -41,6 +45,7 @@ impl Mode {
             "reset" => Mode::Reset,
             "blackhole" => Mode::Blackhole,
             "slow-drip" => Mode::SlowDrip(n.unwrap_or(100)),
+            "reset-reply" => Mode::ResetReply(n.unwrap_or(1)),
             _ => return None,
         })
     }
@@ -55,12 +60,15 @@ impl std::fmt::Display for Mode {
             Mode::Reset => write!(f, "reset"),
             Mode::Blackhole => write!(f, "blackhole"),
             Mode::SlowDrip(ms) => write!(f, "slow-drip {ms}"),
+            Mode::ResetReply(n) => write!(f, "reset-reply {n}"),
         }
     }
 }
 
 struct State {
     mode: Mutex<Mode>,
+    /// `ResetReply` applies only to replies to requests containing these bytes (e.g. `TrentService.CreateKey`).
+    reply_filter: Mutex<Option<Vec<u8>>>,
     stop: AtomicBool,
     connections: AtomicU64,
 }
@@ -80,6 +88,7 @@ impl Proxy {
         let addr = l.local_addr()?;
         let st = Arc::new(State {
             mode: Mutex::new(Mode::Pass),
+            reply_filter: Mutex::new(None),
             stop: AtomicBool::new(false),
             connections: AtomicU64::new(0),
         });
@@ -100,6 +109,11 @@ impl Proxy {
 
     pub fn set(&self, m: Mode) {
         *self.st.mode.lock().unwrap() = m;
+    }
+
+    /// Limits [`Mode::ResetReply`] to the replies to requests that contain `needle` (None: every reply).
+    pub fn set_reply_filter(&self, needle: Option<&str>) {
+        *self.st.reply_filter.lock().unwrap() = needle.map(|n| n.as_bytes().to_vec());
     }
 
     pub fn mode(&self) -> Mode {
@@ -197,13 +211,16 @@ fn connection(st: Arc<State>, client: TcpStream, upstream: SocketAddr) {
         _ => return,
     };
     let st2 = st.clone();
-    let up = std::thread::spawn(move || pump(&st2, c2, s2));
-    pump(&st, server, client);
+    // Set when a request on this connection matched the reply filter.
+    let matched = Arc::new(AtomicBool::new(false));
+    let m2 = matched.clone();
+    let up = std::thread::spawn(move || pump(&st2, c2, s2, false, &m2));
+    pump(&st, server, client, true, &matched);
     let _ = up.join();
 }
 
-/// Forwards `from` → `to` under the current mode until either side ends.
-fn pump(st: &State, mut from: TcpStream, mut to: TcpStream) {
+/// Forwards `from` → `to` under the current mode until either side ends; `reply`: this is upstream → client.
+fn pump(st: &State, mut from: TcpStream, mut to: TcpStream, reply: bool, matched: &AtomicBool) {
     let _ = from.set_read_timeout(Some(POLL));
     let mut buf = [0u8; 16384];
     let mut holed = false;
@@ -224,6 +241,14 @@ fn pump(st: &State, mut from: TcpStream, mut to: TcpStream) {
             }
             Err(_) => break,
         };
+        if !reply {
+            if let Some(needle) = &*st.reply_filter.lock().unwrap() {
+                let hit = buf[..n]
+                    .windows(needle.len().max(1))
+                    .any(|w| w == needle.as_slice());
+                matched.store(hit, SeqCst);
+            }
+        }
         // A connection that was blackholed stays so (its stream lost data).
         let mode = if holed {
             Mode::Blackhole
@@ -231,7 +256,26 @@ fn pump(st: &State, mut from: TcpStream, mut to: TcpStream) {
             *st.mode.lock().unwrap()
         };
         let ok = match mode {
-            Mode::Pass => to.write_all(&buf[..n]).is_ok(),
+            Mode::ResetReply(_)
+                if reply && (st.reply_filter.lock().unwrap().is_none() || matched.load(SeqCst)) =>
+            {
+                // Take one from the budget (another connection may have taken the last one meanwhile).
+                let mut m = st.mode.lock().unwrap();
+                if let Mode::ResetReply(k) = *m {
+                    *m = if k > 1 {
+                        Mode::ResetReply(k - 1)
+                    } else {
+                        Mode::Pass
+                    };
+                    drop(m);
+                    reset(&from);
+                    reset(&to);
+                    return;
+                }
+                drop(m);
+                to.write_all(&buf[..n]).is_ok()
+            }
+            Mode::Pass | Mode::ResetReply(_) => to.write_all(&buf[..n]).is_ok(),
             Mode::Delay(ms) => {
                 std::thread::sleep(Duration::from_millis(ms));
                 to.write_all(&buf[..n]).is_ok()

@@ -9,6 +9,17 @@ documents, plus a small side channel for tests:
   POST /_fidelity/reset   -> clears the counters and all pending faults
   POST /_fidelity/fault   {"action": "Sign", "mode": "throttle"|"500"|"delay",
                            "count": N, "delay_ms": M}
+  GET  /_fidelity/key?region=R&key_id=K
+                          -> a key with its material: {"KeyId", "Region",
+                             "Arn", "KeySpec", "KeyUsage", "Description",
+                             "MultiRegion", "PrimaryArn", "KeyMaterial",
+                             "PrivateKey" (PKCS#8 DER, base64; asymmetric
+                             keys), "Aliases"}
+  POST /_fidelity/key     that JSON, with "Region" naming where to put it:
+                          creates (or replaces) the key with the same id and
+                          material, and its aliases. For tests of multi-Region
+                          keys across two servers (a replica of the same key,
+                          as AWS keeps in each Region of a multi-Region key).
 
 See tests/kms/README.md for what each patch does and why.
 
@@ -28,7 +39,7 @@ import time
 from collections import Counter
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from moto.core.exceptions import JsonRESTError
@@ -37,6 +48,8 @@ from moto.kms.exceptions import (
     InvalidKeyUsageException,
     ValidationException,
 )
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.kms.models import kms_backends
 from moto.kms.responses import KmsResponse
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
@@ -333,7 +346,84 @@ class Fidelity:
             with self.lock:
                 self.faults.append(fault)
                 return _json(200, {"faults": [dict(f) for f in self.faults]})
+        if path == "/_fidelity/key" and method == "GET":
+            try:
+                return _json(200, export_key(request.args["region"], request.args["key_id"]))
+            except KeyError:
+                return _json(404, {"error": "expected ?region=R&key_id=K of an existing key"})
+        if path == "/_fidelity/key" and method == "POST":
+            try:
+                spec = json.loads(request.get_data() or b"{}")
+                return _json(200, import_key(spec))
+            except (ValueError, KeyError, TypeError) as e:
+                return _json(400, {"error": f"bad key: {e!r}"})
         return _json(404, {"error": f"unknown side-channel request {method} {path}"})
+
+
+def export_key(region: str, key_id: str) -> dict:
+    """A key of `region` (id, ARN or alias) with its material, as POST /_fidelity/key takes it."""
+    backend = kms_backends[DEFAULT_ACCOUNT_ID][region]
+    key = backend.keys[backend.any_id_to_key_id(key_id)]
+    out = {
+        "KeyId": key.id,
+        "Region": region,
+        "Arn": key.arn,
+        "KeySpec": key.key_spec,
+        "KeyUsage": key.key_usage,
+        "Description": key.description,
+        "MultiRegion": bool(key.multi_region),
+        "PrimaryArn": key.multi_region_configuration["PrimaryKey"]["Arn"] if key.multi_region else None,
+        "KeyMaterial": _b64(key.key_material),
+        "Aliases": sorted(key.aliases),
+    }
+    if key.key_spec.startswith(("RSA_", "ECC_")):
+        out["PrivateKey"] = _b64(
+            key.private_key.private_key.private_bytes(
+                serialization.Encoding.DER,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    return out
+
+
+def import_key(spec: dict) -> dict:
+    """Creates (or replaces) a key with the given id and material in spec["Region"]; returns its export."""
+    region = str(spec["Region"])
+    backend = kms_backends[DEFAULT_ACCOUNT_ID][region]
+    key_id = str(spec["KeyId"])
+    multi = bool(spec.get("MultiRegion"))
+    if multi != key_id.startswith("mrk-"):
+        raise ValueError("multi-Region key ids start with mrk-")
+    key = backend.create_key(
+        None, spec.get("KeyUsage") or "ENCRYPT_DECRYPT", spec["KeySpec"],
+        spec.get("Description") or "", None, multi,
+    )
+    del backend.keys[key.id]
+    old = backend.keys.pop(key_id, None)
+    key.id = key_id
+    key.arn = f"arn:aws:kms:{region}:{DEFAULT_ACCOUNT_ID}:key/{key_id}"
+    if multi:
+        primary = spec.get("PrimaryArn") or key.arn
+        key.multi_region_configuration = {
+            "MultiRegionKeyType": "PRIMARY" if primary == key.arn else "REPLICA",
+            "PrimaryKey": {"Arn": primary, "Region": primary.split(":")[3]},
+            "ReplicaKeys": [],
+        }
+    key.key_material = base64.b64decode(spec["KeyMaterial"])
+    if spec.get("PrivateKey"):
+        key.private_key.private_key = serialization.load_der_private_key(
+            base64.b64decode(spec["PrivateKey"]), password=None
+        )
+    backend.keys[key_id] = key
+    if old is not None:
+        key.aliases = old.aliases
+    for alias in spec.get("Aliases") or []:
+        if not str(alias).startswith("alias/"):
+            raise ValueError("aliases start with alias/")
+        backend.delete_alias(alias)
+        backend.create_alias(key_id, alias)
+    return export_key(region, key_id)
 
 
 def _json(status: int, body) -> Response:

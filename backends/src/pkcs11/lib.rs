@@ -271,3 +271,32 @@ pub fn release(lib: &Lib) {
         }
     }
 }
+
+/// Re-initializes a module that only one backend uses (`C_Finalize` + `C_Initialize`): for a module whose connection
+/// to its device died and that does not reconnect by itself (p11-kit's RPC client, many network-HSM clients).
+/// Every session and login on it is gone afterwards. `Ok(false)` when the module is shared or not ours to finalize.
+pub fn reinitialize(lib: &Lib, ctx: &BuildContext) -> Result<bool> {
+    let mut reg = REGISTRY.lock();
+    let me = current_pid();
+    let Some(e) = reg.iter_mut().find(|e| e.lib.path == lib.path) else {
+        return Ok(false);
+    };
+    if e.pid != me || e.refs != 1 || !e.owned {
+        return Ok(false);
+    }
+    let f = e.lib.f();
+    up!(f, C_Finalize(std::ptr::null_mut()));
+    let mut args = init_args(ctx);
+    let rv = up!(f, C_Initialize(&mut args as *mut _ as *mut _));
+    match rv {
+        CKR_OK | CKR_CRYPTOKI_ALREADY_INITIALIZED => Ok(true),
+        rv => Err(Error::with(
+            rv,
+            format!(
+                "{}: C_Initialize failed ({})",
+                e.lib.path.display(),
+                crate::rv_name(rv)
+            ),
+        )),
+    }
+}

@@ -3,6 +3,7 @@
 //! Objects are the upstream's objects (`ObjRef` = the upstream handle); templates and mechanism parameters are
 //! forwarded intact; return codes are the upstream's.
 
+pub mod ha;
 pub mod lib;
 
 use crate::{
@@ -79,6 +80,26 @@ impl UpstreamBackend {
             released: Mutex::new(false),
             configured: Mutex::new(std::collections::HashMap::new()),
         })
+    }
+
+    /// Forgets every login this backend holds without calling the upstream (its module was re-initialized, or the
+    /// token restarted: the sessions that held them are gone). The next `login_configured` logs in afresh.
+    pub(crate) fn forget_logins(&self) {
+        for c in self.configured.lock().values() {
+            let mut a = c.anchor.lock();
+            a.session = None;
+            a.logins = 0;
+        }
+    }
+
+    /// Re-initializes the upstream module (`C_Finalize` + `C_Initialize`) if this backend is its only user in the
+    /// process; `Ok(false)` if it is shared (then it is left alone).
+    pub(crate) fn reinitialize(&self, ctx: &BuildContext) -> Result<bool> {
+        let done = lib::reinitialize(&self.lib, ctx)?;
+        if done {
+            self.forget_logins();
+        }
+        Ok(done)
     }
 
     fn slot_list(&self, present: bool) -> Result<Vec<CK_SLOT_ID>> {

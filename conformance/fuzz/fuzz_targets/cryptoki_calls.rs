@@ -191,6 +191,7 @@ const MECHS: &[CK_MECHANISM_TYPE] = &[
     CKM_SHA256_HMAC,
     CKM_AES_KEY_WRAP,
     CKM_AES_KEY_WRAP_PAD,
+    CKM_ECDH1_DERIVE,
     0x8000_1234, // vendor-defined, unknown
 ];
 
@@ -206,6 +207,7 @@ struct St {
     tmpl2: [CK_ATTRIBUTE; NATTR],
     gcm: CK_GCM_PARAMS,
     pss: CK_RSA_PKCS_PSS_PARAMS,
+    ecdh: CK_ECDH1_DERIVE_PARAMS,
     mech: CK_MECHANISM,
 }
 
@@ -364,6 +366,25 @@ impl St {
                     },
                 )
             }
+            (CKM_ECDH1_DERIVE, _) => {
+                // The peer's public point: bytes of the input (often a P-256 point from an earlier output).
+                let n = r.len_upto(VAL);
+                self.ecdh = CK_ECDH1_DERIVE_PARAMS {
+                    kdf: r.pick_or_any(&[CKD_NULL, CKD_SHA256_KDF]),
+                    ulSharedDataLen: 0,
+                    pSharedData: null_mut(),
+                    ulPublicDataLen: n,
+                    pPublicData: if r.u8() % 2 == 0 {
+                        self.inbuf.as_mut_ptr()
+                    } else {
+                        self.out.as_mut_ptr()
+                    },
+                };
+                (
+                    &mut self.ecdh as *mut _ as *mut c_void,
+                    std::mem::size_of::<CK_ECDH1_DERIVE_PARAMS>() as CK_ULONG,
+                )
+            }
             // Plain-bytes parameters (an IV) or none: bytes from the input buffer.
             (CKM_AES_CBC | CKM_AES_CBC_PAD | CKM_AES_KEY_WRAP | CKM_AES_KEY_WRAP_PAD, _) => {
                 (self.inbuf.as_mut_ptr() as *mut c_void, r.len_upto(64))
@@ -420,6 +441,7 @@ fuzz_target!(|data: &[u8]| {
         }; NATTR],
         gcm: unsafe { std::mem::zeroed() },
         pss: unsafe { std::mem::zeroed() },
+        ecdh: unsafe { std::mem::zeroed() },
         mech: unsafe { std::mem::zeroed() },
     };
     {

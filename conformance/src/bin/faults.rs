@@ -1,21 +1,29 @@
-//! `faults [--bridge PATH] [--timeout-ms MS]`: the fault-injection proxy between p11bridge and an OpenBao dev
-//! server (started here: `bao` from PATH, or `BAO_BIN`). The unified slot holds SoftHSM2 keys and the OpenBao
-//! transit key `f-ec` (vault backend with `timeout_ms` MS, default 1500). Under each fault (delay longer than the
-//! deadline, drop, reset, blackhole, slow-drip), and for a short delay that must still succeed:
+//! `faults [--bridge PATH] [--timeout-ms MS]`: the fault-injection proxy between p11bridge and its remote
+//! services: an OpenBao dev server (started here: `bao` from PATH, or `BAO_BIN`) and moto's KMS behind the
+//! project's fidelity layer (`tests/kms/moto_fidelity.py`), each behind a proxy of its own. The unified slot holds
+//! SoftHSM2 keys, the OpenBao transit key `f-ec` and the KMS key `f-kms` (both backends with `timeout_ms` MS,
+//! default 1500). For each remote backend, under each fault (delay longer than the deadline, drop, reset,
+//! blackhole, slow-drip, a reset of the reply), and for a short delay that must still succeed:
 //!
-//! * every call on the OpenBao key returns within the deadline + 1.5 s, with `CKR_DEVICE_ERROR`;
+//! * every call on the remote key returns within the deadline + 1.5 s, with `CKR_DEVICE_ERROR` (or succeeds,
+//!   for the faults an idempotent call is retried through);
 //! * the SoftHSM2 key signs meanwhile (on the same session, after the failure: the session is not broken) and
-//!   the search for the OpenBao key is answered;
-//! * after the fault is switched off the OpenBao key signs again (and the signature verifies), without
+//!   the search for the remote key is answered;
+//! * after the fault is switched off the remote key signs again (and the signature verifies), without
 //!   re-initializing.
 //!
-//! Prints a table and `N passed, M failed`.
+//! Then "idempotent calls are retried; key creation is never sent twice", counted at the KMS fidelity layer: a
+//! reset of the reply to the first Sign (the server signed, the client never heard) → the Sign is sent again and
+//! succeeds (2 Sign requests); a 500 on Sign → likewise; a reset of the reply to CreateKey (C_GenerateKeyPair on
+//! the KMS backend) or a 500 on it → an error, and exactly 1 CreateKey request reached the server.
+//!
+//! Prints the tables (fault × backend → CK_RV, time) and `N passed, M failed`.
 
 use cryptoki_sys::*;
 use p11bridge_conformance::call;
 use p11bridge_conformance::module::{self, mech, rv_name, Bridge};
 use p11bridge_conformance::proxy::{Mode, Proxy};
-use p11bridge_conformance::{cases, env};
+use p11bridge_conformance::{cases, env, moto::Moto};
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
@@ -106,9 +114,16 @@ impl Drop for Bao {
 
 struct Keys {
     s: CK_SESSION_HANDLE,
-    vault: CK_OBJECT_HANDLE,
-    vault_pub: CK_OBJECT_HANDLE,
     hsm: CK_OBJECT_HANDLE,
+}
+
+/// One remote backend under test: its proxy and its key.
+struct Remote<'a> {
+    name: &'static str,
+    label: &'static str,
+    proxy: &'a Proxy,
+    key: CK_OBJECT_HANDLE,
+    public: CK_OBJECT_HANDLE,
 }
 
 /// C_SignInit + C_Sign: (rv of the first failing call or OK, signature, time).
@@ -127,11 +142,53 @@ fn sign(
     }
 }
 
-/// C_FindObjects for the OpenBao key's label.
-fn find(b: &Bridge, s: CK_SESSION_HANDLE) -> (Result<usize, CK_RV>, Duration) {
+/// C_FindObjects for a key's label.
+fn find(b: &Bridge, s: CK_SESSION_HANDLE, label: &str) -> (Result<usize, CK_RV>, Duration) {
     let t = Instant::now();
-    let r = b.find(s, CKO_PRIVATE_KEY, "f-ec").map(|v| v.len());
+    let r = b.find(s, CKO_PRIVATE_KEY, label).map(|v| v.len());
     (r, t.elapsed())
+}
+
+const CKA_P11BRIDGE_BACKEND: CK_ATTRIBUTE_TYPE = 0x8B11_D001;
+
+/// C_GenerateKeyPair of a P-256 key on the backend `backend`: (rv, time).
+fn generate(b: &Bridge, s: CK_SESSION_HANDLE, backend: &str, label: &str) -> (CK_RV, Duration) {
+    let p256: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    let mut yes = CK_TRUE;
+    let mut yes2 = CK_TRUE;
+    let bytes = |t: CK_ATTRIBUTE_TYPE, v: &[u8]| CK_ATTRIBUTE {
+        type_: t,
+        pValue: v.as_ptr() as *mut _,
+        ulValueLen: v.len() as CK_ULONG,
+    };
+    let mut public = [
+        bytes(CKA_EC_PARAMS, &p256),
+        bytes(CKA_LABEL, label.as_bytes()),
+        bytes(CKA_P11BRIDGE_BACKEND, backend.as_bytes()),
+        module::attr(CKA_VERIFY, &mut yes),
+    ];
+    let mut private = [
+        bytes(CKA_LABEL, label.as_bytes()),
+        bytes(CKA_P11BRIDGE_BACKEND, backend.as_bytes()),
+        module::attr(CKA_SIGN, &mut yes2),
+    ];
+    let mut m = mech(CKM_EC_KEY_PAIR_GEN);
+    let (mut hp, mut hs): (CK_OBJECT_HANDLE, CK_OBJECT_HANDLE) = (0, 0);
+    let t = Instant::now();
+    let rv = call!(
+        b.f,
+        C_GenerateKeyPair(
+            s,
+            &mut m,
+            public.as_mut_ptr(),
+            public.len() as CK_ULONG,
+            private.as_mut_ptr(),
+            private.len() as CK_ULONG,
+            &mut hp,
+            &mut hs
+        )
+    );
+    (rv, t.elapsed())
 }
 
 fn main() {
@@ -152,8 +209,12 @@ fn main() {
     let bao = Bao::start();
     bao.ok(&["secrets", "enable", "transit"]);
     bao.ok(&["write", "-f", "transit/keys/f-ec", "type=ecdsa-p256"]);
-    let proxy = Proxy::start("127.0.0.1:0", bao.addr.parse().unwrap()).expect("proxy");
+    let bao_proxy = Proxy::start("127.0.0.1:0", bao.addr.parse().unwrap()).expect("proxy");
+    let moto = Moto::start();
+    moto.create_key("f-kms", "ECC_NIST_P256", "SIGN_VERIFY");
+    let kms_proxy = Proxy::start("127.0.0.1:0", moto.addr.parse().unwrap()).expect("proxy");
     std::env::set_var("FAULTS_BAO_TOKEN", ROOT_TOKEN);
+    let dir = env::repo_root().join(format!("target/conformance/faults-{}", std::process::id()));
     let section = format!(
         r#"
 [backend.vault]
@@ -163,11 +224,23 @@ token = "env:FAULTS_BAO_TOKEN"
 keys = ["f-ec"]
 timeout_ms = {timeout_ms}
 connect_timeout_ms = 500
+
+[backend.kms]
+kind = "aws-kms"
+region = "us-east-1"
+endpoint = "http://{}"
+discover = true
+tags = {{ p11bridge = "on" }}
+cert_cache_dir = "{}"
+timeout_ms = {timeout_ms}
+connect_timeout_ms = 500
+max_attempts = 3
 "#,
-        proxy.addr
+        bao_proxy.addr,
+        kms_proxy.addr,
+        dir.join("certs").display()
     );
-    let dir = env::repo_root().join(format!("target/conformance/faults-{}", std::process::id()));
-    env::setup(&dir, &["vault"], &section);
+    env::setup(&dir, &["vault", "kms"], &section);
     cases::set_target(cases::bridge_target());
     let b = module::load(&bridge);
     assert_eq!(b.initialize(), CKR_OK, "C_Initialize");
@@ -178,10 +251,24 @@ connect_timeout_ms = 500
     assert_eq!(b.login(s, CKU_USER, env::BRIDGE_PIN), CKR_OK, "login");
     let k = Keys {
         s,
-        vault: b.find_one(s, CKO_PRIVATE_KEY, "f-ec"),
-        vault_pub: b.find_one(s, CKO_PUBLIC_KEY, "f-ec"),
         hsm: b.find_one(s, CKO_PRIVATE_KEY, "ec-p256"),
     };
+    let remotes = [
+        Remote {
+            name: "OpenBao",
+            label: "f-ec",
+            proxy: &bao_proxy,
+            key: b.find_one(s, CKO_PRIVATE_KEY, "f-ec"),
+            public: b.find_one(s, CKO_PUBLIC_KEY, "f-ec"),
+        },
+        Remote {
+            name: "KMS (moto)",
+            label: "f-kms",
+            proxy: &kms_proxy,
+            key: b.find_one(s, CKO_PRIVATE_KEY, "f-kms"),
+            public: b.find_one(s, CKO_PUBLIC_KEY, "f-kms"),
+        },
+    ];
 
     let mut passed = 0;
     let mut failed = vec![];
@@ -194,121 +281,220 @@ connect_timeout_ms = 500
         }
     };
 
-    let (rv, _, _) = sign(b, k.s, k.vault, &[1u8; 32]);
-    check(
-        format!("baseline OpenBao sign: {}", rv_name(rv)),
-        rv == CKR_OK,
-    );
-
-    let modes = [
-        (Mode::Delay(200), CKR_OK),
-        (Mode::Delay(timeout_ms + 2000), CKR_DEVICE_ERROR),
-        (Mode::Drop, CKR_DEVICE_ERROR),
-        (Mode::Reset, CKR_DEVICE_ERROR),
-        (Mode::Blackhole, CKR_DEVICE_ERROR),
-        (Mode::SlowDrip(100), CKR_DEVICE_ERROR),
+    // (fault, the codes allowed): a reset reply may be retried through (idempotent Sign) or fail.
+    let modes: [(Mode, &[CK_RV]); 7] = [
+        (Mode::Delay(200), &[CKR_OK]),
+        (Mode::Delay(timeout_ms + 2000), &[CKR_DEVICE_ERROR]),
+        (Mode::Drop, &[CKR_DEVICE_ERROR]),
+        (Mode::Reset, &[CKR_DEVICE_ERROR]),
+        (Mode::Blackhole, &[CKR_DEVICE_ERROR]),
+        (Mode::SlowDrip(100), &[CKR_DEVICE_ERROR]),
+        (Mode::ResetReply(1), &[CKR_OK, CKR_DEVICE_ERROR]),
     ];
     let mut table = vec![];
-    for (mode, want) in modes {
-        proxy.set(mode);
-        let mut rvs = vec![];
-        let mut worst = Duration::ZERO;
-        // Three signatures under the fault (the first may meet a kept-alive connection, later ones new ones).
-        for i in 0..3u8 {
-            let (rv, _, d) = sign(b, k.s, k.vault, &[i + 10; 32]);
-            rvs.push(rv);
-            worst = worst.max(d);
+    for r in &remotes {
+        let (rv, _, _) = sign(b, k.s, r.key, &[1u8; 32]);
+        check(
+            format!("baseline {} sign: {}", r.name, rv_name(rv)),
+            rv == CKR_OK,
+        );
+        for (mode, want) in modes {
+            let want_s: Vec<String> = want.iter().map(|w| rv_name(*w)).collect();
+            let want_s = want_s.join("|");
+            let mut rvs = vec![];
+            let mut worst = Duration::ZERO;
+            // Three signatures under the fault (the first may meet a kept-alive connection, later ones new
+            // ones). A reset reply is armed again for each (it is used up by one reply).
+            for i in 0..3u8 {
+                r.proxy.set(mode);
+                let (rv, _, d) = sign(b, k.s, r.key, &[i + 10; 32]);
+                rvs.push(rv);
+                worst = worst.max(d);
+                check(
+                    format!(
+                        "{} {mode}: sign #{i}: {} in {d:?} (want {want_s} within {deadline:?})",
+                        r.name,
+                        rv_name(rv),
+                    ),
+                    want.contains(&rv) && d <= deadline,
+                );
+            }
+            // The session is usable and the SoftHSM key signs, on the same session, during the fault.
+            let (hrv, hsig, hd) = sign(b, k.s, k.hsm, &[7u8; 32]);
+            let hsm_ok = hrv == CKR_OK && !hsig.is_empty();
             check(
                 format!(
-                    "{mode}: OpenBao sign #{i}: {} in {d:?} (want {} within {deadline:?})",
-                    rv_name(rv),
-                    rv_name(want)
+                    "{} {mode}: SoftHSM sign on the same session: {} in {hd:?}",
+                    r.name,
+                    rv_name(hrv)
                 ),
-                rv == want && d <= deadline,
+                hsm_ok,
             );
+            // The remote key is still found (served without a round trip, or within the deadline).
+            let (fr, fd) = find(b, k.s, r.label);
+            check(
+                format!("{} {mode}: find the remote key: {fr:?} in {fd:?}", r.name),
+                fd <= deadline && matches!(fr, Ok(1) | Err(CKR_DEVICE_ERROR)),
+            );
+            // No operation left active on the session.
+            let mut ecdsa = mech(CKM_ECDSA);
+            let irv = call!(b.f, C_SignInit(k.s, &mut ecdsa, k.hsm));
+            let mut sig = [0u8; 128];
+            let mut n: CK_ULONG = 128;
+            let data = [9u8; 32];
+            let srv = call!(
+                b.f,
+                C_Sign(k.s, data.as_ptr() as *mut _, 32, sig.as_mut_ptr(), &mut n)
+            );
+            check(
+                format!(
+                    "{} {mode}: session state clean (C_SignInit {}, C_Sign {})",
+                    r.name,
+                    rv_name(irv),
+                    rv_name(srv)
+                ),
+                irv == CKR_OK && srv == CKR_OK,
+            );
+            // Off again: the remote key works again, without re-initializing.
+            r.proxy.set(Mode::Pass);
+            let t = Instant::now();
+            let recovered = loop {
+                let (rv, sig, _) = sign(b, k.s, r.key, &[42u8; 32]);
+                if rv == CKR_OK {
+                    break Some((
+                        t.elapsed(),
+                        b.ecdsa_verify(k.s, r.public, &[42u8; 32], &sig),
+                    ));
+                }
+                if t.elapsed() > Duration::from_secs(15) {
+                    break None;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            };
+            check(
+                format!("{} {mode}: recovery after the fault: {recovered:?}", r.name),
+                matches!(recovered, Some((_, CKR_OK))),
+            );
+            let names: Vec<String> = rvs.iter().map(|r| rv_name(*r)).collect();
+            table.push(format!(
+                "{:16} | {:10} | {:52} | {:>9.2} s | {:8} | {}",
+                mode.to_string(),
+                r.name,
+                names.join(", "),
+                worst.as_secs_f64(),
+                if hsm_ok { "ok" } else { "FAILED" },
+                match recovered {
+                    Some((d, CKR_OK)) => format!("ok after {:.2} s", d.as_secs_f64()),
+                    Some((_, v)) => format!("signs, verify {}", rv_name(v)),
+                    None => "NO".into(),
+                }
+            ));
         }
-        // The session is usable and the SoftHSM key signs, on the same session, during the fault.
-        let (hrv, hsig, hd) = sign(b, k.s, k.hsm, &[7u8; 32]);
-        let hsm_ok = hrv == CKR_OK && !hsig.is_empty();
-        check(
-            format!(
-                "{mode}: SoftHSM sign on the same session: {} in {hd:?}",
-                rv_name(hrv)
-            ),
-            hsm_ok,
-        );
-        // The OpenBao key is still found (served without a round trip, or within the deadline).
-        let (fr, fd) = find(b, k.s);
-        check(
-            format!("{mode}: find the OpenBao key: {fr:?} in {fd:?}"),
-            fd <= deadline && matches!(fr, Ok(1) | Err(CKR_DEVICE_ERROR)),
-        );
-        // No operation left active on the session.
-        let mut ecdsa = mech(CKM_ECDSA);
-        let irv = call!(b.f, C_SignInit(k.s, &mut ecdsa, k.hsm));
-        let mut sig = [0u8; 128];
-        let mut n: CK_ULONG = 128;
-        let data = [9u8; 32];
-        let srv = call!(
-            b.f,
-            C_Sign(k.s, data.as_ptr() as *mut _, 32, sig.as_mut_ptr(), &mut n)
-        );
-        check(
-            format!(
-                "{mode}: session state clean (C_SignInit {}, C_Sign {})",
-                rv_name(irv),
-                rv_name(srv)
-            ),
-            irv == CKR_OK && srv == CKR_OK,
-        );
-        // Off again: the OpenBao key works again, without re-initializing.
-        proxy.set(Mode::Pass);
-        let t = Instant::now();
-        let recovered = loop {
-            let (rv, sig, _) = sign(b, k.s, k.vault, &[42u8; 32]);
-            if rv == CKR_OK {
-                break Some((
-                    t.elapsed(),
-                    b.ecdsa_verify(k.s, k.vault_pub, &[42u8; 32], &sig),
-                ));
-            }
-            if t.elapsed() > Duration::from_secs(15) {
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        };
-        check(
-            format!("{mode}: recovery after the fault: {recovered:?}"),
-            matches!(recovered, Some((_, CKR_OK))),
-        );
-        let names: Vec<String> = rvs.iter().map(|r| rv_name(*r)).collect();
-        table.push(format!(
-            "{:16} | {:52} | {:>9.2} s | {:8} | {}",
-            mode.to_string(),
-            names.join(", "),
-            worst.as_secs_f64(),
-            if hsm_ok { "ok" } else { "FAILED" },
-            match recovered {
-                Some((d, CKR_OK)) => format!("ok after {:.2} s", d.as_secs_f64()),
-                Some((_, v)) => format!("signs, verify {}", rv_name(v)),
-                None => "NO".into(),
-            }
-        ));
     }
+
+    // Idempotent calls are retried; key creation is never sent twice (requests counted by the fidelity layer).
+    let kms = &remotes[1];
+    let mut counted = vec![];
+    let mut row =
+        |what: &str, rv: CK_RV, d: Duration, action: &str, n: u64, want: (&[CK_RV], u64)| {
+            let ok = want.0.contains(&rv) && n == want.1 && d <= deadline;
+            counted.push(format!(
+                "{what:44} | {:22} | {:>6.2} s | {action} requests: {n} (want {})",
+                rv_name(rv),
+                d.as_secs_f64(),
+                want.1
+            ));
+            (
+                format!("{what}: {} in {d:?}, {action} ×{n}", rv_name(rv)),
+                ok,
+            )
+        };
+    let mut results = vec![];
+    moto.reset();
+    kms.proxy.set_reply_filter(Some("TrentService.Sign"));
+    kms.proxy.set(Mode::ResetReply(1));
+    let (rv, _, d) = sign(b, k.s, kms.key, &[3u8; 32]);
+    kms.proxy.set(Mode::Pass);
+    results.push(row(
+        "reset of the reply to Sign",
+        rv,
+        d,
+        "Sign",
+        moto.count("Sign"),
+        (&[CKR_OK], 2),
+    ));
+    moto.reset();
+    moto.fault("Sign", "500", 1);
+    let (rv, _, d) = sign(b, k.s, kms.key, &[4u8; 32]);
+    results.push(row(
+        "HTTP 500 on Sign",
+        rv,
+        d,
+        "Sign",
+        moto.count("Sign"),
+        (&[CKR_OK], 2),
+    ));
+    moto.reset();
+    let (rv, d) = generate(b, k.s, "kms", "f-gen-ok");
+    results.push(row(
+        "C_GenerateKeyPair, no fault",
+        rv,
+        d,
+        "CreateKey",
+        moto.count("CreateKey"),
+        (&[CKR_OK], 1),
+    ));
+    moto.reset();
+    kms.proxy.set_reply_filter(Some("TrentService.CreateKey"));
+    kms.proxy.set(Mode::ResetReply(1));
+    let (rv, d) = generate(b, k.s, "kms", "f-gen-reset");
+    kms.proxy.set(Mode::Pass);
+    kms.proxy.set_reply_filter(None);
+    let fails: &[CK_RV] = &[CKR_DEVICE_ERROR, CKR_FUNCTION_FAILED, CKR_GENERAL_ERROR];
+    results.push(row(
+        "reset of the reply to CreateKey",
+        rv,
+        d,
+        "CreateKey",
+        moto.count("CreateKey"),
+        (fails, 1),
+    ));
+    moto.reset();
+    moto.fault("CreateKey", "500", 1);
+    let (rv, d) = generate(b, k.s, "kms", "f-gen-500");
+    results.push(row(
+        "HTTP 500 on CreateKey",
+        rv,
+        d,
+        "CreateKey",
+        moto.count("CreateKey"),
+        (fails, 1),
+    ));
+    moto.reset();
+    for (what, ok) in results {
+        check(what, ok);
+    }
+
     let _ = b.finalize();
     println!(
-        "\ntimeout_ms {timeout_ms}, allowed {deadline:?} per call; {} connections through the proxy",
-        proxy.connections()
+        "\ntimeout_ms {timeout_ms}, allowed {deadline:?} per call; {} connections through the OpenBao proxy, {} through the KMS proxy",
+        bao_proxy.connections(),
+        kms_proxy.connections()
     );
     println!(
-        "{:16} | {:52} | {:>11} | {:8} | recovery",
-        "fault", "OpenBao C_Sign ×3", "slowest", "SoftHSM"
+        "{:16} | {:10} | {:52} | {:>11} | {:8} | recovery",
+        "fault", "backend", "C_Sign ×3", "slowest", "SoftHSM"
     );
     for l in &table {
         println!("{l}");
     }
+    println!("\nretries and key creation (KMS, requests counted by the fidelity layer):");
+    for l in &counted {
+        println!("{l}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
     drop(bao);
+    drop(moto);
     println!("{} passed, {} failed", passed, failed.len());
     std::process::exit(if failed.is_empty() { 0 } else { 1 });
 }

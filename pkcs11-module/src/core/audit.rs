@@ -31,6 +31,8 @@ pub struct Event<'a> {
     pub event: &'a str,
     pub token: &'a str,
     pub backend: Option<&'a str>,
+    /// The member of an HA group that ran the operation.
+    pub member: Option<&'a str>,
     pub object: Option<&'a ObjectInfo>,
     pub mechanism: Option<CK_MECHANISM_TYPE>,
     pub user: Option<CK_USER_TYPE>,
@@ -96,6 +98,9 @@ impl Audit {
         });
         if let Some(b) = e.backend {
             line["backend"] = json!(b);
+        }
+        if let Some(m) = e.member {
+            line["member"] = json!(m);
         }
         if let Some(o) = e.object {
             line["object"] = json!(o.label);

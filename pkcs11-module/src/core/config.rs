@@ -208,6 +208,46 @@ fn validate(cfg: &Config) -> Result<()> {
             None => return Err(err(format!("backend.{name}.kind: missing"))),
         }
     }
+    validate_ha_groups(cfg)
+}
+
+/// `kind = "pkcs11-ha"` groups: `members` name `kind = "pkcs11"` sections that no slot uses directly (the group
+/// builds them; two backends over one upstream token would each count its login on their own).
+fn validate_ha_groups(cfg: &Config) -> Result<()> {
+    for (name, t) in &cfg.backend {
+        if t.get("kind").and_then(|k| k.as_str()) != Some("pkcs11-ha") {
+            continue;
+        }
+        let at = format!("backend.{name}.members");
+        let Some(members) = t.get("members").and_then(|m| m.as_array()) else {
+            return Err(err(format!(
+                "{at}: missing (a list of [backend.NAME] sections of kind \"pkcs11\")"
+            )));
+        };
+        for m in members {
+            let Some(m) = m.as_str() else {
+                return Err(err(format!("{at}: members are section names (strings)")));
+            };
+            let Some(section) = cfg.backend.get(m) else {
+                return Err(err(format!("{at}: no [backend.{m}] section")));
+            };
+            let kind = section.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+            if kind != "pkcs11" {
+                return Err(err(format!(
+                    "{at}: {m} is kind = \"{kind}\"; members must be kind = \"pkcs11\""
+                )));
+            }
+            if cfg
+                .slot
+                .iter()
+                .any(|s| s.backends.iter().any(|b| b == m) || s.mirror.as_deref() == Some(m))
+            {
+                return Err(err(format!(
+                    "{at}: {m} is a member of this HA group and cannot also be used by a slot"
+                )));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -250,5 +290,32 @@ module = "/x.so"
         assert!(e.contains("slot[0].label") || e.contains("label"), "{e}");
         let e = p("").unwrap_err();
         assert!(e.contains("no [[slot]]"), "{e}");
+    }
+
+    #[test]
+    fn ha_group_members_are_checked() {
+        let base = |members: &str, extra: &str| {
+            format!(
+                "[[slot]]\nlabel = \"u\"\nuser_pin = \"1\"\nbackends = [\"hsm\"{extra}]\n\
+                 [backend.hsm]\nkind = \"pkcs11-ha\"\nmembers = {members}\n\
+                 [backend.a]\nkind = \"pkcs11\"\nmodule = \"/x.so\"\n\
+                 [backend.v]\nkind = \"vault-transit\"\n"
+            )
+        };
+        assert!(p(&base("[\"a\"]", "")).is_ok());
+        let e = p(&base("[\"a\", \"nope\"]", "")).unwrap_err();
+        assert!(
+            e.contains("x.toml")
+                && e.contains("backend.hsm.members")
+                && e.contains("no [backend.nope]"),
+            "{e}"
+        );
+        let e = p(&base("[\"a\", \"v\"]", "")).unwrap_err();
+        assert!(
+            e.contains("backend.hsm.members") && e.contains("v is kind = \"vault-transit\""),
+            "{e}"
+        );
+        let e = p(&base("[\"a\"]", ", \"a\"")).unwrap_err();
+        assert!(e.contains("cannot also be used by a slot"), "{e}");
     }
 }

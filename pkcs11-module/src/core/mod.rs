@@ -5,6 +5,7 @@ pub mod audit;
 pub mod config;
 mod emulate;
 pub mod handles;
+mod keycheck;
 mod objects;
 mod ops;
 mod session;
@@ -150,17 +151,30 @@ impl Module {
         let mut backends: Vec<Arc<dyn Backend>> = Vec::new();
         let mut by_name: HashMap<String, Arc<dyn Backend>> = HashMap::new();
         let finalize_all = |bs: &Vec<Arc<dyn Backend>>| bs.iter().for_each(|b| b.finalize());
+        let used_by_slot = |name: &str| {
+            cfg.slot
+                .iter()
+                .any(|s| s.backends.iter().any(|b| b == name) || s.mirror.as_deref() == Some(name))
+        };
+        // Members of HA groups (`kind = "pkcs11-ha"`, `members = [...]`) are built by their group (config.rs
+        // checked that no slot uses them directly).
+        let member_of: std::collections::HashSet<&str> = cfg
+            .backend
+            .values()
+            .filter(|t| t.get("kind").and_then(|v| v.as_str()) == Some("pkcs11-ha"))
+            .filter_map(|t| t.get("members").and_then(|v| v.as_array()))
+            .flatten()
+            .filter_map(|v| v.as_str())
+            .collect();
         for (name, section) in &cfg.backend {
             // Only build what a slot uses.
-            let used = cfg
-                .slot
-                .iter()
-                .any(|s| s.backends.contains(name) || s.mirror.as_deref() == Some(name.as_str()));
-            if !used {
-                tracing::warn!(backend = %name, "configured but not used by any slot");
+            if !used_by_slot(name) {
+                if !member_of.contains(name.as_str()) {
+                    tracing::warn!(backend = %name, "configured but not used by any slot");
+                }
                 continue;
             }
-            match p11bridge_backends::build(name, section, ctx) {
+            match p11bridge_backends::build_with(name, section, &cfg.backend, ctx) {
                 Ok(b) => {
                     by_name.insert(name.clone(), b.clone());
                     backends.push(b);
@@ -220,6 +234,25 @@ impl Module {
         rv: CK_RV,
         started: std::time::Instant,
     ) {
+        self.audit_served(
+            slot, event, member, None, object, mechanism, user, rv, started,
+        );
+    }
+
+    /// [`Module::audit`], naming the HA group member that served the operation.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn audit_served(
+        &self,
+        slot: &Slot,
+        event: &str,
+        member: Option<usize>,
+        served_by: Option<&str>,
+        object: Option<&audit::ObjectInfo>,
+        mechanism: Option<CK_MECHANISM_TYPE>,
+        user: Option<CK_USER_TYPE>,
+        rv: CK_RV,
+        started: std::time::Instant,
+    ) {
         if let Some(a) = &self.audit {
             let token = slot.audit_name();
             a.record(&audit::Event {
@@ -228,6 +261,7 @@ impl Module {
                 backend: member
                     .and_then(|m| slot.members.get(m))
                     .map(|m| m.name.as_str()),
+                member: served_by,
                 object,
                 mechanism,
                 user,

@@ -56,6 +56,21 @@ pub(super) fn is_session_object(t: Template) -> bool {
     !matches!(t.bool_value(CKA_TOKEN), Ok(Some(true)))
 }
 
+/// Whether an existing object is a `CKK_EC` key (for the checks of [`super::keycheck`]); `None` if it cannot be
+/// read.
+fn object_is_ec(
+    bs: &mut dyn p11bridge_backends::BackendSession,
+    o: p11bridge_backends::ObjRef,
+) -> Option<bool> {
+    let mut kt: CK_KEY_TYPE = CK_UNAVAILABLE_INFORMATION;
+    let mut t = [CK_ATTRIBUTE {
+        type_: CKA_KEY_TYPE,
+        pValue: &mut kt as *mut _ as *mut std::ffi::c_void,
+        ulValueLen: std::mem::size_of::<CK_KEY_TYPE>() as CK_ULONG,
+    }];
+    (bs.get_attributes(o, &mut t) == CKR_OK).then_some(kt == CKK_EC)
+}
+
 /// Whether an object belongs to a filtered view: keys by type, everything by label.
 fn in_view(
     u: &super::slot::Unified,
@@ -376,14 +391,18 @@ impl Module {
             return Err(Error::new(CKR_ATTRIBUTE_READ_ONLY));
         }
         let mut inner = s.lock();
-        let r = inner.member(slot, s.rw, pos)?.set_attributes(o, t);
-        r
+        let bs = inner.member(slot, s.rw, pos)?;
+        if super::keycheck::touches_ec(&t) {
+            super::keycheck::check(&t, object_is_ec(bs, o))?;
+        }
+        bs.set_attributes(o, t)
     }
 
     /// `C_CreateObject`: on the member the template names, else the slot's default.
     pub fn create_object(&self, h: CK_SESSION_HANDLE, t: Template) -> Result<CK_OBJECT_HANDLE> {
         let (s, slot) = self.session_slot(h)?;
         let pos = self.target_member(slot, &[t])?;
+        super::keycheck::check(&t, None)?;
         let passed = Passed::new(t);
         let st = passed.get();
         let mut inner = s.lock();
@@ -416,7 +435,11 @@ impl Module {
         let passed = Passed::new(t);
         let st = passed.get();
         let mut inner = s.lock();
-        let n = inner.member(slot, s.rw, pos)?.copy_object(o, st)?;
+        let bs = inner.member(slot, s.rw, pos)?;
+        if super::keycheck::touches_ec(&t) {
+            super::keycheck::check(&t, object_is_ec(bs, o))?;
+        }
+        let n = bs.copy_object(o, st)?;
         // A copy is a session object only if the template says so (else it inherits CKA_TOKEN).
         let session = matches!(t.bool_value(CKA_TOKEN), Ok(Some(false)));
         Ok(self.adopt(slot, &mut inner, pos, n, session))

@@ -43,6 +43,40 @@ fn update_keeps_going(r: &Result<usize>) -> bool {
     }
 }
 
+/// Runs a backend call of an active operation. A panic inside it (a bug) is caught here rather than at the C ABI,
+/// so that the caller's operation ends as for any other error (§5.2) and the session stays usable; the backend's
+/// operation is then cancelled, its own panics ignored. The caller gets `CKR_GENERAL_ERROR`.
+fn contained<T>(
+    inner: &mut super::session::Inner,
+    slot: &super::slot::Slot,
+    rw: bool,
+    pos: usize,
+    kinds: &[OpKind],
+    f: impl FnOnce(&mut super::session::Inner) -> Result<T>,
+) -> Result<T> {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    match catch_unwind(AssertUnwindSafe(|| f(inner))) {
+        Ok(r) => r,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(backend = %slot.members[pos].name, "internal error in an operation (panic caught): {msg}");
+            for k in kinds {
+                let _ = catch_unwind(AssertUnwindSafe(|| {
+                    inner.member(slot, rw, pos).and_then(|bs| bs.op_cancel(*k))
+                }));
+            }
+            Err(Error::with(
+                CKR_GENERAL_ERROR,
+                "internal error (panic caught)",
+            ))
+        }
+    }
+}
+
 /// The audit trail's name for an operation.
 fn kind_event(kind: OpKind) -> &'static str {
     match kind {
@@ -69,10 +103,15 @@ impl Module {
     ) {
         if let Some((info, mech)) = inner.audit_ops[kind as usize].take() {
             let rv = r.as_ref().map_or_else(|e| e.rv(), |_| CKR_OK);
-            self.audit(
+            let served_by = inner
+                .member(slot, false, pos)
+                .ok()
+                .and_then(|bs| bs.served_by().map(str::to_owned));
+            self.audit_served(
                 slot,
                 kind_event(kind),
                 Some(pos),
+                served_by.as_deref(),
                 Some(&info),
                 Some(mech),
                 None,
@@ -184,11 +223,13 @@ impl Module {
         let pos = inner.ops[k].ok_or(Error::new(CKR_OPERATION_NOT_INITIALIZED))?;
         let started = std::time::Instant::now();
         let len_query = out.is_none();
-        let r = match inner.emulated[k].as_ref().map(|e| e.input(input)) {
-            // Emulated hash-and-sign: the backend signs the digest with the raw mechanism, single-part.
-            Some(raw) => inner.member(slot, s.rw, pos)?.op_single(kind, &raw, out),
-            None => inner.member(slot, s.rw, pos)?.op_single(kind, input, out),
-        };
+        let r = contained(&mut inner, slot, s.rw, pos, &[kind], |inner| {
+            match inner.emulated[k].as_ref().map(|e| e.input(input)) {
+                // Emulated hash-and-sign: the backend signs the digest with the raw mechanism, single-part.
+                Some(raw) => inner.member(slot, s.rw, pos)?.op_single(kind, &raw, out),
+                None => inner.member(slot, s.rw, pos)?.op_single(kind, input, out),
+            }
+        });
         if !keeps_going(&r, len_query) {
             inner.ops[k] = None;
             self.audit_done(slot, &mut inner, kind, pos, &r, started);
@@ -209,13 +250,15 @@ impl Module {
         let k = kind as usize;
         let pos = inner.ops[k].ok_or(Error::new(CKR_OPERATION_NOT_INITIALIZED))?;
         let started = std::time::Instant::now();
-        let r = match inner.emulated[k].as_mut() {
-            Some(e) => {
-                e.update(input);
-                Ok(0)
+        let r = contained(&mut inner, slot, s.rw, pos, &[kind], |inner| {
+            match inner.emulated[k].as_mut() {
+                Some(e) => {
+                    e.update(input);
+                    Ok(0)
+                }
+                None => inner.member(slot, s.rw, pos)?.op_update(kind, input, out),
             }
-            None => inner.member(slot, s.rw, pos)?.op_update(kind, input, out),
-        };
+        });
         if !update_keeps_going(&r) {
             inner.ops[k] = None;
             self.audit_done(slot, &mut inner, kind, pos, &r, started);
@@ -231,10 +274,12 @@ impl Module {
         let pos = inner.ops[k].ok_or(Error::new(CKR_OPERATION_NOT_INITIALIZED))?;
         let started = std::time::Instant::now();
         let len_query = out.is_none();
-        let r = match inner.emulated[k].as_ref().map(|e| e.input(&[])) {
-            Some(raw) => inner.member(slot, s.rw, pos)?.op_single(kind, &raw, out),
-            None => inner.member(slot, s.rw, pos)?.op_final(kind, out),
-        };
+        let r = contained(&mut inner, slot, s.rw, pos, &[kind], |inner| {
+            match inner.emulated[k].as_ref().map(|e| e.input(&[])) {
+                Some(raw) => inner.member(slot, s.rw, pos)?.op_single(kind, &raw, out),
+                None => inner.member(slot, s.rw, pos)?.op_final(kind, out),
+            }
+        });
         if !keeps_going(&r, len_query) {
             inner.ops[k] = None;
             self.audit_done(slot, &mut inner, kind, pos, &r, started);
@@ -257,12 +302,14 @@ impl Module {
         let emulated = inner.emulated[k]
             .as_ref()
             .map(|e| e.input(data.unwrap_or(&[])));
-        let bs = inner.member(slot, s.rw, pos)?;
-        let r = match (emulated, data) {
-            (Some(raw), _) => bs.verify(&raw, signature),
-            (None, Some(d)) => bs.verify(d, signature),
-            (None, None) => bs.verify_final(signature),
-        };
+        let r = contained(&mut inner, slot, s.rw, pos, &[OpKind::Verify], |inner| {
+            let bs = inner.member(slot, s.rw, pos)?;
+            match (emulated, data) {
+                (Some(raw), _) => bs.verify(&raw, signature),
+                (None, Some(d)) => bs.verify(d, signature),
+                (None, None) => bs.verify_final(signature),
+            }
+        });
         inner.ops[k] = None;
         self.audit_done(
             slot,
@@ -323,7 +370,9 @@ impl Module {
             }
             _ => return Err(Error::new(CKR_OPERATION_NOT_INITIALIZED)),
         };
-        let r = inner.member(slot, s.rw, pos)?.dual_update(kind, input, out);
+        let r = contained(&mut inner, slot, s.rw, pos, &[a, b], |inner| {
+            inner.member(slot, s.rw, pos)?.dual_update(kind, input, out)
+        });
         if !update_keeps_going(&r) {
             inner.ops[a as usize] = None;
             inner.ops[b as usize] = None;
@@ -504,6 +553,7 @@ impl Module {
             Some(_) => super::objects::named_member(slot, t)?,
             None => None,
         };
+        super::keycheck::check(&t, None)?;
         let passed = Passed::new(t);
         let st = passed.get();
         let mut inner = s.lock();

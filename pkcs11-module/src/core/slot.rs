@@ -363,8 +363,18 @@ impl Slot {
     /// skipped: its objects stay unavailable, the others work.
     pub fn login_members(&self, user: CK_USER_TYPE) {
         for m in &self.members {
-            if let Err(e) = m.token.login_configured(user) {
-                tracing::warn!(backend = %m.name, error = %e, "backend login failed");
+            // A member whose login panics (a bug) is a member whose login failed: the others stay logged in and
+            // the token's login state stays consistent.
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                m.token.login_configured(user)
+            })) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(backend = %m.name, error = %e, "backend login failed")
+                }
+                Err(_) => {
+                    tracing::error!(backend = %m.name, "backend login failed (panic caught)")
+                }
             }
         }
     }

@@ -61,8 +61,14 @@ pub fn bao() -> &'static Bao {
 }
 
 fn start() -> Bao {
+    spawn(0)
+}
+
+/// Another dev server (not the shared one) on `port` (0: a free pair of ports). The caller may kill it and start a
+/// new one on the same port (a dev server keeps everything in memory: set it up again).
+pub fn spawn(port: u16) -> Bao {
     let bin = bin();
-    let port = free_port_pair();
+    let port = if port == 0 { free_port_pair() } else { port };
     let addr = format!("http://127.0.0.1:{port}");
     // Audit devices are declarative in OpenBao 2.x: a config file next to the dev flags.
     let dir = super::repo_root()
@@ -70,6 +76,8 @@ fn start() -> Bao {
         .join(format!("bao-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let audit = dir.join("audit.log");
+    // A server started again on the same port starts a fresh log.
+    let _ = std::fs::remove_file(&audit);
     let hcl = dir.join("audit.hcl");
     std::fs::write(
         &hcl,
@@ -145,6 +153,26 @@ impl Bao {
             String::from_utf8_lossy(&o.stderr)
         );
         String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Kills the server (SIGKILL): connections are refused from now on.
+    pub fn kill(&self) {
+        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// Requests it answered whose path contains `path` (from its audit log).
+    pub fn requests(&self, path: &str) -> usize {
+        std::fs::read_to_string(&self.audit)
+            .map(|s| {
+                s.lines()
+                    .filter(|l| l.contains("\"type\":\"request\"") && l.contains(path))
+                    .count()
+            })
+            .unwrap_or(0)
     }
 
     /// Freezes the server (SIGSTOP): requests hang, as with a dead node behind a load balancer.

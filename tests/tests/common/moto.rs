@@ -14,6 +14,8 @@ pub struct Moto {
     /// `http://127.0.0.1:PORT`
     pub url: String,
     pub pid: i32,
+    /// The region boto3 talks to it in (moto keeps one key store per region).
+    pub region: String,
 }
 
 /// The server of this test binary (started on first use). Also sets the AWS environment the bridge's SDK client
@@ -24,6 +26,12 @@ pub fn moto() -> &'static Moto {
 }
 
 fn start() -> Moto {
+    spawn(0, "us-east-1")
+}
+
+/// Another server (not the shared one), on `port` (0: a free one); `region` is the region its helpers use. The
+/// caller may kill it and start a new one on the same port.
+pub fn spawn(port: u16, region: &str) -> Moto {
     std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
     std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
     std::env::set_var("AWS_REGION", "us-east-1");
@@ -36,7 +44,7 @@ fn start() -> Moto {
     std::thread::spawn(move || {
         let mut cmd = Command::new("python3");
         cmd.arg(&script)
-            .args(["--host", "127.0.0.1", "--port", "0"])
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
         // SAFETY: only async-signal-safe calls between fork and exec.
@@ -65,11 +73,15 @@ fn start() -> Moto {
         .strip_prefix("READY ")
         .unwrap_or_else(|| panic!("moto_fidelity.py said {line:?}"))
         .to_string();
-    Moto { url, pid }
+    Moto {
+        url,
+        pid,
+        region: region.to_string(),
+    }
 }
 
 impl Moto {
-    fn port(&self) -> u16 {
+    pub fn port(&self) -> u16 {
         self.url.rsplit(':').next().unwrap().parse().unwrap()
     }
 
@@ -134,8 +146,8 @@ impl Moto {
     /// Runs Python with boto3's KMS client bound to this server as `kms`; returns stdout.
     pub fn boto(&self, code: &str) -> String {
         let prelude = format!(
-            "import boto3,json\nkms = boto3.client('kms', endpoint_url='{}', region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing')\n",
-            self.url
+            "import boto3,json\nkms = boto3.client('kms', endpoint_url='{}', region_name='{}', aws_access_key_id='testing', aws_secret_access_key='testing')\n",
+            self.url, self.region
         );
         let out = Command::new("python3")
             .arg("-c")
@@ -168,6 +180,30 @@ impl Moto {
         ))
         .trim()
         .to_string()
+    }
+
+    /// A key of this server's region with its material (JSON, see `moto_fidelity.py`), to seed a replica.
+    pub fn export_key(&self, key_id: &str) -> String {
+        self.http(
+            "GET",
+            &format!("/_fidelity/key?region={}&key_id={key_id}", self.region),
+            "",
+        )
+    }
+
+    /// Creates the key of `export_key`'s JSON, same id and material, in this server's region (a replica).
+    pub fn import_key(&self, exported: &str) {
+        let body = exported.trim().trim_end_matches('}');
+        self.http(
+            "POST",
+            "/_fidelity/key",
+            &format!("{body}, \"Region\": \"{}\"}}", self.region),
+        );
+    }
+
+    /// Kills the server (SIGKILL): connections are refused from now on.
+    pub fn kill(&self) {
+        unsafe { libc::kill(self.pid, libc::SIGKILL) };
     }
 
     /// Freezes the server (SIGSTOP): requests hang, as with KMS unreachable behind a black hole.
