@@ -704,6 +704,43 @@ const RSA_SIGN: &[CK_MECHANISM_TYPE] = &[
     CKM_SHA512_RSA_PKCS_PSS,
 ];
 
+/// The alias a key was selected by (`alias/NAME` or an alias ARN), if it was.
+fn selected_alias(sel: &str) -> Option<String> {
+    sel.rsplit_once(":alias/")
+        .map(|(_, a)| format!("alias/{a}"))
+        .or_else(|| sel.starts_with("alias/").then(|| sel.to_string()))
+}
+
+/// A key as a successful `GetPublicKey` describes it: enabled (KMS refuses `GetPublicKey` for keys in any other
+/// state), customer managed (AWS managed keys are symmetric, for which it fails). `None` when the answer lacks
+/// what is needed (`KeyId` is the key ARN and `KeySpec` is there in AWS's answer; else `DescribeKey` is asked).
+fn from_public_key(
+    p: &aws_sdk_kms::operation::get_public_key::GetPublicKeyOutput,
+    selected_alias: Option<String>,
+) -> Option<Described> {
+    let arn = p.key_id().filter(|k| k.starts_with("arn:"))?;
+    let (_, key_id) = arn.rsplit_once(":key/")?;
+    let key_spec = p.key_spec().cloned()?;
+    let public_key = p.public_key().map(|b| b.as_ref().to_vec())?;
+    let meta = aws_sdk_kms::types::KeyMetadata::builder()
+        .key_id(key_id)
+        .arn(arn)
+        .enabled(true)
+        .key_state(KeyState::Enabled)
+        .key_manager(KeyManagerType::Customer)
+        .key_spec(key_spec)
+        .set_key_usage(p.key_usage().cloned())
+        .set_signing_algorithms(Some(p.signing_algorithms().to_vec()))
+        .set_encryption_algorithms(Some(p.encryption_algorithms().to_vec()))
+        .build()
+        .ok()?;
+    Some(Described {
+        meta,
+        public_key: Some(public_key),
+        selected_alias,
+    })
+}
+
 /// The service, shared through an `Arc` so that requests can outlive the caller's stack frame.
 pub struct Kms(Arc<KmsService>);
 
@@ -828,13 +865,34 @@ impl Kms {
         Ok(by_key)
     }
 
-    /// Reads one key: metadata, tags (when filtering), public key. `None`: not exposed.
+    /// Reads one key. `None`: not exposed.
+    ///
+    /// Without a tag filter, `GetPublicKey` first: for a usable asymmetric key its answer is all the bridge needs
+    /// (ARN, key spec, usage, algorithms, public key), one request instead of two. It fails for keys that are not
+    /// usable (`DisabledException`, `KMSInvalidStateException` for pending deletion, import…) and for symmetric and
+    /// HMAC keys (`UnsupportedOperationException`); any such answer falls back to `DescribeKey`, which filters
+    /// those keys as before. AWS managed keys are always symmetric (`SYMMETRIC_DEFAULT`), so `GetPublicKey` never
+    /// succeeds for one: they still go through `DescribeKey` and are exposed only when listed. An unwell region
+    /// (no answer, 5xx, throttled) is an error as on any other call, so that the refresh fails over.
+    ///
+    /// With a tag filter: metadata, tags (before anything is exposed), then the public key.
     async fn describe_one(
         s: Arc<KmsService>,
         c: Client,
         sel: String,
         region: Option<String>,
     ) -> std::result::Result<Option<Described>, Fault> {
+        if s.cfg.tags.is_empty() {
+            match c.get_public_key().key_id(&sel).send().await.map_err(fault) {
+                Ok(p) => {
+                    if let Some(d) = from_public_key(&p, selected_alias(&sel)) {
+                        return Ok(Some(d));
+                    }
+                }
+                Err(f) if health(&f) == Health::Answered => {}
+                Err(f) => return Err(f),
+            }
+        }
         let d = c.describe_key().key_id(&sel).send().await.map_err(fault)?;
         let Some(meta) = d.key_metadata().cloned() else {
             return Ok(None);
@@ -895,14 +953,10 @@ impl Kms {
         } else {
             None
         };
-        let selected_alias = sel
-            .rsplit_once(":alias/")
-            .map(|(_, a)| format!("alias/{a}"))
-            .or_else(|| sel.starts_with("alias/").then(|| sel.clone()));
         Ok(Some(Described {
             meta,
             public_key,
-            selected_alias,
+            selected_alias: selected_alias(&sel),
         }))
     }
 
@@ -1689,6 +1743,49 @@ mod tests {
             Health::Answered
         );
         assert_eq!(health(&Fault::Unreachable("x".into())), Health::Down);
+    }
+
+    #[test]
+    fn get_public_key_answer_describes_an_enabled_customer_key() {
+        use aws_sdk_kms::operation::get_public_key::GetPublicKeyOutput;
+        let arn = "arn:aws:kms:us-east-1:123456789012:key/mrk-1234abcd12ab34cd56ef1234567890ab";
+        let answer = |key_id: &str| {
+            GetPublicKeyOutput::builder()
+                .key_id(key_id)
+                .public_key(Blob::new(vec![0x30, 0x00]))
+                .key_spec(KeySpec::EccNistP256)
+                .key_usage(KeyUsageType::SignVerify)
+                .signing_algorithms(SigningAlgorithmSpec::EcdsaSha256)
+                .build()
+        };
+        let d = from_public_key(&answer(arn), Some("alias/k".into())).expect("described");
+        assert_eq!(d.meta.key_id(), "mrk-1234abcd12ab34cd56ef1234567890ab");
+        assert_eq!(d.meta.arn(), Some(arn));
+        assert!(d.meta.enabled());
+        assert_eq!(d.meta.key_state(), Some(&KeyState::Enabled));
+        assert_eq!(d.meta.key_manager(), Some(&KeyManagerType::Customer));
+        assert_eq!(d.meta.key_spec(), Some(&KeySpec::EccNistP256));
+        assert_eq!(d.meta.key_usage(), Some(&KeyUsageType::SignVerify));
+        assert_eq!(
+            d.meta.signing_algorithms(),
+            &[SigningAlgorithmSpec::EcdsaSha256]
+        );
+        assert_eq!(d.public_key.as_deref(), Some(&[0x30, 0x00][..]));
+        assert_eq!(d.selected_alias.as_deref(), Some("alias/k"));
+        // Not an ARN (as moto without the fidelity layer answers): DescribeKey is asked instead.
+        assert!(from_public_key(&answer("mrk-1234abcd12ab34cd56ef1234567890ab"), None).is_none());
+        // No public key: DescribeKey.
+        let none = GetPublicKeyOutput::builder()
+            .key_id(arn)
+            .key_spec(KeySpec::Rsa2048)
+            .build();
+        assert!(from_public_key(&none, None).is_none());
+        assert_eq!(selected_alias("alias/a"), Some("alias/a".into()));
+        assert_eq!(
+            selected_alias("arn:aws:kms:us-east-1:123456789012:alias/a"),
+            Some("alias/a".into())
+        );
+        assert_eq!(selected_alias(arn), None);
     }
 
     #[test]

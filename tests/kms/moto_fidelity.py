@@ -2,8 +2,8 @@
 """moto KMS server with a fidelity layer.
 
 Runs moto's server (in the foreground, bound to the given host) with KMS
-Sign/Verify/Encrypt/Decrypt patched to behave as the AWS KMS API Reference
-documents, plus a small side channel for tests:
+Sign/Verify/Encrypt/Decrypt/GetPublicKey patched to behave as the AWS KMS API
+Reference documents, plus a small side channel for tests:
 
   GET  /_fidelity/stats   -> {"Sign": 3, ...}   requests per KMS action
   POST /_fidelity/reset   -> clears the counters and all pending faults
@@ -72,6 +72,30 @@ class KMSInvalidSignatureException(JsonRESTError):
             "KMSInvalidSignatureException",
             "The request was rejected because the signature verification failed.",
         )
+
+
+class DisabledException(JsonRESTError):
+    code = 400
+
+    def __init__(self, arn: str) -> None:
+        super().__init__("DisabledException", f"{arn} is disabled.")
+
+
+class KMSInvalidStateException(JsonRESTError):
+    code = 400
+
+    def __init__(self, arn: str, state: str) -> None:
+        super().__init__("KMSInvalidStateException", f"{arn} is {_STATE_WORDS.get(state, state)}.")
+
+
+class UnsupportedOperationException(JsonRESTError):
+    code = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__("UnsupportedOperationException", message)
+
+
+_STATE_WORDS = {"PendingDeletion": "pending deletion", "PendingImport": "pending import"}
 
 
 # SigningAlgorithm -> (scheme, hash). PSS uses MGF1 with the same hash and a
@@ -259,7 +283,38 @@ def decrypt(self: KmsResponse) -> str:
     )
 
 
+def get_public_key(self: KmsResponse) -> str:
+    """GetPublicKey as KMS documents it: only for enabled asymmetric keys; KeyId is the key ARN; KeySpec (and the
+    deprecated CustomerMasterKeySpec); algorithm lists only where they apply. moto answers for keys in any state
+    and, for symmetric and HMAC keys, with a public key it makes up."""
+    key_id = self._get_param("KeyId")
+    self._validate_key_id(key_id)
+    key = self.kms_backend.describe_key(key_id)
+    if key.key_state == "Disabled":
+        raise DisabledException(key.arn)
+    if key.key_state != "Enabled":
+        raise KMSInvalidStateException(key.arn, key.key_state)
+    if not key.key_spec.startswith(("RSA_", "ECC_", "SM2")):
+        raise UnsupportedOperationException(
+            f"{key.arn} key usage {key.key_usage or 'ENCRYPT_DECRYPT'} and key spec {key.key_spec} "
+            "are not supported for this operation: GetPublicKey needs an asymmetric KMS key."
+        )
+    out = {
+        "KeyId": key.arn,
+        "PublicKey": _b64(key.private_key.public_key()),
+        "KeySpec": key.key_spec,
+        "CustomerMasterKeySpec": key.key_spec,
+        "KeyUsage": key.key_usage,
+    }
+    if key.encryption_algorithms:
+        out["EncryptionAlgorithms"] = key.encryption_algorithms
+    if key.signing_algorithms:
+        out["SigningAlgorithms"] = key.signing_algorithms
+    return json.dumps(out)
+
+
 def apply_patches() -> None:
+    KmsResponse.get_public_key = get_public_key
     KmsResponse.sign = sign
     KmsResponse.verify = verify
     KmsResponse.encrypt = encrypt

@@ -444,3 +444,72 @@ def test_key_export_import_makes_a_replica(server, kms):
     # Bad requests are refused, not half-applied.
     assert side(server, "/_fidelity/key?region=us-east-1&key_id=nope")[0] == 404
     assert side(server, "/_fidelity/key", dict(exported, Region="us-west-2", MultiRegion=False))[0] == 400
+
+
+# --------------------------------------------------------------------------
+# 6. GetPublicKey: enabled asymmetric keys only; KeyId is the ARN; KeySpec
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec,usage", [
+    ("RSA_2048", "SIGN_VERIFY"), ("RSA_3072", "ENCRYPT_DECRYPT"), ("ECC_NIST_P256", "SIGN_VERIFY"),
+    ("ECC_NIST_P384", "SIGN_VERIFY"), ("ECC_SECG_P256K1", "SIGN_VERIFY"),
+])
+def test_get_public_key_answers_as_aws(kms, spec, usage):
+    meta = kms.create_key(KeySpec=spec, KeyUsage=usage)["KeyMetadata"]
+    out = kms.get_public_key(KeyId=meta["KeyId"])
+    assert out["KeyId"] == meta["Arn"]
+    assert out["KeySpec"] == spec and out["CustomerMasterKeySpec"] == spec
+    assert out["KeyUsage"] == usage
+    if usage == "SIGN_VERIFY":
+        assert out["SigningAlgorithms"] == meta["SigningAlgorithms"]
+        assert "EncryptionAlgorithms" not in out
+    else:
+        assert out["EncryptionAlgorithms"] == ["RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256"]
+        assert "SigningAlgorithms" not in out
+    public = serialization.load_der_public_key(out["PublicKey"])
+    if spec.startswith("RSA_"):
+        assert public.key_size == int(spec[4:])
+    else:
+        assert isinstance(public, ec.EllipticCurvePublicKey)
+    # By alias and by ARN: the same answer.
+    kms.create_alias(AliasName=f"alias/gpk-{meta['KeyId']}", TargetKeyId=meta["KeyId"])
+    assert kms.get_public_key(KeyId=f"alias/gpk-{meta['KeyId']}")["KeyId"] == meta["Arn"]
+    assert kms.get_public_key(KeyId=meta["Arn"])["PublicKey"] == out["PublicKey"]
+
+
+def test_get_public_key_refuses_unusable_keys(kms):
+    disabled = kms.create_key(KeySpec="ECC_NIST_P256", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    kms.disable_key(KeyId=disabled)
+    with pytest.raises(kms.exceptions.DisabledException) as e:
+        kms.get_public_key(KeyId=disabled)
+    assert error_of(e) == ("DisabledException", 400)
+    kms.enable_key(KeyId=disabled)
+    assert kms.get_public_key(KeyId=disabled)["KeySpec"] == "ECC_NIST_P256"
+
+    pending = kms.create_key(KeySpec="RSA_2048", KeyUsage="SIGN_VERIFY")["KeyMetadata"]["KeyId"]
+    kms.schedule_key_deletion(KeyId=pending, PendingWindowInDays=7)
+    with pytest.raises(kms.exceptions.KMSInvalidStateException) as e:
+        kms.get_public_key(KeyId=pending)
+    assert error_of(e) == ("KMSInvalidStateException", 400)
+    # Cancelling the deletion leaves the key disabled (as in KMS).
+    kms.cancel_key_deletion(KeyId=pending)
+    with pytest.raises(ClientError) as e:
+        kms.get_public_key(KeyId=pending)
+    assert error_of(e) == ("DisabledException", 400)
+
+
+@pytest.mark.parametrize("spec,usage", [
+    ("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT"), ("HMAC_256", "GENERATE_VERIFY_MAC"), ("HMAC_512", "GENERATE_VERIFY_MAC"),
+])
+def test_get_public_key_unsupported_for_symmetric_and_hmac(kms, spec, usage):
+    key_id = kms.create_key(KeySpec=spec, KeyUsage=usage)["KeyMetadata"]["KeyId"]
+    with pytest.raises(kms.exceptions.UnsupportedOperationException) as e:
+        kms.get_public_key(KeyId=key_id)
+    assert error_of(e) == ("UnsupportedOperationException", 400)
+
+
+def test_get_public_key_unknown_key(kms):
+    with pytest.raises(ClientError) as e:
+        kms.get_public_key(KeyId="11111111-2222-3333-4444-555555555555")
+    assert error_of(e) == ("NotFoundException", 400)

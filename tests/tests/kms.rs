@@ -1,6 +1,7 @@
 //! The AWS KMS backend against moto with the fidelity layer: every mechanism on RSA_2048 (sign and decrypt keys),
 //! ECC_NIST_P256/P384/P521, ECC_SECG_P256K1, HMAC_256 and SYMMETRIC_DEFAULT through the `cryptoki` crate,
-//! signatures verified by openssl; key selection (tags, disabled and pending-deletion keys, explicit aliases);
+//! signatures verified by openssl; key selection (tags, disabled and pending-deletion keys, explicit aliases, no
+//! filter);
 //! certificates; key generation and deletion through PKCS#11; random bytes from KMS. Request counts and faults are
 //! in `kms_faults.rs` (a process of their own, so that nothing else runs meanwhile).
 
@@ -96,6 +97,15 @@ endpoint = "{url}"
 keys = ["alias/k-untagged", "{ec256_id}", "{hmac_arn}"]
 cert_cache_dir = "{certs}"
 
+# Every key of the account, no tag filter: GetPublicKey first, DescribeKey where it fails (disabled, pending
+# deletion, symmetric and HMAC keys).
+[backend.kmsall]
+kind = "aws-kms"
+region = "us-east-1"
+endpoint = "{url}"
+discover = true
+cert_cache_dir = "{certs}"
+
 # Through an assumed role (STS AssumeRole at moto: AWS_ENDPOINT_URL_STS).
 [backend.kmsrole]
 kind = "aws-kms"
@@ -114,7 +124,7 @@ backends = ["kms"]
             url = m.url,
             certs = dir.join("certs").display(),
         );
-        env_with(&["kms", "kmslist", "kmsrole"], &section);
+        env_with(&["kms", "kmslist", "kmsall", "kmsrole"], &section);
         Setup { ec256_id }
     })
 }
@@ -184,6 +194,42 @@ fn kms_keys_are_objects_next_to_the_hsms() {
         ),
         1
     );
+    // Without a tag filter: the untagged key too, symmetric and HMAC keys (GetPublicKey refuses them, DescribeKey
+    // describes them), never a disabled or pending-deletion key (GetPublicKey refuses them, DescribeKey says so).
+    for (label, n) in [
+        ("k-untagged", 3),
+        ("k-rsa", 3),
+        ("k-rsa-enc", 3),
+        ("k-ec384", 3),
+        ("k-hmac", 1),
+        ("k-aes", 1),
+        ("k-disabled", 0),
+        ("k-pending", 0),
+    ] {
+        assert_eq!(
+            count(
+                &s,
+                &[Attribute::Label(label.into()), backend_attr("kmsall")]
+            ),
+            n,
+            "{label}"
+        );
+    }
+    for (label, class, kt) in [
+        ("k-hmac", ObjectClass::SECRET_KEY, KeyType::GENERIC_SECRET),
+        ("k-aes", ObjectClass::SECRET_KEY, KeyType::AES),
+        ("k-untagged", ObjectClass::PRIVATE_KEY, KeyType::EC),
+    ] {
+        let k = s
+            .find_objects(&[
+                Attribute::Label(label.into()),
+                Attribute::Class(class),
+                backend_attr("kmsall"),
+            ])
+            .unwrap()[0];
+        let a = s.get_attributes(k, &[AttributeType::KeyType]).unwrap();
+        assert_eq!(a, vec![Attribute::KeyType(kt)], "{label}");
+    }
     let k = kms_key(&s, "k-ec256", ObjectClass::PRIVATE_KEY);
     let a = s
         .get_attributes(
@@ -220,7 +266,7 @@ fn kms_keys_are_objects_next_to_the_hsms() {
             Attribute::Class(ObjectClass::PRIVATE_KEY),
         ])
         .unwrap();
-    assert_eq!(same.len(), 2);
+    assert_eq!(same.len(), 3);
     // Key types of the others.
     for (label, class, kt) in [
         ("k-rsa", ObjectClass::PRIVATE_KEY, KeyType::RSA),
