@@ -354,7 +354,25 @@ fn header() {
     println!("|{}|", ["-"; 8].map(|_| "----------").join("|"));
 }
 
-// ---------------------------------------------------------------- a kept-alive HTTP/1.1 client (the baseline)
+// ---------------------------------------------------------------- the direct Vault clients (the baselines)
+
+/// A reqwest client as the bridge builds one (rustls on ring, preconfigured: nothing process-wide).
+fn reqwest_client() -> reqwest::Client {
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("tls versions")
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build()
+        .expect("reqwest client")
+}
+
+/// A kept-alive HTTP/1.1 exchange written by hand on a blocking socket (`--vault-baseline raw`).
 
 struct Http {
     stream: BufReader<TcpStream>,
@@ -1028,7 +1046,24 @@ cert_cache_dir = "{certs}"
         );
     }
 
-    // Vault: the bridge's C_Sign vs the same transit request on a kept-alive connection.
+    // The direct clients' runtime (reqwest for Vault, aws-sdk-kms for KMS): a multi-thread runtime like the bridge's,
+    // driven by each benchmark thread with block_on.
+    let krt: &'static tokio::runtime::Runtime = Box::leak(Box::new(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap(),
+    ));
+
+    // Vault: the bridge's C_Sign vs the same transit request on a kept-alive connection: by default a direct reqwest
+    // client (one per thread, so one kept-alive connection each), or with `--vault-baseline raw` a hand-written
+    // HTTP/1.1 exchange on a blocking socket (the leanest possible client).
+    let raw_baseline = args
+        .iter()
+        .position(|a| a == "--vault-baseline")
+        .and_then(|i| args.get(i + 1))
+        .is_some_and(|v| v == "raw");
     let addr: &'static str = Box::leak(bao_addr.clone().into_boxed_str());
     let token: &'static str = Box::leak(bao_token.clone().into_boxed_str());
     for (name, vlabel, path, body) in [
@@ -1054,15 +1089,39 @@ cert_cache_dir = "{certs}"
                 bridge: Stats::default(),
             };
             for _ in 0..rounds {
-                let st = round(
-                    threads,
-                    n,
-                    Arc::new(move |_| Http::connect(addr)),
-                    Arc::new(move |h: &mut Http| {
-                        let r = h.post(path, token, body);
-                        assert!(r.contains("signature"), "{r}");
-                    }),
-                );
+                let st = if raw_baseline {
+                    round(
+                        threads,
+                        n,
+                        Arc::new(move |_| Http::connect(addr)),
+                        Arc::new(move |h: &mut Http| {
+                            let r = h.post(path, token, body);
+                            assert!(r.contains("signature"), "{r}");
+                        }),
+                    )
+                } else {
+                    let url: &'static str = Box::leak(format!("{addr}{path}").into_boxed_str());
+                    round(
+                        threads,
+                        n,
+                        Arc::new(move |_| reqwest_client()),
+                        Arc::new(move |c: &mut reqwest::Client| {
+                            let r = krt
+                                .block_on(async {
+                                    c.post(url)
+                                        .header("X-Vault-Token", token)
+                                        .header("Content-Type", "application/json")
+                                        .body(body)
+                                        .send()
+                                        .await?
+                                        .text()
+                                        .await
+                                })
+                                .expect("vault");
+                            assert!(r.contains("signature"), "{r}");
+                        }),
+                    )
+                };
                 row.direct.add(st);
                 let mech = if vlabel == "b-ed" {
                     CKM_EDDSA
@@ -1083,13 +1142,6 @@ cert_cache_dir = "{certs}"
     }
 
     // KMS: the bridge's C_Sign vs aws-sdk-kms Sign, both through the fidelity layer to moto.
-    let krt: &'static tokio::runtime::Runtime = Box::leak(Box::new(
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap(),
-    ));
     let kc = kms_client(krt, &moto.url);
     for threads in [1, 8].into_iter().filter(|_| want("kms")) {
         let n = iters(&o, if threads == 1 { 50 } else { 12 });
@@ -1131,7 +1183,14 @@ cert_cache_dir = "{certs}"
         }
         print_row(&mut row);
     }
-    println!("(direct = SoftHSM2's own function list; a kept-alive HTTP/1.1 connection per thread to OpenBao; aws-sdk-kms with the bridge's HTTPS client to the same moto endpoint)");
+    println!(
+        "(direct = SoftHSM2's own function list; {} to OpenBao; aws-sdk-kms with the bridge's HTTPS client to the same moto endpoint)",
+        if raw_baseline {
+            "a hand-written HTTP/1.1 exchange on a kept-alive blocking socket per thread"
+        } else {
+            "a reqwest client per thread (one kept-alive connection each) on a 2-worker tokio runtime"
+        }
+    );
 
     // Enumeration.
     println!();
