@@ -373,7 +373,6 @@ fn reqwest_client() -> reqwest::Client {
 }
 
 /// A kept-alive HTTP/1.1 exchange written by hand on a blocking socket (`--vault-baseline raw`).
-
 struct Http {
     stream: BufReader<TcpStream>,
     host: String,
