@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::moto::{spawn, Moto};
+use common::moto::{spawn, two_regions_with_mrk};
 use common::*;
 use cryptoki::error::{Error, RvError};
 use cryptoki::mechanism::Mechanism;
@@ -59,10 +59,6 @@ fn hsm_sign(s: &Session) {
 }
 
 /// Seeds `to` with the replica of `from`'s key (same id, same private key, same alias).
-fn replicate(from: &Moto, to: &Moto, key_id: &str) {
-    to.import_key(&from.export_key(key_id));
-}
-
 /// One signed message, verified later.
 struct Signed {
     msg: Vec<u8>,
@@ -99,17 +95,7 @@ fn sign_for(s: &Session, key: ObjectHandle, n0: &mut u64, d: Duration, out: &mut
 
 #[test]
 fn multi_region_failover_and_return() {
-    let a = spawn(0, "us-east-1");
-    let b = spawn(0, "us-west-2");
-    let key_id = a
-        .boto(
-            "k = kms.create_key(KeySpec='ECC_NIST_P256', KeyUsage='SIGN_VERIFY', MultiRegion=True)['KeyMetadata']['KeyId']\nkms.create_alias(AliasName='alias/ha-signing', TargetKeyId=k)\nprint(k)",
-        )
-        .trim()
-        .to_string();
-    assert!(key_id.starts_with("mrk-"), "{key_id}");
-    replicate(&a, &b, &key_id);
-    let exported = a.export_key(&key_id);
+    let (a, b, _key_id, exported) = two_regions_with_mrk("alias/ha-signing");
     let dir = repo_root()
         .join("target/test-env")
         .join(format!("kms-ha-{}", std::process::id()));

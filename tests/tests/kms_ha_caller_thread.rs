@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::moto::spawn;
+use common::moto::{spawn, two_regions_with_mrk};
 use common::*;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::Mechanism;
@@ -44,16 +44,7 @@ fn sign_n(s: &Session, key: ObjectHandle, spki: &[u8], tag: &str, n: usize) {
 
 #[test]
 fn callers_probe_when_the_bridge_may_not_create_threads() {
-    let a = spawn(0, "us-east-1");
-    let b = spawn(0, "us-west-2");
-    let key_id = a
-        .boto(
-            "k = kms.create_key(KeySpec='ECC_NIST_P256', KeyUsage='SIGN_VERIFY', MultiRegion=True)['KeyMetadata']['KeyId']\nkms.create_alias(AliasName='alias/ha-ct', TargetKeyId=k)\nprint(k)",
-        )
-        .trim()
-        .to_string();
-    let exported = a.export_key(&key_id);
-    b.import_key(&exported);
+    let (a, b, _key_id, exported) = two_regions_with_mrk("alias/ha-ct");
     let dir = repo_root()
         .join("target/test-env")
         .join(format!("kms-ha-ct-{}", std::process::id()));

@@ -215,3 +215,22 @@ impl Moto {
         unsafe { libc::kill(self.pid, libc::SIGCONT) };
     }
 }
+
+/// Two moto servers as two regions of one account (us-east-1 first, us-west-2) holding the same multi-Region ECC
+/// P-256 signing key behind `alias` (the second seeded through the fidelity layer). Returns the servers, the key id
+/// (`mrk-…`) and the exported key, to seed a restarted server again.
+#[allow(dead_code)]
+pub fn two_regions_with_mrk(alias: &str) -> (Moto, Moto, String, String) {
+    let a = spawn(0, "us-east-1");
+    let b = spawn(0, "us-west-2");
+    let key_id = a
+        .boto(&format!(
+            "k = kms.create_key(KeySpec='ECC_NIST_P256', KeyUsage='SIGN_VERIFY', MultiRegion=True)['KeyMetadata']['KeyId']\nkms.create_alias(AliasName='{alias}', TargetKeyId=k)\nprint(k)"
+        ))
+        .trim()
+        .to_string();
+    assert!(key_id.starts_with("mrk-"), "{key_id}");
+    let exported = a.export_key(&key_id);
+    b.import_key(&exported);
+    (a, b, key_id, exported)
+}
