@@ -195,22 +195,6 @@ fn creating_keys_is_never_retried() {
     m.reset();
 }
 
-fn hsm_sign(s: &Session) {
-    let k = s
-        .find_objects(&[
-            Attribute::Class(ObjectClass::PRIVATE_KEY),
-            Attribute::KeyType(cryptoki::object::KeyType::EC),
-            Attribute::VendorDefined((
-                AttributeType::VendorDefined(CKA_P11BRIDGE_BACKEND),
-                b"hsm".to_vec(),
-            )),
-        ])
-        .unwrap();
-    assert!(!k.is_empty(), "the SoftHSM token has an EC key");
-    let sig = s.sign(&Mechanism::Ecdsa, k[0], &[3u8; 32]).unwrap();
-    assert!(!sig.is_empty());
-}
-
 #[test]
 fn kms_slow_or_frozen_is_a_device_error_within_the_deadline() {
     let _g = SERIAL.lock();

@@ -42,22 +42,6 @@ fn kms_key(s: &Session, label: &str, class: ObjectClass) -> ObjectHandle {
     v[0]
 }
 
-fn hsm_sign(s: &Session) {
-    let k = s
-        .find_objects(&[
-            Attribute::Class(ObjectClass::PRIVATE_KEY),
-            Attribute::KeyType(cryptoki::object::KeyType::EC),
-            Attribute::VendorDefined((
-                AttributeType::VendorDefined(CKA_P11BRIDGE_BACKEND),
-                b"hsm".to_vec(),
-            )),
-        ])
-        .unwrap();
-    assert!(!k.is_empty(), "the SoftHSM token has an EC key");
-    let sig = s.sign(&Mechanism::Ecdsa, k[0], &[3u8; 32]).unwrap();
-    assert!(!sig.is_empty());
-}
-
 /// Seeds `to` with the replica of `from`'s key (same id, same private key, same alias).
 /// One signed message, verified later.
 struct Signed {

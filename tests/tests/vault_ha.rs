@@ -41,24 +41,6 @@ fn key(s: &Session, backend: &str, class: ObjectClass) -> ObjectHandle {
     v[0]
 }
 
-fn hsm_sign(s: &Session) {
-    let k = s
-        .find_objects(&[
-            Attribute::Class(ObjectClass::PRIVATE_KEY),
-            Attribute::KeyType(cryptoki::object::KeyType::EC),
-            Attribute::VendorDefined((
-                AttributeType::VendorDefined(CKA_P11BRIDGE_BACKEND),
-                b"hsm".to_vec(),
-            )),
-        ])
-        .unwrap();
-    assert!(!k.is_empty(), "the SoftHSM token has an EC key");
-    assert!(!s
-        .sign(&Mechanism::Ecdsa, k[0], &[3u8; 32])
-        .unwrap()
-        .is_empty());
-}
-
 /// Transit on, and the key restored from `backup` (A's plaintext backup: same key material everywhere).
 fn seed(b: &Bao, backup: &str) {
     b.ok(&["secrets", "enable", "transit"]);

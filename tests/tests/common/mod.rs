@@ -314,3 +314,25 @@ pub fn tempdir(tag: &str) -> PathBuf {
 pub fn sha256(data: &[u8]) -> Vec<u8> {
     openssl(&["dgst", "-sha256", "-binary"], Some(data))
 }
+
+/// Signs once with an EC key of the SoftHSM2 backend (`CKA_P11BRIDGE_BACKEND` = "hsm") in a unified session: the
+/// check that a remote backend's trouble leaves the HSM's keys working.
+#[allow(dead_code)]
+pub fn hsm_sign(s: &Session) {
+    const CKA_P11BRIDGE_BACKEND: u64 = 0x8B11_D001;
+    let k = s
+        .find_objects(&[
+            Attribute::Class(cryptoki::object::ObjectClass::PRIVATE_KEY),
+            Attribute::KeyType(cryptoki::object::KeyType::EC),
+            Attribute::VendorDefined((
+                AttributeType::VendorDefined(CKA_P11BRIDGE_BACKEND),
+                b"hsm".to_vec(),
+            )),
+        ])
+        .unwrap();
+    assert!(!k.is_empty(), "the SoftHSM token has an EC key");
+    let sig = s
+        .sign(&cryptoki::mechanism::Mechanism::Ecdsa, k[0], &[3u8; 32])
+        .unwrap();
+    assert!(!sig.is_empty());
+}
