@@ -9,6 +9,7 @@
 #![allow(clippy::macro_metavars_in_unsafe)]
 
 pub mod batch;
+pub mod diag;
 pub mod error;
 pub mod health;
 pub mod kms;
@@ -72,6 +73,91 @@ pub trait Token: Send + Sync {
     fn has_rng(&self) -> bool {
         false
     }
+    /// Where this token lives, for people: module path and upstream token, URL(s), region(s).
+    fn endpoint(&self) -> String {
+        String::new()
+    }
+    /// `p11bridge check`: logs in with the configured credentials, reads every object, and says what failed in the
+    /// backend's own words. Makes network calls; never called by a PKCS#11 function.
+    fn check(&self) -> CheckReport {
+        default_check(self)
+    }
+}
+
+/// What `p11bridge check` reports for one backend of one token (`C_P11BRIDGE_Check`).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct CheckReport {
+    /// Where the backend is (module and token, URL(s), region(s)).
+    pub endpoint: String,
+    /// `"ok"`, `"not configured"` (no credentials to log in with), or the failure in the backend's words.
+    pub login: String,
+    /// Objects found, and how many of them are private and secret keys.
+    pub objects: usize,
+    pub private_keys: usize,
+    pub secret_keys: usize,
+    /// Keys named in the configuration (`keys = [...]`) that were found and that were not.
+    pub keys_found: Vec<String>,
+    pub keys_missing: Vec<String>,
+    /// Every failure, in the backend's own words; empty when all is well.
+    pub problems: Vec<String>,
+    /// How long the check of this backend took.
+    pub latency_ms: f64,
+}
+
+/// The check every token gets unless it has its own: a login with the configured credentials, then one search.
+pub fn default_check(t: &(impl Token + ?Sized)) -> CheckReport {
+    let start = std::time::Instant::now();
+    let mut r = CheckReport {
+        endpoint: t.endpoint(),
+        ..Default::default()
+    };
+    let logged_in = match t.login_configured(CKU_USER) {
+        Ok(()) => {
+            r.login = "ok".into();
+            true
+        }
+        Err(e) => {
+            r.login = e.to_string();
+            r.problems.push(format!(
+                "login with the configured credentials refused: {e}"
+            ));
+            false
+        }
+    };
+    let counted = t.open_session(false).and_then(|mut s| {
+        let objs = s.find(Template::null())?;
+        let mut private = 0;
+        let mut secret = 0;
+        for o in &objs {
+            let mut class: CK_OBJECT_CLASS = CK_UNAVAILABLE_INFORMATION;
+            let mut a = [CK_ATTRIBUTE {
+                type_: CKA_CLASS,
+                pValue: &mut class as *mut _ as *mut std::ffi::c_void,
+                ulValueLen: std::mem::size_of::<CK_OBJECT_CLASS>() as CK_ULONG,
+            }];
+            if s.get_attributes(*o, &mut a) == CKR_OK {
+                match class {
+                    CKO_PRIVATE_KEY => private += 1,
+                    CKO_SECRET_KEY => secret += 1,
+                    _ => {}
+                }
+            }
+        }
+        Ok((objs.len(), private, secret))
+    });
+    match counted {
+        Ok((n, p, s)) => {
+            r.objects = n;
+            r.private_keys = p;
+            r.secret_keys = s;
+        }
+        Err(e) => r.problems.push(format!("cannot read its objects: {e}")),
+    }
+    if logged_in {
+        let _ = t.logout_configured();
+    }
+    r.latency_ms = start.elapsed().as_secs_f64() * 1000.0;
+    r
 }
 
 /// A session on one backend token. Methods follow the PKCS#11 functions of the same name; output buffers follow

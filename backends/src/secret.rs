@@ -71,6 +71,16 @@ impl SecretRef {
         }
     }
 
+    /// Why this reference can never give a PIN, if it cannot: an empty literal, or `env:` / `file:` naming nothing.
+    pub fn emptiness(&self) -> Option<&'static str> {
+        match self.0.as_str() {
+            "" => Some("empty (a PIN has at least 1 character; or write env:NAME or file:PATH)"),
+            "env:" => Some("\"env:\" names no environment variable"),
+            "file:" => Some("\"file:\" names no file"),
+            _ => None,
+        }
+    }
+
     /// Checks that the reference can be resolved, without keeping the value.
     pub fn describe(&self) -> String {
         if self.0.starts_with("env:") || self.0.starts_with("file:") {

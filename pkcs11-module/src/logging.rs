@@ -37,7 +37,12 @@ pub fn init() {
                     false
                 }
             },
-            None => builder.with_writer(std::io::stderr).try_init().is_ok(),
+            None => {
+                let ok = builder.with_writer(std::io::stderr).try_init().is_ok();
+                // Its warn lines carry the notices: no line twice on stderr.
+                p11bridge_backends::diag::set_log_on_stderr(ok);
+                ok
+            }
         };
         ENABLED.store(ok, Ordering::Relaxed);
     });
@@ -50,6 +55,7 @@ pub fn fatal(e: &Error) {
         .cause()
         .map(str::to_owned)
         .unwrap_or_else(|| e.to_string());
+    p11bridge_backends::diag::set_last(e.rv(), msg.clone());
     if ENABLED.load(Ordering::Relaxed) {
         tracing::error!("C_Initialize failed: {msg}");
     } else {

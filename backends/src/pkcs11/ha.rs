@@ -583,6 +583,18 @@ impl Token for HaToken {
         }
         Err(first_err.unwrap_or(Error::new(CKR_DEVICE_ERROR)))
     }
+    fn endpoint(&self) -> String {
+        let members: Vec<String> = self
+            .g
+            .members
+            .iter()
+            .map(|m| match m.token() {
+                Ok(t) => format!("{} ({})", m.name, t.endpoint()),
+                Err(e) => format!("{} (unavailable: {e})", m.name),
+            })
+            .collect();
+        format!("HA group of {}", members.join("; "))
+    }
     fn logout_configured(&self) -> Result<()> {
         {
             let mut l = self.g.login.lock();

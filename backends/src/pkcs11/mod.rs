@@ -383,6 +383,17 @@ impl Token for UpstreamToken {
     fn has_rng(&self) -> bool {
         self.token_info().is_ok_and(|t| t.flags & CKF_RNG != 0)
     }
+    fn endpoint(&self) -> String {
+        let label = self
+            .token_info()
+            .map(|t| String::from_utf8_lossy(&t.label).trim_end().to_string())
+            .unwrap_or_default();
+        format!(
+            "{}, slot {}, token \"{label}\"",
+            self.lib.path.display(),
+            self.slot
+        )
+    }
 }
 
 pub struct UpstreamSession {

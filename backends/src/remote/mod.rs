@@ -277,6 +277,20 @@ pub trait RemoteService: Send + Sync + 'static {
     fn destroy(&self, _key: &RemoteKey) -> Result<()> {
         Err(Error::new(CKR_ACTION_PROHIBITED))
     }
+    /// Where the service is, for people (URL(s), region(s) and endpoint).
+    fn endpoint(&self) -> String {
+        String::new()
+    }
+    /// `p11bridge check`: logs in with the configured credentials now and says how it went (`Ok`: a short
+    /// description, e.g. the token's identity; `Err`: the refusal in the service's words).
+    fn check_login(&self) -> Result<String> {
+        Ok("checked by listing the keys".into())
+    }
+    /// The keys named in the configuration, split into those among `found` and those missing (as the
+    /// configuration names them).
+    fn configured_keys(&self, _found: &[Arc<RemoteKey>]) -> (Vec<String>, Vec<String>) {
+        (Vec::new(), Vec::new())
+    }
 }
 
 /// A key to create, derived from PKCS#11 templates.
@@ -651,5 +665,50 @@ impl Token for RemoteToken {
     }
     fn has_rng(&self) -> bool {
         self.shared.service.has_random()
+    }
+    fn endpoint(&self) -> String {
+        self.shared.service.endpoint()
+    }
+    fn check(&self) -> crate::CheckReport {
+        let start = Instant::now();
+        let svc = &self.shared.service;
+        let mut r = crate::CheckReport {
+            endpoint: svc.endpoint(),
+            ..Default::default()
+        };
+        match svc.check_login() {
+            Ok(s) => r.login = s,
+            Err(e) => {
+                r.login = e.to_string();
+                r.problems.push(format!(
+                    "login with the configured credentials refused: {e}"
+                ));
+            }
+        }
+        match self.shared.refresh_now() {
+            Ok(()) => {
+                let keys: Vec<Arc<RemoteKey>> =
+                    self.shared.cache.read().keys.values().cloned().collect();
+                for k in &keys {
+                    let objs = objects_of(k);
+                    r.objects += objs.len();
+                    if objs.contains(&CLASS_SECRET) {
+                        r.secret_keys += 1;
+                    } else {
+                        r.private_keys += 1;
+                    }
+                }
+                let (found, missing) = svc.configured_keys(&keys);
+                for m in &missing {
+                    r.problems
+                        .push(format!("key \"{m}\" named in keys was not found"));
+                }
+                r.keys_found = found;
+                r.keys_missing = missing;
+            }
+            Err(e) => r.problems.push(format!("cannot list its keys: {e}")),
+        }
+        r.latency_ms = start.elapsed().as_secs_f64() * 1000.0;
+        r
     }
 }

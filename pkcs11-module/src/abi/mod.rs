@@ -3,12 +3,14 @@
 
 mod functions;
 mod lists;
+mod vendor;
 
 pub use functions::*;
 pub use lists::*;
+pub use vendor::*;
 
 use cryptoki_sys::*;
-use p11bridge_backends::{Error, Mechanism, Out, Result, Template};
+use p11bridge_backends::{diag, Error, Mechanism, Out, Result, Template};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// The largest single buffer we accept from a caller (1 GiB): a larger length is taken as garbage
@@ -19,6 +21,7 @@ pub const MAX_ATTRS: usize = 1 << 16;
 
 /// Runs one entry point: a panic becomes `CKR_GENERAL_ERROR` and never crosses into the caller's process.
 pub fn guard(name: &'static str, f: impl FnOnce() -> Result<()>) -> CK_RV {
+    let mark = diag::mark();
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => {
             tracing::trace!(function = name, "CKR_OK");
@@ -26,6 +29,21 @@ pub fn guard(name: &'static str, f: impl FnOnce() -> Result<()>) -> CK_RV {
         }
         Ok(Err(e)) => {
             tracing::debug!(function = name, rv = %e, "returned");
+            // The cause travels with the error: the calling thread can read it (C_P11BRIDGE_GetLastError). A
+            // length answer is no failure; an error without a cause does not overwrite a cause recorded during
+            // this call (by a backend that reported it).
+            if e.rv() != CKR_BUFFER_TOO_SMALL {
+                match (diag::mark() == mark, e.cause()) {
+                    (true, Some(c)) => diag::set_last(e.rv(), format!("{name}: {c}")),
+                    (true, None) => diag::set_last(e.rv(), String::new()),
+                    // A backend reported the cause in words during this call: keep its text.
+                    (false, _) => {
+                        if let Some((_, text)) = diag::last() {
+                            diag::set_last(e.rv(), text);
+                        }
+                    }
+                }
+            }
             e.rv()
         }
         Err(panic) => {
@@ -35,6 +53,10 @@ pub fn guard(name: &'static str, f: impl FnOnce() -> Result<()>) -> CK_RV {
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
             tracing::error!(function = name, "internal error (panic caught): {msg}");
+            diag::set_last(
+                CKR_GENERAL_ERROR,
+                format!("{name}: internal error (panic caught): {msg}"),
+            );
             CKR_GENERAL_ERROR
         }
     }

@@ -20,6 +20,86 @@ pub struct Config {
     /// The audit trail (off without this section).
     #[serde(default)]
     pub audit: Option<super::audit::AuditConfig>,
+    /// Backend problems that hide keys or fail operations are shown on stderr, one line per distinct cause per
+    /// process (default `true`; `P11BRIDGE_QUIET=1` silences them too). The log (`P11BRIDGE_LOG`) is unaffected.
+    pub notices: Option<bool>,
+    /// The file and its text, to name the line of a problem found after parsing.
+    #[serde(skip)]
+    pub source: Option<(PathBuf, String)>,
+}
+
+impl Config {
+    /// An error about a key of this file (its cause starts with `slot[N]...` or `backend.NAME...`), with the file
+    /// and the line of that key in front: `FILE:LINE: backend.vault: unknown field ...`.
+    pub fn locate(&self, e: Error) -> Error {
+        let Some((path, text)) = &self.source else {
+            return e;
+        };
+        let cause = e.cause().unwrap_or("").to_string();
+        let line = locate(text, &cause);
+        let at = line.map(|l| format!(":{l}")).unwrap_or_default();
+        Error::with(e.rv(), format!("{}{at}: {cause}", path.display()))
+    }
+}
+
+/// The line (1-based) that an error about `slot[N].KEY` / `backend.NAME.KEY` (or `backend.NAME: unknown field
+/// \`KEY\``) points at: the key's line inside its section, else the section's header.
+pub fn locate(text: &str, cause: &str) -> Option<usize> {
+    let head = cause.split([':', ' ']).next().unwrap_or("");
+    let squeezed = |l: &str| l.chars().filter(|c| !c.is_whitespace()).collect::<String>();
+    let (start, rest) = if let Some(r) = head.strip_prefix("slot[") {
+        let (n, rest) = r.split_once(']')?;
+        let n: usize = n.parse().ok()?;
+        let start = text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| squeezed(l) == "[[slot]]")
+            .nth(n)?
+            .0;
+        (start, rest.trim_start_matches('.'))
+    } else if let Some(r) = head.strip_prefix("backend.") {
+        let (name, rest) = r.split_once('.').unwrap_or((r, ""));
+        let plain = format!("[backend.{name}]");
+        let quoted = format!("[backend.\"{name}\"]");
+        let start = text.lines().position(|l| {
+            let t = squeezed(l);
+            t == plain || t == quoted
+        })?;
+        (start, rest)
+    } else {
+        return None;
+    };
+    find_key(text, start, rest, cause)
+}
+
+/// From a section header at line index `start`: the line of `key` in that section (or of the field an "unknown
+/// field `X`" message names), else the header's line; 1-based.
+fn find_key(text: &str, start: usize, key: &str, cause: &str) -> Option<usize> {
+    let key = key.split(['.', '[']).next().unwrap_or("");
+    let key = if key.is_empty() {
+        cause
+            .split_once("unknown field `")
+            .and_then(|(_, r)| r.split_once('`'))
+            .map(|(k, _)| k)
+            .unwrap_or("")
+    } else {
+        key
+    };
+    if !key.is_empty() {
+        for (i, l) in text.lines().enumerate().skip(start + 1) {
+            let t = l.trim_start();
+            if t.starts_with('[') {
+                break;
+            }
+            if let Some(r) = t.strip_prefix(key) {
+                let r = r.trim_start();
+                if r.starts_with('=') || r.starts_with('.') {
+                    return Some(i + 1);
+                }
+            }
+        }
+    }
+    Some(start + 1)
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -122,7 +202,9 @@ pub fn parse(text: &str, path: &Path) -> Result<Config> {
             inner.message().trim().replace('\n', "; ")
         ))
     })?;
-    validate(&cfg).map_err(|e| err(format!("{}: {}", path.display(), e.cause().unwrap_or(""))))?;
+    let mut cfg = cfg;
+    cfg.source = Some((path.to_path_buf(), text.to_string()));
+    validate(&cfg).map_err(|e| cfg.locate(e))?;
     Ok(cfg)
 }
 
@@ -173,6 +255,11 @@ fn validate(cfg: &Config) -> Result<()> {
         if s.user_pin.is_none() {
             return Err(err(format!("{at}.user_pin: missing")));
         }
+        for (key, pin) in [("user_pin", &s.user_pin), ("so_pin", &s.so_pin)] {
+            if let Some(problem) = pin.as_ref().and_then(|p| p.emptiness()) {
+                return Err(err(format!("{at}.{key}: {problem}")));
+            }
+        }
         if s.backends.is_empty() {
             return Err(err(format!("{at}.backends: list at least one backend")));
         }
@@ -206,6 +293,15 @@ fn validate(cfg: &Config) -> Result<()> {
             Some(Some(_)) => {}
             Some(None) => return Err(err(format!("backend.{name}.kind: must be a string"))),
             None => return Err(err(format!("backend.{name}.kind: missing"))),
+        }
+        for key in ["pin", "so_pin"] {
+            if let Some(problem) = t
+                .get(key)
+                .and_then(|v| v.as_str())
+                .and_then(|v| SecretRef::new(v).emptiness())
+            {
+                return Err(err(format!("backend.{name}.{key}: {problem}")));
+            }
         }
     }
     validate_ha_groups(cfg)
@@ -290,6 +386,42 @@ module = "/x.so"
         assert!(e.contains("slot[0].label") || e.contains("label"), "{e}");
         let e = p("").unwrap_err();
         assert!(e.contains("no [[slot]]"), "{e}");
+    }
+
+    #[test]
+    fn backend_and_cross_reference_errors_name_the_line() {
+        let text = "[[slot]]\nlabel = \"u\"\nuser_pin = \"1\"\nbackends = [\"v\"]\n\n\
+                    [backend.v]\nkind = \"vault-transit\"\nadress = \"http://x\"\n";
+        assert_eq!(
+            locate(
+                text,
+                "backend.v: unknown field `adress`, expected one of ..."
+            ),
+            Some(8)
+        );
+        assert_eq!(locate(text, "backend.v.kind: unknown kind"), Some(7));
+        assert_eq!(locate(text, "backend.v.nothing: x"), Some(6));
+        assert_eq!(
+            locate(text, "slot[0].backends: no [backend.x] section"),
+            Some(4)
+        );
+        assert_eq!(locate(text, "slot[1].backends: x"), None);
+        let e =
+            p("[[slot]]\nlabel = \"u\"\nuser_pin = \"1\"\nbackends = [\"nope\"]\n").unwrap_err();
+        assert!(e.starts_with("x.toml:4: slot[0].backends"), "{e}");
+    }
+
+    #[test]
+    fn empty_pins_are_refused() {
+        let e = p("[[slot]]\nlabel = \"u\"\nuser_pin = \"\"\nbackends = [\"h\"]\n[backend.h]\nkind = \"pkcs11\"\n")
+            .unwrap_err();
+        assert!(e.contains("x.toml:3: slot[0].user_pin: empty"), "{e}");
+        let e = p("[[slot]]\nlabel = \"u\"\nuser_pin = \"1\"\nso_pin = \"env:\"\nbackends = [\"h\"]\n[backend.h]\nkind = \"pkcs11\"\n")
+            .unwrap_err();
+        assert!(e.contains("x.toml:4: slot[0].so_pin"), "{e}");
+        let e = p("[[slot]]\nlabel = \"u\"\nuser_pin = \"1\"\nbackends = [\"h\"]\n[backend.h]\nkind = \"pkcs11\"\npin = \"\"\n")
+            .unwrap_err();
+        assert!(e.contains("x.toml:7: backend.h.pin: empty"), "{e}");
     }
 
     #[test]

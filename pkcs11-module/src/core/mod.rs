@@ -2,6 +2,7 @@
 //! It knows the `Backend` trait only; `p11bridge_backends::build` is the one place concrete backends are made.
 
 pub mod audit;
+pub mod check;
 pub mod config;
 mod emulate;
 pub mod handles;
@@ -114,7 +115,10 @@ pub fn initialize(args: InitArgs) -> Result<()> {
     let ctx = BuildContext {
         cant_create_threads: args.cant_create_threads,
     };
-    let m = Module::build(&cfg, &ctx, generation).inspect_err(logging::fatal)?;
+    p11bridge_backends::diag::configure(cfg.notices);
+    let m = Module::build(&cfg, &ctx, generation)
+        .map_err(|e| cfg.locate(e))
+        .inspect_err(logging::fatal)?;
     tracing::info!(config = %path.display(), slots = m.slots.len(), "initialized");
     let old = STATE.swap(Some(Arc::new(m)));
     if let Some(old) = old {

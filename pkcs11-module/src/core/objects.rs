@@ -287,7 +287,12 @@ impl Module {
                         handles.extend(found.into_iter().map(|o| slot.handles.intern((pos, o))));
                     }
                     Err(e) => {
-                        tracing::warn!(backend = %slot.members[pos].name, error = %e, "search failed");
+                        // Never silent: the application sees fewer objects, the person sees why.
+                        slot.member_trouble(
+                            &slot.members[pos],
+                            &format!("cannot list its keys: {e}"),
+                            "its keys are not on token",
+                        );
                         first_err.get_or_insert(e);
                     }
                 }

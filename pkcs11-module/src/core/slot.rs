@@ -4,7 +4,7 @@
 use super::config::SlotConfig;
 use super::handles::Handles;
 use cryptoki_sys::*;
-use p11bridge_backends::{pad, Backend, Error, Result, SecretRef, Token};
+use p11bridge_backends::{diag, pad, Backend, Error, Result, SecretRef, Token};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,6 +12,8 @@ use std::sync::Arc;
 /// One backend feeding a slot.
 pub struct Member {
     pub name: String,
+    /// The backend's `kind` (for messages).
+    pub kind: &'static str,
     pub token: Arc<dyn Token>,
 }
 
@@ -62,7 +64,25 @@ pub fn glob(pattern: &str, label: &str) -> bool {
     true
 }
 
+fn pin_status(p: &SecretRef) -> (String, Option<String>) {
+    let problem = match p.resolve() {
+        Ok(v) if v.expose().is_empty() => Some("it is empty".to_string()),
+        Ok(_) => None,
+        Err(e) => Some(e.cause().unwrap_or("cannot be read").to_string()),
+    };
+    (p.describe(), problem)
+}
+
 impl Unified {
+    /// The user PIN reference and, if it cannot be read now, why.
+    pub fn user_pin_status(&self) -> (String, Option<String>) {
+        pin_status(&self.user_pin)
+    }
+    /// The SO PIN reference (when one is configured) and, if it cannot be read now, why.
+    pub fn so_pin_status(&self) -> Option<(String, Option<String>)> {
+        self.so_pin.as_ref().map(pin_status)
+    }
+
     /// Whether member `pos` offers the mechanism itself.
     pub fn offers(&self, pos: usize, mech: CK_MECHANISM_TYPE) -> bool {
         self.mechanism(mech).is_some_and(|m| m.2.contains(&pos))
@@ -115,6 +135,7 @@ impl Slot {
         };
         if let Some(m) = &sc.mirror {
             let b = get(m)?;
+            let kind = b.kind();
             let tokens = b
                 .mirror_tokens()
                 .map_err(|e| Error::with(e.rv(), format!("{at}.mirror: {e}")))?;
@@ -129,6 +150,7 @@ impl Slot {
                         kind: SlotKind::Mirror,
                         members: vec![Member {
                             name: m.clone(),
+                            kind,
                             token,
                         }],
                         handles: Handles::Identity,
@@ -140,11 +162,13 @@ impl Slot {
         let label = sc.label.clone().unwrap_or_default();
         let mut members = Vec::new();
         for name in &sc.backends {
-            let token = get(name)?
+            let b = get(name)?;
+            let token = b
                 .token()
                 .map_err(|e| Error::with(e.rv(), format!("{at}.backends: {name}: {e}")))?;
             members.push(Member {
                 name: name.clone(),
+                kind: b.kind(),
                 token,
             });
         }
@@ -351,7 +375,24 @@ impl Slot {
             },
             _ => &u.user_pin,
         };
-        let want = want.resolve()?;
+        let want = want.resolve().map_err(|e| {
+            // The configuration names a PIN nobody can give: say so, once, in words.
+            let text = format!(
+                "token \"{}\": {} = \"{}\" cannot be read: {}; nobody can log in to this token",
+                u.label,
+                if user == CKU_SO { "so_pin" } else { "user_pin" },
+                want.describe(),
+                e.cause().unwrap_or("")
+            );
+            diag::report(CKR_FUNCTION_FAILED, text.clone());
+            Error::with(CKR_FUNCTION_FAILED, text)
+        })?;
+        if want.expose().is_empty() {
+            return Err(Error::with(
+                CKR_FUNCTION_FAILED,
+                format!("token \"{}\": the configured PIN is empty", u.label),
+            ));
+        }
         if want.ct_eq(pin) {
             Ok(())
         } else {
@@ -359,24 +400,45 @@ impl Slot {
         }
     }
 
-    /// Logs the members of a unified token in (after the PIN was checked). A member that fails is logged and
-    /// skipped: its objects stay unavailable, the others work.
+    /// Logs the members of a unified token in (after the PIN was checked). A member that fails is reported
+    /// (stderr, the log, the thread's last cause) and skipped: its private objects stay unavailable, the others
+    /// work.
     pub fn login_members(&self, user: CK_USER_TYPE) {
         for m in &self.members {
             // A member whose login panics (a bug) is a member whose login failed: the others stay logged in and
             // the token's login state stays consistent.
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let why = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 m.token.login_configured(user)
             })) {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(backend = %m.name, error = %e, "backend login failed")
-                }
-                Err(_) => {
-                    tracing::error!(backend = %m.name, "backend login failed (panic caught)")
-                }
-            }
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "internal error (panic caught)".to_string(),
+            };
+            self.member_trouble(
+                m,
+                &format!("login with the configured credentials failed: {why}"),
+                "its private keys are not on token",
+            );
         }
+    }
+
+    /// Reports a member that cannot serve its objects: which backend, where, what it answered, and what that
+    /// means for this token — one line per distinct cause per process.
+    pub fn member_trouble(&self, m: &Member, what: &str, meaning: &str) {
+        let endpoint = m.token.endpoint();
+        let at = if endpoint.is_empty() {
+            m.kind.to_string()
+        } else {
+            format!("{}, {endpoint}", m.kind)
+        };
+        diag::report(
+            CKR_OK,
+            format!(
+                "backend \"{}\" ({at}): {what}; {meaning} \"{}\"",
+                m.name,
+                self.audit_name()
+            ),
+        );
     }
 
     pub fn logout_members(&self) {

@@ -1,0 +1,134 @@
+//! Never silent: problems that hide keys or fail operations reach the person, not only a debug log.
+//!
+//! - [`notice`]: one line on stderr per distinct text per process (`p11bridge: ...`), and the log at `warn`. A
+//!   consumer (pkcs11-tool, openssl, ssh, a JVM) then shows the cause next to its own "key not found". Silenced by
+//!   `notices = false` in the configuration or `P11BRIDGE_QUIET=1`; `P11BRIDGE_LOG` keeps controlling the log.
+//! - [`set_last`] / [`take_last`]: the cause of the calling thread's last failure, read through the vendor function
+//!   `C_P11BRIDGE_GetLastError` (include/p11bridge.h). A call that succeeds does not clear it (like `errno`);
+//!   reading it does.
+//!
+//! Texts never contain a secret: they name references (`env:NAME`), endpoints, keys and what the backend answered.
+
+use cryptoki_sys::CK_RV;
+use parking_lot::Mutex;
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+
+/// 0: not set by the configuration (the environment decides), 1: notices on, 2: notices off.
+static CONFIGURED: AtomicU8 = AtomicU8::new(0);
+/// The log writes `warn` lines to stderr itself: notices go through it only (no line twice).
+static LOG_ON_STDERR: AtomicBool = AtomicBool::new(false);
+/// Texts already shown by this process (the pid: a forked child shows its own).
+static SEEN: Mutex<Option<(u32, HashSet<String>)>> = Mutex::new(None);
+
+thread_local! {
+    static LAST: RefCell<Option<(CK_RV, String)>> = const { RefCell::new(None) };
+    /// Bumped by every [`set_last`] on this thread.
+    static SERIAL: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// A mark of the calling thread's last-failure record: [`set_last`] changes it.
+pub fn mark() -> u64 {
+    SERIAL.with(|s| s.get())
+}
+
+/// `notices = true|false` from the configuration (`None`: not given).
+pub fn configure(notices: Option<bool>) {
+    let v = match notices {
+        None => 0,
+        Some(true) => 1,
+        Some(false) => 2,
+    };
+    CONFIGURED.store(v, Ordering::Relaxed);
+}
+
+/// Called by the logger when it writes to stderr.
+pub fn set_log_on_stderr(on: bool) {
+    LOG_ON_STDERR.store(on, Ordering::Relaxed);
+}
+
+/// Whether notices are shown: `P11BRIDGE_QUIET` (set and not `0`) silences them, else the configuration, else on.
+pub fn enabled() -> bool {
+    if let Some(v) = std::env::var_os("P11BRIDGE_QUIET") {
+        if !v.is_empty() && v != "0" {
+            return false;
+        }
+    }
+    CONFIGURED.load(Ordering::Relaxed) != 2
+}
+
+/// Shows `text` once per process: on stderr as `p11bridge: TEXT` (unless silenced), and in the log at `warn`.
+/// Returns whether it was new.
+pub fn notice(text: &str) -> bool {
+    let pid = std::process::id();
+    let new = {
+        let mut g = SEEN.lock();
+        match g.as_mut() {
+            Some((p, seen)) if *p == pid => seen.insert(text.to_string()),
+            _ => {
+                let mut seen = HashSet::new();
+                seen.insert(text.to_string());
+                *g = Some((pid, seen));
+                true
+            }
+        }
+    };
+    if new {
+        tracing::warn!("{text}");
+        if enabled() && !LOG_ON_STDERR.load(Ordering::Relaxed) {
+            eprintln!("p11bridge: {text}");
+        }
+    }
+    new
+}
+
+/// A problem that hides keys or fails an operation: shown once ([`notice`]) and kept as the calling thread's last
+/// failure cause.
+pub fn report(rv: CK_RV, text: impl Into<String>) {
+    let text = text.into();
+    notice(&text);
+    set_last(rv, text);
+}
+
+/// Records the cause of the calling thread's last failure.
+pub fn set_last(rv: CK_RV, text: impl Into<String>) {
+    let text = text.into();
+    LAST.with(|l| *l.borrow_mut() = Some((rv, text)));
+    SERIAL.with(|s| s.set(s.get().wrapping_add(1)));
+}
+
+/// The calling thread's last failure (its `CK_RV` and cause), without clearing it.
+pub fn last() -> Option<(CK_RV, String)> {
+    LAST.with(|l| l.borrow().clone())
+}
+
+/// The calling thread's last failure, cleared.
+pub fn take_last() -> Option<(CK_RV, String)> {
+    LAST.with(|l| l.borrow_mut().take())
+}
+
+/// Forgets the texts shown so far (tests).
+pub fn reset_seen() {
+    *SEEN.lock() = None;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn once_per_text_and_last_per_thread() {
+        reset_seen();
+        assert!(notice("backend \"x\": down"));
+        assert!(!notice("backend \"x\": down"));
+        assert!(notice("backend \"y\": down"));
+        report(5, "cause one");
+        assert_eq!(last(), Some((5, "cause one".to_string())));
+        std::thread::spawn(|| assert_eq!(last(), None))
+            .join()
+            .unwrap();
+        assert_eq!(take_last(), Some((5, "cause one".to_string())));
+        assert_eq!(take_last(), None);
+    }
+}
