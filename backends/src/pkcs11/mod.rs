@@ -305,7 +305,17 @@ impl Token for UpstreamToken {
             // Nothing configured: the upstream stays logged out (its public objects remain usable).
             return Ok(());
         };
-        let pin = pin_ref.resolve()?;
+        let key = if user == CKU_SO { "so_pin" } else { "pin" };
+        let pin = pin_ref.resolve().map_err(|e| {
+            Error::with(
+                CKR_FUNCTION_FAILED,
+                format!(
+                    "{key} = \"{}\" cannot be read: {}",
+                    pin_ref.describe(),
+                    e.cause().unwrap_or("")
+                ),
+            )
+        })?;
         let f = self.lib.f();
         let mut anchor = c.anchor.lock();
         if anchor.logins > 0 {
@@ -344,7 +354,7 @@ impl Token for UpstreamToken {
             rv => Err(Error::with(
                 rv,
                 format!(
-                    "upstream login ({}) refused the configured PIN",
+                    "the upstream token refused the configured PIN ({key} = {})",
                     pin_ref.describe()
                 ),
             )),

@@ -45,7 +45,18 @@ impl Config {
 /// The line (1-based) that an error about `slot[N].KEY` / `backend.NAME.KEY` (or `backend.NAME: unknown field
 /// \`KEY\``) points at: the key's line inside its section, else the section's header.
 pub fn locate(text: &str, cause: &str) -> Option<usize> {
-    let head = cause.split([':', ' ']).next().unwrap_or("");
+    // The innermost key the cause names wins: "slot[0].backends: hsm: CKR_X: backend.hsm.token_label: ..." points
+    // at token_label.
+    cause
+        .split(": ")
+        .collect::<Vec<_>>()
+        .iter()
+        .rev()
+        .find_map(|part| locate_key(text, part, cause))
+}
+
+fn locate_key(text: &str, part: &str, cause: &str) -> Option<usize> {
+    let head = part.split([':', ' ']).next().unwrap_or("");
     let squeezed = |l: &str| l.chars().filter(|c| !c.is_whitespace()).collect::<String>();
     let (start, rest) = if let Some(r) = head.strip_prefix("slot[") {
         let (n, rest) = r.split_once(']')?;
@@ -406,6 +417,13 @@ module = "/x.so"
             Some(4)
         );
         assert_eq!(locate(text, "slot[1].backends: x"), None);
+        assert_eq!(
+            locate(
+                text,
+                "slot[0].backends: v: CKR_GENERAL_ERROR: backend.v.kind: no"
+            ),
+            Some(7)
+        );
         let e =
             p("[[slot]]\nlabel = \"u\"\nuser_pin = \"1\"\nbackends = [\"nope\"]\n").unwrap_err();
         assert!(e.starts_with("x.toml:4: slot[0].backends"), "{e}");
