@@ -19,6 +19,8 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 static CONFIGURED: AtomicU8 = AtomicU8::new(0);
 /// The log writes `warn` lines to stderr itself: notices go through it only (no line twice).
 static LOG_ON_STDERR: AtomicBool = AtomicBool::new(false);
+/// At most this many distinct lines per process on stderr (a cause whose text keeps changing must not flood it).
+const MAX_DISTINCT: usize = 100;
 /// Texts already shown by this process (the pid: a forked child shows its own).
 static SEEN: Mutex<Option<(u32, HashSet<String>)>> = Mutex::new(None);
 
@@ -62,22 +64,37 @@ pub fn enabled() -> bool {
 /// Returns whether it was new.
 pub fn notice(text: &str) -> bool {
     let pid = std::process::id();
-    let new = {
+    let (new, shown) = {
         let mut g = SEEN.lock();
+        if !matches!(g.as_ref(), Some((p, _)) if *p == pid) {
+            *g = Some((pid, HashSet::new()));
+        }
         match g.as_mut() {
-            Some((p, seen)) if *p == pid => seen.insert(text.to_string()),
-            _ => {
-                let mut seen = HashSet::new();
-                seen.insert(text.to_string());
-                *g = Some((pid, seen));
-                true
+            Some((_, seen)) if seen.len() < MAX_DISTINCT => {
+                let new = seen.insert(text.to_string());
+                (new, seen.len())
             }
+            _ => (false, MAX_DISTINCT + 1),
         }
     };
+    if !new && shown > MAX_DISTINCT {
+        // Past the cap: the log still gets it.
+        tracing::warn!("{text}");
+    }
     if new {
         tracing::warn!("{text}");
         if enabled() && !LOG_ON_STDERR.load(Ordering::Relaxed) {
-            eprintln!("p11bridge: {text}");
+            // Never `eprintln!`: a closed or broken stderr must not panic inside someone else's process.
+            use std::io::Write;
+            let mut e = std::io::stderr().lock();
+            let _ = if shown == MAX_DISTINCT {
+                writeln!(
+                    e,
+                    "p11bridge: {text}\np11bridge: (more than {MAX_DISTINCT} distinct problems: further ones go to the log only)"
+                )
+            } else {
+                writeln!(e, "p11bridge: {text}")
+            };
         }
     }
     new
