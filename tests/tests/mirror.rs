@@ -53,7 +53,8 @@ fn initialize_a_token_through_the_bridge() {
     );
     s.init_pin(&pin("user-1111")).unwrap();
     s.logout().unwrap();
-    assert_eq!(rv(s.logout().unwrap_err()), RvError::UserNotLoggedIn);
+    // A second C_Logout gets the upstream's answer (SoftHSM2: CKR_OK), as talking to it directly.
+    s.logout().unwrap();
 
     s.login(UserType::User, Some(&pin("user-1111"))).unwrap();
     s.set_pin(&pin("user-1111"), &pin("user-2222")).unwrap();
@@ -115,4 +116,58 @@ fn unified_slot_refuses_init_token() {
         .init_token(unified_slot(p), &pin(BRIDGE_SO_PIN), "x")
         .unwrap_err();
     assert_eq!(rv(e), RvError::FunctionNotSupported);
+}
+
+/// A mirror answers as the upstream does where the bridge used to answer itself: a second `C_Logout` is the
+/// upstream's answer (SoftHSM2: `CKR_OK`), and a `C_Digest` refused for a NULL data pointer leaves the operation
+/// active, so the application's next, correct call succeeds (as talking to SoftHSM2 directly).
+#[test]
+fn mirror_answers_as_the_upstream() {
+    use cryptoki_sys::*;
+    let p = p11();
+    let upstream = slot_by_label(p, "upstream");
+    let s = p.open_ro_session(upstream).unwrap();
+    s.login(UserType::User, Some(&pin(HSM_PIN))).unwrap();
+    s.logout().unwrap();
+    s.logout()
+        .expect("a second C_Logout is the upstream's CKR_OK");
+    drop(s);
+
+    // SAFETY: the module is loaded and initialized by p11(); a second dlopen returns the same handle.
+    let lib = unsafe { libloading::Library::new(bridge_so()) }.unwrap();
+    let get: libloading::Symbol<unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV> =
+        unsafe { lib.get(b"C_GetFunctionList\0") }.unwrap();
+    let mut fl: *mut CK_FUNCTION_LIST = std::ptr::null_mut();
+    assert_eq!(unsafe { get(&mut fl) }, CKR_OK);
+    let f = unsafe { &*fl };
+    let mut h: CK_SESSION_HANDLE = 0;
+    let rv = unsafe {
+        f.C_OpenSession.unwrap()(
+            upstream.id(),
+            CKF_SERIAL_SESSION,
+            std::ptr::null_mut(),
+            None,
+            &mut h,
+        )
+    };
+    assert_eq!(rv, CKR_OK);
+    let mut m = CK_MECHANISM {
+        mechanism: CKM_SHA256,
+        pParameter: std::ptr::null_mut(),
+        ulParameterLen: 0,
+    };
+    assert_eq!(unsafe { f.C_DigestInit.unwrap()(h, &mut m) }, CKR_OK);
+    let mut out = [0u8; 32];
+    let mut n: CK_ULONG = 32;
+    let rv = unsafe { f.C_Digest.unwrap()(h, std::ptr::null_mut(), 3, out.as_mut_ptr(), &mut n) };
+    assert_eq!(rv, CKR_ARGUMENTS_BAD);
+    let mut data = *b"abc";
+    n = 32;
+    let rv = unsafe { f.C_Digest.unwrap()(h, data.as_mut_ptr(), 3, out.as_mut_ptr(), &mut n) };
+    assert_eq!(
+        rv, CKR_OK,
+        "the operation is still active after the refused call"
+    );
+    assert_eq!(out.to_vec(), sha256(b"abc"));
+    assert_eq!(unsafe { f.C_CloseSession.unwrap()(h) }, CKR_OK);
 }

@@ -27,13 +27,9 @@ cryptoki_fn!(
             if n != 0 && n != 4 {
                 return Err(Error::new(CKR_ARGUMENTS_BAD));
             }
-            if n == 4 && a.flags & CKF_OS_LOCKING_OK == 0 {
-                // We lock with the operating system's primitives only.
-                return Err(Error::with(
-                    CKR_CANT_LOCK,
-                    "application mutex callbacks without CKF_OS_LOCKING_OK are not supported",
-                ));
-            }
+            // Mutex callbacks without CKF_OS_LOCKING_OK (§5.4, case 3) are accepted, as SoftHSM2 accepts them:
+            // the bridge locks with the operating system's primitives (pthread) whatever the application gives,
+            // and never calls the callbacks; upstream modules are initialized with CKF_OS_LOCKING_OK.
             args.cant_create_threads = a.flags & CKF_LIBRARY_CANT_CREATE_OS_THREADS != 0;
         }
         core::initialize(args)

@@ -205,14 +205,16 @@ impl Module {
 
     fn logout_inner(&self, h: CK_SESSION_HANDLE) -> Result<()> {
         let (s, slot) = self.session_slot(h)?;
-        if slot.state.lock().user.is_none() {
-            return Err(Error::new(CKR_USER_NOT_LOGGED_IN));
-        }
         if let SlotKind::Mirror = slot.kind {
+            // The upstream decides, logged in or not (SoftHSM2 answers CKR_OK to a second C_Logout, and
+            // applications call it in clean-up paths).
             let mut inner = s.lock();
             inner.member(slot, s.rw, 0)?.logout()?;
             slot.state.lock().user = None;
             return Ok(());
+        }
+        if slot.state.lock().user.is_none() {
+            return Err(Error::new(CKR_USER_NOT_LOGGED_IN));
         }
         let mut st = slot.state.lock();
         st.user = None;

@@ -381,11 +381,17 @@ impl Module {
     }
 
     /// Ends an operation whose call was refused before it reached the backend (bad arguments): the spec says such
-    /// a call ends the operation too (§5.2), so the backend's is cancelled as well.
+    /// a call ends the operation too (§5.2), so the backend's is cancelled as well — on unified slots. A mirror
+    /// slot keeps the operation, as the upstream (which never saw the call) does.
     pub fn op_abort(&self, h: CK_SESSION_HANDLE, kind: OpKind) {
         let Ok((s, slot)) = self.session_slot(h) else {
             return;
         };
+        if let SlotKind::Mirror = slot.kind {
+            // The upstream never saw the refused call and keeps its operation: so does the mirror, and the
+            // application's next, correct call goes through as it would talking to the upstream directly.
+            return;
+        }
         let mut inner = s.lock();
         if let Some(pos) = inner.ops[kind as usize].take() {
             if let Ok(bs) = inner.member(slot, s.rw, pos) {
