@@ -137,6 +137,20 @@ fn init_args(ctx: &BuildContext) -> CK_C_INITIALIZE_ARGS {
     }
 }
 
+/// Whether the module at `path` offers only the 2.40 interface (no 3.0 `C_GetInterface`), learnt by loading it
+/// (never initializing it: this may be asked before `C_Initialize`); remembered per path. `None` if it cannot be
+/// loaded.
+pub fn offers_only_240(path: &Path) -> Option<bool> {
+    static SEEN: parking_lot::Mutex<Vec<(std::path::PathBuf, bool)>> =
+        parking_lot::Mutex::new(Vec::new());
+    if let Some((_, v)) = SEEN.lock().iter().find(|(p, _)| p == path) {
+        return Some(*v);
+    }
+    let only = load(path).ok()?.f3().is_none();
+    SEEN.lock().push((path.to_path_buf(), only));
+    Some(only)
+}
+
 fn load(path: &Path) -> Result<Lib> {
     // SAFETY: loading a PKCS#11 module runs its initializers; that is what the operator configured.
     let lib = unsafe { libloading::Library::new(path) }.map_err(|e| {

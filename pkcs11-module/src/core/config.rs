@@ -221,6 +221,10 @@ pub fn parse(text: &str, path: &Path) -> Result<Config> {
 
 /// The default interface's version, read from the configuration file without building anything (it may be asked
 /// before `C_Initialize`). Anything unreadable means the default, 3.0.
+///
+/// Without `default_interface`, a configuration whose every slot mirrors one `kind = "pkcs11"` backend presents
+/// that module's own version: 2.40 when it offers no 3.0 interface (so a client that checks the function list
+/// never takes 3.0 paths the upstream cannot serve).
 pub fn default_interface_is_240() -> bool {
     let Ok(text) = std::fs::read_to_string(config_path()) else {
         return false;
@@ -228,7 +232,36 @@ pub fn default_interface_is_240() -> bool {
     let Ok(t) = text.parse::<toml::Table>() else {
         return false;
     };
-    t.get("default_interface").and_then(|v| v.as_str()) == Some("2.40")
+    if let Some(v) = t.get("default_interface") {
+        return v.as_str() == Some("2.40");
+    }
+    let Some(slots) = t.get("slot").and_then(|s| s.as_array()) else {
+        return false;
+    };
+    let mirrored: Vec<Option<&str>> = slots
+        .iter()
+        .map(|s| s.get("mirror").and_then(|m| m.as_str()))
+        .collect();
+    let Some(Some(first)) = mirrored.first() else {
+        return false;
+    };
+    if mirrored.iter().any(|m| *m != Some(*first)) {
+        return false;
+    }
+    let Some(b) = t
+        .get("backend")
+        .and_then(|b| b.get(*first))
+        .and_then(|b| b.as_table())
+    else {
+        return false;
+    };
+    if b.get("kind").and_then(|k| k.as_str()) != Some("pkcs11") {
+        return false;
+    }
+    b.get("module")
+        .and_then(|m| m.as_str())
+        .and_then(|m| p11bridge_backends::pkcs11::lib::offers_only_240(Path::new(m)))
+        .unwrap_or(false)
 }
 
 fn validate(cfg: &Config) -> Result<()> {
