@@ -46,6 +46,10 @@ pub trait Backend: Send + Sync {
             "only pkcs11 backends can be mirrored",
         ))
     }
+    /// The upstream library's `C_GetInfo` (pkcs11 backends), for `library_info = "upstream"`.
+    fn library_info(&self) -> Result<CK_INFO> {
+        Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED))
+    }
     /// Releases everything (called from `C_Finalize`, after every session is closed).
     fn finalize(&self);
 }

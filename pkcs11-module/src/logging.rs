@@ -56,7 +56,10 @@ pub fn fatal(e: &Error) {
         .map(str::to_owned)
         .unwrap_or_else(|| e.to_string());
     p11bridge_backends::diag::set_last(e.rv(), msg.clone());
-    if ENABLED.load(Ordering::Relaxed) {
+    if !p11bridge_backends::diag::enabled() {
+        // P11BRIDGE_QUIET: the caller reports the cause itself (p11bridge does, from C_P11BRIDGE_GetLastError).
+        tracing::error!("C_Initialize failed: {msg}");
+    } else if ENABLED.load(Ordering::Relaxed) {
         tracing::error!("C_Initialize failed: {msg}");
     } else {
         eprintln!("p11bridge: C_Initialize failed: {msg}");

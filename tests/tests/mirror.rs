@@ -171,3 +171,52 @@ fn mirror_answers_as_the_upstream() {
     assert_eq!(out.to_vec(), sha256(b"abc"));
     assert_eq!(unsafe { f.C_CloseSession.unwrap()(h) }, CKR_OK);
 }
+
+/// `library_info = "upstream"`: C_GetInfo reports the mirrored module's identity (here SoftHSM2's), with the
+/// Cryptoki version of the interface in use. Run as a child process: the configuration is read at C_Initialize.
+#[test]
+fn library_info_of_the_upstream() {
+    env();
+    let cfg = env().dir.join("library-info.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "library_info = \"upstream\"\n[[slot]]\nmirror = \"hsm\"\n[backend.hsm]\nkind = \"pkcs11\"\nmodule = \"{SOFTHSM}\"\n"
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new("pkcs11-tool")
+        .arg("--module")
+        .arg(bridge_so())
+        .arg("-I")
+        .env("P11BRIDGE_CONFIG", &cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("SoftHSM"), "{text}");
+    assert!(!text.contains("p11bridge"), "{text}");
+    // Refused where it means nothing: a unified slot.
+    let bad = env().dir.join("library-info-bad.toml");
+    std::fs::write(
+        &bad,
+        format!("library_info = \"upstream\"\n{}", config_text()),
+    )
+    .unwrap();
+    let out = std::process::Command::new("pkcs11-tool")
+        .arg("--module")
+        .arg(bridge_so())
+        .arg("-I")
+        .env("P11BRIDGE_CONFIG", &bad)
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("library_info: \"upstream\" needs every [[slot]] to mirror"),
+        "{e}"
+    );
+}

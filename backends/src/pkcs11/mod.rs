@@ -202,6 +202,12 @@ impl Backend for UpstreamBackend {
             })
             .collect())
     }
+    fn library_info(&self) -> Result<CK_INFO> {
+        let mut info = std::mem::MaybeUninit::<CK_INFO>::zeroed();
+        Error::check(up!(self.lib.f(), C_GetInfo(info.as_mut_ptr())))?;
+        // SAFETY: filled by the upstream.
+        Ok(unsafe { info.assume_init() })
+    }
     fn finalize(&self) {
         let mut r = self.released.lock();
         if !*r {

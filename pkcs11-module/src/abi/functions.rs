@@ -59,10 +59,24 @@ fn info(major: u8, minor: u8) -> CK_INFO {
     }
 }
 
+/// `C_GetInfo` at interface version `major.minor`: p11bridge's identity, or the upstream's with
+/// `library_info = "upstream"`.
+fn library_info(major: u8, minor: u8) -> Result<CK_INFO> {
+    let m = module()?;
+    match &m.library_info {
+        Some(b) => {
+            let mut i = b.library_info()?;
+            i.cryptokiVersion = CK_VERSION { major, minor };
+            Ok(i)
+        }
+        None => Ok(info(major, minor)),
+    }
+}
+
 cryptoki_fn!(
     fn C_GetInfo(pInfo: *mut CK_INFO) {
-        module()?;
-        put(pInfo, info(3, 0))
+        let i = library_info(3, 0)?;
+        put(pInfo, i)
     }
 );
 
@@ -73,8 +87,8 @@ cryptoki_fn!(
 #[allow(non_snake_case)]
 pub unsafe extern "C" fn C_GetInfo_v2(pInfo: *mut CK_INFO) -> CK_RV {
     guard("C_GetInfo", || {
-        module()?;
-        put(pInfo, info(2, 40))
+        let i = library_info(2, 40)?;
+        put(pInfo, i)
     })
 }
 

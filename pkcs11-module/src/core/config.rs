@@ -23,6 +23,10 @@ pub struct Config {
     /// Backend problems that hide keys or fail operations are shown on stderr, one line per distinct cause per
     /// process (default `true`; `P11BRIDGE_QUIET=1` silences them too). The log (`P11BRIDGE_LOG`) is unaffected.
     pub notices: Option<bool>,
+    /// What `C_GetInfo` reports: "p11bridge" (default) or "upstream" — the mirrored module's manufacturer,
+    /// description, flags and library version (only when every slot mirrors one pkcs11 backend), for applications
+    /// that recognise their HSM by it. The Cryptoki version is always that of the interface in use.
+    pub library_info: Option<String>,
     /// The file and its text, to name the line of a problem found after parsing.
     #[serde(skip)]
     pub source: Option<(PathBuf, String)>,
@@ -274,6 +278,29 @@ fn validate(cfg: &Config) -> Result<()> {
     }
     if cfg.slot.is_empty() {
         return Err(err("slot: no [[slot]] is configured".into()));
+    }
+    match cfg.library_info.as_deref() {
+        None | Some("p11bridge") => {}
+        Some("upstream") => {
+            let first = cfg.slot[0].mirror.as_deref();
+            let one_mirror =
+                first.is_some() && cfg.slot.iter().all(|s| s.mirror.as_deref() == first);
+            let kind = first
+                .and_then(|m| cfg.backend.get(m))
+                .and_then(|b| b.get("kind"))
+                .and_then(|k| k.as_str());
+            if !one_mirror || kind != Some("pkcs11") {
+                return Err(err(
+                    "library_info: \"upstream\" needs every [[slot]] to mirror one kind = \"pkcs11\" backend"
+                        .into(),
+                ));
+            }
+        }
+        Some(other) => {
+            return Err(err(format!(
+                "library_info: \"{other}\" (expected \"p11bridge\" or \"upstream\")"
+            )))
+        }
     }
     for (i, s) in cfg.slot.iter().enumerate() {
         let at = format!("slot[{i}]");

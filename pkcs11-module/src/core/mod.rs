@@ -35,6 +35,8 @@ pub struct Module {
     backends: Vec<Arc<dyn Backend>>,
     /// The audit trail, when configured.
     pub audit: Option<audit::Audit>,
+    /// `library_info = "upstream"`: the backend whose `C_GetInfo` this module reports.
+    pub library_info: Option<Arc<dyn Backend>>,
     /// Calls in progress, and whether `C_Finalize` has begun.
     in_flight: std::sync::atomic::AtomicUsize,
     finalizing: std::sync::atomic::AtomicBool,
@@ -203,7 +205,16 @@ impl Module {
             finalize_all(&backends);
             Error::with(CKR_GENERAL_ERROR, e)
         })?;
+        let library_info = match cfg.library_info.as_deref() {
+            Some("upstream") => cfg.slot[0]
+                .mirror
+                .as_ref()
+                .and_then(|m| by_name.get(m))
+                .cloned(),
+            _ => None,
+        };
         Ok(Module {
+            library_info,
             in_flight: std::sync::atomic::AtomicUsize::new(0),
             finalizing: std::sync::atomic::AtomicBool::new(false),
             audit,
