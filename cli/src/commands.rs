@@ -141,14 +141,15 @@ fn check(module: &Option<PathBuf>, json: bool) -> R<()> {
         let token = s(slot, "token");
         let id = n(slot, "slot");
         if !json {
-            outln!(
-                "slot {id}: token \"{token}\" ({})",
-                if kind == "mirror" {
-                    "mirror of an upstream token"
-                } else {
-                    "unified"
+            match (kind.as_str(), token.is_empty()) {
+                ("mirror", true) => {
+                    outln!("slot {id}: mirror of an upstream slot without an initialized token")?
                 }
-            )?;
+                ("mirror", false) => {
+                    outln!("slot {id}: token \"{token}\" (mirror of an upstream token)")?
+                }
+                _ => outln!("slot {id}: token \"{token}\" (unified)")?,
+            }
         }
         for (key, what) in [("user_pin", "user PIN"), ("so_pin", "SO PIN")] {
             let Some(pin) = slot.get(key).filter(|p| !p.is_null()) else {
