@@ -371,4 +371,29 @@ mod tests {
         }
         assert_eq!(describe(CKR_PIN_INCORRECT).0, "CKR_PIN_INCORRECT");
     }
+
+    #[test]
+    fn module_lookup_order() {
+        let given = Some(PathBuf::from("/x/libp11bridge.so"));
+        assert_eq!(module_candidates(&given).len(), 1);
+        if std::env::var_os("P11BRIDGE_MODULE").is_none() {
+            let c: Vec<PathBuf> = module_candidates(&None).into_iter().map(|c| c.0).collect();
+            assert_eq!(c.len(), 3);
+            assert!(c[0].ends_with("libp11bridge.so"));
+            assert_eq!(
+                c[1],
+                PathBuf::from(format!(
+                    "/usr/lib/{}/pkcs11/libp11bridge.so",
+                    multiarch_triplet()
+                ))
+            );
+            assert_eq!(
+                c[2],
+                PathBuf::from("/usr/local/lib/p11bridge/libp11bridge.so")
+            );
+        }
+        if cfg!(all(target_arch = "x86_64", target_os = "linux")) {
+            assert_eq!(multiarch_triplet(), "x86_64-linux-gnu");
+        }
+    }
 }
