@@ -238,7 +238,7 @@ const RVS: &[(CK_RV, &str, &str)] = &[
     (CKR_CANCEL, "CKR_CANCEL", "the operation was cancelled"),
     (CKR_HOST_MEMORY, "CKR_HOST_MEMORY", "out of memory"),
     (CKR_SLOT_ID_INVALID, "CKR_SLOT_ID_INVALID", "there is no such slot"),
-    (CKR_GENERAL_ERROR, "CKR_GENERAL_ERROR", "the module failed"),
+    (CKR_GENERAL_ERROR, "CKR_GENERAL_ERROR", "the module or its backend failed without a more precise code"),
     (CKR_FUNCTION_FAILED, "CKR_FUNCTION_FAILED", "the operation failed"),
     (CKR_ARGUMENTS_BAD, "CKR_ARGUMENTS_BAD", "the module rejected the arguments"),
     (CKR_ATTRIBUTE_READ_ONLY, "CKR_ATTRIBUTE_READ_ONLY", "an attribute cannot be set"),
