@@ -73,33 +73,59 @@ pub fn warn(text: &str) {
     let _ = writeln!(std::io::stderr(), "p11bridge: warning: {text}");
 }
 
+const MAIN_HELP: &str = "\
+The module: --module, else $P11BRIDGE_MODULE, else libp11bridge.so beside this
+program, else /usr/lib/<multiarch>/pkcs11/libp11bridge.so, else
+/usr/local/lib/p11bridge/libp11bridge.so.
+
+The configuration, as the module finds it: --config (sets $P11BRIDGE_CONFIG),
+else $P11BRIDGE_CONFIG, else $XDG_CONFIG_HOME/p11bridge/p11bridge.toml (or
+~/.config/p11bridge/p11bridge.toml), else /etc/p11bridge/p11bridge.toml.
+
+The PIN: pin-value in the URI, else --pin, else --pin-file, else
+$P11BRIDGE_PIN, else a prompt without echo when standard input is a terminal
+(only commands that log in ask: sign, keygen, cert import, HMAC verify).
+
+Errors: one line on stderr, COMMAND: CKR_NAME: what it means. Cause: the
+module's account; exit status 1.";
+
 const LIST_HELP: &str = "\
 Columns:
   TOKEN    the token's label: a unified token, or a mirror slot's upstream token
   CLASS    private, public, secret-key, cert, data
-  TYPE     key type and size, one word: rsa-2048, ec-p256, ec-p384, ec-p521, ec-secp256k1, ed25519, aes-256,
-           generic-secret-256, chacha20-256; x509 for a certificate; - when none applies
-  BACKEND  the backend holding the object (CKA_P11BRIDGE_BACKEND), as named in the configuration
-  USAGES   what a key may do, one letter each: s sign, v verify, e encrypt, d decrypt, w wrap, u unwrap; - none
+  TYPE     key type and size, one word: rsa-2048, ec-p256, ec-p384, ec-p521,
+           ec-secp256k1, ed25519, aes-256, generic-secret-256, chacha20-256;
+           x509 for a certificate; - when none applies
+  BACKEND  the backend holding the object (CKA_P11BRIDGE_BACKEND), as named in
+           the configuration
+  USAGES   what a key may do, one letter each: s sign, v verify, e encrypt,
+           d decrypt, w wrap, u unwrap; - none
   LABEL    CKA_LABEL
-  ID       CKA_ID in hex (the table shortens a long one with …; --tsv and --json give it whole)
+  ID       CKA_ID in hex (the table shortens a long one with …)
   URI      the RFC 7512 URI naming the object, for --uri
 
-Rows come token by token in slot order; within a unified token, backend by backend in the order of the slot's
-`backends` in the configuration. Without a PIN only public objects are shown: private keys need --pin, --pin-file
-or $P11BRIDGE_PIN (list never prompts). The PIN applies to the unified tokens (or to the --token one).
+Rows come token by token in slot order; within a unified token, backend by
+backend in the order of the slot's `backends` in the configuration.
 
---tsv writes the same columns separated by single tabs, with a header line and nothing shortened, for scripts
-(cut -f, awk -F'\\t'); --json writes one object per row.";
+Without a PIN only public objects are shown: private keys need --pin,
+--pin-file or $P11BRIDGE_PIN (list never prompts). The PIN applies to the
+unified tokens, or to the --token one.
+
+The table is for people. --tsv writes the same columns separated by single
+tabs, with a header line and nothing shortened, for scripts (cut -f,
+awk -F'\\t'); --json writes one object per row.";
 
 const CHECK_HELP: &str = "\
-Runs the module's own check (C_P11BRIDGE_Check): for every slot, in configuration order, each backend is logged in
-with its configured credentials (no PIN is asked), its objects are listed and the keys the configuration names are
-looked up; each slot's PIN references are read. Printed per backend: the endpoint, the login result, the objects and
-keys found, the configured keys found and missing, the latency, and every problem in the backend's words.
+Runs the module's own check (C_P11BRIDGE_Check): for every slot, in
+configuration order, each backend is logged in with its configured credentials
+(no PIN is asked), its objects are listed and the keys the configuration names
+are looked up; each slot's PIN references are read. Printed per backend: the
+endpoint, the login result, the objects and keys found, the configured keys
+found and missing, the latency, and every problem in the backend's words.
 
-Exit status: 0 when everything passed, 1 when anything failed (the last line on stderr says how many), also when the
-configuration is invalid (its file and line are named). --json prints the report for monitoring.";
+Exit status: 0 when everything passed; 1 when anything failed (the last line,
+on stderr, says how many) or the configuration is invalid (its file and line
+are named). --json prints the module's report for monitoring (docs/check.md).";
 
 /// The signature mechanisms `sign` and `verify` accept.
 const MECHANISMS: &[(&str, &str)] = &[
@@ -145,29 +171,43 @@ fn mechanisms() -> PossibleValuesParser {
     name = "p11bridge",
     version,
     about = "Inspect and use p11bridge's unified PKCS#11 token",
-    after_help = "The module: --module, else $P11BRIDGE_MODULE, else libp11bridge.so beside this program, else \
-                  /usr/lib/<multiarch>/pkcs11/libp11bridge.so, else /usr/local/lib/p11bridge/libp11bridge.so.\n\
-                  The configuration, as the module finds it: --config (sets $P11BRIDGE_CONFIG), else \
-                  $P11BRIDGE_CONFIG, else $XDG_CONFIG_HOME/p11bridge/p11bridge.toml (or \
-                  ~/.config/p11bridge/p11bridge.toml), else /etc/p11bridge/p11bridge.toml.\n\
-                  The PIN: pin-value in the URI, else --pin, else --pin-file, else $P11BRIDGE_PIN, else a prompt \
-                  without echo when standard input is a terminal (only commands that log in ask)."
+    after_help = MAIN_HELP
 )]
 struct Cli {
     /// The PKCS#11 module to load (default: $P11BRIDGE_MODULE, else libp11bridge.so beside this program, else
     /// /usr/lib/<multiarch>/pkcs11/libp11bridge.so, else /usr/local/lib/p11bridge/libp11bridge.so).
-    #[arg(long, global = true, value_name = "PATH")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        help_heading = "Global options"
+    )]
     module: Option<PathBuf>,
     /// The configuration file; sets $P11BRIDGE_CONFIG for the module (default: as the module finds it:
     /// $P11BRIDGE_CONFIG, $XDG_CONFIG_HOME/p11bridge/p11bridge.toml or ~/.config/…, /etc/p11bridge/p11bridge.toml).
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        help_heading = "Global options"
+    )]
     config: Option<PathBuf>,
     /// The token's user PIN. Visible to every user of the machine in `ps`: prefer --pin-file, $P11BRIDGE_PIN or the
     /// prompt.
-    #[arg(long, global = true, value_name = "PIN")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "PIN",
+        help_heading = "Global options"
+    )]
     pin: Option<String>,
     /// A file holding the user PIN (one trailing newline is ignored).
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        help_heading = "Global options"
+    )]
     pin_file: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
