@@ -298,6 +298,69 @@ fn check_names_the_configured_keys_found_and_missing() {
     }
 }
 
+/// A backend nobody answers for: check fails naming it and its endpoint, list still lists the others and says
+/// why that backend's keys are missing, and a key of it is "not found" with the reason.
+#[test]
+fn an_unreachable_backend_is_never_silent() {
+    let _g = serial();
+    let e = fixture();
+    let cfg = e.dir.join("dead-backend.toml");
+    let good = std::fs::read_to_string(&e.config).unwrap();
+    let port = common::bao::free_port();
+    let dead = good.replace(
+        "backends = [\"hsm\", \"vault\", \"kms\"]",
+        "backends = [\"hsm\", \"vault\", \"kms\", \"dead\"]",
+    ) + &format!(
+        "\n[backend.dead]\nkind = \"vault-transit\"\naddress = \"http://127.0.0.1:{port}\"\n\
+         token = \"env:VAULT_TEST_TOKEN\"\nkeys = [\"gone\"]\ntimeout_ms = 2000\nconnect_timeout_ms = 500\n"
+    );
+    assert_ne!(dead, good);
+    std::fs::write(&cfg, dead).unwrap();
+    let with = |args: &[&str]| cli().arg("--config").arg(&cfg).args(args).output().unwrap();
+    let out = with(&["check"]);
+    let (o, err) = (text(&out.stdout), text(&out.stderr));
+    eprintln!("as shown: {o}{err}");
+    assert!(!out.status.success());
+    assert!(
+        o.contains("backend \"dead\" (vault-transit): FAILED"),
+        "{o}"
+    );
+    assert!(o.contains("backend \"hsm\" (pkcs11): OK"), "{o}");
+    assert!(
+        err.contains("backend \"dead\" of token \"unified\""),
+        "{err}"
+    );
+    let out = with(&["list", "--tsv"]);
+    let err = text(&out.stderr);
+    eprintln!("as shown: {err}");
+    assert!(out.status.success(), "{err}");
+    assert!(text(&out.stdout).contains("\tec-p256\t"));
+    assert!(
+        err.contains("p11bridge: warning: backend \"dead\"") && err.contains(&port.to_string()),
+        "{err}"
+    );
+    let msg = tmp("dead.msg");
+    std::fs::write(&msg, b"x").unwrap();
+    let out = with(&[
+        "sign",
+        "--uri",
+        "pkcs11:token=unified;object=gone;type=private",
+        "-m",
+        "ECDSA-SHA256",
+        "-i",
+        p(&msg),
+        "-o",
+        p(&tmp("dead.sig")),
+    ]);
+    let err = text(&out.stderr);
+    eprintln!("as shown: {err}");
+    assert!(!out.status.success());
+    assert!(
+        err.contains("no object matches") && err.contains("Note: backend \"dead\""),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_broken_configuration_is_named_with_file_and_line() {
     let _g = serial();
