@@ -11,10 +11,11 @@
 //! attribute in a template"), which `C_CreateObject`, `C_CopyObject`, `C_SetAttributeValue` and `C_UnwrapKey` all
 //! list.
 //!
-//! What is accepted for a `CKK_EC` key's `CKA_EC_PARAMS`: exactly the DER OBJECT IDENTIFIER of a named curve
-//! OpenSSL 3 knows (`openssl ecparam -list_curves`; every curve of SEC 2, X9.62, NIST, Brainpool, WTLS and SM2).
-//! Refused: bytes that are no DER, unknown OIDs, explicit curve parameters (`ecParameters`; RFC 5480 forbids them
-//! in PKIX, and OpenSSL refuses malformed ones into the same NULL curve), `implicitlyCA` and curve-name strings
+//! What is accepted for a `CKK_EC` key's `CKA_EC_PARAMS`: the DER OBJECT IDENTIFIER of a named curve OpenSSL 3
+//! knows (`openssl ecparam -list_curves`; every curve of SEC 2, X9.62, NIST, Brainpool, WTLS and SM2), or explicit
+//! `ECParameters` that describe a valid prime-field curve (ecparams.rs: SoftHSM2 accepts and uses those; OpenSSL
+//! turns malformed ones into the NULL curve). Refused: bytes that are no DER, unknown OIDs, malformed or degenerate
+//! explicit parameters, characteristic-two explicit parameters, `implicitlyCA` and curve-name strings
 //! (meaningful for Edwards and Montgomery curves only, which are `CKK_EC_EDWARDS` / `CKK_EC_MONTGOMERY` keys and
 //! are not checked here: SoftHSM2 fails those cleanly).
 //!
@@ -228,10 +229,16 @@ pub fn check(t: &Template, ec_key: Option<bool>) -> Result<()> {
         return Ok(());
     }
     for v in values(t, CKA_EC_PARAMS)? {
-        if !known_curve(v) {
+        if known_curve(v) {
+            continue;
+        }
+        // Not a named curve: explicit parameters pass when they describe a valid curve (ecparams.rs).
+        if let Err(why) = super::ecparams::check(v) {
             return Err(Error::with(
                 CKR_ATTRIBUTE_VALUE_INVALID,
-                "CKA_EC_PARAMS of an EC key is not the DER OID of a known named curve",
+                format!(
+                    "CKA_EC_PARAMS of an EC key is neither the DER OID of a known named curve nor valid explicit parameters ({why})"
+                ),
             ));
         }
     }

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod check;
 pub mod config;
+mod ecparams;
 mod emulate;
 pub mod handles;
 mod keycheck;
