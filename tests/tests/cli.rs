@@ -692,55 +692,7 @@ fn cert_import_on_an_hsm_key_is_seen_by_a_new_process() {
     let pem = d.join("key.pem");
     ok(&["export", "--uri", uri, "-o", p(&pem)]);
     // A CA issues a certificate for the HSM's public key.
-    let (ca_key, ca, csr, cert) = (
-        d.join("ca.key"),
-        d.join("ca.pem"),
-        d.join("req.csr"),
-        d.join("cert.pem"),
-    );
-    assert!(openssl_ok(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        p(&ca_key),
-        "-out",
-        p(&ca),
-        "-subj",
-        "/CN=cli test CA",
-        "-days",
-        "2",
-    ]));
-    assert!(openssl_ok(&[
-        "req",
-        "-new",
-        "-key",
-        p(&ca_key),
-        "-subj",
-        "/CN=cli-cert",
-        "-out",
-        p(&csr),
-    ]));
-    assert!(openssl_ok(&[
-        "x509",
-        "-req",
-        "-in",
-        p(&csr),
-        "-CA",
-        p(&ca),
-        "-CAkey",
-        p(&ca_key),
-        "-force_pubkey",
-        p(&pem),
-        "-days",
-        "2",
-        "-out",
-        p(&cert),
-    ]));
+    let (ca, cert) = ca_issued(&d, &pem, "cli-cert");
     // The CA's own certificate is not this key's.
     let out = run(&["cert", "import", "--uri", uri, "--cert", p(&ca)]);
     assert!(!out.status.success());
@@ -806,55 +758,7 @@ fn remote_certificates_export_and_import() {
     let from_cert = openssl(&["x509", "-noout", "-pubkey", "-in", p(&cert)], None);
     assert_eq!(text(&from_cert), std::fs::read_to_string(&pem).unwrap());
     // A CA-issued certificate for the Vault key.
-    let (ca_key, ca, csr, issued) = (
-        d.join("ca.key"),
-        d.join("ca.pem"),
-        d.join("req.csr"),
-        d.join("issued.pem"),
-    );
-    assert!(openssl_ok(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        p(&ca_key),
-        "-out",
-        p(&ca),
-        "-subj",
-        "/CN=cli test CA",
-        "-days",
-        "2",
-    ]));
-    assert!(openssl_ok(&[
-        "req",
-        "-new",
-        "-key",
-        p(&ca_key),
-        "-subj",
-        "/CN=vault-ec",
-        "-out",
-        p(&csr),
-    ]));
-    assert!(openssl_ok(&[
-        "x509",
-        "-req",
-        "-in",
-        p(&csr),
-        "-CA",
-        p(&ca),
-        "-CAkey",
-        p(&ca_key),
-        "-force_pubkey",
-        p(&pem),
-        "-days",
-        "2",
-        "-out",
-        p(&issued),
-    ]));
+    let (_, issued) = ca_issued(&d, &pem, "vault-ec");
     let out = run(&[
         "cert",
         "import",
@@ -1173,4 +1077,59 @@ fn help_describes_every_option() {
     }
     let h = ok(&["cert", "import", "--help"]);
     assert!(h.contains("--cert") && h.contains("--label"), "{h}");
+}
+
+/// A throwaway CA (made in `d`) and the certificate it issues for the public key in `public_pem` with subject
+/// CN=`cn`: (CA certificate, issued certificate).
+fn ca_issued(d: &Path, public_pem: &Path, cn: &str) -> (PathBuf, PathBuf) {
+    let (ca_key, ca, csr, cert) = (
+        d.join("ca.key"),
+        d.join("ca.pem"),
+        d.join("req.csr"),
+        d.join("issued.pem"),
+    );
+    assert!(openssl_ok(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        p(&ca_key),
+        "-out",
+        p(&ca),
+        "-subj",
+        "/CN=cli test CA",
+        "-days",
+        "2",
+    ]));
+    assert!(openssl_ok(&[
+        "req",
+        "-new",
+        "-key",
+        p(&ca_key),
+        "-subj",
+        &format!("/CN={cn}"),
+        "-out",
+        p(&csr),
+    ]));
+    assert!(openssl_ok(&[
+        "x509",
+        "-req",
+        "-in",
+        p(&csr),
+        "-CA",
+        p(&ca),
+        "-CAkey",
+        p(&ca_key),
+        "-force_pubkey",
+        p(public_pem),
+        "-days",
+        "2",
+        "-out",
+        p(&cert),
+    ]));
+    (ca, cert)
 }
