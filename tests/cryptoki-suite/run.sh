@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # tests/cryptoki-suite/run.sh [--direct-only] BRIDGE_SO [-- LIBTEST_ARGS...]
 #
-# Runs the integration test suite of the `cryptoki` crate (0.12.1) twice:
+# Runs the integration test suite of the `cryptoki` crate (0.12.1) three times:
 #   direct  TEST_PKCS11_MODULE = SoftHSM2
 #   bridge  TEST_PKCS11_MODULE = BRIDGE_SO, with P11BRIDGE_CONFIG pointing at
 #           a mirror-only config, so the suite's slot 0 is the bridge's mirror
 #           of SoftHSM slot 0; TEST_PRETEND_LIBRARY=softhsm makes the suite
 #           expect SoftHSM behaviour (it otherwise keys that on the module
 #           path containing "softhsm").
+#   bridge30  the same with default_interface = "3.0": the suite takes its 3.0
+#           paths (message-based AES-GCM, emulated by the bridge).
 # Each column gets a fresh, empty SoftHSM token directory: the suite itself
 # C_InitToken's the first slot with a token ("Test Token", SO PIN
 # abcdef654321, user PIN fedcba123456) at the start of every test.
@@ -214,12 +216,21 @@ kind = "pkcs11"
 module = "$softhsm_module"
 EOF
 
+# The same mirror with the 3.0 interface as the default: the suite then takes its 3.0 paths (message-based
+# AES-GCM, which the bridge emulates over SoftHSM2's single-part AES-GCM) and must fare as well as the 2.40 view.
+{
+    echo 'default_interface = "3.0"'
+    cat "$work/bridge.toml"
+} >"$work/bridge30.toml"
+
 columns=(direct)
 run_column direct "$softhsm_module"
 if [[ $direct_only == 0 ]]; then
-    columns+=(bridge)
+    columns+=(bridge bridge30)
     cp "$work/bridge.toml" "$CARGO_TARGET_DIR/logs/bridge.toml"
+    cp "$work/bridge30.toml" "$CARGO_TARGET_DIR/logs/bridge30.toml"
     run_column bridge "$bridge_so" P11BRIDGE_CONFIG="$work/bridge.toml" TEST_PRETEND_LIBRARY=softhsm
+    run_column bridge30 "$bridge_so" P11BRIDGE_CONFIG="$work/bridge30.toml" TEST_PRETEND_LIBRARY=softhsm
 fi
 
 # --- report ---------------------------------------------------------------
@@ -251,31 +262,59 @@ done
 
 [[ $direct_only == 0 ]] || exit 0
 
+# The 3.0 column's differences that are not the bridge's, each checked for its reason:
+# - get_info_test, is_fn_supported_test: the suite pretends SoftHSM (TEST_PRETEND_LIBRARY, without which it expects
+#   a full 3.x module) and so expects SoftHSM's 2.40 version and no C_MessageEncryptInit, which a 3.0 view has;
+# - is_initialized_test: follows is_fn_supported_test's panic, which leaves the library initialized (it passes alone);
+# - aes_gcm_wycheproof, aes_gcm_message_wycheproof: SoftHSM2 2.6.1's own AES-GCM gives wrong output for a 257-byte
+#   nonce (vectors 268, 272, 276), through plain C_Encrypt as through the emulated C_EncryptMessage; every other
+#   vector passes. Allowed only when every failing vector is one of those.
+allowed30() {
+    case $1 in
+        basic::get_info_test | basic::is_fn_supported_test | basic::is_initialized_test) return 0 ;;
+        wycheproof::aes_gcm_wycheproof | wycheproof::aes_gcm_message_wycheproof)
+            local bad
+            bad=$(grep -A1 '^✗ Test' "$CARGO_TARGET_DIR/logs/bridge30.log" | grep -c 'Nonce len: 257' || true)
+            [[ $(grep -c '^✗ Test' "$CARGO_TARGET_DIR/logs/bridge30.log") == "$bad" ]]
+            return
+            ;;
+    esac
+    return 1
+}
+
 ndiff=0
-while IFS= read -r t; do
-    d=$(outcome direct "$t")
-    b=$(outcome bridge "$t")
-    [[ $d != "$b" ]] || continue
-    if [[ $ndiff == 0 ]]; then
-        echo
-        echo "Tests whose outcome differs (direct -> bridge):"
-    fi
-    ndiff=$((ndiff + 1))
-    echo "  $t: $d -> $b"
-    for c in bridge direct; do
-        f=$work/$c.fail/$t
-        if [[ -s $f ]]; then
-            grep -v -e '^$' -e '^note: ' "$f" | head -n 4 | sed "s/^/    [$c] /" || true
+nallowed=0
+for col in bridge bridge30; do
+    while IFS= read -r t; do
+        d=$(outcome direct "$t")
+        b=$(outcome "$col" "$t")
+        [[ $d != "$b" ]] || continue
+        if [[ $col == bridge30 ]] && allowed30 "$t"; then
+            nallowed=$((nallowed + 1))
+            echo "  allowed: $t: $d -> $b (bridge30, see run.sh)"
+            continue
         fi
-    done
-done <"$work/universe"
+        if [[ $ndiff == 0 ]]; then
+            echo
+            echo "Tests whose outcome differs (direct -> bridge column):"
+        fi
+        ndiff=$((ndiff + 1))
+        echo "  $t: $d -> $b ($col)"
+        for c in "$col" direct; do
+            f=$work/$c.fail/$t
+            if [[ -s $f ]]; then
+                grep -v -e '^$' -e '^note: ' "$f" | head -n 4 | sed "s/^/    [$c] /" || true
+            fi
+        done
+    done <"$work/universe"
+done
 crashes=$(grep -E "process didn't exit successfully|panicked at|SIGSEGV|SIGABRT" \
-    "$CARGO_TARGET_DIR/logs/bridge.log" | grep -v "^thread '" || true)
+    "$CARGO_TARGET_DIR/logs/bridge.log" "$CARGO_TARGET_DIR/logs/bridge30.log" | grep -v "thread '" || true)
 if [[ -n $crashes ]]; then
     echo
     echo "Abnormal exits in the bridge column:"
     printf '%s\n' "$crashes" | sed 's/^/  /'
 fi
 echo
-echo "$ndiff tests differ (logs: $CARGO_TARGET_DIR/logs/)"
+echo "$ndiff tests differ, $nallowed allowed differences of the 3.0 view (logs: $CARGO_TARGET_DIR/logs/)"
 [[ $ndiff -eq 0 ]]

@@ -1058,12 +1058,164 @@ cryptoki_fn!(
     }
 );
 
-// ---------------------------------------------------------------- 3.0 message-based functions (not supported)
+// ---------------------------------------------------------------- 3.0 message-based functions
+
+/// One message's `CK_GCM_MESSAGE_PARAMS` as views of the caller's memory.
+///
+/// # Safety
+/// `p` must point to `pl` bytes; the IV and tag pointers inside must be valid for their lengths (caller's contract).
+unsafe fn gcm_message<'a>(p: *mut c_void, pl: CK_ULONG) -> Result<core::GcmMessage<'a>> {
+    if p.is_null() {
+        return Err(Error::new(CKR_ARGUMENTS_BAD));
+    }
+    if pl as usize != std::mem::size_of::<CK_GCM_MESSAGE_PARAMS>() {
+        return Err(Error::with(
+            CKR_MECHANISM_PARAM_INVALID,
+            "the message parameter is not a CK_GCM_MESSAGE_PARAMS",
+        ));
+    }
+    let g = std::ptr::read_unaligned(p as *const CK_GCM_MESSAGE_PARAMS);
+    if !g.ulTagBits.is_multiple_of(8) || g.ulTagBits > 128 {
+        return Err(Error::with(
+            CKR_MECHANISM_PARAM_INVALID,
+            "ulTagBits: a multiple of 8, at most 128",
+        ));
+    }
+    if g.pIv.is_null() || g.pTag.is_null() || g.ulIvLen as u128 > MAX_LEN as u128 {
+        return Err(Error::new(CKR_ARGUMENTS_BAD));
+    }
+    Ok(core::GcmMessage {
+        iv: std::slice::from_raw_parts_mut(g.pIv, g.ulIvLen as usize),
+        fixed_bits: g.ulIvFixedBits,
+        generator: g.ivGenerator,
+        tag: std::slice::from_raw_parts_mut(g.pTag, (g.ulTagBits / 8) as usize),
+    })
+}
+
+/// `C_EncryptMessage` / `C_DecryptMessage`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn message_one(
+    h: CK_SESSION_HANDLE,
+    kind: OpKind,
+    p: *mut c_void,
+    pl: CK_ULONG,
+    a: *mut CK_BYTE,
+    al: CK_ULONG,
+    d: *mut CK_BYTE,
+    dl: CK_ULONG,
+    o: *mut CK_BYTE,
+    ol: *mut CK_ULONG,
+) -> Result<()> {
+    let m = module()?;
+    m.session(h)?;
+    let params = gcm_message(p, pl)?;
+    let aad = if a.is_null() && al == 0 {
+        &[][..]
+    } else {
+        in_bytes(a, al)?
+    };
+    let input = in_bytes(d, dl)?;
+    let mut out = OutBuf::new(o, ol)?;
+    let r = m.message_one(h, kind, params, aad, input, out.buf());
+    out.finish(r)
+}
+
+cryptoki_fn!(
+    /// Message-based AES-GCM encryption, emulated over the key's backend (core/message.rs).
+    fn C_MessageEncryptInit(
+        hSession: CK_SESSION_HANDLE,
+        pMechanism: *mut CK_MECHANISM,
+        hKey: CK_OBJECT_HANDLE,
+    ) {
+        let m = module()?;
+        m.session(hSession)?;
+        let mech = mechanism_req(pMechanism)?;
+        m.message_init(hSession, OpKind::Encrypt, &mech, hKey)
+    }
+);
+cryptoki_fn!(
+    fn C_EncryptMessage(
+        hSession: CK_SESSION_HANDLE,
+        pParameter: *mut c_void,
+        ulParameterLen: CK_ULONG,
+        pAssociatedData: *mut CK_BYTE,
+        ulAssociatedDataLen: CK_ULONG,
+        pPlaintext: *mut CK_BYTE,
+        ulPlaintextLen: CK_ULONG,
+        pCiphertext: *mut CK_BYTE,
+        pulCiphertextLen: *mut CK_ULONG,
+    ) {
+        message_one(
+            hSession,
+            OpKind::Encrypt,
+            pParameter,
+            ulParameterLen,
+            pAssociatedData,
+            ulAssociatedDataLen,
+            pPlaintext,
+            ulPlaintextLen,
+            pCiphertext,
+            pulCiphertextLen,
+        )
+    }
+);
+cryptoki_fn!(
+    fn C_MessageEncryptFinal(hSession: CK_SESSION_HANDLE) {
+        module()?.message_final(hSession, OpKind::Encrypt)
+    }
+);
+cryptoki_fn!(
+    /// Message-based AES-GCM decryption, emulated over the key's backend (core/message.rs).
+    fn C_MessageDecryptInit(
+        hSession: CK_SESSION_HANDLE,
+        pMechanism: *mut CK_MECHANISM,
+        hKey: CK_OBJECT_HANDLE,
+    ) {
+        let m = module()?;
+        m.session(hSession)?;
+        let mech = mechanism_req(pMechanism)?;
+        m.message_init(hSession, OpKind::Decrypt, &mech, hKey)
+    }
+);
+cryptoki_fn!(
+    fn C_DecryptMessage(
+        hSession: CK_SESSION_HANDLE,
+        pParameter: *mut c_void,
+        ulParameterLen: CK_ULONG,
+        pAssociatedData: *mut CK_BYTE,
+        ulAssociatedDataLen: CK_ULONG,
+        pCiphertext: *mut CK_BYTE,
+        ulCiphertextLen: CK_ULONG,
+        pPlaintext: *mut CK_BYTE,
+        pulPlaintextLen: *mut CK_ULONG,
+    ) {
+        message_one(
+            hSession,
+            OpKind::Decrypt,
+            pParameter,
+            ulParameterLen,
+            pAssociatedData,
+            ulAssociatedDataLen,
+            pCiphertext,
+            ulCiphertextLen,
+            pPlaintext,
+            pulPlaintextLen,
+        )
+    }
+);
+cryptoki_fn!(
+    fn C_MessageDecryptFinal(hSession: CK_SESSION_HANDLE) {
+        module()?.message_final(hSession, OpKind::Decrypt)
+    }
+);
+
+// Multi-part messages and message-based signing: not supported (no mechanism carries CKF_MULTI_MESSAGE,
+// CKF_MESSAGE_SIGN or CKF_MESSAGE_VERIFY).
 
 macro_rules! not_supported {
     ($($name:ident($($arg:ident: $ty:ty),*);)*) => {$(
         cryptoki_fn!(
-            /// Not supported: p11bridge offers no message-based mechanism (see the README's support table).
+            /// Not supported (see the README's support table).
             fn $name($($arg: $ty),*) {
                 $(let _ = $arg;)*
                 Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED))
@@ -1073,20 +1225,12 @@ macro_rules! not_supported {
 }
 
 not_supported! {
-    C_MessageEncryptInit(h: CK_SESSION_HANDLE, m: *mut CK_MECHANISM, k: CK_OBJECT_HANDLE);
-    C_EncryptMessage(h: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, a: *mut CK_BYTE, al: CK_ULONG,
-        d: *mut CK_BYTE, dl: CK_ULONG, o: *mut CK_BYTE, ol: *mut CK_ULONG);
     C_EncryptMessageBegin(h: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, a: *mut CK_BYTE, al: CK_ULONG);
     C_EncryptMessageNext(h: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, d: *mut CK_BYTE, dl: CK_ULONG,
         o: *mut CK_BYTE, ol: *mut CK_ULONG, f: CK_FLAGS);
-    C_MessageEncryptFinal(h: CK_SESSION_HANDLE);
-    C_MessageDecryptInit(h: CK_SESSION_HANDLE, m: *mut CK_MECHANISM, k: CK_OBJECT_HANDLE);
-    C_DecryptMessage(h: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, a: *mut CK_BYTE, al: CK_ULONG,
-        d: *mut CK_BYTE, dl: CK_ULONG, o: *mut CK_BYTE, ol: *mut CK_ULONG);
     C_DecryptMessageBegin(h: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, a: *mut CK_BYTE, al: CK_ULONG);
     C_DecryptMessageNext(h: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, d: *mut CK_BYTE, dl: CK_ULONG,
         o: *mut CK_BYTE, ol: *mut CK_ULONG, f: CK_FLAGS);
-    C_MessageDecryptFinal(h: CK_SESSION_HANDLE);
     C_MessageSignInit(h: CK_SESSION_HANDLE, m: *mut CK_MECHANISM, k: CK_OBJECT_HANDLE);
     C_SignMessage(h: CK_SESSION_HANDLE, p: *mut c_void, pl: CK_ULONG, d: *mut CK_BYTE, dl: CK_ULONG,
         s: *mut CK_BYTE, sl: *mut CK_ULONG);

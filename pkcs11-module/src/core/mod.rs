@@ -8,11 +8,13 @@ mod ecparams;
 mod emulate;
 pub mod handles;
 mod keycheck;
+mod message;
 mod objects;
 mod ops;
 mod session;
 mod slot;
 
+pub use message::GcmMessage;
 pub use session::Session;
 pub use slot::{Slot, SlotKind};
 

@@ -673,7 +673,7 @@ impl Module {
     }
 }
 
-fn os_random(out: &mut [u8]) -> Result<()> {
+pub(crate) fn os_random(out: &mut [u8]) -> Result<()> {
     let mut done = 0;
     while done < out.len() {
         // SAFETY: writes at most out.len() - done bytes into our buffer.

@@ -27,6 +27,8 @@ pub struct Inner {
     pub audit_ops: [Option<(super::audit::ObjectInfo, CK_MECHANISM_TYPE)>; 7],
     /// Hash-and-sign operations the core emulates for a backend that only has the raw mechanism.
     pub emulated: [Option<super::emulate::Emulated>; 7],
+    /// Message-based encryption and decryption (3.0), emulated (message.rs).
+    pub messages: [Option<super::message::MessageOp>; 2],
     closed: bool,
 }
 
@@ -73,6 +75,7 @@ impl Session {
                 session_objects: Vec::new(),
                 audit_ops: Default::default(),
                 emulated: Default::default(),
+                messages: [None, None],
                 closed: false,
             }),
         })

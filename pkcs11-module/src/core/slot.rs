@@ -313,13 +313,16 @@ impl Slot {
     }
 
     pub fn mechanism_info(&self, mech: CK_MECHANISM_TYPE) -> Result<CK_MECHANISM_INFO> {
-        match &self.kind {
-            SlotKind::Mirror => self.members[0].token.mechanism_info(mech),
+        let mut info = match &self.kind {
+            SlotKind::Mirror => self.members[0].token.mechanism_info(mech)?,
             SlotKind::Unified(u) => u
                 .mechanism(mech)
                 .map(|m| m.1)
-                .ok_or(Error::new(CKR_MECHANISM_INVALID)),
-        }
+                .ok_or(Error::new(CKR_MECHANISM_INVALID))?,
+        };
+        // What the core adds: message-based encryption over the backend's single-part one (message.rs).
+        info.flags |= super::message::message_flags(mech, &info);
+        Ok(info)
     }
 
     /// The member that serves a key-less operation (digest) with this mechanism.
