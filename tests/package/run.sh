@@ -13,6 +13,7 @@
 #     tests/package/socket-unit.py; pkcs11-tool and openssl sign through p11-kit-client.so with keys of the three
 #     backends while the client's environment holds no backend credential; a user outside p11bridge-users is
 #     refused; killing the service mid-loop costs the client an error, not a hang;
+#  4b. the blocks of docs/consumers.md marked `sh tested`, as written (tests/package/docs.sh);
 #  5. dpkg -r: nothing left but /etc/p11bridge and the audit trail; dpkg --purge: nothing left.
 # Each check prints PASS/FAIL; the last line is "package: N passed, M failed". PACKAGE_KEEP=1 keeps the work
 # directory and leaves the package installed.
@@ -180,6 +181,10 @@ check "man -w p11bridge.toml finds section 5" bash -c 'man -w 5 p11bridge.toml |
 # --- 4. the service behind p11-kit's RPC ---------------------------------------------------------------------------
 # shellcheck source=service.sh
 source "$here/service.sh"
+
+# --- 4b. docs/consumers.md, as written (replaces /etc/p11bridge/p11bridge.toml with the page's configuration) -----
+# shellcheck source=docs.sh
+source "$here/docs.sh"
 
 # --- 5. remove, purge ----------------------------------------------------------------------------------------------
 if [[ -z ${PACKAGE_KEEP:-} ]]; then
