@@ -43,14 +43,18 @@ check() {
 }
 log() { printf 'package: %s\n' "$*" >&2; }
 
-# dpkg refuses to wait for its lock (another apt-get on the machine): retry for a minute.
+# dpkg refuses to wait for its lock (another apt-get on the machine): retry for a minute while that is the cause.
 dpkg_() {
     local i
     for i in $(seq 1 60); do
-        dpkg "$@" && return 0
-        fuser /var/lib/dpkg/lock-frontend /var/lib/dpkg/lock >/dev/null 2>&1 || return 1
+        dpkg "$@" 2>"$WORK/dpkg.err" && return 0
+        if ! grep -q 'lock' "$WORK/dpkg.err"; then
+            cat "$WORK/dpkg.err" >&2
+            return 1
+        fi
         sleep 1
     done
+    cat "$WORK/dpkg.err" >&2
     return 1
 }
 
