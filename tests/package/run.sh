@@ -155,17 +155,19 @@ export -f as_p11bridge
 # --- 3. the installed module and command, with no path into the build tree ----------------------------------------
 check "p11bridge check (no --module, no --config)" as_p11bridge p11bridge check
 as_p11bridge p11bridge list >"$WORK/list.txt" 2>&1
+three_backends() { # FILE: a `p11bridge list` output showing the keys of the three backends and the view
+    grep -q 'token=unified;object=rsa-2048' "$1" && grep -q 'token=unified;object=app-signing' "$1" &&
+        grep -q 'token=unified;object=app-kms-signing' "$1" && grep -q 'token=apps;object=app-kms-signing' "$1" &&
+        ! grep -q 'token=apps;object=rsa-2048' "$1"
+}
+check "p11bridge list (no --module, no --config): keys of the three backends" three_backends "$WORK/list.txt"
 if grep -q 'cannot load' "$WORK/list.txt"; then
     # A command that does not look for the module where the package puts it: say whether the rest would pass.
-    log "p11bridge does not find $MODULE by itself; with --module:"
-    as_p11bridge p11bridge --module "$MODULE" check >&2 && log "  p11bridge --module $MODULE check: OK"
-    as_p11bridge p11bridge --module "$MODULE" list >"$WORK/list.txt" 2>&1
+    log "p11bridge does not find $MODULE by itself (the two checks above); with --module $MODULE:"
+    as_p11bridge p11bridge --module "$MODULE" check >&2 && log "  check: OK"
+    as_p11bridge p11bridge --module "$MODULE" list >"$WORK/list-module.txt" 2>&1
+    three_backends "$WORK/list-module.txt" && log "  list: keys of the three backends: OK"
 fi
-check "p11bridge list: keys of the three backends" bash -c "
-    grep -q 'token=unified;object=rsa-2048' $WORK/list.txt &&
-    grep -q 'token=unified;object=app-signing' $WORK/list.txt &&
-    grep -q 'token=unified;object=app-kms-signing' $WORK/list.txt &&
-    grep -q 'token=apps;object=app-kms-signing' $WORK/list.txt && ! grep -q 'token=apps;object=rsa-2048' $WORK/list.txt"
 check "p11-kit list-modules shows p11bridge" \
     as_p11bridge sh -c 'p11-kit list-modules >/tmp/p11kit-$$.txt; grep -A3 "^p11bridge:" /tmp/p11kit-$$.txt | grep -q "libp11bridge.so"; r=$?; rm -f /tmp/p11kit-$$.txt; exit $r'
 echo "package test" >"$WORK/msg"
