@@ -2,7 +2,8 @@
 # Runs every p11bridge test: formatting and lint, unit tests, end-to-end tests through the built libp11bridge.so
 # (the cryptoki crate as a client; SoftHSM2 and an OpenBao dev server started by the tests), pkcs11-tool parity
 # with SoftHSM2 and over Vault keys, the moto KMS fidelity layer's own tests, the cryptoki crate's suite
-# through a mirror slot, the conformance harness and 60 s of fuzzing. Ends with one line "suites: N passed, M failed".
+# through a mirror slot, the conformance harness, the Debian package (built, installed, used, removed; needs root)
+# and 60 s of fuzzing. Ends with one line "suites: N passed, M failed".
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 root=$PWD

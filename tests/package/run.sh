@@ -101,6 +101,10 @@ check "install: p11-kit module file" grep -qx 'module: libp11bridge.so' /usr/sha
 check "install: no test-only backend in the module" bash -c "! grep -q P11BRIDGE_ENABLE_TEST_BACKENDS $MODULE"
 check "install: user p11bridge, group p11bridge-users" bash -c 'id p11bridge && getent group p11bridge-users'
 check "install: /etc/p11bridge is root:p11bridge 0750" bash -c '[[ $(stat -c %U:%G:%a /etc/p11bridge) == root:p11bridge:750 ]]'
+if command -v systemd-analyze >/dev/null; then # (package systemd; CI containers may not have it)
+    check "install: systemd-analyze verify the units" \
+        systemd-analyze verify /lib/systemd/system/p11bridge.socket /lib/systemd/system/p11bridge@.service
+fi
 
 # --- 2. servers and the example configuration ----------------------------------------------------------------------
 eval "$(bash "$ROOT/softhsm-setup.sh" "$WORK/softhsm" 2>"$WORK/softhsm-setup.log")" ||
