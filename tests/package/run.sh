@@ -87,13 +87,17 @@ if [[ ! -f $deb ]]; then
 fi
 pass "build: $(basename "$deb") ($((SECONDS - start)) s)"
 dpkg-query -W p11bridge >/dev/null 2>&1 && dpkg_ --purge p11bridge >/dev/null
-# Debian's container images drop manual pages (path-exclude in /etc/dpkg/dpkg.cfg.d/); include ours again so that
-# the check below tests the package, not the image's policy.
-include=()
-if grep -qs '^path-exclude=/usr/share/man' /etc/dpkg/dpkg.cfg.d/*; then
-    log "this system excludes /usr/share/man from packages; installing with --path-include for p11bridge's pages"
-    include=(--path-include='/usr/share/man/man1/p11bridge.1.gz' --path-include='/usr/share/man/man5/p11bridge.toml.5.gz')
+# Debian's container images drop manual pages and documentation (/etc/dpkg/dpkg.cfg.d/docker or excludes:
+# `path-exclude /usr/share/man/*`, `path-exclude /usr/share/doc/*`): include ours again (command-line options come
+# after the configuration files, so they win), so that the checks below test the package, not the image's policy.
+# PACKAGE_SIMULATE_EXCLUDES=1 adds those excludes on the command line first, to test this on any machine.
+if grep -Eqs '^path-exclude[= ]+/usr/share/(man|doc)' /etc/dpkg/dpkg.cfg.d/*; then
+    log "this system excludes /usr/share/man or /usr/share/doc from packages; re-including p11bridge's files"
 fi
+include=()
+[[ -n ${PACKAGE_SIMULATE_EXCLUDES:-} ]] && include+=(--path-exclude='/usr/share/man/*' --path-exclude='/usr/share/doc/*')
+include+=(--path-include='/usr/share/man/man1/p11bridge.1.gz' --path-include='/usr/share/man/man5/p11bridge.toml.5.gz'
+    --path-include='/usr/share/doc/p11bridge/*')
 check "install: dpkg -i" dpkg_ "${include[@]}" -i "$deb"
 dpkg -L p11bridge | sort >"$WORK/files.txt"
 check "install: module at $MODULE" test -f "$MODULE"
