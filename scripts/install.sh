@@ -15,6 +15,12 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 deb=$(bash "$root/scripts/package.sh" | tail -n 1)
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$deb"
+# Container images often tell dpkg to drop manual pages and /usr/share/doc (/etc/dpkg/dpkg.cfg.d/): keep ours (the
+# manual pages and the example configuration).
+keep=()
+for p in /usr/share/man/man1/p11bridge.1.gz /usr/share/man/man5/p11bridge.toml.5.gz '/usr/share/doc/p11bridge/*'; do
+    keep+=(-o "DPkg::Options::=--path-include=$p")
+done
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${keep[@]}" "$deb"
 echo "installed $(basename "$deb"): module /usr/lib/$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null ||
     gcc -print-multiarch)/pkcs11/libp11bridge.so, command /usr/bin/p11bridge; next: man p11bridge.toml"
