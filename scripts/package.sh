@@ -70,15 +70,23 @@ mkdir -p "$man1" "$man5"
 bin=$stage/usr/bin/p11bridge
 h2m=$(mktemp)
 trap 'rm -f "$h2m"' EXIT
+# Every subcommand's --help, nested ones too ("p11bridge cert import"), as a COMMANDS section.
+subcommands() { # WORDS...: the subcommands `p11bridge WORDS... --help` lists
+    "$bin" "$@" --help | sed -n '/^Commands:/,/^$/p' | awk 'NR > 1 && NF { print $1 }' | grep -vx help || true
+}
+command_help() { # WORDS...
+    local sub
+    for sub in $(subcommands "$@"); do
+        echo ".SS \"p11bridge $* $sub\"" | sed 's/  */ /g'
+        echo ".nf"
+        "$bin" "$@" "$sub" --help | sed -e 's/\\/\\e/g' -e "s/^\([.']\)/\\\\\&\1/"
+        echo ".fi"
+        command_help "$@" "$sub"
+    done
+}
 {
     echo "[COMMANDS]"
-    "$bin" --help | sed -n '/^Commands:/,/^$/p' | awk 'NR > 1 && NF { print $1 }' | grep -vx help |
-        while read -r sub; do
-            echo ".SS \"p11bridge $sub\""
-            echo ".nf"
-            "$bin" "$sub" --help | sed -e 's/\\/\\e/g' -e "s/^\([.']\)/\\\\\&\1/"
-            echo ".fi"
-        done
+    command_help
     cat packaging/p11bridge.1.h2m
 } >"$h2m"
 help2man --no-info --section 1 --name "check, list and use p11bridge's unified PKCS#11 token" \
