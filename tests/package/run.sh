@@ -191,6 +191,8 @@ check "GnuTLS p11tool --list-tokens (p11-kit) shows the unified token" \
 check "man -w p11bridge" man -w p11bridge
 check "man -w p11bridge.toml" man -w p11bridge.toml
 check "man -w p11bridge.toml finds section 5" bash -c 'man -w 5 p11bridge.toml | grep -q man5/p11bridge.toml.5'
+check "man pages render without groff warnings" bash -c '
+    w=$(for p in p11bridge "5 p11bridge.toml"; do MANWIDTH=100 man --warnings $p 2>&1 >/dev/null; done); echo "$w"; [[ -z $w ]]'
 
 # --- 4. the service behind p11-kit's RPC ---------------------------------------------------------------------------
 # shellcheck source=service.sh
