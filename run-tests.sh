@@ -29,7 +29,9 @@ suite() {
 suite fmt cargo fmt --all -- --check
 suite clippy cargo clippy --release --all-targets -- -D warnings
 # The test build: with the test-only backend kind = "test-panic" (tests/tests/panic.rs), which the Debian package
-# leaves out. Build and tests must use the same features, or `cargo test` rebuilds libp11bridge.so without it.
+# leaves out. The end-to-end tests load target/release/libp11bridge.so as the build step leaves it (`cargo test`
+# does not replace that file); the tests get the same features so that nothing is compiled twice. Later,
+# conformance/run.sh and scripts/package.sh build the module without the feature.
 test_features=(--features p11bridge/test-backends)
 suite clippy-test-backends cargo clippy --release --all-targets "${test_features[@]}" -- -D warnings
 suite build cargo build --release -p p11bridge -p p11bridge-cli "${test_features[@]}"

@@ -202,6 +202,13 @@ source "$here/service.sh"
 # shellcheck source=docs.sh
 source "$here/docs.sh"
 
+# --- 4c. installing again (the upgrade path: prerm upgrade, postinst configure) keeps the configuration -----------
+cp /etc/p11bridge/p11bridge.toml "$WORK/config-before"
+check "dpkg -i again (upgrade path)" dpkg_ "${include[@]}" -i "$deb"
+check "dpkg -i again: configuration and its permissions kept" bash -c "
+    cmp $WORK/config-before /etc/p11bridge/p11bridge.toml &&
+    [[ \$(stat -c %U:%G:%a /etc/p11bridge /etc/p11bridge/p11bridge.env) == \$'root:p11bridge:750\nroot:p11bridge:640' ]]"
+
 # --- 5. remove, purge ----------------------------------------------------------------------------------------------
 if [[ -z ${PACKAGE_KEEP:-} ]]; then
     check "dpkg -r" dpkg_ -r p11bridge
