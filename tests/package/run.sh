@@ -60,6 +60,7 @@ dpkg_() {
 
 cleanup() {
     [[ -n ${SERVICE_PID:-} ]] && kill -TERM -- "-$SERVICE_PID" 2>/dev/null
+    [[ -n ${SOCK:-} ]] && rm -f "$SOCK" && rmdir "$(dirname "$SOCK")" 2>/dev/null
     servers_cleanup
     userdel -r p11bridge-outsider >/dev/null 2>&1
     userdel -r p11bridge-app >/dev/null 2>&1
