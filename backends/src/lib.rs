@@ -18,6 +18,9 @@ pub mod pkcs11;
 pub mod remote;
 pub mod runtime;
 pub mod secret;
+// Test-only backend (`kind = "test-panic"`): compiled in only with the `test-backends` feature, which the test
+// build enables and the Debian package does not.
+#[cfg(feature = "test-backends")]
 pub mod testpanic;
 pub mod types;
 pub mod vault;
@@ -424,7 +427,9 @@ pub fn build_with(
                 Arc::new(svc),
             )))
         }
-        // Tests only (panic containment): unknown unless P11BRIDGE_ENABLE_TEST_BACKENDS=1.
+        // Tests only (panic containment): compiled in with the `test-backends` feature, and even then unknown unless
+        // P11BRIDGE_ENABLE_TEST_BACKENDS=1.
+        #[cfg(feature = "test-backends")]
         "test-panic" if testpanic::enabled() => Ok(Arc::new(testpanic::PanicBackend::from_config(
             name, section,
         )?)),

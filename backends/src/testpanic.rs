@@ -2,9 +2,10 @@
 //! names. It proves panic containment: the caller gets `CKR_GENERAL_ERROR`, the process lives on, and the module
 //! stays usable (see `tests/tests/panic.rs`).
 //!
-//! It is built into the module but only accepted when the environment variable `P11BRIDGE_ENABLE_TEST_BACKENDS=1`
-//! is set at `C_Initialize`; otherwise the kind is unknown (a configuration error), so a production configuration
-//! can never enable it by accident.
+//! It is compiled in only with the cargo feature `test-backends` (`--features p11bridge/test-backends`, which
+//! `run-tests.sh` uses and the Debian package does not), and even then only accepted when the environment variable
+//! `P11BRIDGE_ENABLE_TEST_BACKENDS=1` is set at `C_Initialize`; otherwise the kind is unknown (a configuration
+//! error), so a production configuration can never enable it by accident.
 //!
 //! ```toml
 //! [backend.boom]

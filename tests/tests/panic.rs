@@ -4,6 +4,9 @@
 //! of the same unified token (no lock is poisoned, no operation left half-active); `C_Finalize` and
 //! `C_Initialize` work afterwards. Without the environment variable the kind is refused at `C_Initialize`.
 //!
+//! The kind is compiled into the module only with the cargo feature `test-backends`: `run-tests.sh` builds with
+//! `--features p11bridge/test-backends`; the Debian package (scripts/package.sh) is built without it.
+//!
 //! Members of the unified token: `hsm` (SoftHSM2), `boom` (its key "boom-key" panics in C_SignInit, a search for
 //! its label, C_GetAttributeValue, and in the members' login at C_Login) and `boom2` (its key "boom2-key" starts
 //! operations but panics in C_Sign and C_Verify).
@@ -75,7 +78,10 @@ fn login(s: &Session) {
 fn init() -> Pkcs11 {
     let p = Pkcs11::new(bridge_so()).expect("load libp11bridge.so");
     p.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-        .expect("C_Initialize");
+        .expect(
+            "C_Initialize (kind = \"test-panic\" needs a module built with `--features p11bridge/test-backends`, \
+             as run-tests.sh builds it)",
+        );
     p
 }
 
