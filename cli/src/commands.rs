@@ -88,8 +88,11 @@ fn install_p11kit(module: &Option<PathBuf>, path: &Path) -> R<()> {
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d).map_err(|e| Fail::Msg(format!("{}: {e}", d.display())))?;
     }
+    // The same three settings as contrib/p11-kit/p11bridge.module (the package's file), with the module found.
     let text = format!(
-        "# p11bridge: one token over an HSM, AWS KMS and Vault transit.\nmodule: {}\ncritical: no\n",
+        "# p11bridge: one token over an HSM, AWS KMS and Vault transit.\nmodule: {}\n\
+         # Not needed for the system to work: a failure to load p11bridge does not fail p11-kit.\ncritical: no\n\
+         # p11bridge holds keys, not trust anchors.\ntrust-policy: no\n",
         m.display()
     );
     std::fs::write(path, text).map_err(|e| Fail::Msg(format!("{}: {e}", path.display())))?;

@@ -65,3 +65,13 @@ pub fn fatal(e: &Error) {
         eprintln!("p11bridge: C_Initialize failed: {msg}");
     }
 }
+
+/// Like [`fatal`], without the stderr line: the cause goes to the calling thread's last failure and the log only.
+pub fn fatal_quiet(e: &Error) {
+    let msg = e
+        .cause()
+        .map(str::to_owned)
+        .unwrap_or_else(|| e.to_string());
+    p11bridge_backends::diag::set_last(e.rv(), msg.clone());
+    tracing::error!("C_Initialize failed: {msg}");
+}

@@ -1133,3 +1133,20 @@ fn ca_issued(d: &Path, public_pem: &Path, cn: &str) -> (PathBuf, PathBuf) {
     ]));
     (ca, cert)
 }
+
+#[test]
+fn install_p11kit_writes_the_packaged_settings() {
+    let d = dir("p11kit");
+    let f = d.join("p11bridge.module");
+    ok(&["install-p11kit", "--path", p(&f)]);
+    let t = std::fs::read_to_string(&f).unwrap();
+    let module = std::fs::canonicalize(bridge_so()).unwrap();
+    assert!(
+        t.contains(&format!("module: {}\n", module.display())),
+        "{t}"
+    );
+    assert!(
+        t.contains("\ncritical: no\n") && t.contains("\ntrust-policy: no\n"),
+        "{t}"
+    );
+}

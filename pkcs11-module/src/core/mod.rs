@@ -116,7 +116,24 @@ pub fn initialize(args: InitArgs) -> Result<()> {
         );
     }
     let path = config::config_path();
-    let cfg = config::load(&path).inspect_err(logging::fatal)?;
+    let cfg = config::load(&path).inspect_err(|e| {
+        // The package registers the module with p11-kit system-wide, so every p11-kit program of every user loads
+        // it: a default configuration that is absent or not readable by this user is not theirs to hear about
+        // (the cause stays readable through C_P11BRIDGE_GetLastError, which `p11bridge check` shows, and the log).
+        let explicit = std::env::var_os("P11BRIDGE_CONFIG").is_some();
+        let not_ours = !explicit
+            && std::fs::File::open(&path).err().is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+                )
+            });
+        if not_ours {
+            logging::fatal_quiet(e)
+        } else {
+            logging::fatal(e)
+        }
+    })?;
     let ctx = BuildContext {
         cant_create_threads: args.cant_create_threads,
     };
