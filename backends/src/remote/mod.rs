@@ -291,6 +291,11 @@ pub trait RemoteService: Send + Sync + 'static {
     fn configured_keys(&self, _found: &[Arc<RemoteKey>]) -> (Vec<String>, Vec<String>) {
         (Vec::new(), Vec::new())
     }
+    /// Attaches a DER X.509 certificate to a key for good (every later process serves it): refused unless it
+    /// carries the key's public key (`cert::CertSource::import`).
+    fn import_certificate(&self, _key: &RemoteKey, _der: &[u8]) -> Result<Certificate> {
+        Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED))
+    }
 }
 
 /// A key to create, derived from PKCS#11 templates.
@@ -431,6 +436,18 @@ impl Shared {
             .cloned()
             .map(|k| (k, obj & 3))
             .ok_or(Error::new(CKR_OBJECT_HANDLE_INVALID))
+    }
+
+    /// Shows `cert` as the certificate of the key named `name` from now on (until the next refresh, which reads
+    /// it from the store).
+    pub fn set_cert(&self, name: &str, cert: Certificate) -> Option<ObjRef> {
+        let mut c = self.cache.write();
+        let n = *c.numbers.get(name)?;
+        let k = c.keys.get(&n)?;
+        let mut k = (**k).clone();
+        k.cert = Some(cert);
+        c.keys.insert(n, Arc::new(k));
+        Some((n << 2) | CLASS_CERT)
     }
 
     /// The object reference of a key's object of a class.

@@ -325,6 +325,70 @@ impl BackendSession for RemoteSession {
         Err(Error::new(CKR_INFORMATION_SENSITIVE))
     }
 
+    /// `C_CreateObject`: only an X.509 certificate (token object) for one of the backend's key pairs, named by
+    /// its `CKA_ID`; it must carry the key's public key, and is kept where every later process finds it.
+    fn create_object(&mut self, t: Template) -> Result<ObjRef> {
+        if t.ulong_value(CKA_CLASS)? != Some(CKO_CERTIFICATE) {
+            return Err(Error::with(
+                CKR_FUNCTION_NOT_SUPPORTED,
+                format!(
+                    "backend \"{}\" creates certificates of its keys only (keys: C_GenerateKeyPair / C_GenerateKey)",
+                    self.shared.name
+                ),
+            ));
+        }
+        if !self.logged_in() {
+            return Err(Error::new(CKR_USER_NOT_LOGGED_IN));
+        }
+        if let Some(ty) = t.ulong_value(CKA_CERTIFICATE_TYPE)? {
+            if ty != CKC_X_509 {
+                return Err(Error::with(
+                    CKR_ATTRIBUTE_VALUE_INVALID,
+                    "CKA_CERTIFICATE_TYPE: only CKC_X_509",
+                ));
+            }
+        }
+        if t.bool_value(CKA_TOKEN)? != Some(true) {
+            return Err(Error::with(
+                CKR_TEMPLATE_INCONSISTENT,
+                "a certificate of a remote key is a token object (CKA_TOKEN true)",
+            ));
+        }
+        let id = t.value(CKA_ID)?.ok_or_else(|| {
+            Error::with(
+                CKR_TEMPLATE_INCOMPLETE,
+                "CKA_ID names the key the certificate belongs to",
+            )
+        })?;
+        let der = t.value(CKA_VALUE)?.ok_or_else(|| {
+            Error::with(
+                CKR_TEMPLATE_INCOMPLETE,
+                "CKA_VALUE holds the DER certificate",
+            )
+        })?;
+        let key = self
+            .shared
+            .keys()?
+            .into_iter()
+            .map(|(_, k)| k)
+            .find(|k| k.id == id && !k.material.is_secret())
+            .ok_or_else(|| {
+                let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+                Error::with(
+                    CKR_ATTRIBUTE_VALUE_INVALID,
+                    format!(
+                        "no key pair of backend \"{}\" has CKA_ID {hex}",
+                        self.shared.name
+                    ),
+                )
+            })?;
+        let cert = self.shared.service.import_certificate(&key, der)?;
+        tracing::info!(backend = %self.shared.name, key = %key.name, "certificate imported");
+        self.shared
+            .set_cert(&key.name, cert)
+            .ok_or(Error::new(CKR_GENERAL_ERROR))
+    }
+
     fn destroy_object(&mut self, obj: ObjRef) -> Result<()> {
         let (k, class) = self.shared.key(obj)?;
         if !k.destroyable {
