@@ -716,7 +716,8 @@ fn generated_keys_live_in_kms_and_sign_at_once() {
         )
         .unwrap();
     let aliases = moto().boto("print([a['AliasName'] for a in kms.list_aliases()['Aliases']])");
-    assert!(aliases.contains("alias/k-gen-ec"), "{aliases}");
+    // Under created_alias_prefix, so that every later process finds it again.
+    assert!(aliases.contains("alias/p11bridge/k-gen-ec"), "{aliases}");
     let h = sha256(b"generated");
     let sig = s.sign(&Mechanism::Ecdsa, privk, &h).unwrap();
     assert!(openssl_verify(
