@@ -28,7 +28,72 @@ struct Setup {
     moto_url: String,
     bao_down: String,
     kms_down: String,
+    /// An `https` address whose server shows a self-signed certificate (`openssl s_server`).
+    tls_untrusted: String,
     dir: PathBuf,
+}
+
+/// `openssl s_server` with a self-signed certificate on a free port, killed with the test process.
+fn untrusted_tls_server(dir: &std::path::Path) -> String {
+    use std::os::unix::process::CommandExt;
+    let (cert, key) = (dir.join("tls.pem"), dir.join("tls.key"));
+    openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &key.display().to_string(),
+            "-out",
+            &cert.display().to_string(),
+            "-subj",
+            "/CN=127.0.0.1",
+            "-days",
+            "2",
+        ],
+        None,
+    );
+    let port = free_port();
+    // Spawned by a thread that lives as long as the process: PR_SET_PDEATHSIG fires when the spawning thread exits.
+    std::thread::spawn(move || {
+        let mut c = Command::new("openssl");
+        c.args([
+            "s_server",
+            "-quiet",
+            "-www",
+            "-accept",
+            &port.to_string(),
+            "-cert",
+        ])
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            c.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = c.spawn().expect("openssl s_server");
+        let _ = child.wait();
+        loop {
+            std::thread::park();
+        }
+    });
+    let t = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t.elapsed().as_secs() < 10, "s_server did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    format!("https://127.0.0.1:{port}")
 }
 
 fn setup() -> &'static Setup {
@@ -57,6 +122,7 @@ fn setup() -> &'static Setup {
         std::fs::write(dir.join("wrong-secret-id"), "wrong-secret-value\n").unwrap();
         let bao_down = format!("http://127.0.0.1:{}", free_port());
         let kms_down = format!("http://127.0.0.1:{}", free_port());
+        let tls_untrusted = untrusted_tls_server(&dir);
         let section = format!(
             r#"
 [backend.vault]
@@ -122,10 +188,22 @@ token = "env:RD_UNSET_TOKEN"
 keys = ["rd-existing"]
 timeout_ms = 3000
 
+[backend.vaulttls]
+kind = "vault-transit"
+address = "{tls_untrusted}"
+token = "env:RD_VAULT_TOKEN"
+keys = ["rd-existing"]
+timeout_ms = 3000
+
 [[slot]]
 label = "badtoken"
 user_pin = "env:P11BRIDGE_PIN"
 backends = ["vaultbad"]
+
+[[slot]]
+label = "tls"
+user_pin = "env:P11BRIDGE_PIN"
+backends = ["vaulttls"]
 
 [[slot]]
 label = "approle"
@@ -163,6 +241,7 @@ backends = ["kmsdown"]
             moto_url: m.url.clone(),
             bao_down,
             kms_down,
+            tls_untrusted,
             dir,
         }
     })
@@ -325,6 +404,48 @@ fn openbao_down_names_the_url_and_the_os_error() {
         "{text}"
     );
     assert!(!text.contains("url ()"), "{text}");
+}
+
+#[test]
+fn an_untrusted_server_certificate_names_the_host_and_the_problem() {
+    let st = setup();
+    let text = search_cause("tls");
+    assert!(text.contains(&st.tls_untrusted), "{text}");
+    // rustls's words: "invalid peer certificate: ..." (here CaUsedAsEndEntity: a self-signed CA certificate).
+    assert!(text.contains("invalid peer certificate"), "{text}");
+}
+
+#[test]
+fn kms_credentials_that_cannot_be_loaded_are_named() {
+    // A new process without any AWS credentials.
+    let (out, err) = child_with(
+        "check",
+        &[
+            ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials"),
+            ("AWS_CONFIG_FILE", "/nonexistent/config"),
+        ],
+        &[
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_PROFILE",
+        ],
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(field(&out, "check").unwrap_or_else(|| panic!("{out}\n{err}")))
+            .unwrap();
+    let kms = r["slots"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "kms")
+        .unwrap()
+        .clone();
+    let login = kms["login"].as_str().unwrap();
+    assert!(
+        login.contains("credentials could not be loaded: the AWS default chain"),
+        "{kms}"
+    );
 }
 
 #[test]
@@ -660,6 +781,11 @@ timeout_ms = 3000
 
 /// Runs this test binary again as a new process (`child_process`), with `RD_CHILD = mode`; its stdout and stderr.
 fn child(mode: &str, vars: &[(&str, &str)]) -> (String, String) {
+    child_with(mode, vars, &[])
+}
+
+/// [`child`], with variables removed from its environment.
+fn child_with(mode: &str, vars: &[(&str, &str)], remove: &[&str]) -> (String, String) {
     setup();
     let mut c = Command::new(std::env::current_exe().unwrap());
     c.args([
@@ -673,6 +799,9 @@ fn child(mode: &str, vars: &[(&str, &str)]) -> (String, String) {
     .env_remove("P11BRIDGE_LOG");
     for (k, v) in vars {
         c.env(k, v);
+    }
+    for k in remove {
+        c.env_remove(k);
     }
     let out = c.output().unwrap();
     let (o, e) = (
