@@ -2075,6 +2075,34 @@ mod tests {
             map_fault("k", Fault::Unreachable("x".into()), CKR_DATA_INVALID).rv(),
             CKR_DEVICE_ERROR
         );
+        // Rejected credentials are called so; credentials that could not be loaded too.
+        let e = map_fault(
+            "k",
+            Fault::Service(
+                "UnrecognizedClientException".into(),
+                "The security token included in the request is invalid.".into(),
+                400,
+            ),
+            CKR_DATA_INVALID,
+        );
+        assert_eq!(e.rv(), CKR_DEVICE_ERROR);
+        assert!(
+            e.to_string().contains(
+                "UnrecognizedClientException: The security token included in the request is invalid. (KMS rejected the credentials)"
+            ),
+            "{e}"
+        );
+        let e = map_fault(
+            "k",
+            Fault::Credentials("profile \"x\": no such profile".into()),
+            0,
+        );
+        assert!(
+            e.to_string()
+                .contains("credentials could not be loaded: profile"),
+            "{e}"
+        );
+        assert_eq!(health(&Fault::Credentials(String::new())), Health::Answered);
     }
 
     #[test]

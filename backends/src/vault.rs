@@ -1644,6 +1644,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn vault_errors_are_quoted() {
+        assert_eq!(
+            vault_errors(r#"{"errors":["permission denied"]}"#),
+            "permission denied"
+        );
+        assert_eq!(vault_errors(r#"{"errors":["a","b"]}"#), "a; b");
+        assert_eq!(vault_errors(r#"{"errors":[]}"#), "(no message)");
+        assert_eq!(
+            vault_errors("upstream proxy said no"),
+            "upstream proxy said no"
+        );
+        let e = vaultrs::error::ClientError::APIError {
+            code: 400,
+            errors: vec!["invalid role or secret ID".into()],
+        };
+        assert_eq!(
+            vaultrs_answer(&e).as_deref(),
+            Some("HTTP 400: invalid role or secret ID")
+        );
+        let e = map_fault(
+            "v",
+            Fault::Status(
+                403,
+                "HTTP 403 on GET /v1/transit/keys/x: permission denied".into(),
+            ),
+            CKR_DATA_INVALID,
+        );
+        assert_eq!(e.rv(), CKR_KEY_FUNCTION_NOT_PERMITTED);
+        assert_eq!(
+            e.cause(),
+            Some("v: HTTP 403 on GET /v1/transit/keys/x: permission denied")
+        );
+    }
+
+    #[test]
     fn batch_answers_map_per_item() {
         // OpenBao's answer to a `batch_input` sign with one bad item (invalid base64).
         let v: Value = serde_json::from_str(

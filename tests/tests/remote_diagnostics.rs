@@ -112,6 +112,11 @@ fn setup() -> &'static Setup {
             .ok(&["read", "-field=role_id", "auth/approle/role/rd/role-id"])
             .trim()
             .to_string();
+        let revocable = b
+            .ok(&["token", "create", "-policy=root", "-ttl=1h", "-field=token"])
+            .trim()
+            .to_string();
+        std::env::set_var("RD_REVOCABLE_TOKEN", revocable);
         std::env::set_var("RD_VAULT_TOKEN", ROOT_TOKEN);
         std::env::remove_var("RD_UNSET_TOKEN");
         std::env::set_var("RD_BAD_TOKEN", "not-a-valid-token");
@@ -194,6 +199,18 @@ address = "{tls_untrusted}"
 token = "env:RD_VAULT_TOKEN"
 keys = ["rd-existing"]
 timeout_ms = 3000
+
+[backend.vaultrevoked]
+kind = "vault-transit"
+address = "{vault}"
+token = "env:RD_REVOCABLE_TOKEN"
+keys = ["rd-existing"]
+timeout_ms = 3000
+
+[[slot]]
+label = "revoked"
+user_pin = "env:P11BRIDGE_PIN"
+backends = ["vaultrevoked"]
 
 [[slot]]
 label = "badtoken"
@@ -367,6 +384,34 @@ fn wrong_vault_token_names_403_and_permission_denied() {
     assert!(login.contains("auth/token/lookup-self"), "{b}");
     assert_eq!(b["ok"], false);
     assert_eq!(b["endpoint"], st.vault_addr.as_str());
+}
+
+#[test]
+fn a_refused_signature_names_the_request_and_vaults_answer() {
+    let st = setup();
+    let p = p();
+    let s = session_on(p, "revoked");
+    let (_, privk) = key_pair(&s, "rd-existing", "vaultrevoked");
+    // The token is revoked after the keys were read: the signature is refused by Vault.
+    bao().ok(&[
+        "token",
+        "revoke",
+        &std::env::var("RD_REVOCABLE_TOKEN").unwrap(),
+    ]);
+    let e = s.sign(&Mechanism::Ecdsa, privk, &[7u8; 32]).unwrap_err();
+    assert_eq!(rv(e), RvError::KeyFunctionNotPermitted);
+    let (code, text) = last_error();
+    assert_eq!(code, 0x68, "CKR_KEY_FUNCTION_NOT_PERMITTED");
+    for want in [
+        format!(
+            "backend \"vaultrevoked\" (vault-transit, {})",
+            st.vault_addr
+        ),
+        "key \"rd-existing\": signing failed".to_string(),
+        "HTTP 403 on POST /v1/transit/sign/rd-existing/sha2-256: permission denied".to_string(),
+    ] {
+        assert!(text.contains(&want), "{want:?} missing from {text:?}");
+    }
 }
 
 #[test]

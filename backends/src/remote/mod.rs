@@ -335,6 +335,8 @@ struct Cache {
 /// State shared by the backend, its token and its sessions.
 pub struct Shared {
     pub name: String,
+    /// The backend's `kind` (for messages).
+    pub kind: &'static str,
     pub service: Arc<dyn RemoteService>,
     /// The service's mechanisms, read once (they are static).
     pub mechanisms: Vec<CK_MECHANISM_TYPE>,
@@ -345,9 +347,10 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(name: &str, service: Arc<dyn RemoteService>) -> Arc<Shared> {
+    pub fn new(name: &str, kind: &'static str, service: Arc<dyn RemoteService>) -> Arc<Shared> {
         Arc::new(Shared {
             name: name.to_string(),
+            kind,
             mechanisms: service.mechanisms().into_iter().map(|m| m.0).collect(),
             service,
             cache: RwLock::new(Cache::default()),
@@ -426,6 +429,31 @@ impl Shared {
             }
             self.refreshing.store(false, Ordering::Release);
         }
+    }
+
+    /// Says why an operation on a key failed when the service refused or could not serve it (not for the
+    /// caller's own mistakes): once per distinct cause on stderr, and as the calling thread's last cause.
+    pub fn op_failed(&self, what: &str, label: &str, e: Error) -> Error {
+        if matches!(
+            e.rv(),
+            CKR_DEVICE_ERROR
+                | CKR_DEVICE_MEMORY
+                | CKR_KEY_FUNCTION_NOT_PERMITTED
+                | CKR_KEY_HANDLE_INVALID
+                | CKR_FUNCTION_FAILED
+        ) && e.cause().is_some()
+        {
+            crate::diag::report(
+                e.rv(),
+                format!(
+                    "backend \"{}\" ({}, {}): key \"{label}\": {what} failed: {e}",
+                    self.name,
+                    self.kind,
+                    self.service.endpoint(),
+                ),
+            );
+        }
+        e
     }
 
     /// The key behind an object reference, from the cache (no network).
@@ -609,7 +637,7 @@ pub struct RemoteBackend {
 impl RemoteBackend {
     pub fn new(name: &str, kind: &'static str, service: Arc<dyn RemoteService>) -> Self {
         RemoteBackend {
-            shared: Shared::new(name, service),
+            shared: Shared::new(name, kind, service),
             kind,
         }
     }

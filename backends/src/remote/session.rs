@@ -244,7 +244,16 @@ impl RemoteSession {
             self.ops[k] = Some(op);
             return Err(Error::buffer_too_small(need));
         }
-        let result = self.compute(&mut op, kind, last)?;
+        let key = op.key.clone();
+        let result = self.compute(&mut op, kind, last).map_err(|e| {
+            let what = match kind {
+                OpKind::Sign => "signing",
+                OpKind::Decrypt => "decryption",
+                OpKind::Encrypt => "encryption",
+                _ => "the operation",
+            };
+            self.shared.op_failed(what, &key.label, e)
+        })?;
         let r = deliver(&mut op, result, out);
         if matches!(&r, Err(e) if e.rv() == CKR_BUFFER_TOO_SMALL) {
             self.ops[k] = Some(op);
@@ -262,7 +271,11 @@ impl RemoteSession {
             if signature.len() != h.len() {
                 return Err(Error::new(CKR_SIGNATURE_LEN_RANGE));
             }
-            return self.shared.service.verify_mac(&op.key, h, &buf, signature);
+            return self
+                .shared
+                .service
+                .verify_mac(&op.key, h, &buf, signature)
+                .map_err(|e| self.shared.op_failed("MAC verification", &op.key.label, e));
         }
         let req = match digest {
             Some(d) => sign_request(&op, Either::Digest(d))?,
@@ -407,7 +420,10 @@ impl BackendSession for RemoteSession {
                 "destroy the private key to delete a remote key",
             ));
         }
-        self.shared.service.destroy(&k)?;
+        self.shared
+            .service
+            .destroy(&k)
+            .map_err(|e| self.shared.op_failed("deletion", &k.label, e))?;
         let _ = self.shared.refresh_now();
         Ok(())
     }
@@ -706,7 +722,11 @@ impl RemoteSession {
             sign,
             decrypt,
         };
-        let name = self.shared.service.generate(&spec)?;
+        let name = self
+            .shared
+            .service
+            .generate(&spec)
+            .map_err(|e| self.shared.op_failed("creation", &spec.label, e))?;
         self.shared.refresh_now()?;
         Ok(name)
     }
