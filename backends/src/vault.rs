@@ -245,6 +245,24 @@ fn vaultrs_answer(e: &vaultrs::error::ClientError) -> Option<String> {
     }
 }
 
+/// One of Vault's messages on one line: Go's multierror ("1 error occurred:\n\t* permission denied\n\n") as its
+/// items joined with "; ", other line breaks as spaces.
+fn one_line(m: &str) -> String {
+    let items: Vec<&str> = m
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("* "))
+        .map(str::trim)
+        .collect();
+    if m.trim_start()
+        .split_once(' ')
+        .is_some_and(|(n, rest)| n.parse::<u32>().is_ok() && rest.starts_with("error"))
+        && !items.is_empty()
+    {
+        return items.join("; ");
+    }
+    m.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// Vault's `errors` list of an error body, joined; else the body's start.
 fn vault_errors(text: &str) -> String {
     let listed = serde_json::from_str::<Value>(text)
@@ -252,7 +270,7 @@ fn vault_errors(text: &str) -> String {
         .and_then(|v| v.get("errors").and_then(Value::as_array).cloned())
         .map(|a| {
             a.iter()
-                .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_owned))
+                .map(|x| x.as_str().map_or_else(|| x.to_string(), one_line))
                 .collect::<Vec<_>>()
                 .join("; ")
         });
@@ -1239,6 +1257,7 @@ impl RemoteService for Vault {
             Ok(out.into_iter().map(|(_, n, v)| (n, v)).collect())
         })?;
         let mut found = Vec::new();
+        let mut forbidden = Vec::new();
         for (name, v) in datas {
             match v {
                 Ok(v) => found.push((name, v)),
@@ -1248,7 +1267,21 @@ impl RemoteService for Vault {
                         me.key_missing(&name, e.cause().unwrap_or("not found"));
                     }
                 }
+                // Refused: for some keys only (the policy), those are said and the others served; for all of them
+                // (a wrong token), the enumeration fails with Vault's answer.
+                Err(e) if e.rv() == CKR_KEY_FUNCTION_NOT_PERMITTED => forbidden.push((name, e)),
                 Err(e) => return Err(e),
+            }
+        }
+        if found.is_empty() {
+            if let Some((_, e)) = forbidden.into_iter().next() {
+                return Err(e);
+            }
+        } else {
+            for (name, e) in forbidden {
+                if me.cfg.keys.contains(&name) {
+                    me.key_missing(&name, e.cause().unwrap_or("permission denied"));
+                }
             }
         }
         if let Some(why) = list_refused {
@@ -1650,6 +1683,14 @@ mod tests {
             "permission denied"
         );
         assert_eq!(vault_errors(r#"{"errors":["a","b"]}"#), "a; b");
+        assert_eq!(
+            vault_errors(r#"{"errors":["1 error occurred:\n\t* permission denied\n\n"]}"#),
+            "permission denied"
+        );
+        assert_eq!(
+            vault_errors(r#"{"errors":["2 errors occurred:\n\t* a\n\t* b\n\n"]}"#),
+            "a; b"
+        );
         assert_eq!(vault_errors(r#"{"errors":[]}"#), "(no message)");
         assert_eq!(
             vault_errors("upstream proxy said no"),

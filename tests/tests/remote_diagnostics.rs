@@ -125,6 +125,20 @@ fn setup() -> &'static Setup {
             .join(format!("remote-diagnostics-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("wrong-secret-id"), "wrong-secret-value\n").unwrap();
+        // A token that may read one key (and sign), not another nor LIST.
+        b.ok(&["write", "-f", "transit/keys/rd-forbidden", "type=ecdsa-p256"]);
+        let policy = dir.join("rd-limited.hcl");
+        std::fs::write(
+            &policy,
+            "path \"transit/keys/rd-existing\" { capabilities = [\"read\"] }\npath \"transit/sign/*\" { capabilities = [\"update\"] }\n",
+        )
+        .unwrap();
+        b.ok(&["policy", "write", "rd-limited", &policy.display().to_string()]);
+        let limited = b
+            .ok(&["token", "create", "-policy=rd-limited", "-ttl=1h", "-field=token"])
+            .trim()
+            .to_string();
+        std::env::set_var("RD_LIMITED_TOKEN", limited);
         let bao_down = format!("http://127.0.0.1:{}", free_port());
         let kms_down = format!("http://127.0.0.1:{}", free_port());
         let tls_untrusted = untrusted_tls_server(&dir);
@@ -199,6 +213,18 @@ address = "{tls_untrusted}"
 token = "env:RD_VAULT_TOKEN"
 keys = ["rd-existing"]
 timeout_ms = 3000
+
+[backend.vaultlimited]
+kind = "vault-transit"
+address = "{vault}"
+token = "env:RD_LIMITED_TOKEN"
+keys = ["rd-existing", "rd-forbidden"]
+timeout_ms = 3000
+
+[[slot]]
+label = "limited"
+user_pin = "env:P11BRIDGE_PIN"
+backends = ["vaultlimited"]
 
 [backend.vaultrevoked]
 kind = "vault-transit"
@@ -548,6 +574,36 @@ fn missing_configured_keys_are_named() {
         err.matches("key \"rd-no-such-key\" named in keys").count(),
         1,
         "{err}"
+    );
+}
+
+#[test]
+fn a_key_the_policy_forbids_is_named_and_the_others_served() {
+    let st = setup();
+    let b = check_backend("vaultlimited");
+    assert_eq!(b["keys_found"], serde_json::json!(["rd-existing"]), "{b}");
+    assert_eq!(
+        b["keys_missing"],
+        serde_json::json!(["rd-forbidden"]),
+        "{b}"
+    );
+    let (_, err) = child("check", &[]);
+    for want in [
+        format!(
+            "p11bridge: backend \"vaultlimited\" (vault-transit, {}): key \"rd-forbidden\" named in keys: ",
+            st.vault_addr
+        ),
+        "HTTP 403 on GET /v1/transit/keys/rd-forbidden: permission denied".to_string(),
+        "cannot list the keys created through the bridge (created_prefix \"p11bridge-\"): vaultlimited: HTTP 403 on LIST /v1/transit/keys".to_string(),
+    ] {
+        assert!(err.contains(&want), "{want:?} missing from stderr:\n{err}");
+    }
+    let p = p();
+    let s = session_on(p, "limited");
+    let (_, privk) = key_pair(&s, "rd-existing", "vaultlimited");
+    assert_eq!(
+        s.sign(&Mechanism::Ecdsa, privk, &[1u8; 32]).unwrap().len(),
+        64
     );
 }
 
