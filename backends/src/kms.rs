@@ -1890,9 +1890,11 @@ impl RemoteService for Kms {
             .call(home, CKR_DEVICE_ERROR, move |c, _| {
                 let kid = kid.clone();
                 async move {
-                    let r = c.list_aliases().key_id(kid).send().await.map_err(fault)?;
+                    let r = c.list_aliases().key_id(&kid).send().await.map_err(fault)?;
+                    // Only this key's (whatever the server does with the filter).
                     Ok(r.aliases()
                         .iter()
+                        .filter(|a| a.target_key_id() == Some(kid.as_str()))
                         .filter_map(|a| a.alias_name().map(str::to_owned))
                         .collect::<Vec<String>>())
                 }

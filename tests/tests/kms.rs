@@ -794,6 +794,12 @@ fn generated_keys_live_in_kms_and_sign_at_once() {
         ),
         0
     );
+    let aliases = moto().boto("print([a['AliasName'] for a in kms.list_aliases()['Aliases']])");
+    assert!(
+        !aliases.contains("alias/p11bridge/k-gen-ec'")
+            && aliases.contains("alias/p11bridge/k-gen-hmac"),
+        "destroying a key deletes its own alias only: {aliases}"
+    );
     let states = moto().boto(
         "print(sorted(kms.describe_key(KeyId=k['KeyId'])['KeyMetadata']['KeyState'] for k in kms.list_keys()['Keys']))",
     );
