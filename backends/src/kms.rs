@@ -418,11 +418,20 @@ impl KmsService {
             }
         }
         let p = &cfg.created_alias_prefix;
-        if !p.is_empty() && (!p.starts_with("alias/") || p.starts_with("alias/aws/") || p.len() < 7)
+        let alias_chars = p
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/_-".contains(c));
+        if !p.is_empty()
+            && (!p.starts_with("alias/")
+                || p.starts_with("alias/aws/")
+                || p.len() < 7
+                || !alias_chars)
         {
             return Err(cfg_err(
                 name,
-                format!("created_alias_prefix: \"{p}\" must start with alias/ (not alias/aws/), or be \"\""),
+                format!(
+                    "created_alias_prefix: \"{p}\" must start with alias/ (not alias/aws/) and hold [A-Za-z0-9/_-] only, or be \"\""
+                ),
             ));
         }
         let certs = cert::CertSource::new(
@@ -2049,6 +2058,11 @@ mod tests {
             .unwrap()
             .contains("endpoints.b"));
         assert!(bad("regions = [\"a\"]\nbreaker_failures = 0").is_some());
+        assert!(bad("created_alias_prefix = \"p11bridge/\"")
+            .unwrap()
+            .contains("created_alias_prefix"));
+        assert!(bad("created_alias_prefix = \"alias/a b/\"").is_some());
+        assert!(bad("created_alias_prefix = \"\"").is_none());
         assert!(bad("regions = [\"a\", \"b\"]\nendpoints = { a = \"http://x\" }").is_none());
     }
 

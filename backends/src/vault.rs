@@ -352,6 +352,19 @@ impl VaultService {
                 "breaker_failures: breaker_failures, breaker_cooldown_ms and probe_interval_ms must be > 0",
             ));
         }
+        if !cfg
+            .created_prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(cfg_err(
+                name,
+                format!(
+                    "created_prefix: \"{}\" may hold [A-Za-z0-9._-] only (it starts transit key names)",
+                    cfg.created_prefix
+                ),
+            ));
+        }
         if cfg.batch_max == 0 || cfg.batch_max > 1000 {
             return Err(cfg_err(name, "batch_max: between 1 and 1000"));
         }
