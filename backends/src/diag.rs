@@ -125,6 +125,26 @@ pub fn take_last() -> Option<(CK_RV, String)> {
     LAST.with(|l| l.borrow_mut().take())
 }
 
+/// An error with its sources, as one line for people: `a: b: c`. Repeated texts are dropped, and so is reqwest's
+/// `for url (...)` (the caller names the endpoint itself), so the innermost cause — `Connection refused (os error
+/// 111)`, a certificate error — is always there.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(x) = cur {
+        let mut t = x.to_string();
+        if let Some(i) = t.find(" for url (") {
+            t.truncate(i);
+        }
+        let t = t.trim().to_string();
+        if !t.is_empty() && !parts.iter().any(|p| p.contains(&t)) {
+            parts.push(t);
+        }
+        cur = x.source();
+    }
+    parts.join(": ")
+}
+
 /// Forgets the texts shown so far (tests).
 pub fn reset_seen() {
     *SEEN.lock() = None;
@@ -147,5 +167,26 @@ mod tests {
             .unwrap();
         assert_eq!(take_last(), Some((5, "cause one".to_string())));
         assert_eq!(take_last(), None);
+    }
+
+    #[test]
+    fn error_chain_keeps_the_innermost_cause() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "error sending request for url (http://127.0.0.1:1/v1/x)")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = Outer(std::io::Error::from_raw_os_error(111));
+        let t = error_chain(&e);
+        assert!(t.starts_with("error sending request: "), "{t}");
+        assert!(t.contains("os error 111"), "{t}");
+        assert!(!t.contains("url ("), "{t}");
     }
 }

@@ -26,7 +26,7 @@ use crate::{runtime, vendor, BuildContext, Error, OpKind, Result};
 use aws_sdk_kms::config::http::HttpResponse;
 use aws_sdk_kms::config::retry::RetryConfig;
 use aws_sdk_kms::config::timeout::TimeoutConfig;
-use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{
     EncryptionAlgorithmSpec, KeyManagerType, KeySpec, KeyState, KeyUsageType, MacAlgorithmSpec,
@@ -92,6 +92,14 @@ struct Config {
     certificates: BTreeMap<String, PathBuf>,
     /// Where generated certificates are cached (default `$XDG_CACHE_HOME/p11bridge` or `~/.cache/p11bridge`).
     cert_cache_dir: Option<PathBuf>,
+    /// Where certificates imported for keys are kept (default: the `imported` directory of the cache).
+    cert_store_dir: Option<PathBuf>,
+    /// Keys created through the bridge get the alias `created_alias_prefix` + `CKA_LABEL` (and the tag
+    /// `p11bridge-created`); every alias under this prefix is on the token, found again by every process from the
+    /// `ListAliases` answer each enumeration reads anyway. `""`: the alias is `alias/` + label and such keys are
+    /// found again only when listed in `keys` or discovered.
+    #[serde(default = "default_created_alias_prefix")]
+    created_alias_prefix: String,
     /// Let `C_DestroyObject` schedule key deletion.
     #[serde(default)]
     allow_destroy: bool,
@@ -126,6 +134,9 @@ fn default_ttl() -> u64 {
 fn default_window() -> i32 {
     7
 }
+fn default_created_alias_prefix() -> String {
+    "alias/p11bridge/".into()
+}
 fn default_random() -> String {
     "os".into()
 }
@@ -141,6 +152,8 @@ enum Fault {
     Unreachable(String),
     /// A KMS error (`__type` code, message and HTTP status).
     Service(String, String, u16),
+    /// The credentials could not be loaded (the same in every region).
+    Credentials(String),
 }
 
 fn fault<E>(e: SdkError<E, HttpResponse>) -> Fault
@@ -153,7 +166,14 @@ where
             e.message().unwrap_or("").to_string(),
             e.raw_response().map_or(0, |r| r.status().as_u16()),
         ),
-        _ => Fault::Unreachable(DisplayErrorContext(&e).to_string()),
+        _ => {
+            let chain = crate::diag::error_chain(&e);
+            if chain.to_ascii_lowercase().contains("credential") {
+                Fault::Credentials(chain)
+            } else {
+                Fault::Unreachable(chain)
+            }
+        }
     }
 }
 
@@ -171,6 +191,7 @@ enum Health {
 fn health(f: &Fault) -> Health {
     match f {
         Fault::Unreachable(_) => Health::Down,
+        Fault::Credentials(_) => Health::Answered,
         Fault::Service(code, _, status) => {
             if code == "ThrottlingException" || *status == 429 {
                 Health::Busy
@@ -230,6 +251,10 @@ fn map_fault(backend: &str, f: Fault, bad_input: CK_RV) -> Error {
         Fault::Unreachable(m) => {
             Error::with(CKR_DEVICE_ERROR, format!("{backend}: unreachable: {m}"))
         }
+        Fault::Credentials(m) => Error::with(
+            CKR_DEVICE_ERROR,
+            format!("{backend}: credentials could not be loaded: {m}"),
+        ),
         Fault::Service(code, m, _) => {
             let rv = match code.as_str() {
                 "AccessDeniedException" => CKR_KEY_FUNCTION_NOT_PERMITTED,
@@ -250,7 +275,21 @@ fn map_fault(backend: &str, f: Fault, bad_input: CK_RV) -> Error {
                 // KMS rejects: the device cannot serve now.
                 _ => CKR_DEVICE_ERROR,
             };
-            Error::with(rv, format!("{backend}: {code}: {m}"))
+            let rejected = matches!(
+                code.as_str(),
+                "UnrecognizedClientException"
+                    | "InvalidSignatureException"
+                    | "IncompleteSignature"
+                    | "InvalidClientTokenId"
+                    | "ExpiredTokenException"
+                    | "SignatureDoesNotMatch"
+            );
+            let note = if rejected {
+                " (KMS rejected the credentials)"
+            } else {
+                ""
+            };
+            Error::with(rv, format!("{backend}: {code}: {m}{note}"))
         }
     }
 }
@@ -283,9 +322,14 @@ pub struct KmsService {
     regions: Vec<Region>,
     /// A circuit breaker per region.
     health: Endpoints,
-    /// Keys created through the bridge while it runs (added to a configured `keys` list).
+    /// Keys created through the bridge while it runs (added to a configured `keys` list) when they get no alias
+    /// under `created_alias_prefix`.
     created: parking_lot::Mutex<Vec<String>>,
-    cert_dir: Option<PathBuf>,
+    /// Configured, imported, cached and generated certificates.
+    certs: cert::CertSource,
+    /// The last enumeration: each key of `keys` that was found, by the name the configuration gives, with the
+    /// name of its key (its ARN).
+    resolved: parking_lot::Mutex<HashMap<String, String>>,
 }
 
 impl KmsService {
@@ -373,12 +417,28 @@ impl KmsService {
                 ));
             }
         }
-        let cert_dir = cfg.cert_cache_dir.clone().or_else(|| {
-            std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-                .map(|d| d.join("p11bridge"))
-        });
+        let p = &cfg.created_alias_prefix;
+        let alias_chars = p
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/_-".contains(c));
+        if !p.is_empty()
+            && (!p.starts_with("alias/")
+                || p.starts_with("alias/aws/")
+                || p.len() < 7
+                || !alias_chars)
+        {
+            return Err(cfg_err(
+                name,
+                format!(
+                    "created_alias_prefix: \"{p}\" must start with alias/ (not alias/aws/) and hold [A-Za-z0-9/_-] only, or be \"\""
+                ),
+            ));
+        }
+        let certs = cert::CertSource::new(
+            "aws-kms",
+            cfg.cert_cache_dir.clone(),
+            cfg.cert_store_dir.clone(),
+        );
         let regions: Vec<Region> = if cfg.regions.is_empty() {
             vec![Region {
                 name: cfg.region.clone(),
@@ -406,7 +466,8 @@ impl KmsService {
             regions,
             health,
             created: parking_lot::Mutex::new(Vec::new()),
-            cert_dir,
+            certs,
+            resolved: parking_lot::Mutex::new(HashMap::new()),
         })
     }
 
@@ -434,6 +495,58 @@ impl KmsService {
             .get(i)
             .and_then(|r| r.name.as_deref())
             .unwrap_or("default")
+    }
+
+    /// Region `i` and the URL its calls go to (the configured endpoint, else the regional default), for people.
+    fn region_at(&self, i: usize) -> String {
+        let r = self.regions.get(i);
+        let region = r.and_then(|r| r.name.clone()).or_else(|| {
+            ["AWS_REGION", "AWS_DEFAULT_REGION"]
+                .iter()
+                .find_map(|v| std::env::var(v).ok().filter(|x| !x.is_empty()))
+        });
+        let url = r
+            .and_then(|r| r.endpoint.clone())
+            .unwrap_or_else(|| match &region {
+                Some(x) => format!("https://kms.{x}.amazonaws.com"),
+                None => "the default KMS endpoint".into(),
+            });
+        match region {
+            Some(x) => format!("{url} (region {x})"),
+            None => format!("{url} (region from the AWS profile)"),
+        }
+    }
+
+    /// Every region and URL, for people.
+    fn endpoint(&self) -> String {
+        (0..self.regions.len())
+            .map(|i| self.region_at(i))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Where the credentials come from, for people.
+    fn credential_chain(&self) -> String {
+        let base = match &self.cfg.profile {
+            Some(p) => format!("profile \"{p}\""),
+            None => "the AWS default chain (environment, shared config and credentials files, web identity, ECS, instance metadata)".into(),
+        };
+        match &self.cfg.role_arn {
+            Some(r) => format!("AssumeRole {r} with {base}"),
+            None => base,
+        }
+    }
+
+    /// Tells the person about a key named in `keys` that is not on the token, once per process and cause.
+    fn key_missing(&self, key: &str, why: &str) {
+        crate::diag::report(
+            CKR_OK,
+            format!(
+                "backend \"{}\" (aws-kms, {}): key \"{key}\" named in keys: {why}; it is not on the token",
+                self.name,
+                self.endpoint()
+            ),
+        );
     }
 
     /// The regions a call may go to, in order of preference.
@@ -501,8 +614,19 @@ impl KmsService {
             let region = self.regions[i].name.clone();
             let out = match tokio::time::timeout(share, f(c, region)).await {
                 Ok(r) => r,
-                Err(_) => Err(Fault::Unreachable(format!("no answer within {share:?}"))),
+                Err(_) => Err(Fault::Unreachable(format!(
+                    "no answer within {} ms (timeout)",
+                    share.as_millis()
+                ))),
             };
+            // Say where: the endpoint URL and region, or the credential chain that failed.
+            let out = out.map_err(|f| match f {
+                Fault::Unreachable(m) => Fault::Unreachable(format!("{}: {m}", self.region_at(i))),
+                Fault::Credentials(m) => {
+                    Fault::Credentials(format!("{}: {m}", self.credential_chain()))
+                }
+                other => other,
+            });
             let b = &self.health.breakers[i];
             match out {
                 Ok(v) => {
@@ -806,8 +930,13 @@ impl Kms {
         })
     }
 
-    /// Every selected key id (or alias / ARN as configured) with the alias it was given by.
-    async fn selection(s: &KmsService, c: &Client) -> std::result::Result<Vec<String>, Fault> {
+    /// Every selected key id (or alias / ARN as configured): `keys` first (in order), then the discovered keys,
+    /// then every alias under `created_alias_prefix` (from the `ListAliases` answer, no request of its own).
+    async fn selection(
+        s: &KmsService,
+        c: &Client,
+        aliases: &HashMap<String, Vec<String>>,
+    ) -> std::result::Result<Vec<String>, Fault> {
         let mut out: Vec<String> = s.cfg.keys.clone();
         if s.cfg.discover {
             let mut marker = None;
@@ -829,6 +958,16 @@ impl Kms {
                     _ => break,
                 }
             }
+        }
+        let prefix = &s.cfg.created_alias_prefix;
+        if !s.cfg.discover && !prefix.is_empty() {
+            let mut created: Vec<&String> = aliases
+                .values()
+                .flatten()
+                .filter(|a| a.starts_with(prefix.as_str()) && !out.contains(a))
+                .collect();
+            created.sort();
+            out.extend(created.into_iter().cloned());
         }
         for k in s.created.lock().iter() {
             out.push(k.clone());
@@ -881,12 +1020,12 @@ impl Kms {
         c: Client,
         sel: String,
         region: Option<String>,
-    ) -> std::result::Result<Option<Described>, Fault> {
+    ) -> std::result::Result<std::result::Result<Described, String>, Fault> {
         if s.cfg.tags.is_empty() {
             match c.get_public_key().key_id(&sel).send().await.map_err(fault) {
                 Ok(p) => {
                     if let Some(d) = from_public_key(&p, selected_alias(&sel)) {
-                        return Ok(Some(d));
+                        return Ok(Ok(d));
                     }
                 }
                 Err(f) if health(&f) == Health::Answered => {}
@@ -895,10 +1034,13 @@ impl Kms {
         }
         let d = c.describe_key().key_id(&sel).send().await.map_err(fault)?;
         let Some(meta) = d.key_metadata().cloned() else {
-            return Ok(None);
+            return Ok(Err("DescribeKey answered no key metadata".into()));
         };
         if meta.key_state() != Some(&KeyState::Enabled) || !meta.enabled() {
-            return Ok(None);
+            return Ok(Err(format!(
+                "KMS says its state is {} (only Enabled keys are used)",
+                meta.key_state().map_or("unknown", |k| k.as_str())
+            )));
         }
         let listed = s
             .cfg
@@ -907,7 +1049,7 @@ impl Kms {
             .any(|k| in_region(k, region.as_deref()) == sel);
         if !listed && meta.key_manager() == Some(&KeyManagerType::Aws) {
             // AWS managed keys are discovered but not exposed (list them explicitly to use them).
-            return Ok(None);
+            return Ok(Err("AWS managed".into()));
         }
         if !listed && !s.cfg.tags.is_empty() {
             let t = c
@@ -927,7 +1069,7 @@ impl Kms {
                 .iter()
                 .all(|(k, v)| have.get(k.as_str()) == Some(&v.as_str()))
             {
-                return Ok(None);
+                return Ok(Err("its tags do not match".into()));
             }
         }
         let asymmetric = matches!(
@@ -953,7 +1095,7 @@ impl Kms {
         } else {
             None
         };
-        Ok(Some(Described {
+        Ok(Ok(Described {
             meta,
             public_key,
             selected_alias: selected_alias(&sel),
@@ -974,9 +1116,14 @@ impl Kms {
             .selected_alias
             .clone()
             .or_else(|| aliases.get(&key_id).and_then(|v| v.first().cloned()));
+        // A key created through the bridge shows the label it was created with.
+        let created = s.cfg.created_alias_prefix.as_str();
         let label = alias
             .as_deref()
-            .map(|a| a.trim_start_matches("alias/").to_string())
+            .map(|a| match a.strip_prefix(created) {
+                Some(l) if !created.is_empty() && !l.is_empty() => l.to_string(),
+                _ => a.trim_start_matches("alias/").to_string(),
+            })
             .unwrap_or_else(|| key_id.clone());
         let usage = m
             .key_usage()
@@ -1079,43 +1226,17 @@ impl Kms {
         Some(key)
     }
 
-    /// The key's certificate: configured, cached, or generated now (signed by the key through KMS).
+    /// The key's certificate: configured, imported, cached, or generated now (signed by the key through KMS).
     fn certificate(&self, key: &RemoteKey, names: &[String]) -> Option<crate::remote::Certificate> {
         let s = &self.0;
-        if let Some(p) = names.iter().find_map(|n| s.cfg.certificates.get(n)) {
-            return match cert::from_pem_file(p) {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    tracing::warn!(backend = %s.name, key = %key.name, "certificate: {e}");
-                    None
-                }
-            };
-        }
-        let path = s
-            .cert_dir
-            .as_ref()
-            .and_then(|d| cert::cache_path(d, "aws-kms", &key.name, &key.material));
-        if let Some(c) = path
-            .as_ref()
-            .and_then(|p| cert::load_cached(p, &key.material))
-        {
-            return Some(c);
-        }
-        let made = if key.usage.sign {
-            match cert::self_signed(&key.label, &key.material, |req| self.sign(key, req))? {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(backend = %s.name, key = %key.name, error = %e, "cannot self-sign a certificate");
-                    return None;
-                }
-            }
-        } else {
-            cert::locally_issued(&key.label, &key.material)?
-        };
-        if let Some(p) = &path {
-            cert::store_cached(p, &made);
-        }
-        Some(made)
+        let configured = names.iter().find_map(|n| s.cfg.certificates.get(n));
+        s.certs.for_key(
+            &s.name,
+            configured.map(PathBuf::as_path),
+            &key.name,
+            key,
+            |req| self.sign(key, req),
+        )
     }
 }
 
@@ -1181,7 +1302,7 @@ impl RemoteService for Kms {
         let deadline = me.deadline() * 4;
         // In the first healthy region: aliases, the selection, then every key (metadata, tags, public key) at
         // most 8 at a time.
-        let (described, aliases) = runtime::run(deadline, async move {
+        let (described, hidden, aliases) = runtime::run(deadline, async move {
             let s = me.clone();
             let name = me.name.clone();
             me.failover(regions, background, deadline, move |c, region| {
@@ -1189,7 +1310,7 @@ impl RemoteService for Kms {
                 async move {
                     let aliases = Self::aliases(&c).await?;
                     // ARNs as they are named in this region (multi-Region keys: same id everywhere).
-                    let sel: Vec<String> = Self::selection(&me, &c)
+                    let sel: Vec<String> = Self::selection(&me, &c, &aliases)
                         .await?
                         .iter()
                         .map(|k| in_region(k, region.as_deref()))
@@ -1212,35 +1333,71 @@ impl RemoteService for Kms {
                         }
                     }
                     out.sort_by_key(|x| x.0);
+                    // (selection index, key) and (selection index, why not) for the keys not exposed.
                     let mut described = Vec::new();
-                    for (_, k, r) in out {
+                    let mut hidden = Vec::new();
+                    for (i, k, r) in out {
                         match r {
-                            Ok(Some(d)) => described.push(d),
-                            Ok(None) => {
-                                tracing::debug!(backend = %me.name, key = %k, "key not exposed")
+                            Ok(Ok(d)) => described.push((i, d)),
+                            Ok(Err(why)) => {
+                                tracing::debug!(backend = %me.name, key = %k, %why, "key not exposed");
+                                hidden.push((i, why));
                             }
                             // A selected key that is missing (or forbidden) is not fatal; an unreachable KMS is.
                             Err(f) if health(&f) == Health::Answered => {
-                                tracing::warn!(backend = %me.name, key = %k, fault = ?f, "key skipped")
+                                tracing::warn!(backend = %me.name, key = %k, fault = ?f, "key skipped");
+                                let why = match f {
+                                    Fault::Service(code, m, _) => format!("{code}: {m}"),
+                                    Fault::Credentials(m) | Fault::Unreachable(m) => m,
+                                };
+                                hidden.push((i, why));
                             }
                             Err(f) => return Err(f),
                         }
                     }
-                    Ok((described, aliases))
+                    Ok((described, hidden, aliases))
                 }
             })
             .await
             .map_err(|f| map_fault(&name, f, CKR_DEVICE_ERROR))
         })?;
+        let s = &self.0;
+        let configured = &s.cfg.keys;
+        let mut resolved = HashMap::new();
         let mut keys: Vec<RemoteKey> = Vec::new();
-        for d in described {
-            if let Some(k) = self.to_key(d, &aliases) {
-                // The same key selected twice (alias and id) is one key.
-                if !keys.iter().any(|x| x.name == k.name) {
-                    keys.push(k);
+        for (i, d) in described {
+            let spec = d
+                .meta
+                .key_spec()
+                .map_or("unknown", |x| x.as_str())
+                .to_string();
+            match self.to_key(d, &aliases) {
+                Some(k) => {
+                    if let Some(c) = configured.get(i) {
+                        resolved.insert(c.clone(), k.name.clone());
+                    }
+                    // The same key selected twice (alias and id) is one key.
+                    if !keys.iter().any(|x| x.name == k.name) {
+                        keys.push(k);
+                    }
+                }
+                None => {
+                    if let Some(c) = configured.get(i) {
+                        s.key_missing(
+                            c,
+                            &format!("its key spec {spec} with its key usage is not one the bridge exposes"),
+                        );
+                    }
                 }
             }
         }
+        // Keys named in the configuration that are not there, disabled, pending deletion or refused: said once.
+        for (i, why) in hidden {
+            if let Some(c) = configured.get(i) {
+                s.key_missing(c, &why);
+            }
+        }
+        *s.resolved.lock() = resolved;
         tracing::debug!(backend = %name, n = keys.len(), "kms keys fetched");
         Ok(keys)
     }
@@ -1536,28 +1693,45 @@ impl RemoteService for Kms {
             ),
             GenerateKind::Ed25519 => return Err(Error::new(CKR_MECHANISM_INVALID)),
         };
-        let alias = format!("alias/{label}");
+        // Under created_alias_prefix, so that every later process finds the key again (see `selection`).
+        let prefix = s.cfg.created_alias_prefix.as_str();
+        let plain = format!("alias/{label}");
+        let alias = if prefix.is_empty() {
+            plain.clone()
+        } else {
+            format!("{prefix}{label}")
+        };
         // Everything below goes to one region, the first healthy one, and is never re-sent to another.
         let home = Target::Only(s.home(s.background()));
-        // Never put an existing alias on a new key.
-        let a = alias.clone();
-        match self.call(home, CKR_DEVICE_ERROR, move |c, _| {
-            let a = a.clone();
-            async move {
-                c.describe_key().key_id(a).send().await.map_err(fault)?;
-                Ok(())
-            }
-        }) {
-            Ok(()) => {
-                return Err(Error::with(
-                    CKR_ATTRIBUTE_VALUE_INVALID,
-                    format!("the alias {alias} exists"),
-                ))
-            }
-            Err(e) if e.rv() == CKR_KEY_HANDLE_INVALID => {}
-            Err(e) => return Err(e),
+        // Never put an existing alias on a new key, nor give a second key the label of one that exists.
+        let mut taken = vec![alias.clone()];
+        if plain != alias {
+            taken.push(plain);
         }
-        let mut tags = vec![];
+        for a in taken {
+            let probe = a.clone();
+            match self.call(home, CKR_DEVICE_ERROR, move |c, _| {
+                let a = probe.clone();
+                async move {
+                    c.describe_key().key_id(a).send().await.map_err(fault)?;
+                    Ok(())
+                }
+            }) {
+                Ok(()) => {
+                    return Err(Error::with(
+                        CKR_ATTRIBUTE_VALUE_INVALID,
+                        format!("the alias {a} exists (CKA_LABEL {label})"),
+                    ))
+                }
+                Err(e) if e.rv() == CKR_KEY_HANDLE_INVALID => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let mut tags = vec![Tag::builder()
+            .tag_key("p11bridge-created")
+            .tag_value("true")
+            .build()
+            .map_err(|e| Error::with(CKR_GENERAL_ERROR, e.to_string()))?];
         for (k, v) in &s.cfg.tags {
             tags.push(
                 Tag::builder()
@@ -1625,11 +1799,62 @@ impl RemoteService for Kms {
             });
             return Err(e);
         }
-        if !s.cfg.discover {
+        if !s.cfg.discover && prefix.is_empty() {
             s.created.lock().push(arn.clone());
         }
         tracing::info!(backend = %s.name, key = %arn, %alias, "kms key created");
         Ok(arn)
+    }
+
+    fn endpoint(&self) -> String {
+        self.0.endpoint()
+    }
+
+    fn check_login(&self) -> Result<String> {
+        let s = &self.0;
+        let n = self.call(Target::Any, CKR_DEVICE_ERROR, |c, _| async move {
+            let r = c.list_aliases().limit(1).send().await.map_err(fault)?;
+            Ok(r.aliases().len())
+        })?;
+        let _ = n;
+        Ok(format!(
+            "credentials from {} accepted (ListAliases answered)",
+            s.credential_chain()
+        ))
+    }
+
+    fn configured_keys(&self, found: &[Arc<RemoteKey>]) -> (Vec<String>, Vec<String>) {
+        let resolved = self.0.resolved.lock();
+        self.0.cfg.keys.iter().cloned().partition(|k| {
+            resolved
+                .get(k)
+                .is_some_and(|n| found.iter().any(|f| f.name == *n))
+        })
+    }
+
+    fn import_certificate(
+        &self,
+        key: &RemoteKey,
+        der: &[u8],
+    ) -> Result<crate::remote::Certificate> {
+        let s = &self.0;
+        let configured = s.cfg.certificates.keys().find(|n| {
+            **n == key.name
+                || key.name.ends_with(&format!(":key/{n}"))
+                || s.resolved.lock().get(*n) == Some(&key.name)
+                || **n == format!("alias/{}", key.label)
+                || **n == format!("{}{}", s.cfg.created_alias_prefix, key.label)
+        });
+        if let Some(n) = configured {
+            return Err(Error::with(
+                CKR_ACTION_PROHIBITED,
+                format!(
+                    "key \"{}\" has a certificate configured in certificates (\"{n}\"), which is served instead; remove it there to import one",
+                    key.label
+                ),
+            ));
+        }
+        s.certs.import(&key.name, &key.label, &key.material, der)
     }
 
     fn destroy(&self, key: &RemoteKey) -> Result<()> {
@@ -1662,9 +1887,32 @@ impl RemoteService for Kms {
                 Ok(())
             }
         })?;
-        // Free the label for a new key (the alias would keep pointing at a key pending deletion).
-        if key.label != key.name && !key.name.ends_with(&key.label) {
-            let alias = format!("alias/{}", key.label);
+        // Free the label for a new key (the alias would keep pointing at a key pending deletion): the key's own
+        // aliases that gave it its label.
+        let prefix = s.cfg.created_alias_prefix.clone();
+        let plain = format!("alias/{}", key.label);
+        let kid = key
+            .name
+            .rsplit_once(":key/")
+            .map_or(key.name.clone(), |(_, id)| id.to_string());
+        let own = self
+            .call(home, CKR_DEVICE_ERROR, move |c, _| {
+                let kid = kid.clone();
+                async move {
+                    let r = c.list_aliases().key_id(&kid).send().await.map_err(fault)?;
+                    // Only this key's (whatever the server does with the filter).
+                    Ok(r.aliases()
+                        .iter()
+                        .filter(|a| a.target_key_id() == Some(kid.as_str()))
+                        .filter_map(|a| a.alias_name().map(str::to_owned))
+                        .collect::<Vec<String>>())
+                }
+            })
+            .unwrap_or_default();
+        for alias in own
+            .into_iter()
+            .filter(|a| *a == plain || (!prefix.is_empty() && a.starts_with(&prefix)))
+        {
             let _ = self.call(home, CKR_DEVICE_ERROR, move |c, _| {
                 let alias = alias.clone();
                 async move {
@@ -1810,6 +2058,11 @@ mod tests {
             .unwrap()
             .contains("endpoints.b"));
         assert!(bad("regions = [\"a\"]\nbreaker_failures = 0").is_some());
+        assert!(bad("created_alias_prefix = \"p11bridge/\"")
+            .unwrap()
+            .contains("created_alias_prefix"));
+        assert!(bad("created_alias_prefix = \"alias/a b/\"").is_some());
+        assert!(bad("created_alias_prefix = \"\"").is_none());
         assert!(bad("regions = [\"a\", \"b\"]\nendpoints = { a = \"http://x\" }").is_none());
     }
 
@@ -1838,6 +2091,34 @@ mod tests {
             map_fault("k", Fault::Unreachable("x".into()), CKR_DATA_INVALID).rv(),
             CKR_DEVICE_ERROR
         );
+        // Rejected credentials are called so; credentials that could not be loaded too.
+        let e = map_fault(
+            "k",
+            Fault::Service(
+                "UnrecognizedClientException".into(),
+                "The security token included in the request is invalid.".into(),
+                400,
+            ),
+            CKR_DATA_INVALID,
+        );
+        assert_eq!(e.rv(), CKR_DEVICE_ERROR);
+        assert!(
+            e.to_string().contains(
+                "UnrecognizedClientException: The security token included in the request is invalid. (KMS rejected the credentials)"
+            ),
+            "{e}"
+        );
+        let e = map_fault(
+            "k",
+            Fault::Credentials("profile \"x\": no such profile".into()),
+            0,
+        );
+        assert!(
+            e.to_string()
+                .contains("credentials could not be loaded: profile"),
+            "{e}"
+        );
+        assert_eq!(health(&Fault::Credentials(String::new())), Health::Answered);
     }
 
     #[test]

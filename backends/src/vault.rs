@@ -64,6 +64,14 @@ struct Config {
     discover: bool,
     #[serde(default)]
     prefix: String,
+    /// Keys created through the bridge are named `created_prefix` + `CKA_LABEL` and found again by every process
+    /// (one `LIST <mount>/keys` per enumeration, filtered by this prefix); `""`: named as the label, found again
+    /// only when listed in `keys` or discovered.
+    #[serde(default = "default_created_prefix")]
+    created_prefix: String,
+    /// Where certificates imported for keys (`C_CreateObject`, `p11bridge cert import`) are kept (default: the
+    /// `imported` directory of the certificate cache).
+    cert_store_dir: Option<PathBuf>,
     /// Per-call deadline and connect timeout (milliseconds).
     #[serde(default = "default_timeout_ms")]
     timeout_ms: u64,
@@ -110,6 +118,10 @@ fn default_breaker_cooldown_ms() -> u64 {
 }
 fn default_probe_interval_ms() -> u64 {
     1_000
+}
+
+fn default_created_prefix() -> String {
+    "p11bridge-".into()
 }
 
 fn default_mount() -> String {
@@ -187,18 +199,93 @@ pub struct VaultService {
     http: OnceLock<std::result::Result<reqwest::Client, String>>,
     token: RwLock<Option<TokenState>>,
     login: tokio::sync::Mutex<()>,
-    cert_dir: Option<PathBuf>,
+    /// Configured, imported, cached and generated certificates.
+    certs: cert::CertSource,
+    /// Keys created through the bridge by this process (found again even with `created_prefix = ""`).
+    created: parking_lot::Mutex<Vec<String>>,
     /// Concurrent sign requests, coalesced (see `batch.rs`): items are base64 inputs, results `vault:vN:...`.
     signer: GroupCommit<String, String>,
 }
 
-/// What went wrong with one request, before it becomes a `CK_RV` for the operation at hand.
+/// What went wrong with one request, before it becomes a `CK_RV` for the operation at hand. Every text names
+/// the node (its URL) or the request (`HTTP 403 on GET /v1/transit/keys/x: permission denied`).
 #[derive(Debug)]
 enum Fault {
-    /// No node answered (connection refused, reset, timeout).
+    /// No node answered (connection refused, reset, timeout, TLS failure): the node's URL and the OS/TLS error.
     Unreachable(String),
-    /// An HTTP error status with Vault's messages.
+    /// An HTTP error status, with the request and Vault's messages (`HTTP 403 on GET /v1/...: ...`).
     Status(u16, String),
+    /// Logging in failed: a secret reference that cannot be read, or Vault refused the login.
+    Login(String),
+}
+
+/// Vault's own answer inside a vaultrs error (status and `errors`), if Vault answered at all.
+fn vaultrs_answer(e: &vaultrs::error::ClientError) -> Option<String> {
+    use rustify::errors::ClientError as R;
+    use vaultrs::error::ClientError as V;
+    match e {
+        V::APIError { code, errors } => Some(format!(
+            "HTTP {code}: {}",
+            if errors.is_empty() {
+                "(no message)".to_string()
+            } else {
+                errors.join("; ")
+            }
+        )),
+        V::RestClientError {
+            source: R::ServerResponseError { code, content },
+        } => Some(format!(
+            "HTTP {code}: {}",
+            content
+                .as_deref()
+                .map(vault_errors)
+                .unwrap_or_else(|| "(no message)".into())
+        )),
+        _ => None,
+    }
+}
+
+/// One of Vault's messages on one line: Go's multierror ("1 error occurred:\n\t* permission denied\n\n") as its
+/// items joined with "; ", other line breaks as spaces.
+fn one_line(m: &str) -> String {
+    let items: Vec<&str> = m
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("* "))
+        .map(str::trim)
+        .collect();
+    if m.trim_start()
+        .split_once(' ')
+        .is_some_and(|(n, rest)| n.parse::<u32>().is_ok() && rest.starts_with("error"))
+        && !items.is_empty()
+    {
+        return items.join("; ");
+    }
+    m.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Vault's `errors` list of an error body, joined; else the body's start.
+fn vault_errors(text: &str) -> String {
+    let listed = serde_json::from_str::<Value>(text)
+        .ok()
+        .and_then(|v| v.get("errors").and_then(Value::as_array).cloned())
+        .map(|a| {
+            a.iter()
+                .map(|x| x.as_str().map_or_else(|| x.to_string(), one_line))
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
+    match listed {
+        Some(m) if !m.is_empty() => m,
+        Some(_) => "(no message)".into(),
+        None => {
+            let t: String = text.trim().chars().take(200).collect();
+            if t.is_empty() {
+                "(no message)".into()
+            } else {
+                t
+            }
+        }
+    }
 }
 
 impl VaultService {
@@ -265,16 +352,28 @@ impl VaultService {
                 "breaker_failures: breaker_failures, breaker_cooldown_ms and probe_interval_ms must be > 0",
             ));
         }
+        if !cfg
+            .created_prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(cfg_err(
+                name,
+                format!(
+                    "created_prefix: \"{}\" may hold [A-Za-z0-9._-] only (it starts transit key names)",
+                    cfg.created_prefix
+                ),
+            ));
+        }
         if cfg.batch_max == 0 || cfg.batch_max > 1000 {
             return Err(cfg_err(name, "batch_max: between 1 and 1000"));
         }
         let cfg_batch_max = cfg.batch_max;
-        let cert_dir = cfg.cert_cache_dir.clone().or_else(|| {
-            std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-                .map(|d| d.join("p11bridge"))
-        });
+        let certs = cert::CertSource::new(
+            "vault-transit",
+            cfg.cert_cache_dir.clone(),
+            cfg.cert_store_dir.clone(),
+        );
         let health = Endpoints::new(
             addresses.len(),
             cfg.breaker_failures,
@@ -288,7 +387,8 @@ impl VaultService {
             http: OnceLock::new(),
             token: RwLock::new(None),
             login: tokio::sync::Mutex::new(()),
-            cert_dir,
+            certs,
+            created: parking_lot::Mutex::new(Vec::new()),
             signer: GroupCommit::new(cfg_batch_max),
         })
     }
@@ -302,7 +402,7 @@ impl VaultService {
         self.http
             .get_or_init(|| build_http(&self.cfg))
             .clone()
-            .map_err(|e| Error::with(CKR_DEVICE_ERROR, format!("backend {}: {e}", self.name)))
+            .map_err(|e| Error::with(CKR_DEVICE_ERROR, format!("cannot set up TLS: {e}")))
     }
 
     fn vault_client(&self, addr: &str, token: &str) -> Result<vaultrs::client::VaultClient> {
@@ -325,32 +425,71 @@ impl VaultService {
         })
     }
 
-    /// Logs in (AppRole, Kubernetes) or takes the configured token.
-    async fn authenticate(&self, addr: &str) -> Result<TokenState> {
+    /// Logs in (AppRole, Kubernetes) or takes the configured token. A refusal or an unreadable secret is
+    /// `Fault::Login` in words (which method, which mount, Vault's answer); a node that does not answer is
+    /// `Fault::Unreachable` (the next node may).
+    async fn authenticate(&self, addr: &str) -> std::result::Result<TokenState, Fault> {
         if let Some(t) = &self.cfg.token {
-            let t = t.resolve()?;
+            let t = t.resolve().map_err(|e| {
+                Fault::Login(format!(
+                    "token = \"{}\" cannot be read: {}",
+                    t.describe(),
+                    e.cause().unwrap_or("unreadable")
+                ))
+            })?;
             return Ok(TokenState {
                 token: Zeroizing::new(String::from_utf8_lossy(t.expose()).into_owned()),
                 renew_at: None,
                 renewable: false,
             });
         }
-        let client = self.vault_client(addr, "")?;
-        let info = if let (Some(role), Some(secret)) = (&self.cfg.role_id, &self.cfg.secret_id) {
-            let secret = secret.resolve()?;
+        let client = self
+            .vault_client(addr, "")
+            .map_err(|e| Fault::Login(e.cause().unwrap_or("vault client").to_string()))?;
+        let base = addr.trim_end_matches('/');
+        let (what, info) = if let (Some(role), Some(secret)) =
+            (&self.cfg.role_id, &self.cfg.secret_id)
+        {
+            let what = format!(
+                "AppRole login (POST {base}/v1/auth/{}/login)",
+                self.cfg.approle_mount
+            );
+            let secret = secret.resolve().map_err(|e| {
+                Fault::Login(format!(
+                    "{what}: secret_id = \"{}\" cannot be read: {}",
+                    secret.describe(),
+                    e.cause().unwrap_or("unreadable")
+                ))
+            })?;
             let secret = String::from_utf8_lossy(secret.expose()).into_owned();
             let r = vaultrs::auth::approle::login(&client, &self.cfg.approle_mount, role, &secret)
                 .await;
             drop(Zeroizing::new(secret));
-            r
+            (what, r)
         } else {
             let role = self.cfg.kubernetes_role.clone().unwrap_or_default();
-            let jwt = std::fs::read_to_string(&self.cfg.kubernetes_jwt_path)
-                .map_err(|e| Error::with(CKR_DEVICE_ERROR, format!("kubernetes_jwt_path: {e}")))?;
+            let what = format!(
+                "Kubernetes login as role \"{role}\" (POST {base}/v1/auth/{}/login)",
+                self.cfg.kubernetes_mount
+            );
+            let jwt = std::fs::read_to_string(&self.cfg.kubernetes_jwt_path).map_err(|e| {
+                Fault::Login(format!(
+                    "{what}: kubernetes_jwt_path {}: {e}",
+                    self.cfg.kubernetes_jwt_path.display()
+                ))
+            })?;
             let jwt = Zeroizing::new(jwt.trim().to_string());
-            vaultrs::auth::kubernetes::login(&client, &self.cfg.kubernetes_mount, &role, &jwt).await
-        }
-        .map_err(|e| Error::with(CKR_DEVICE_ERROR, format!("vault login failed: {e}")))?;
+            let r =
+                vaultrs::auth::kubernetes::login(&client, &self.cfg.kubernetes_mount, &role, &jwt)
+                    .await;
+            (what, r)
+        };
+        let info = info.map_err(|e| match vaultrs_answer(&e) {
+            // Vault answered: the login was refused.
+            Some(answer) => Fault::Login(format!("{what}: {answer}")),
+            // No answer from this node.
+            None => Fault::Unreachable(format!("{what}: {}", crate::diag::error_chain(&e))),
+        })?;
         tracing::info!(backend = %self.name, lease_s = info.lease_duration, "logged in to vault");
         Ok(TokenState {
             token: Zeroizing::new(info.client_token),
@@ -361,7 +500,11 @@ impl VaultService {
     }
 
     /// The token to use now: logs in on first use, renews (or logs in again) when 2/3 of the lease has passed.
-    async fn current_token(&self, addr: &str, force_login: bool) -> Result<Zeroizing<String>> {
+    async fn current_token(
+        &self,
+        addr: &str,
+        force_login: bool,
+    ) -> std::result::Result<Zeroizing<String>, Fault> {
         if !force_login {
             if let Some(t) = self.token.read().as_ref() {
                 if t.renew_at.is_none_or(|at| Instant::now() < at) {
@@ -384,7 +527,9 @@ impl VaultService {
             .as_ref()
             .map(|t| (t.renewable, t.token.clone()));
         if let (false, Some((true, tok))) = (force_login, renewable) {
-            let client = self.vault_client(addr, &tok)?;
+            let client = self
+                .vault_client(addr, &tok)
+                .map_err(|e| Fault::Login(e.cause().unwrap_or("vault client").to_string()))?;
             if let Ok(info) = vaultrs::token::renew_self(&client, None).await {
                 let st = TokenState {
                     token: tok.clone(),
@@ -424,7 +569,9 @@ impl VaultService {
         body: Option<Value>,
         idempotent: bool,
     ) -> std::result::Result<Value, Fault> {
-        let http = self.http().map_err(|e| Fault::Unreachable(e.to_string()))?;
+        let http = self
+            .http()
+            .map_err(|e| Fault::Unreachable(e.cause().unwrap_or("HTTP client").to_string()))?;
         let background = self.background();
         let all: Vec<usize> = (0..self.addresses.len()).collect();
         let last_resort = self.health.all_down(&all, background);
@@ -457,8 +604,13 @@ impl VaultService {
             loop {
                 let token = match self.current_token(addr, false).await {
                     Ok(t) => t,
-                    Err(e) => {
-                        last = Fault::Unreachable(e.to_string());
+                    // An unreadable secret or a refused login is the same on every node.
+                    Err(f @ Fault::Login(_)) => return Err(f),
+                    Err(f) => {
+                        last = unwell(match f {
+                            Fault::Unreachable(m) => m,
+                            other => format!("{other:?}"),
+                        });
                         continue 'nodes;
                     }
                 };
@@ -481,12 +633,15 @@ impl VaultService {
                 let (status, text) = match tokio::time::timeout_at(node_end, exchange).await {
                     Ok(Ok(r)) => r,
                     Ok(Err(e)) => {
-                        // Connection-level failure: try the next node.
-                        last = unwell(format!("{addr}: {}", without_url(&e)));
+                        // Connection-level failure (refused, reset, TLS): try the next node.
+                        last = unwell(format!("{addr}: {}", crate::diag::error_chain(&e)));
                         continue 'nodes;
                     }
                     Err(_) => {
-                        last = unwell(format!("{addr}: no answer in time (timeout)"));
+                        last = unwell(format!(
+                            "{addr}: no answer within {} ms (timeout)",
+                            share.as_millis()
+                        ));
                         if !idempotent {
                             return Err(last);
                         }
@@ -504,14 +659,18 @@ impl VaultService {
                     if text.trim().is_empty() {
                         return Ok(Value::Null);
                     }
-                    return serde_json::from_str(&text)
-                        .map_err(|e| Fault::Status(status, format!("bad JSON: {e}")));
+                    return serde_json::from_str(&text).map_err(|e| {
+                        Fault::Status(
+                            status,
+                            format!("HTTP {status} on {method} /v1/{path}: not JSON: {e}"),
+                        )
+                    });
                 }
-                let msg = serde_json::from_str::<Value>(&text)
-                    .ok()
-                    .and_then(|v| v.get("errors").cloned())
-                    .map(|e| e.to_string())
-                    .unwrap_or_else(|| text.chars().take(200).collect());
+                let mut said = vault_errors(&text);
+                if status == 404 && said == "(no message)" {
+                    said = "not found".into();
+                }
+                let msg = format!("HTTP {status} on {method} /v1/{path}: {said}");
                 if status == 403 && !relogged && self.cfg.token.is_none() {
                     relogged = true;
                     let _ = self.current_token(addr, true).await;
@@ -653,9 +812,14 @@ impl VaultService {
             ),
             _ => return None,
         };
+        // A key created through the bridge shows the label it was created with.
+        let label = match name.strip_prefix(self.cfg.created_prefix.as_str()) {
+            Some(l) if !self.cfg.created_prefix.is_empty() && !l.is_empty() => l,
+            _ => name,
+        };
         let mut key = RemoteKey {
             name: name.to_string(),
-            label: name.to_string(),
+            label: label.to_string(),
             id: self.key_id(name),
             material,
             usage,
@@ -670,54 +834,64 @@ impl VaultService {
         Some(key)
     }
 
-    /// The key's certificate: configured, cached, or generated now (signed by the key through Vault).
+    /// The key's certificate: configured, imported, cached, or generated now (signed by the key through Vault).
     fn certificate(self: &Arc<Self>, key: &RemoteKey) -> Option<crate::remote::Certificate> {
-        if let Some(p) = self.cfg.certificates.get(&key.name) {
-            return match cert::from_pem_file(p) {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    tracing::warn!(backend = %self.name, key = %key.name, "certificate: {e}");
-                    None
-                }
-            };
-        }
-        let path = self.cert_dir.as_ref().and_then(|d| {
-            cert::cache_path(
-                d,
-                "vault-transit",
-                &format!("{}/{}", self.cfg.mount, key.name),
-                &key.material,
-            )
-        });
-        if let Some(c) = path
-            .as_ref()
-            .and_then(|p| cert::load_cached(p, &key.material))
-        {
-            return Some(c);
-        }
-        let made = if key.usage.sign {
-            match cert::self_signed(&key.label, &key.material, |req| {
-                Vault(self.clone()).sign(key, req)
-            })? {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(backend = %self.name, key = %key.name, error = %e, "cannot self-sign a certificate");
-                    return None;
-                }
-            }
-        } else {
-            cert::locally_issued(&key.label, &key.material)?
-        };
-        if let Some(p) = &path {
-            cert::store_cached(p, &made);
-        }
-        Some(made)
+        self.certs.for_key(
+            &self.name,
+            self.cfg.certificates.get(&key.name).map(PathBuf::as_path),
+            &self.cert_name(&key.name),
+            key,
+            |req| Vault(self.clone()).sign(key, req),
+        )
     }
 
-    fn key_names(self: &Arc<Self>) -> Result<Vec<String>> {
-        if !self.cfg.discover {
-            return Ok(self.cfg.keys.clone());
+    /// A key's name in the certificate cache and store.
+    fn cert_name(&self, key: &str) -> String {
+        format!("{}/{}", self.cfg.mount, key)
+    }
+
+    /// Where the backend is, for people: its addresses.
+    fn endpoint(&self) -> String {
+        self.addresses.join(", ")
+    }
+
+    /// Tells the person about a key named in `keys` that is not on the token, once per process and cause.
+    fn key_missing(&self, key: &str, why: &str) {
+        crate::diag::report(
+            CKR_OK,
+            format!(
+                "backend \"{}\" (vault-transit, {}): key \"{key}\" named in keys: {why}; it is not on the token",
+                self.name,
+                self.endpoint()
+            ),
+        );
+    }
+
+    /// The names of keys created through the bridge (`created_prefix`), from one `LIST <mount>/keys`. A refused
+    /// LIST is not fatal (the configured keys are still served): its cause comes back as the second value, to be
+    /// reported once the configured keys could be read (a wrong token is reported by their failure instead).
+    fn created_names(self: &Arc<Self>) -> Result<(Vec<String>, Option<String>)> {
+        if self.cfg.created_prefix.is_empty() {
+            return Ok((Vec::new(), None));
         }
+        let names = match self.list_keys() {
+            Ok(n) => n,
+            Err(e) if e.rv() == CKR_KEY_FUNCTION_NOT_PERMITTED => {
+                return Ok((Vec::new(), Some(e.cause().unwrap_or("refused").to_string())));
+            }
+            Err(e) => return Err(e),
+        };
+        Ok((
+            names
+                .into_iter()
+                .filter(|n| n.starts_with(&self.cfg.created_prefix))
+                .collect(),
+            None,
+        ))
+    }
+
+    /// `LIST <mount>/keys` (no key at all: Vault answers 404, an empty list).
+    fn list_keys(self: &Arc<Self>) -> Result<Vec<String>> {
         let v = self.op(
             reqwest::Method::from_bytes(b"LIST").map_err(|_| Error::new(CKR_GENERAL_ERROR))?,
             self.transit("keys"),
@@ -726,26 +900,43 @@ impl VaultService {
             CKR_DEVICE_ERROR,
         );
         let v = match v {
-            // No key at all: Vault answers 404.
-            Err(e) if e.rv() == CKR_KEY_HANDLE_INVALID => return Ok(self.cfg.keys.clone()),
+            Err(e) if e.rv() == CKR_KEY_HANDLE_INVALID => return Ok(Vec::new()),
             other => other?,
         };
-        let mut names: Vec<String> = v
-            .pointer("/data/keys")
+        Ok(v.pointer("/data/keys")
             .and_then(Value::as_array)
             .map(|a| {
                 a.iter()
                     .filter_map(|x| x.as_str().map(str::to_owned))
                     .collect()
             })
-            .unwrap_or_default();
-        names.retain(|n| n.starts_with(&self.cfg.prefix));
-        for k in &self.cfg.keys {
+            .unwrap_or_default())
+    }
+
+    /// The keys to read: the configured ones, the discovered ones (`discover`, `prefix`) and those created through
+    /// the bridge (`created_prefix`). One LIST at most.
+    fn key_names(self: &Arc<Self>) -> Result<(Vec<String>, Option<String>)> {
+        let mut refused = None;
+        let mut names: Vec<String> = if self.cfg.discover {
+            let created = &self.cfg.created_prefix;
+            self.list_keys()?
+                .into_iter()
+                .filter(|n| {
+                    n.starts_with(&self.cfg.prefix)
+                        || (!created.is_empty() && n.starts_with(created))
+                })
+                .collect()
+        } else {
+            let (n, r) = self.created_names()?;
+            refused = r;
+            n
+        };
+        for k in self.cfg.keys.iter().chain(self.created.lock().iter()) {
             if !names.contains(k) {
                 names.push(k.clone());
             }
         }
-        Ok(names)
+        Ok((names, refused))
     }
 }
 
@@ -807,7 +998,13 @@ fn batch_signatures(backend: &str, v: &Value, n: usize) -> Vec<Result<String>> {
                 (Some(sig), _) if !sig.is_empty() => Ok(sig.to_string()),
                 (_, err) => Err(map_fault(
                     backend,
-                    Fault::Status(400, err.unwrap_or("no signature").to_string()),
+                    Fault::Status(
+                        400,
+                        format!(
+                            "batch item refused: {}",
+                            err.unwrap_or("no signature in the answer")
+                        ),
+                    ),
                     CKR_DATA_INVALID,
                 )),
             }
@@ -854,17 +1051,6 @@ async fn probe_loop(w: std::sync::Weak<VaultService>) {
     }
 }
 
-fn without_url(e: &reqwest::Error) -> String {
-    let mut s = e.to_string();
-    if let Some(u) = e.url() {
-        s = s.replace(u.as_str(), "");
-    }
-    if e.is_timeout() {
-        s.push_str(" (timeout)");
-    }
-    s
-}
-
 fn backoff(attempt: u32) -> Duration {
     let base = 50u64 << attempt.min(5);
     let mut b = [0u8; 2];
@@ -892,8 +1078,9 @@ fn map_fault(backend: &str, f: Fault, bad_input: CK_RV) -> Error {
                 503 => CKR_DEVICE_ERROR,
                 _ => CKR_DEVICE_ERROR,
             };
-            Error::with(rv, format!("{backend}: HTTP {code}: {m}"))
+            Error::with(rv, format!("{backend}: {m}"))
         }
+        Fault::Login(m) => Error::with(CKR_DEVICE_ERROR, format!("{backend}: login failed: {m}")),
     }
 }
 
@@ -1053,7 +1240,7 @@ impl RemoteService for Vault {
 
     fn fetch_keys(&self) -> Result<Vec<RemoteKey>> {
         let me = self.0.clone();
-        let names = me.key_names()?;
+        let (names, list_refused) = me.key_names()?;
         // Read every key, at most 16 requests at a time.
         let reader = me.clone();
         let datas: Vec<(String, Result<Value>)> = runtime::run(me.deadline() * 4, async move {
@@ -1083,21 +1270,59 @@ impl RemoteService for Vault {
             Ok(out.into_iter().map(|(_, n, v)| (n, v)).collect())
         })?;
         let mut found = Vec::new();
+        let mut forbidden = Vec::new();
         for (name, v) in datas {
             match v {
                 Ok(v) => found.push((name, v)),
-                // A listed key that is missing is not fatal; an unreachable Vault is.
+                // A listed key that is missing is not fatal (but said); an unreachable Vault is.
                 Err(e) if e.rv() == CKR_KEY_HANDLE_INVALID => {
-                    tracing::warn!(backend = %me.name, key = %name, "configured key does not exist")
+                    if me.cfg.keys.contains(&name) {
+                        me.key_missing(&name, e.cause().unwrap_or("not found"));
+                    }
                 }
+                // Refused: for some keys only (the policy), those are said and the others served; for all of them
+                // (a wrong token), the enumeration fails with Vault's answer.
+                Err(e) if e.rv() == CKR_KEY_FUNCTION_NOT_PERMITTED => forbidden.push((name, e)),
                 Err(e) => return Err(e),
             }
+        }
+        if found.is_empty() {
+            if let Some((_, e)) = forbidden.into_iter().next() {
+                return Err(e);
+            }
+        } else {
+            for (name, e) in forbidden {
+                if me.cfg.keys.contains(&name) {
+                    me.key_missing(&name, e.cause().unwrap_or("permission denied"));
+                }
+            }
+        }
+        if let Some(why) = list_refused {
+            crate::diag::report(
+                CKR_OK,
+                format!(
+                    "backend \"{}\" (vault-transit, {}): cannot list the keys created through the bridge (created_prefix \"{}\"): {why}; they are not on the token unless named in keys",
+                    me.name,
+                    me.endpoint(),
+                    me.cfg.created_prefix,
+                ),
+            );
         }
         // Describing reads (or, the first time, generates) each key's certificate: 8 at a time.
         let described = runtime::par_map(found, 8, |(name, v)| {
             let k = v.get("data").and_then(|d| me.describe(&name, d));
             if k.is_none() {
                 tracing::debug!(backend = %me.name, key = %name, "key type not exposed");
+                if me.cfg.keys.contains(&name) {
+                    let ty = v
+                        .pointer("/data/type")
+                        .and_then(Value::as_str)
+                        .unwrap_or("unknown");
+                    me.key_missing(
+                        &name,
+                        &format!("its type \"{ty}\" is not one the bridge exposes"),
+                    );
+                }
             }
             k
         });
@@ -1313,20 +1538,35 @@ impl RemoteService for Vault {
                 "CKA_LABEL must name the transit key ([A-Za-z0-9._-]+)",
             ));
         }
-        // Never reuse an existing key under a new object.
-        if s.op(
-            reqwest::Method::GET,
-            s.transit(&format!("keys/{name}")),
-            None,
-            true,
-            CKR_DEVICE_ERROR,
-        )
-        .is_ok()
-        {
-            return Err(Error::with(
-                CKR_ATTRIBUTE_VALUE_INVALID,
-                format!("a transit key named {name} exists"),
-            ));
+        // Named under created_prefix, so that every later process finds it again (see `key_names`); never reuse
+        // an existing key under a new object, nor give a second key the label of one that exists.
+        let label = name;
+        let name = if label.starts_with(&s.cfg.created_prefix) {
+            label.clone()
+        } else {
+            format!("{}{label}", s.cfg.created_prefix)
+        };
+        let mut taken = vec![name.clone()];
+        if label != name {
+            taken.push(label.clone());
+        }
+        for n in taken {
+            match s.op(
+                reqwest::Method::GET,
+                s.transit(&format!("keys/{n}")),
+                None,
+                true,
+                CKR_DEVICE_ERROR,
+            ) {
+                Ok(_) => {
+                    return Err(Error::with(
+                        CKR_ATTRIBUTE_VALUE_INVALID,
+                        format!("a transit key named {n} exists (CKA_LABEL {label})"),
+                    ))
+                }
+                Err(e) if e.rv() == CKR_KEY_HANDLE_INVALID => {}
+                Err(e) => return Err(e),
+            }
         }
         let mut body = json!({"exportable": false});
         body["type"] = json!(match spec.material {
@@ -1354,7 +1594,71 @@ impl RemoteService for Vault {
             false,
             CKR_TEMPLATE_INCONSISTENT,
         )?;
+        s.created.lock().push(name.clone());
+        tracing::info!(backend = %s.name, key = %name, "transit key created");
         Ok(name)
+    }
+
+    fn endpoint(&self) -> String {
+        self.0.endpoint()
+    }
+
+    fn check_login(&self) -> Result<String> {
+        let s = &self.0;
+        let v = s.op(
+            reqwest::Method::GET,
+            "auth/token/lookup-self".into(),
+            None,
+            true,
+            CKR_DEVICE_ERROR,
+        )?;
+        let d = v.get("data").cloned().unwrap_or(Value::Null);
+        let name = d.get("display_name").and_then(Value::as_str).unwrap_or("?");
+        let policies: Vec<String> = d
+            .get("policies")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| p.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let ttl = match d.get("ttl").and_then(Value::as_u64) {
+            Some(0) | None => "no expiry".to_string(),
+            Some(t) => format!("ttl {t}s"),
+        };
+        Ok(format!(
+            "token {name} policies [{}], {ttl}",
+            policies.join(", ")
+        ))
+    }
+
+    fn configured_keys(&self, found: &[Arc<RemoteKey>]) -> (Vec<String>, Vec<String>) {
+        self.0
+            .cfg
+            .keys
+            .iter()
+            .cloned()
+            .partition(|k| found.iter().any(|f| f.name == *k))
+    }
+
+    fn import_certificate(
+        &self,
+        key: &RemoteKey,
+        der: &[u8],
+    ) -> Result<crate::remote::Certificate> {
+        let s = &self.0;
+        if s.cfg.certificates.contains_key(&key.name) {
+            return Err(Error::with(
+                CKR_ACTION_PROHIBITED,
+                format!(
+                    "key \"{}\" has a certificate configured in certificates = {{...}}, which is served instead; remove it there to import one",
+                    key.name
+                ),
+            ));
+        }
+        s.certs
+            .import(&s.cert_name(&key.name), &key.label, &key.material, der)
     }
 
     fn destroy(&self, key: &RemoteKey) -> Result<()> {
@@ -1376,6 +1680,7 @@ impl RemoteService for Vault {
             false,
             CKR_ACTION_PROHIBITED,
         )?;
+        s.created.lock().retain(|k| *k != key.name);
         Ok(())
     }
 }
@@ -1383,6 +1688,49 @@ impl RemoteService for Vault {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vault_errors_are_quoted() {
+        assert_eq!(
+            vault_errors(r#"{"errors":["permission denied"]}"#),
+            "permission denied"
+        );
+        assert_eq!(vault_errors(r#"{"errors":["a","b"]}"#), "a; b");
+        assert_eq!(
+            vault_errors(r#"{"errors":["1 error occurred:\n\t* permission denied\n\n"]}"#),
+            "permission denied"
+        );
+        assert_eq!(
+            vault_errors(r#"{"errors":["2 errors occurred:\n\t* a\n\t* b\n\n"]}"#),
+            "a; b"
+        );
+        assert_eq!(vault_errors(r#"{"errors":[]}"#), "(no message)");
+        assert_eq!(
+            vault_errors("upstream proxy said no"),
+            "upstream proxy said no"
+        );
+        let e = vaultrs::error::ClientError::APIError {
+            code: 400,
+            errors: vec!["invalid role or secret ID".into()],
+        };
+        assert_eq!(
+            vaultrs_answer(&e).as_deref(),
+            Some("HTTP 400: invalid role or secret ID")
+        );
+        let e = map_fault(
+            "v",
+            Fault::Status(
+                403,
+                "HTTP 403 on GET /v1/transit/keys/x: permission denied".into(),
+            ),
+            CKR_DATA_INVALID,
+        );
+        assert_eq!(e.rv(), CKR_KEY_FUNCTION_NOT_PERMITTED);
+        assert_eq!(
+            e.cause(),
+            Some("v: HTTP 403 on GET /v1/transit/keys/x: permission denied")
+        );
+    }
 
     #[test]
     fn batch_answers_map_per_item() {

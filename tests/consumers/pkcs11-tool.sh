@@ -176,7 +176,7 @@ keygen() { # backend key-type label (pkcs11-tool 0.23 selects keys by --id only,
     fi
     return "$rc"
 }
-gen_label() { echo "$1-gen-$2-$$"; } # vault: matches the discovery prefix "vault-"
+gen_label() { echo "$1-gen-$2-$$"; } # later processes find created keys by created_prefix / created_alias_prefix
 for b in $BACKENDS; do
     check "$b" "--keypairgen rsa:2048 (unified token, default backend)" keygen "$b" rsa:2048 "$(gen_label "$b" rsa)"
     check "$b" "--keypairgen EC:prime256v1 (unified token, default backend)" keygen "$b" EC:prime256v1 "$(gen_label "$b" ec)"

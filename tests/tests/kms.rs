@@ -716,7 +716,8 @@ fn generated_keys_live_in_kms_and_sign_at_once() {
         )
         .unwrap();
     let aliases = moto().boto("print([a['AliasName'] for a in kms.list_aliases()['Aliases']])");
-    assert!(aliases.contains("alias/k-gen-ec"), "{aliases}");
+    // Under created_alias_prefix, so that every later process finds it again.
+    assert!(aliases.contains("alias/p11bridge/k-gen-ec"), "{aliases}");
     let h = sha256(b"generated");
     let sig = s.sign(&Mechanism::Ecdsa, privk, &h).unwrap();
     assert!(openssl_verify(
@@ -792,6 +793,12 @@ fn generated_keys_live_in_kms_and_sign_at_once() {
             &[Attribute::Label(b"k-gen-ec".to_vec()), backend.clone()]
         ),
         0
+    );
+    let aliases = moto().boto("print([a['AliasName'] for a in kms.list_aliases()['Aliases']])");
+    assert!(
+        !aliases.contains("alias/p11bridge/k-gen-ec'")
+            && aliases.contains("alias/p11bridge/k-gen-hmac"),
+        "destroying a key deletes its own alias only: {aliases}"
     );
     let states = moto().boto(
         "print(sorted(kms.describe_key(KeyId=k['KeyId'])['KeyMetadata']['KeyState'] for k in kms.list_keys()['Keys']))",

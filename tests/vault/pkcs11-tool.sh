@@ -143,7 +143,7 @@ hmac() {
 check sign-verify[SHA256-HMAC] hmac
 gen() {
     TOKEN=vaultgen tool --keypairgen --key-type EC:prime256v1 --label v-tool-ec >/dev/null &&
-        "$BAO" read transit/keys/v-tool-ec >/dev/null &&
+        "$BAO" read transit/keys/p11bridge-v-tool-ec >/dev/null &&
         TOKEN=vaultgen tool -O >gen.txt && id=$(awk '$1 == "label:" && $2 == "v-tool-ec" { f = 1 } f && $1 == "ID:" { print $2; exit }' gen.txt) &&
         TOKEN=vaultgen read_pubkey --id "$id" -o gen.der &&
         openssl pkey -pubin -inform DER -in gen.der -out gen.pem &&

@@ -146,6 +146,192 @@ pub fn parse(der: &[u8]) -> Option<Certificate> {
     })
 }
 
+/// The SubjectPublicKeyInfo (DER) of a DER certificate.
+pub fn spki_of(der: &[u8]) -> Option<&[u8]> {
+    let (0x30, cert, _) = read(der)? else {
+        return None;
+    };
+    let (0x30, tbs, _) = read(cert)? else {
+        return None;
+    };
+    let mut rest = tbs;
+    if rest.first() == Some(&0xa0) {
+        rest = read(rest)?.2;
+    }
+    // serial, signature algorithm, issuer, validity, subject
+    for _ in 0..5 {
+        rest = read(rest)?.2;
+    }
+    let after = read(rest)?.2;
+    Some(&rest[..rest.len() - after.len()])
+}
+
+/// Whether a certificate carries exactly this public key (compared as keys, not as encodings).
+pub fn carries(der: &[u8], material: &KeyMaterial) -> bool {
+    let theirs = spki_of(der)
+        .and_then(KeyMaterial::from_spki)
+        .and_then(|m| m.spki());
+    theirs.is_some() && theirs == material.spki()
+}
+
+/// Where the certificates of one backend's keys come from, in order: the configured PEM files
+/// (`certificates = {...}`), certificates imported for a key (`C_CreateObject`, kept in `store_dir`), generated
+/// certificates cached in `cache_dir`, and one generated now. One implementation for every remote service.
+#[derive(Clone, Debug)]
+pub struct CertSource {
+    /// The service kind (`vault-transit`, `aws-kms`): part of the file names.
+    pub kind: &'static str,
+    pub cache_dir: Option<PathBuf>,
+    pub store_dir: Option<PathBuf>,
+}
+
+impl CertSource {
+    /// `cert_cache_dir` and `cert_store_dir` of a backend's configuration; defaults: `$XDG_CACHE_HOME/p11bridge`
+    /// (or `~/.cache/p11bridge`) and its `imported` directory.
+    pub fn new(kind: &'static str, cache_dir: Option<PathBuf>, store_dir: Option<PathBuf>) -> Self {
+        let cache_dir = cache_dir.or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .map(|d| d.join("p11bridge"))
+        });
+        let store_dir = store_dir.or_else(|| cache_dir.as_ref().map(|d| d.join("imported")));
+        CertSource {
+            kind,
+            cache_dir,
+            store_dir,
+        }
+    }
+
+    /// The file holding the certificate imported for a key (`key_name`: the service's stable name for it).
+    pub fn store_path(&self, key_name: &str) -> Option<PathBuf> {
+        let mut h = sha2::Sha256::new();
+        h.update(self.kind.as_bytes());
+        h.update([0]);
+        h.update(key_name.as_bytes());
+        let hex: String = h.finalize()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Some(self.store_dir.as_ref()?.join(format!("{hex}.der")))
+    }
+
+    /// The certificate imported for this key, if there is one and it still carries the key's public key.
+    pub fn imported(&self, key_name: &str, material: &KeyMaterial) -> Option<Certificate> {
+        let der = std::fs::read(self.store_path(key_name)?).ok()?;
+        if !carries(&der, material) {
+            tracing::warn!(key = %key_name, "the imported certificate no longer matches the key's public key");
+            return None;
+        }
+        parse(&der)
+    }
+
+    /// Imports a DER certificate for a key: refused (`CKR_ATTRIBUTE_VALUE_INVALID`, with the reason) unless it is
+    /// an X.509 certificate of exactly this key's public key; kept in the store for every later process.
+    pub fn import(
+        &self,
+        key_name: &str,
+        label: &str,
+        material: &KeyMaterial,
+        der: &[u8],
+    ) -> Result<Certificate> {
+        use cryptoki_sys::{
+            CKR_ATTRIBUTE_VALUE_INVALID, CKR_DEVICE_ERROR, CKR_KEY_TYPE_INCONSISTENT,
+        };
+        if material.spki().is_none() {
+            return Err(crate::Error::with(
+                CKR_KEY_TYPE_INCONSISTENT,
+                format!("key \"{label}\" is a secret key: certificates go with key pairs"),
+            ));
+        }
+        let c = parse(der).ok_or_else(|| {
+            crate::Error::with(
+                CKR_ATTRIBUTE_VALUE_INVALID,
+                "CKA_VALUE is not a DER X.509 certificate",
+            )
+        })?;
+        if !carries(der, material) {
+            return Err(crate::Error::with(
+                CKR_ATTRIBUTE_VALUE_INVALID,
+                format!(
+                    "the certificate's public key is not the public key of key \"{label}\" (CKA_ID matched, the SubjectPublicKeyInfo differs)"
+                ),
+            ));
+        }
+        let path = self.store_path(key_name).ok_or_else(|| {
+            crate::Error::with(
+                CKR_DEVICE_ERROR,
+                "no certificate store: set cert_store_dir (or HOME / XDG_CACHE_HOME)",
+            )
+        })?;
+        let write = || -> std::io::Result<()> {
+            if let Some(d) = path.parent() {
+                std::fs::create_dir_all(d)?;
+            }
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, der)?;
+            std::fs::rename(&tmp, &path)
+        };
+        write().map_err(|e| {
+            crate::Error::with(
+                CKR_DEVICE_ERROR,
+                format!("cannot store the certificate in {}: {e}", path.display()),
+            )
+        })?;
+        Ok(c)
+    }
+
+    /// The certificate a key shows: the configured PEM file, else the imported one, else the cached generated
+    /// one, else one generated now (self-signed through `sign` when the key signs; else issued by a throwaway
+    /// local key) and cached. `cache_name` names the key in the cache and the store.
+    pub fn for_key(
+        &self,
+        backend: &str,
+        configured: Option<&Path>,
+        cache_name: &str,
+        key: &super::RemoteKey,
+        sign: impl FnOnce(&SignRequest) -> Result<Vec<u8>>,
+    ) -> Option<Certificate> {
+        if let Some(p) = configured {
+            return match from_pem_file(p) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    crate::diag::report(
+                        cryptoki_sys::CKR_OK,
+                        format!("backend \"{backend}\": key \"{}\": configured certificate {e}; the key has no certificate", key.label),
+                    );
+                    None
+                }
+            };
+        }
+        if let Some(c) = self.imported(cache_name, &key.material) {
+            return Some(c);
+        }
+        let path = self
+            .cache_dir
+            .as_ref()
+            .and_then(|d| cache_path(d, self.kind, cache_name, &key.material));
+        if let Some(c) = path.as_ref().and_then(|p| load_cached(p, &key.material)) {
+            return Some(c);
+        }
+        let made = if key.usage.sign {
+            match self_signed(&key.label, &key.material, sign)? {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(backend = %backend, key = %key.name, error = %e, "cannot self-sign a certificate");
+                    return None;
+                }
+            }
+        } else {
+            locally_issued(&key.label, &key.material)?
+        };
+        if let Some(p) = &path {
+            store_cached(p, &made);
+        }
+        Some(made)
+    }
+}
+
 /// Reads the first certificate of a PEM file.
 pub fn from_pem_file(path: &Path) -> std::result::Result<Certificate, String> {
     let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;

@@ -291,6 +291,11 @@ pub trait RemoteService: Send + Sync + 'static {
     fn configured_keys(&self, _found: &[Arc<RemoteKey>]) -> (Vec<String>, Vec<String>) {
         (Vec::new(), Vec::new())
     }
+    /// Attaches a DER X.509 certificate to a key for good (every later process serves it): refused unless it
+    /// carries the key's public key (`cert::CertSource::import`).
+    fn import_certificate(&self, _key: &RemoteKey, _der: &[u8]) -> Result<Certificate> {
+        Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED))
+    }
 }
 
 /// A key to create, derived from PKCS#11 templates.
@@ -330,6 +335,8 @@ struct Cache {
 /// State shared by the backend, its token and its sessions.
 pub struct Shared {
     pub name: String,
+    /// The backend's `kind` (for messages).
+    pub kind: &'static str,
     pub service: Arc<dyn RemoteService>,
     /// The service's mechanisms, read once (they are static).
     pub mechanisms: Vec<CK_MECHANISM_TYPE>,
@@ -340,9 +347,10 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(name: &str, service: Arc<dyn RemoteService>) -> Arc<Shared> {
+    pub fn new(name: &str, kind: &'static str, service: Arc<dyn RemoteService>) -> Arc<Shared> {
         Arc::new(Shared {
             name: name.to_string(),
+            kind,
             mechanisms: service.mechanisms().into_iter().map(|m| m.0).collect(),
             service,
             cache: RwLock::new(Cache::default()),
@@ -423,6 +431,31 @@ impl Shared {
         }
     }
 
+    /// Says why an operation on a key failed when the service refused or could not serve it (not for the
+    /// caller's own mistakes): once per distinct cause on stderr, and as the calling thread's last cause.
+    pub fn op_failed(&self, what: &str, label: &str, e: Error) -> Error {
+        if matches!(
+            e.rv(),
+            CKR_DEVICE_ERROR
+                | CKR_DEVICE_MEMORY
+                | CKR_KEY_FUNCTION_NOT_PERMITTED
+                | CKR_KEY_HANDLE_INVALID
+                | CKR_FUNCTION_FAILED
+        ) && e.cause().is_some()
+        {
+            crate::diag::report(
+                e.rv(),
+                format!(
+                    "backend \"{}\" ({}, {}): key \"{label}\": {what} failed: {e}",
+                    self.name,
+                    self.kind,
+                    self.service.endpoint(),
+                ),
+            );
+        }
+        e
+    }
+
     /// The key behind an object reference, from the cache (no network).
     pub fn key(&self, obj: ObjRef) -> Result<(Arc<RemoteKey>, u64)> {
         let c = self.cache.read();
@@ -431,6 +464,18 @@ impl Shared {
             .cloned()
             .map(|k| (k, obj & 3))
             .ok_or(Error::new(CKR_OBJECT_HANDLE_INVALID))
+    }
+
+    /// Shows `cert` as the certificate of the key named `name` from now on (until the next refresh, which reads
+    /// it from the store).
+    pub fn set_cert(&self, name: &str, cert: Certificate) -> Option<ObjRef> {
+        let mut c = self.cache.write();
+        let n = *c.numbers.get(name)?;
+        let k = c.keys.get(&n)?;
+        let mut k = (**k).clone();
+        k.cert = Some(cert);
+        c.keys.insert(n, Arc::new(k));
+        Some((n << 2) | CLASS_CERT)
     }
 
     /// The object reference of a key's object of a class.
@@ -592,7 +637,7 @@ pub struct RemoteBackend {
 impl RemoteBackend {
     pub fn new(name: &str, kind: &'static str, service: Arc<dyn RemoteService>) -> Self {
         RemoteBackend {
-            shared: Shared::new(name, service),
+            shared: Shared::new(name, kind, service),
             kind,
         }
     }

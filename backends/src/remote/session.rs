@@ -244,7 +244,16 @@ impl RemoteSession {
             self.ops[k] = Some(op);
             return Err(Error::buffer_too_small(need));
         }
-        let result = self.compute(&mut op, kind, last)?;
+        let key = op.key.clone();
+        let result = self.compute(&mut op, kind, last).map_err(|e| {
+            let what = match kind {
+                OpKind::Sign => "signing",
+                OpKind::Decrypt => "decryption",
+                OpKind::Encrypt => "encryption",
+                _ => "the operation",
+            };
+            self.shared.op_failed(what, &key.label, e)
+        })?;
         let r = deliver(&mut op, result, out);
         if matches!(&r, Err(e) if e.rv() == CKR_BUFFER_TOO_SMALL) {
             self.ops[k] = Some(op);
@@ -262,7 +271,11 @@ impl RemoteSession {
             if signature.len() != h.len() {
                 return Err(Error::new(CKR_SIGNATURE_LEN_RANGE));
             }
-            return self.shared.service.verify_mac(&op.key, h, &buf, signature);
+            return self
+                .shared
+                .service
+                .verify_mac(&op.key, h, &buf, signature)
+                .map_err(|e| self.shared.op_failed("MAC verification", &op.key.label, e));
         }
         let req = match digest {
             Some(d) => sign_request(&op, Either::Digest(d))?,
@@ -325,6 +338,70 @@ impl BackendSession for RemoteSession {
         Err(Error::new(CKR_INFORMATION_SENSITIVE))
     }
 
+    /// `C_CreateObject`: only an X.509 certificate (token object) for one of the backend's key pairs, named by
+    /// its `CKA_ID`; it must carry the key's public key, and is kept where every later process finds it.
+    fn create_object(&mut self, t: Template) -> Result<ObjRef> {
+        if t.ulong_value(CKA_CLASS)? != Some(CKO_CERTIFICATE) {
+            return Err(Error::with(
+                CKR_FUNCTION_NOT_SUPPORTED,
+                format!(
+                    "backend \"{}\" creates certificates of its keys only (keys: C_GenerateKeyPair / C_GenerateKey)",
+                    self.shared.name
+                ),
+            ));
+        }
+        if !self.logged_in() {
+            return Err(Error::new(CKR_USER_NOT_LOGGED_IN));
+        }
+        if let Some(ty) = t.ulong_value(CKA_CERTIFICATE_TYPE)? {
+            if ty != CKC_X_509 {
+                return Err(Error::with(
+                    CKR_ATTRIBUTE_VALUE_INVALID,
+                    "CKA_CERTIFICATE_TYPE: only CKC_X_509",
+                ));
+            }
+        }
+        if t.bool_value(CKA_TOKEN)? != Some(true) {
+            return Err(Error::with(
+                CKR_TEMPLATE_INCONSISTENT,
+                "a certificate of a remote key is a token object (CKA_TOKEN true)",
+            ));
+        }
+        let id = t.value(CKA_ID)?.ok_or_else(|| {
+            Error::with(
+                CKR_TEMPLATE_INCOMPLETE,
+                "CKA_ID names the key the certificate belongs to",
+            )
+        })?;
+        let der = t.value(CKA_VALUE)?.ok_or_else(|| {
+            Error::with(
+                CKR_TEMPLATE_INCOMPLETE,
+                "CKA_VALUE holds the DER certificate",
+            )
+        })?;
+        let key = self
+            .shared
+            .keys()?
+            .into_iter()
+            .map(|(_, k)| k)
+            .find(|k| k.id == id && !k.material.is_secret())
+            .ok_or_else(|| {
+                let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+                Error::with(
+                    CKR_ATTRIBUTE_VALUE_INVALID,
+                    format!(
+                        "no key pair of backend \"{}\" has CKA_ID {hex}",
+                        self.shared.name
+                    ),
+                )
+            })?;
+        let cert = self.shared.service.import_certificate(&key, der)?;
+        tracing::info!(backend = %self.shared.name, key = %key.name, "certificate imported");
+        self.shared
+            .set_cert(&key.name, cert)
+            .ok_or(Error::new(CKR_GENERAL_ERROR))
+    }
+
     fn destroy_object(&mut self, obj: ObjRef) -> Result<()> {
         let (k, class) = self.shared.key(obj)?;
         if !k.destroyable {
@@ -343,7 +420,10 @@ impl BackendSession for RemoteSession {
                 "destroy the private key to delete a remote key",
             ));
         }
-        self.shared.service.destroy(&k)?;
+        self.shared
+            .service
+            .destroy(&k)
+            .map_err(|e| self.shared.op_failed("deletion", &k.label, e))?;
         let _ = self.shared.refresh_now();
         Ok(())
     }
@@ -642,7 +722,11 @@ impl RemoteSession {
             sign,
             decrypt,
         };
-        let name = self.shared.service.generate(&spec)?;
+        let name = self
+            .shared
+            .service
+            .generate(&spec)
+            .map_err(|e| self.shared.op_failed("creation", &spec.label, e))?;
         self.shared.refresh_now()?;
         Ok(name)
     }
