@@ -116,8 +116,18 @@ pub fn locally_issued(label: &str, material: &KeyMaterial) -> Option<Certificate
     })
 }
 
-/// Reads subject, issuer and serial number out of a DER certificate (a configured PEM file).
-pub fn parse(der: &[u8]) -> Option<Certificate> {
+/// The fields of a DER certificate's TBSCertificate the bridge uses, as slices of it (TLVs, tags included, except
+/// the serial's contents).
+struct Tbs<'a> {
+    serial: &'a [u8],
+    issuer: &'a [u8],
+    subject: &'a [u8],
+    spki: &'a [u8],
+}
+
+/// Walks a DER certificate: SEQUENCE { TBSCertificate SEQUENCE { [0] version?, serial, signature algorithm, issuer,
+/// validity, subject, subjectPublicKeyInfo, ... }, ... }.
+fn read_tbs(der: &[u8]) -> Option<Tbs<'_>> {
     let (0x30, cert, _) = read(der)? else {
         return None;
     };
@@ -133,37 +143,40 @@ pub fn parse(der: &[u8]) -> Option<Certificate> {
         return None;
     };
     let (_, _, rest) = read(rest)?; // signature algorithm
-    let issuer_len = rest.len() - read(rest)?.2.len();
-    let issuer = rest[..issuer_len].to_vec();
-    let rest = &rest[issuer_len..];
-    let (_, _, rest) = read(rest)?; // validity
-    let subject_len = rest.len() - read(rest)?.2.len();
+                                    // The whole TLV that starts `rest`, and what follows it.
+    let whole = |r: &'_ [u8]| -> Option<(usize, usize)> {
+        let after = read(r)?.2.len();
+        Some((r.len() - after, after))
+    };
+    let (issuer_len, _) = whole(rest)?;
+    let issuer = &rest[..issuer_len];
+    let (_, _, rest) = read(&rest[issuer_len..])?; // validity
+    let (subject_len, _) = whole(rest)?;
+    let subject = &rest[..subject_len];
+    let rest = &rest[subject_len..];
+    let (spki_len, _) = whole(rest)?;
+    Some(Tbs {
+        serial,
+        issuer,
+        subject,
+        spki: &rest[..spki_len],
+    })
+}
+
+/// Reads subject, issuer and serial number out of a DER certificate (a configured PEM file).
+pub fn parse(der: &[u8]) -> Option<Certificate> {
+    let t = read_tbs(der)?;
     Some(Certificate {
         der: der.to_vec(),
-        subject: rest[..subject_len].to_vec(),
-        issuer,
-        serial: tlv(0x02, serial),
+        subject: t.subject.to_vec(),
+        issuer: t.issuer.to_vec(),
+        serial: tlv(0x02, t.serial),
     })
 }
 
 /// The SubjectPublicKeyInfo (DER) of a DER certificate.
 pub fn spki_of(der: &[u8]) -> Option<&[u8]> {
-    let (0x30, cert, _) = read(der)? else {
-        return None;
-    };
-    let (0x30, tbs, _) = read(cert)? else {
-        return None;
-    };
-    let mut rest = tbs;
-    if rest.first() == Some(&0xa0) {
-        rest = read(rest)?.2;
-    }
-    // serial, signature algorithm, issuer, validity, subject
-    for _ in 0..5 {
-        rest = read(rest)?.2;
-    }
-    let after = read(rest)?.2;
-    Some(&rest[..rest.len() - after.len()])
+    read_tbs(der).map(|t| t.spki)
 }
 
 /// Whether a certificate carries exactly this public key (compared as keys, not as encodings).

@@ -52,6 +52,27 @@ pub fn message_flags(mech: CK_MECHANISM_TYPE, info: &CK_MECHANISM_INFO) -> CK_FL
     }
 }
 
+/// The single-part `CK_GCM_PARAMS` of one message (pointers into `iv` and `aad`).
+fn gcm_params(iv: &mut [u8], aad: &[u8], tag_len: usize) -> CK_GCM_PARAMS {
+    CK_GCM_PARAMS {
+        pIv: iv.as_mut_ptr(),
+        ulIvLen: iv.len() as CK_ULONG,
+        ulIvBits: (iv.len() * 8) as CK_ULONG,
+        pAAD: aad.as_ptr() as *mut u8,
+        ulAADLen: aad.len() as CK_ULONG,
+        ulTagBits: (tag_len * 8) as CK_ULONG,
+    }
+}
+
+/// `CKM_AES_GCM` with `params` (which must outlive the mechanism's use).
+fn gcm_mechanism(params: &mut CK_GCM_PARAMS) -> CK_MECHANISM {
+    CK_MECHANISM {
+        mechanism: CKM_AES_GCM,
+        pParameter: params as *mut _ as *mut std::ffi::c_void,
+        ulParameterLen: std::mem::size_of::<CK_GCM_PARAMS>() as CK_ULONG,
+    }
+}
+
 impl Module {
     /// `C_MessageEncryptInit` / `C_MessageDecryptInit` (`kind`: `Encrypt` or `Decrypt`).
     pub fn message_init(
@@ -98,21 +119,9 @@ impl Module {
         }
         // Check key and mechanism now (as C_MessageEncryptInit must), with a throw-away IV; then end it.
         let mut iv = [0u8; 12];
-        let mut params = CK_GCM_PARAMS {
-            pIv: iv.as_mut_ptr(),
-            ulIvLen: iv.len() as CK_ULONG,
-            ulIvBits: 96,
-            pAAD: std::ptr::null_mut(),
-            ulAADLen: 0,
-            ulTagBits: 128,
-        };
-        let raw = CK_MECHANISM {
-            mechanism: CKM_AES_GCM,
-            pParameter: &mut params as *mut _ as *mut std::ffi::c_void,
-            ulParameterLen: std::mem::size_of::<CK_GCM_PARAMS>() as CK_ULONG,
-        };
+        let mut params = gcm_params(&mut iv, &[], 16);
         // SAFETY: `params` and `iv` live until the end of this function.
-        let m = unsafe { Mechanism::from_raw(raw) }?;
+        let m = unsafe { Mechanism::from_raw(gcm_mechanism(&mut params)) }?;
         let bs = inner.member(slot, s.rw, pos)?;
         bs.op_init(kind, &m, Some(obj)).map_err(|e| {
             if e.rv() == CKR_OBJECT_HANDLE_INVALID {
@@ -194,21 +203,9 @@ impl Module {
             ));
         }
         let (pos, key) = (op.pos, op.key);
-        let mut params = CK_GCM_PARAMS {
-            pIv: p.iv.as_mut_ptr(),
-            ulIvLen: p.iv.len() as CK_ULONG,
-            ulIvBits: (p.iv.len() * 8) as CK_ULONG,
-            pAAD: aad.as_ptr() as *mut u8,
-            ulAADLen: aad.len() as CK_ULONG,
-            ulTagBits: (tag_len * 8) as CK_ULONG,
-        };
-        let raw = CK_MECHANISM {
-            mechanism: CKM_AES_GCM,
-            pParameter: &mut params as *mut _ as *mut std::ffi::c_void,
-            ulParameterLen: std::mem::size_of::<CK_GCM_PARAMS>() as CK_ULONG,
-        };
+        let mut params = gcm_params(p.iv, aad, tag_len);
         // SAFETY: `params` and the caller's IV/AAD live for this call.
-        let m = unsafe { Mechanism::from_raw(raw) }?;
+        let m = unsafe { Mechanism::from_raw(gcm_mechanism(&mut params)) }?;
         let bs = inner.member(slot, s.rw, pos)?;
         bs.op_init(kind, &m, Some(key))?;
         if kind == OpKind::Encrypt {
