@@ -160,6 +160,32 @@ cryptoki_fn!(
     }
 );
 
+/// `C_GetMechanismInfo` of the 2.40 function list: without the 3.0 message-based flags, which mean nothing to a
+/// 2.40 caller (and the bridge's own would make a mirror differ from its 2.40 upstream).
+///
+/// # Safety
+/// `pInfo` must be NULL or valid for a write of `CK_MECHANISM_INFO`.
+#[allow(non_snake_case)]
+pub unsafe extern "C" fn C_GetMechanismInfo_v2(
+    slotID: CK_SLOT_ID,
+    type_: CK_MECHANISM_TYPE,
+    pInfo: *mut CK_MECHANISM_INFO,
+) -> CK_RV {
+    guard("C_GetMechanismInfo", || {
+        let m = module()?;
+        if pInfo.is_null() {
+            return Err(Error::new(CKR_ARGUMENTS_BAD));
+        }
+        let mut info = m.slot(slotID)?.mechanism_info(type_)?;
+        info.flags &= !(CKF_MESSAGE_ENCRYPT
+            | CKF_MESSAGE_DECRYPT
+            | CKF_MESSAGE_SIGN
+            | CKF_MESSAGE_VERIFY
+            | CKF_MULTI_MESSAGE);
+        put(pInfo, info)
+    })
+}
+
 cryptoki_fn!(
     fn C_InitToken(
         slotID: CK_SLOT_ID,

@@ -16,7 +16,7 @@ static FUNCTION_LIST_240: CK_FUNCTION_LIST = CK_FUNCTION_LIST {
     C_GetSlotInfo: Some(C_GetSlotInfo),
     C_GetTokenInfo: Some(C_GetTokenInfo),
     C_GetMechanismList: Some(C_GetMechanismList),
-    C_GetMechanismInfo: Some(C_GetMechanismInfo),
+    C_GetMechanismInfo: Some(C_GetMechanismInfo_v2),
     C_InitToken: Some(C_InitToken),
     C_InitPIN: Some(C_InitPIN),
     C_SetPIN: Some(C_SetPIN),

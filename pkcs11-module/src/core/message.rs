@@ -10,8 +10,9 @@
 //! - The tag travels in the message parameters (`pTag`, `ulTagBits`), not in the ciphertext.
 //! - A length query (`pCiphertext` NULL) is answered from the input length, with no backend call.
 //! - Multi-part messages (`C_EncryptMessageBegin`/`Next`) and message-based signing stay unsupported; a client
-//!   detects what is offered from `C_GetMechanismInfo`: `CKM_AES_GCM` carries `CKF_MESSAGE_ENCRYPT` and
-//!   `CKF_MESSAGE_DECRYPT`, no mechanism carries `CKF_MULTI_MESSAGE`, `CKF_MESSAGE_SIGN` or `CKF_MESSAGE_VERIFY`.
+//!   detects what is offered from `C_GetMechanismInfo` (3.0 list): `CKM_AES_GCM` carries `CKF_MESSAGE_ENCRYPT` and
+//!   `CKF_MESSAGE_DECRYPT`, no mechanism carries `CKF_MULTI_MESSAGE`, `CKF_MESSAGE_SIGN` or `CKF_MESSAGE_VERIFY`
+//!   (the 2.40 list's `C_GetMechanismInfo` leaves these 3.0 flags out).
 //! - A key whose backend has no `CKM_AES_GCM` (Vault, KMS) → `CKR_KEY_FUNCTION_NOT_PERMITTED`.
 
 use super::slot::SlotKind;
