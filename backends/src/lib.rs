@@ -334,6 +334,16 @@ pub trait BackendSession: Send {
                 "a sensitive key cannot be wrapped by another backend",
             ));
         }
+        // A secret key's value is short; a length beyond that is a broken backend, not an allocation to make.
+        if v[0].ulValueLen as u128 > 1 << 16 {
+            return Err(Error::with(
+                CKR_DEVICE_ERROR,
+                format!(
+                    "the backend reports a {}-byte key value",
+                    v[0].ulValueLen as u128
+                ),
+            ));
+        }
         let mut value = zeroize::Zeroizing::new(vec![0u8; v[0].ulValueLen as usize]);
         v[0].pValue = value.as_mut_ptr() as *mut std::ffi::c_void;
         if self.get_attributes(obj, &mut v) != CKR_OK {

@@ -105,18 +105,7 @@ impl UpstreamBackend {
     fn slot_list(&self, present: bool) -> Result<Vec<CK_SLOT_ID>> {
         let f = self.lib.f();
         let p = if present { CK_TRUE } else { CK_FALSE };
-        loop {
-            let mut n: CK_ULONG = 0;
-            Error::check(up!(f, C_GetSlotList(p, null_mut(), &mut n)))?;
-            let mut v = vec![0 as CK_SLOT_ID; n as usize];
-            let rv = up!(f, C_GetSlotList(p, v.as_mut_ptr(), &mut n));
-            if rv == CKR_BUFFER_TOO_SMALL {
-                continue;
-            }
-            Error::check(rv)?;
-            v.truncate(n as usize);
-            return Ok(v);
-        }
+        two_call_list("C_GetSlotList", |buf, n| up!(f, C_GetSlotList(p, buf, n)))
     }
 
     fn find_slot(&self) -> Result<CK_SLOT_ID> {
@@ -239,6 +228,43 @@ pub struct UpstreamToken {
     configured: Option<Arc<Configured>>,
 }
 
+/// The most items an upstream list (slots, mechanisms) may hold, and the most objects one search may return: a
+/// module that reports more is broken or hostile, and its count must not become an allocation that aborts the host
+/// (found by the `hostile_upstream` fuzz target).
+const MAX_UPSTREAM_LIST: usize = 1 << 16;
+const MAX_UPSTREAM_OBJECTS: usize = 1 << 20;
+
+/// The two-call convention against an upstream list function (`call(buf, &mut n)`), bounded: at most
+/// [`MAX_UPSTREAM_LIST`] items, and a few retries when the list grows between the calls.
+fn two_call_list<T: Copy + Default>(
+    name: &str,
+    mut call: impl FnMut(*mut T, &mut CK_ULONG) -> CK_RV,
+) -> Result<Vec<T>> {
+    for _ in 0..8 {
+        let mut n: CK_ULONG = 0;
+        Error::check(call(null_mut(), &mut n))?;
+        let want = n as u128;
+        if want > MAX_UPSTREAM_LIST as u128 {
+            return Err(Error::with(
+                CKR_DEVICE_ERROR,
+                format!("the upstream module's {name} reports {want} items (at most {MAX_UPSTREAM_LIST} are accepted)"),
+            ));
+        }
+        let mut v = vec![T::default(); want as usize];
+        let rv = call(v.as_mut_ptr(), &mut n);
+        if rv == CKR_BUFFER_TOO_SMALL {
+            continue;
+        }
+        Error::check(rv)?;
+        v.truncate((n as u128).min(want) as usize);
+        return Ok(v);
+    }
+    Err(Error::with(
+        CKR_DEVICE_ERROR,
+        format!("the upstream module's {name} kept answering CKR_BUFFER_TOO_SMALL"),
+    ))
+}
+
 fn pin_ptr(pin: Option<&[u8]>) -> (*mut u8, CK_ULONG) {
     match pin {
         Some(p) => (p.as_ptr() as *mut u8, p.len() as CK_ULONG),
@@ -264,18 +290,9 @@ impl Token for UpstreamToken {
     }
     fn mechanism_list(&self) -> Result<Vec<CK_MECHANISM_TYPE>> {
         let f = self.lib.f();
-        loop {
-            let mut n: CK_ULONG = 0;
-            Error::check(up!(f, C_GetMechanismList(self.slot, null_mut(), &mut n)))?;
-            let mut v = vec![0 as CK_MECHANISM_TYPE; n as usize];
-            let rv = up!(f, C_GetMechanismList(self.slot, v.as_mut_ptr(), &mut n));
-            if rv == CKR_BUFFER_TOO_SMALL {
-                continue;
-            }
-            Error::check(rv)?;
-            v.truncate(n as usize);
-            return Ok(v);
-        }
+        two_call_list("C_GetMechanismList", |buf, n| {
+            up!(f, C_GetMechanismList(self.slot, buf, n))
+        })
     }
     fn mechanism_info(&self, mech: CK_MECHANISM_TYPE) -> Result<CK_MECHANISM_INFO> {
         let mut mi = CK_MECHANISM_INFO {
@@ -532,6 +549,12 @@ impl BackendSession for UpstreamSession {
             all.extend(buf[..n].iter().map(|h| *h as ObjRef));
             if n < buf.len() {
                 break Ok(all);
+            }
+            if all.len() >= MAX_UPSTREAM_OBJECTS {
+                break Err(Error::with(
+                    CKR_DEVICE_ERROR,
+                    format!("the upstream module's search returned more than {MAX_UPSTREAM_OBJECTS} objects"),
+                ));
             }
         };
         let rv = up!(f, C_FindObjectsFinal(self.h));
