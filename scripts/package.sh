@@ -72,7 +72,8 @@ h2m=$(mktemp)
 trap 'rm -f "$h2m"' EXIT
 # Every subcommand's --help, nested ones too ("p11bridge cert import"), as a COMMANDS section.
 subcommands() { # WORDS...: the subcommands `p11bridge WORDS... --help` lists
-    "$bin" "$@" --help | sed -n '/^Commands:/,/^$/p' | awk 'NR > 1 && NF { print $1 }' | grep -vx help || true
+    # A subcommand's line starts with two spaces; deeper-indented lines continue a wrapped description.
+    "$bin" "$@" --help | sed -n '/^Commands:/,/^$/p' | awk 'NR > 1 && /^  [^ ]/ { print $1 }' | grep -vx help || true
 }
 command_help() { # WORDS...
     local sub
