@@ -442,12 +442,32 @@ impl Drop for UpstreamSession {
 }
 
 /// Calls an upstream function that writes to a caller buffer, mapping the two-call convention onto `Result`.
+/// A length an upstream reports for an output is never passed on unchecked: with a buffer, `CKR_OK` and a length
+/// beyond it is a lie (the application would read past its buffer); without one, or with `CKR_BUFFER_TOO_SMALL`, a
+/// length over 1 GiB is (found by the `hostile_upstream` fuzz target).
+const MAX_UPSTREAM_OUTPUT: u128 = 1 << 30;
+
+fn lying_length(len: u128, limit: u128) -> Error {
+    Error::with(
+        CKR_DEVICE_ERROR,
+        format!(
+            "the upstream module reported an output of {len} bytes where at most {limit} can be"
+        ),
+    )
+}
+
+/// Calls an upstream function that writes to a caller buffer, mapping the two-call convention onto `Result`.
 fn with_out(out: Out, f: impl FnOnce(*mut u8, *mut CK_ULONG) -> CK_RV) -> Result<usize> {
     let (ptr, mut len) = match out {
         None => (null_mut(), 0 as CK_ULONG),
         Some(b) => (b.as_mut_ptr(), b.len() as CK_ULONG),
     };
+    let given = len as u128;
     match f(ptr, &mut len) {
+        CKR_OK if !ptr.is_null() && len as u128 > given => Err(lying_length(len as u128, given)),
+        CKR_OK | CKR_BUFFER_TOO_SMALL if len as u128 > MAX_UPSTREAM_OUTPUT => {
+            Err(lying_length(len as u128, MAX_UPSTREAM_OUTPUT))
+        }
         CKR_OK => Ok(len as usize),
         CKR_BUFFER_TOO_SMALL => Err(Error::buffer_too_small(len as usize)),
         rv => Err(Error::new(rv)),
@@ -563,7 +583,11 @@ impl BackendSession for UpstreamSession {
         Ok(all)
     }
     fn get_attributes(&mut self, obj: ObjRef, template: &mut [CK_ATTRIBUTE]) -> CK_RV {
-        up!(
+        let given: Vec<(bool, CK_ULONG)> = template
+            .iter()
+            .map(|a| (!a.pValue.is_null(), a.ulValueLen))
+            .collect();
+        let rv = up!(
             self.lib.f(),
             C_GetAttributeValue(
                 self.h,
@@ -571,7 +595,38 @@ impl BackendSession for UpstreamSession {
                 template.as_mut_ptr(),
                 template.len() as CK_ULONG
             )
-        )
+        );
+        // A length the upstream reports is checked before the application trusts it: with a buffer it cannot
+        // exceed that buffer (a value that did not fit is CK_UNAVAILABLE_INFORMATION, §5.7), without one it cannot
+        // exceed 1 GiB.
+        let mut lied = None;
+        for (a, (had_buf, len)) in template.iter_mut().zip(given) {
+            let l = a.ulValueLen;
+            if l == CK_UNAVAILABLE_INFORMATION {
+                continue;
+            }
+            let limit = if had_buf {
+                len as u128
+            } else {
+                MAX_UPSTREAM_OUTPUT
+            };
+            if l as u128 > limit {
+                lied.get_or_insert((a.type_, l, limit));
+                a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
+            }
+        }
+        match lied {
+            None => rv,
+            Some((t, l, limit)) => {
+                crate::diag::set_last(
+                    CKR_DEVICE_ERROR,
+                    format!(
+                        "C_GetAttributeValue: the upstream module reported attribute 0x{t:x} as {l} bytes where at most {limit} can be"
+                    ),
+                );
+                CKR_DEVICE_ERROR
+            }
+        }
     }
     fn set_attributes(&mut self, obj: ObjRef, template: Template) -> Result<()> {
         let (t, tn) = tpl(&template);
