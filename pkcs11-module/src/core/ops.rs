@@ -476,6 +476,10 @@ impl Module {
         private: Template,
     ) -> Result<(CK_OBJECT_HANDLE, CK_OBJECT_HANDLE)> {
         let (s, slot) = self.session_slot(h)?;
+        // The EC material of generated keys too (an upstream that stores what it cannot use crashes later).
+        let ec = Some(mech.mech_type() == CKM_EC_KEY_PAIR_GEN);
+        super::keycheck::check(&public, ec)?;
+        super::keycheck::check(&private, ec)?;
         let pos = self.target_member(slot, &[public, private])?;
         let (sp, ss) = (Passed::new(public), Passed::new(private));
         let (tp, ts) = (sp.get(), ss.get());
