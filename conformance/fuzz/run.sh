@@ -74,7 +74,7 @@ for t in $targets; do
     echo "fuzz: $t: ${runs:-0} executions in ${s} s (${rate:-0}/s), ${cov:-cov: ?}, corpus $(ls "$corpus" | wc -l) inputs"
     if [[ $rc -ne 0 ]] || grep -qE "ERROR: (libFuzzer|AddressSanitizer|LeakSanitizer)|SUMMARY: .*Sanitizer|ALARM: working on the last Unit" "$log"; then
         echo "fuzz: $t FAILED (exit $rc); see $log:" >&2
-        grep -E -A 30 "ERROR:|==[0-9]+==|ALARM|panicked|SUMMARY" "$log" | head -60 >&2
+        grep -vE '^#[0-9]+|NEW_FUNC|^p11bridge: ' "$log" | grep -E -A 30 "ERROR:|==[0-9]+==|ALARM|panicked|SUMMARY" | head -60 >&2
         failed=1
     fi
 done
