@@ -72,7 +72,7 @@ for t in $targets; do
     after=$(ls "$work/artifacts" | grep -c "^$t-" || true)
     found="none"
     if [[ $rc -ne 0 ]] || grep -qE "ERROR: (libFuzzer|AddressSanitizer|LeakSanitizer)|SUMMARY: .*Sanitizer|ALARM: working on the last Unit" "$log"; then
-        found="$((after - before)) artifact(s): $(grep -m1 -oE "panicked at [^:]+:[0-9]+|ERROR: [A-Za-z]+: [A-Za-z-]+|ALARM: [a-z ]+" "$log" || echo "exit $rc")"
+        found="$((after - before)) artifact(s): $(grep -m1 -oE "panicked at [^:]+:[0-9]+|==[0-9]+==ERROR: [A-Za-z]+: [A-Za-z -]+|ALARM: [a-z ]+" "$log" || echo "exit $rc")"
         failed=1
     fi
     sum=$((sum + ${runs:-0}))
