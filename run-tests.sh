@@ -54,9 +54,10 @@ suite conformance bash conformance/run.sh --skip-fuzz
 # without the test-backends feature (conformance/run.sh already did), packs it, and the suite installs it with
 # dpkg -i, uses it with no path into the build tree, runs it as a service behind p11-kit's RPC, and removes it.
 suite package bash tests/package/run.sh
-# The fuzzer, time-boxed (FUZZ_SECONDS, default 60 s; the first, sanitized build takes ~9 minutes on 2 cores):
-# fails on a crash, a hang or a leak report.
-suite fuzz bash conformance/fuzz/run.sh "${FUZZ_SECONDS:-60}"
+# The fuzzers, time-boxed (cryptoki_calls FUZZ_SECONDS, default 60 s; hostile_vault, hostile_kms and hostile_upstream
+# FUZZ_HOSTILE_SECONDS each, default 40 s; the first, sanitized build takes ~10 minutes on 2 cores): fails on a crash,
+# a hang, a leak report or a finding (a write outside a caller's buffer, a length beyond it, a caught panic).
+suite fuzz bash conformance/fuzz/run.sh "${FUZZ_SECONDS:-60}" "${FUZZ_HOSTILE_SECONDS:-40}"
 
 echo
 ((failed)) && echo "failed suites: ${failed_names[*]}"
