@@ -50,7 +50,9 @@ macro_rules! up {
     ($list:expr, $f:ident ( $($a:expr),* $(,)? )) => {{
         match $list.$f {
             Some(func) => {
-                let _inside = $crate::pkcs11::lib::ForkGuard::enter();
+                let _inside = $crate::pkcs11::lib::ForkGuard::enter_module(
+                    $list as *const _ as *const ::std::ffi::c_void as usize,
+                );
                 // SAFETY: arguments are valid for the call; the module is loaded for the life of the process.
                 unsafe { func($($a),*) }
             }
@@ -64,14 +66,54 @@ macro_rules! up {
 /// crash when it re-initializes the module. The `pthread_atfork` prepare handler waits — for a bounded time — until
 /// no thread is inside; threads arriving meanwhile wait for the fork to finish. Atomics only: the guard itself
 /// survives the fork in any state.
-pub struct ForkGuard;
+pub struct ForkGuard(Option<usize>);
 
 static INSIDE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Calls in progress per upstream module (keyed by its function list's address; a few modules per process): a
+/// module is re-initialized only when no thread is inside it. p11-kit-client.so, finalized under a thread that is
+/// inside one of its calls, leaves that thread waiting forever on a condition variable (seen in
+/// tests/tests/hsm_ha.rs when the HA prober re-initialized a member's client module under an audit read).
+const MODULE_SLOTS: usize = 32;
+#[allow(clippy::declare_interior_mutable_const)]
+const ZERO: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static MODULE_KEYS: [std::sync::atomic::AtomicUsize; MODULE_SLOTS] = [ZERO; MODULE_SLOTS];
+static MODULE_CALLS: [std::sync::atomic::AtomicUsize; MODULE_SLOTS] = [ZERO; MODULE_SLOTS];
+
+/// The counter slot of a module (claimed on first use; `None` if every slot is taken: then it is not counted).
+fn module_slot(key: usize, claim: bool) -> Option<usize> {
+    use std::sync::atomic::Ordering::{AcqRel, Acquire};
+    for (i, k) in MODULE_KEYS.iter().enumerate() {
+        match k.load(Acquire) {
+            v if v == key => return Some(i),
+            0 if claim => match k.compare_exchange(0, key, AcqRel, Acquire) {
+                Ok(_) => return Some(i),
+                Err(v) if v == key => return Some(i),
+                Err(_) => continue,
+            },
+            0 => return None,
+            _ => continue,
+        }
+    }
+    None
+}
+
+/// Waits, at most `max`, until no thread is inside the module whose function list is at `key`.
+pub fn wait_module_idle(key: usize, max: std::time::Duration) {
+    let Some(i) = module_slot(key, false) else {
+        return;
+    };
+    let start = std::time::Instant::now();
+    while MODULE_CALLS[i].load(std::sync::atomic::Ordering::SeqCst) > 0 && start.elapsed() < max {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
 static FORKING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 static ATFORK: std::sync::Once = std::sync::Once::new();
 
 impl ForkGuard {
-    pub fn enter() -> ForkGuard {
+    /// Entering a call of the module whose function list is at `key`.
+    pub fn enter_module(key: usize) -> ForkGuard {
         use std::sync::atomic::Ordering::SeqCst;
         loop {
             while FORKING.load(SeqCst) {
@@ -79,7 +121,11 @@ impl ForkGuard {
             }
             INSIDE.fetch_add(1, SeqCst);
             if !FORKING.load(SeqCst) {
-                return ForkGuard;
+                let slot = module_slot(key, true);
+                if let Some(i) = slot {
+                    MODULE_CALLS[i].fetch_add(1, SeqCst);
+                }
+                return ForkGuard(slot);
             }
             INSIDE.fetch_sub(1, SeqCst);
         }
@@ -98,6 +144,9 @@ impl ForkGuard {
 
 impl Drop for ForkGuard {
     fn drop(&mut self) {
+        if let Some(i) = self.0 {
+            MODULE_CALLS[i].fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
         INSIDE.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
@@ -299,6 +348,11 @@ pub fn reinitialize(lib: &Lib, ctx: &BuildContext) -> Result<bool> {
         return Ok(false);
     }
     let f = e.lib.f();
+    // Never finalize a module under a thread inside it (calls to a dead member fail fast; 3 s at most).
+    wait_module_idle(f as *const _ as usize, std::time::Duration::from_secs(3));
+    if let Some(f3) = e.lib.f3() {
+        wait_module_idle(f3 as *const _ as usize, std::time::Duration::from_secs(3));
+    }
     up!(f, C_Finalize(std::ptr::null_mut()));
     let mut args = init_args(ctx);
     let rv = up!(f, C_Initialize(&mut args as *mut _ as *mut _));
