@@ -347,11 +347,19 @@ check_list_objects() {
     compare "$key" "$t" sort_blocks
 }
 
+# The one flag the bridge adds (pkcs11-tool 0.23 takes the 3.0 interface): CKF_MESSAGE_ENCRYPT|CKF_MESSAGE_DECRYPT
+# (0x6) on AES-GCM, for the message-based AES-GCM it emulates over the upstream (core/message.rs). An addition,
+# not a regression: it is taken out before comparing.
+strip_message_flags() {
+    sed -i '/^  AES-GCM,/s/, other flags=0x6$//' "$out/mechs.$1.out"
+}
+
 check_list_mechanisms() {
     run mechs direct -M
     run mechs mirror -M
     expect_ok mechs direct
     expect_ok mechs mirror
+    strip_message_flags mirror
     compare mechs mirror
 }
 
@@ -363,6 +371,7 @@ check_list_mechanisms_unified() {
     run mechs unified -M
     expect_ok mechs direct
     expect_ok mechs unified
+    strip_message_flags unified
     local extra
     extra=$(LC_ALL=C comm -13 <(grep '^  ' "$out/mechs.direct.out" | LC_ALL=C sort) \
         <(grep '^  ' "$out/mechs.unified.out" | LC_ALL=C sort))
