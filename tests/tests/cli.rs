@@ -6,8 +6,6 @@
 
 mod common;
 
-use common::bao::{bao, ROOT_TOKEN};
-use common::moto::moto;
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -29,36 +27,7 @@ fn bin() -> PathBuf {
 fn fixture() -> &'static Env {
     static S: OnceLock<()> = OnceLock::new();
     S.get_or_init(|| {
-        let b = bao();
-        b.ok(&["secrets", "enable", "transit"]);
-        b.ok(&["write", "-f", "transit/keys/vault-ec", "type=ecdsa-p256"]);
-        let m = moto();
-        m.create_key("kms-ec", "ECC_NIST_P256", "SIGN_VERIFY", &[]);
-        std::env::set_var("VAULT_TEST_TOKEN", ROOT_TOKEN);
-        let dir = repo_root()
-            .join("target/test-env")
-            .join(format!("cli-certs-{}", std::process::id()));
-        let section = format!(
-            r#"
-[backend.vault]
-kind = "vault-transit"
-address = "{}"
-token = "env:VAULT_TEST_TOKEN"
-discover = true
-cert_cache_dir = "{certs}"
-
-[backend.kms]
-kind = "aws-kms"
-region = "us-east-1"
-endpoint = "{}"
-discover = true
-cert_cache_dir = "{certs}"
-"#,
-            b.addr,
-            m.url,
-            certs = dir.display()
-        );
-        env_with(&["vault", "kms"], &section);
+        env_three_backends("cli-certs", "discover = true", "discover = true");
     });
     env()
 }

@@ -4,8 +4,6 @@
 
 mod common;
 
-use common::bao::{bao, ROOT_TOKEN};
-use common::moto::moto;
 use common::*;
 use cryptoki::context::Pkcs11;
 use cryptoki::mechanism::Mechanism;
@@ -18,36 +16,11 @@ const CKA_P11BRIDGE_BACKEND: u64 = 0x8B11_D001;
 fn p() -> &'static Pkcs11 {
     static S: OnceLock<()> = OnceLock::new();
     S.get_or_init(|| {
-        let b = bao();
-        b.ok(&["secrets", "enable", "transit"]);
-        b.ok(&["write", "-f", "transit/keys/vault-ec", "type=ecdsa-p256"]);
-        let m = moto();
-        m.create_key("kms-ec", "ECC_NIST_P256", "SIGN_VERIFY", &[]);
-        std::env::set_var("VAULT_TEST_TOKEN", ROOT_TOKEN);
-        let dir = repo_root()
-            .join("target/test-env")
-            .join(format!("three-{}", std::process::id()));
-        let section = format!(
-            r#"
-[backend.vault]
-kind = "vault-transit"
-address = "{}"
-token = "env:VAULT_TEST_TOKEN"
-keys = ["vault-ec"]
-cert_cache_dir = "{certs}"
-
-[backend.kms]
-kind = "aws-kms"
-region = "us-east-1"
-endpoint = "{}"
-keys = ["alias/kms-ec"]
-cert_cache_dir = "{certs}"
-"#,
-            b.addr,
-            m.url,
-            certs = dir.join("certs").display()
+        env_three_backends(
+            "three",
+            "keys = [\"vault-ec\"]",
+            "keys = [\"alias/kms-ec\"]",
         );
-        env_with(&["vault", "kms"], &section);
     });
     p11()
 }

@@ -104,6 +104,44 @@ pub fn env_with(more_backends: &[&str], sections: &str) -> &'static Env {
     })
 }
 
+/// The unified token over hsm, vault and kms (in that order), with one key made outside the bridge in each remote
+/// backend (transit key `vault-ec`, KMS key aliased `alias/kms-ec`). `vault_keys` / `kms_keys` are each remote
+/// section's key selection (`keys = [...]` or `discover = true`); certificates are cached under
+/// target/test-env/TAG-PID/certs. The first call in a test binary decides (as for [`env_with`]).
+pub fn env_three_backends(tag: &str, vault_keys: &str, kms_keys: &str) -> &'static Env {
+    let b = bao::bao();
+    b.ok(&["secrets", "enable", "transit"]);
+    b.ok(&["write", "-f", "transit/keys/vault-ec", "type=ecdsa-p256"]);
+    let m = moto::moto();
+    m.create_key("kms-ec", "ECC_NIST_P256", "SIGN_VERIFY", &[]);
+    std::env::set_var("VAULT_TEST_TOKEN", bao::ROOT_TOKEN);
+    let certs = repo_root()
+        .join("target/test-env")
+        .join(format!("{tag}-{}", std::process::id()))
+        .join("certs");
+    let section = format!(
+        r#"
+[backend.vault]
+kind = "vault-transit"
+address = "{}"
+token = "env:VAULT_TEST_TOKEN"
+{vault_keys}
+cert_cache_dir = "{certs}"
+
+[backend.kms]
+kind = "aws-kms"
+region = "us-east-1"
+endpoint = "{}"
+{kms_keys}
+cert_cache_dir = "{certs}"
+"#,
+        b.addr,
+        m.url,
+        certs = certs.display()
+    );
+    env_with(&["vault", "kms"], &section)
+}
+
 /// Slot 0: the unified token over the upstream token `upstream`; slots 1..: every SoftHSM slot, mirrored.
 pub fn config_text() -> String {
     config_text_with(&[], "")
