@@ -183,6 +183,17 @@ pub unsafe fn template<'a>(
     if s.iter().any(|a| a.ulValueLen as u128 > MAX_LEN as u128) {
         return Err(bad());
     }
+    // A value pointer that is NULL with a length is no value: SoftHSM2 2.6.1 reads through it (a CK_BBOOL of a
+    // C_FindObjectsInit template: SIGSEGV, conformance/fuzz/crashes/). §5.1.6: an invalid attribute value.
+    if let Some(a) = s.iter().find(|a| a.pValue.is_null() && a.ulValueLen != 0) {
+        return Err(Error::with(
+            CKR_ATTRIBUTE_VALUE_INVALID,
+            format!(
+                "attribute 0x{:x} of the template has a NULL value pointer with a length of {}",
+                a.type_, a.ulValueLen
+            ),
+        ));
+    }
     Ok(Template::from_raw(s))
 }
 
