@@ -58,18 +58,18 @@ pub fn report() -> Result<String> {
             .all(|p| p.as_ref().is_none_or(|(_, problem)| problem.is_none()));
         ok &= pins_ok;
         let mut backends = Vec::new();
-        for member in &slot.members {
+        for backend in &slot.backends {
             let report = match &slot.kind {
-                SlotKind::Unified(_) => member.token.check(),
+                SlotKind::Unified(_) => backend.token.check(),
                 // A mirror slot logs in with the caller's PIN: the check reads what is public.
                 SlotKind::Mirror => {
                     let start = std::time::Instant::now();
                     let mut r = CheckReport {
-                        endpoint: member.token.endpoint(),
+                        endpoint: backend.token.endpoint(),
                         login: "by the application (mirror slot)".into(),
                         ..Default::default()
                     };
-                    if let Err(e) = member.token.token_info() {
+                    if let Err(e) = backend.token.token_info() {
                         r.problems.push(format!("token not available: {e}"));
                     }
                     r.latency_ms = start.elapsed().as_secs_f64() * 1000.0;
@@ -79,8 +79,8 @@ pub fn report() -> Result<String> {
             let b_ok = report.problems.is_empty();
             ok &= b_ok;
             backends.push(BackendReport {
-                name: member.name.clone(),
-                kind: member.kind,
+                name: backend.name.clone(),
+                kind: backend.kind,
                 ok: b_ok,
                 report,
             });

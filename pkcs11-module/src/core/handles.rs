@@ -6,7 +6,7 @@ use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Which backend of the token holds an object (its position in the slot's member list) and its reference there.
+/// Which backend of the token holds an object (its position in the slot's backend list) and its reference there.
 pub type Located = (usize, ObjRef);
 
 pub enum Handles {

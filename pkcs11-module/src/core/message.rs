@@ -22,7 +22,7 @@ use p11bridge_backends::{Error, Mechanism, ObjRef, OpKind, Out, Result};
 
 /// An active message-based operation of a session.
 pub struct MessageOp {
-    /// The member holding the key, and the key.
+    /// The backend holding the key, and the key.
     pos: usize,
     key: ObjRef,
     /// For `CKG_GENERATE_COUNTER`.
@@ -110,7 +110,7 @@ impl Module {
                 CKR_KEY_FUNCTION_NOT_PERMITTED,
                 format!(
                     "backend \"{}\" has no CKM_AES_GCM for message-based encryption",
-                    slot.members[pos].name
+                    slot.backends[pos].name
                 ),
             ));
         }
@@ -123,7 +123,7 @@ impl Module {
         let mut params = gcm_params(&mut iv, &[], 16);
         // SAFETY: `params` and `iv` live until the end of this function.
         let m = unsafe { Mechanism::from_raw(gcm_mechanism(&mut params)) }?;
-        let bs = inner.member(slot, s.rw, pos)?;
+        let bs = inner.backend(slot, s.rw, pos)?;
         bs.op_init(kind, &m, Some(obj)).map_err(|e| {
             if e.rv() == CKR_OBJECT_HANDLE_INVALID {
                 Error::new(CKR_KEY_HANDLE_INVALID)
@@ -207,7 +207,7 @@ impl Module {
         let mut params = gcm_params(p.iv, aad, tag_len);
         // SAFETY: `params` and the caller's IV/AAD live for this call.
         let m = unsafe { Mechanism::from_raw(gcm_mechanism(&mut params)) }?;
-        let bs = inner.member(slot, s.rw, pos)?;
+        let bs = inner.backend(slot, s.rw, pos)?;
         bs.op_init(kind, &m, Some(key))?;
         if kind == OpKind::Encrypt {
             let mut buf = zeroize::Zeroizing::new(vec![0u8; input.len() + tag_len]);

@@ -1,5 +1,5 @@
 //! The token core: global state, slots and tokens, sessions, login, handles, operation routing.
-//! It knows the `Backend` trait only; `p11bridge_backends::build` is the one place concrete backends are made.
+//! It knows the `Backend` trait only; `p11bridge_backends::build_with` is the one place concrete backends are made.
 
 pub mod audit;
 pub mod check;
@@ -294,7 +294,7 @@ impl Module {
                 event,
                 token: &token,
                 backend: member
-                    .and_then(|m| slot.members.get(m))
+                    .and_then(|m| slot.backends.get(m))
                     .map(|m| m.name.as_str()),
                 member: served_by,
                 object,

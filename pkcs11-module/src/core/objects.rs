@@ -1,4 +1,4 @@
-//! Login, object search, attributes and object management, routed to the member that holds each object.
+//! Login, object search, attributes and object management, routed to the backend that holds each object.
 
 use super::slot::{Slot, SlotKind};
 use super::Module;
@@ -8,35 +8,35 @@ use p11bridge_backends::{combine_attr_rv, fill_attr, Error, Result, Template};
 
 /// A template on its way to a backend: the caller's own when it holds none of p11bridge's attributes (the common
 /// case: no copy, NULL stays NULL), else a copy without them (the values stay the caller's).
-pub(super) enum Passed<'a> {
+pub(super) enum BackendTemplate<'a> {
     Same(Template<'a>),
     Stripped(Vec<CK_ATTRIBUTE>),
 }
 
-impl<'a> Passed<'a> {
+impl<'a> BackendTemplate<'a> {
     pub(super) fn new(t: Template<'a>) -> Self {
         if t.raw().iter().any(|a| is_bridge_attribute(a.type_)) {
-            Passed::Stripped(t.without(|a| !is_bridge_attribute(a.type_)))
+            BackendTemplate::Stripped(t.without(|a| !is_bridge_attribute(a.type_)))
         } else {
-            Passed::Same(t)
+            BackendTemplate::Same(t)
         }
     }
 
     pub(super) fn get(&self) -> Template<'_> {
         match self {
-            Passed::Same(t) => *t,
+            BackendTemplate::Same(t) => *t,
             // SAFETY: the same caller-owned attribute values as the original template.
-            Passed::Stripped(v) => unsafe { Template::from_raw(v) },
+            BackendTemplate::Stripped(v) => unsafe { Template::from_raw(v) },
         }
     }
 }
 
-/// Which member a template names with `CKA_P11BRIDGE_BACKEND`, if any.
-pub(crate) fn named_member(slot: &Slot, t: Template) -> Result<Option<usize>> {
+/// Which backend a template names with `CKA_P11BRIDGE_BACKEND`, if any.
+pub(crate) fn named_backend(slot: &Slot, t: Template) -> Result<Option<usize>> {
     let Some(name) = t.value(CKA_P11BRIDGE_BACKEND)? else {
         return Ok(None);
     };
-    slot.members
+    slot.backends
         .iter()
         .position(|m| m.name.as_bytes() == name)
         .map(Some)
@@ -142,7 +142,7 @@ impl Module {
         let (s, slot) = self.session_slot(h)?;
         if let SlotKind::Mirror = slot.kind {
             let mut inner = s.lock();
-            let bs = inner.member(slot, s.rw, 0)?;
+            let bs = inner.backend(slot, s.rw, 0)?;
             match username {
                 Some(n) => bs.login_user(user, pin, n)?,
                 None => bs.login(user, pin)?,
@@ -170,7 +170,7 @@ impl Module {
                 .next()
                 .copied()
                 .ok_or(Error::new(CKR_OPERATION_NOT_INITIALIZED))?;
-            return inner.member(slot, s.rw, pos)?.context_login_configured();
+            return inner.backend(slot, s.rw, pos)?.context_login_configured();
         }
         {
             let mut st = slot.state.lock();
@@ -185,7 +185,7 @@ impl Module {
             slot.check_pin(user, pin)?;
             st.user = Some(user);
             // Under the state lock: a logout of the last session closing meanwhile must not undo it.
-            slot.login_members(user);
+            slot.login_backends(user);
         }
         Ok(())
     }
@@ -209,7 +209,7 @@ impl Module {
             // The upstream decides, logged in or not (SoftHSM2 answers CKR_OK to a second C_Logout, and
             // applications call it in clean-up paths).
             let mut inner = s.lock();
-            inner.member(slot, s.rw, 0)?.logout()?;
+            inner.backend(slot, s.rw, 0)?.logout()?;
             slot.state.lock().user = None;
             return Ok(());
         }
@@ -218,7 +218,7 @@ impl Module {
         }
         let mut st = slot.state.lock();
         st.user = None;
-        slot.logout_members();
+        slot.logout_backends();
         drop(st);
         Ok(())
     }
@@ -227,7 +227,7 @@ impl Module {
     pub fn init_pin(&self, h: CK_SESSION_HANDLE, pin: Option<&[u8]>) -> Result<()> {
         let (s, slot) = self.session_slot(h)?;
         match slot.kind {
-            SlotKind::Mirror => s.lock().member(slot, s.rw, 0)?.init_pin(pin),
+            SlotKind::Mirror => s.lock().backend(slot, s.rw, 0)?.init_pin(pin),
             SlotKind::Unified(_) => Err(Error::with(
                 CKR_FUNCTION_NOT_SUPPORTED,
                 "the unified token's PIN is set in the configuration",
@@ -244,7 +244,7 @@ impl Module {
     ) -> Result<()> {
         let (s, slot) = self.session_slot(h)?;
         match slot.kind {
-            SlotKind::Mirror => s.lock().member(slot, s.rw, 0)?.set_pin(old, new),
+            SlotKind::Mirror => s.lock().backend(slot, s.rw, 0)?.set_pin(old, new),
             SlotKind::Unified(_) => Err(Error::with(
                 CKR_FUNCTION_NOT_SUPPORTED,
                 "the unified token's PIN is set in the configuration",
@@ -252,7 +252,7 @@ impl Module {
         }
     }
 
-    /// `C_FindObjectsInit`: the search runs now on every member; `C_FindObjects` hands out the results.
+    /// `C_FindObjectsInit`: the search runs now on every backend of the slot; `C_FindObjects` hands out the results.
     pub fn find_init(&self, h: CK_SESSION_HANDLE, template: Template) -> Result<()> {
         let (s, slot) = self.session_slot(h)?;
         let mut inner = s.lock();
@@ -262,27 +262,27 @@ impl Module {
         let mut handles = Vec::new();
         if let SlotKind::Mirror = slot.kind {
             handles = inner
-                .member(slot, s.rw, 0)?
+                .backend(slot, s.rw, 0)?
                 .find(template)?
                 .into_iter()
                 .map(|o| o as CK_OBJECT_HANDLE)
                 .collect();
         } else {
-            let only = named_member(slot, template)?;
-            let passed = Passed::new(template);
-            let t = passed.get();
+            let only = named_backend(slot, template)?;
+            let for_backend = BackendTemplate::new(template);
+            let t = for_backend.get();
             let mut first_err = None;
             let mut any_ok = false;
-            for pos in 0..slot.members.len() {
+            for pos in 0..slot.backends.len() {
                 if only.is_some_and(|o| o != pos) {
                     continue;
                 }
-                match inner.member(slot, s.rw, pos).and_then(|bs| bs.find(t)) {
+                match inner.backend(slot, s.rw, pos).and_then(|bs| bs.find(t)) {
                     Ok(mut found) => {
                         any_ok = true;
                         if let Some(u) = slot.unified() {
                             if !u.key_types.is_empty() || !u.labels.is_empty() {
-                                let bs = inner.member(slot, s.rw, pos)?;
+                                let bs = inner.backend(slot, s.rw, pos)?;
                                 found.retain(|o| in_view(u, bs, *o));
                             }
                         }
@@ -290,8 +290,8 @@ impl Module {
                     }
                     Err(e) => {
                         // Never silent: the application sees fewer objects, the person sees why.
-                        slot.member_trouble(
-                            &slot.members[pos],
+                        slot.backend_trouble(
+                            &slot.backends[pos],
                             &format!("cannot list its keys: {e}"),
                             "its keys are not on token",
                         );
@@ -346,7 +346,7 @@ impl Module {
             .resolve(obj)
             .ok_or(Error::new(CKR_OBJECT_HANDLE_INVALID))?;
         let mut inner = s.lock();
-        let bs = inner.member(slot, s.rw, pos)?;
+        let bs = inner.backend(slot, s.rw, pos)?;
         let ours =
             slot.unified().is_some() && template.iter().any(|a| is_bridge_attribute(a.type_));
         if !ours {
@@ -377,7 +377,7 @@ impl Module {
                 continue;
             }
             // The one attribute the core answers: CKA_P11BRIDGE_BACKEND.
-            rv = combine_attr_rv(rv, fill_attr(a, slot.members[pos].name.as_bytes()));
+            rv = combine_attr_rv(rv, fill_attr(a, slot.backends[pos].name.as_bytes()));
         }
         Ok(rv)
     }
@@ -398,26 +398,26 @@ impl Module {
             return Err(Error::new(CKR_ATTRIBUTE_READ_ONLY));
         }
         let mut inner = s.lock();
-        let bs = inner.member(slot, s.rw, pos)?;
+        let bs = inner.backend(slot, s.rw, pos)?;
         if super::keycheck::touches_ec(&t) {
             super::keycheck::check(&t, object_is_ec(bs, o))?;
         }
         bs.set_attributes(o, t)
     }
 
-    /// `C_CreateObject`: on the member the template names, else the slot's default.
+    /// `C_CreateObject`: on the backend the template names, else the slot's default.
     pub fn create_object(&self, h: CK_SESSION_HANDLE, t: Template) -> Result<CK_OBJECT_HANDLE> {
         let (s, slot) = self.session_slot(h)?;
-        let pos = self.target_member(slot, &[t])?;
+        let pos = self.target_backend(slot, &[t])?;
         super::keycheck::check(&t, None)?;
-        let passed = Passed::new(t);
-        let st = passed.get();
+        let for_backend = BackendTemplate::new(t);
+        let st = for_backend.get();
         let mut inner = s.lock();
-        let o = inner.member(slot, s.rw, pos)?.create_object(st)?;
+        let o = inner.backend(slot, s.rw, pos)?.create_object(st)?;
         Ok(self.adopt(slot, &mut inner, pos, o, is_session_object(t)))
     }
 
-    /// `C_CopyObject`: on the member that holds the original.
+    /// `C_CopyObject`: on the backend that holds the original.
     pub fn copy_object(
         &self,
         h: CK_SESSION_HANDLE,
@@ -430,7 +430,7 @@ impl Module {
             .resolve(obj)
             .ok_or(Error::new(CKR_OBJECT_HANDLE_INVALID))?;
         if slot.unified().is_some() {
-            if let Some(p) = named_member(slot, t)? {
+            if let Some(p) = named_backend(slot, t)? {
                 if p != pos {
                     return Err(Error::with(
                         CKR_TEMPLATE_INCONSISTENT,
@@ -439,10 +439,10 @@ impl Module {
                 }
             }
         }
-        let passed = Passed::new(t);
-        let st = passed.get();
+        let for_backend = BackendTemplate::new(t);
+        let st = for_backend.get();
         let mut inner = s.lock();
-        let bs = inner.member(slot, s.rw, pos)?;
+        let bs = inner.backend(slot, s.rw, pos)?;
         if super::keycheck::touches_ec(&t) {
             super::keycheck::check(&t, object_is_ec(bs, o))?;
         }
@@ -463,11 +463,11 @@ impl Module {
         let started = std::time::Instant::now();
         let info = self.audit.as_ref().and_then(|_| {
             inner
-                .member(slot, s.rw, pos)
+                .backend(slot, s.rw, pos)
                 .ok()
                 .map(|bs| super::audit::describe(bs, o))
         });
-        let r = inner.member(slot, s.rw, pos)?.destroy_object(o);
+        let r = inner.backend(slot, s.rw, pos)?.destroy_object(o);
         if let Some(info) = &info {
             let rv = r.as_ref().map_or_else(|e| e.rv(), |_| CKR_OK);
             self.audit(
@@ -495,7 +495,7 @@ impl Module {
             .resolve(obj)
             .ok_or(Error::new(CKR_OBJECT_HANDLE_INVALID))?;
         let mut inner = s.lock();
-        let r = inner.member(slot, s.rw, pos)?.object_size(o);
+        let r = inner.backend(slot, s.rw, pos)?.object_size(o);
         r
     }
 
@@ -510,7 +510,7 @@ impl Module {
         session_object: bool,
     ) -> CK_OBJECT_HANDLE {
         if self.audit.is_some() {
-            if let Ok(bs) = inner.member(slot, false, pos) {
+            if let Ok(bs) = inner.backend(slot, false, pos) {
                 let info = super::audit::describe(bs, obj);
                 self.audit(
                     slot,
@@ -531,14 +531,14 @@ impl Module {
         handle
     }
 
-    /// The member new objects go to: named by `CKA_P11BRIDGE_BACKEND` in any of the templates, else the default.
-    pub(super) fn target_member(&self, slot: &Slot, templates: &[Template]) -> Result<usize> {
+    /// The backend new objects go to: named by `CKA_P11BRIDGE_BACKEND` in any of the templates, else the default.
+    pub(super) fn target_backend(&self, slot: &Slot, templates: &[Template]) -> Result<usize> {
         let Some(u) = slot.unified() else {
             return Ok(0);
         };
         let mut chosen = None;
         for t in templates {
-            if let Some(p) = named_member(slot, *t)? {
+            if let Some(p) = named_backend(slot, *t)? {
                 if chosen.is_some_and(|c| c != p) {
                     return Err(Error::with(
                         CKR_TEMPLATE_INCONSISTENT,
@@ -548,6 +548,6 @@ impl Module {
                 chosen = Some(p);
             }
         }
-        Ok(chosen.unwrap_or(u.default_member))
+        Ok(chosen.unwrap_or(u.default_backend))
     }
 }

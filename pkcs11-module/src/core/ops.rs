@@ -1,9 +1,9 @@
-//! Cryptographic operations, key management and random numbers, routed to the member that holds the key.
+//! Cryptographic operations, key management and random numbers, routed to the backend that holds the key.
 //!
 //! Operation state follows the spec (§5.2): an operation stays active after a length query or
 //! `CKR_BUFFER_TOO_SMALL`, and ends on success or any other error.
 
-use super::objects::{is_session_object, Passed};
+use super::objects::{is_session_object, BackendTemplate};
 use super::slot::SlotKind;
 use super::Module;
 use cryptoki_sys::*;
@@ -63,10 +63,10 @@ fn contained<T>(
                 .map(|s| s.to_string())
                 .or_else(|| p.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
-            tracing::error!(backend = %slot.members[pos].name, "internal error in an operation (panic caught): {msg}");
+            tracing::error!(backend = %slot.backends[pos].name, "internal error in an operation (panic caught): {msg}");
             for k in kinds {
                 let _ = catch_unwind(AssertUnwindSafe(|| {
-                    inner.member(slot, rw, pos).and_then(|bs| bs.op_cancel(*k))
+                    inner.backend(slot, rw, pos).and_then(|bs| bs.op_cancel(*k))
                 }));
             }
             Err(Error::with(
@@ -104,7 +104,7 @@ impl Module {
         if let Some((info, mech)) = inner.audit_ops[kind as usize].take() {
             let rv = r.as_ref().map_or_else(|e| e.rv(), |_| CKR_OK);
             let served_by = inner
-                .member(slot, false, pos)
+                .backend(slot, false, pos)
                 .ok()
                 .and_then(|bs| bs.served_by().map(str::to_owned));
             self.audit_served(
@@ -134,7 +134,7 @@ impl Module {
         let k = kind as usize;
         let Some(mech) = mech else {
             return match inner.ops[k].take() {
-                Some(pos) => inner.member(slot, s.rw, pos)?.op_cancel(kind),
+                Some(pos) => inner.backend(slot, s.rw, pos)?.op_cancel(kind),
                 None => Err(Error::new(CKR_ARGUMENTS_BAD)),
             };
         };
@@ -149,7 +149,7 @@ impl Module {
                     .ok_or(Error::new(CKR_KEY_HANDLE_INVALID))?;
                 (p, Some(o))
             }
-            None => (slot.member_for_mechanism(mech.mech_type())?, None),
+            None => (slot.backend_for_mechanism(mech.mech_type())?, None),
         };
         let started = std::time::Instant::now();
         // A hash-and-sign mechanism this key's backend lacks, while it has the raw one: hash here, sign there.
@@ -172,19 +172,19 @@ impl Module {
                 };
                 // SAFETY: the caller's parameter block, valid for this call.
                 let bm = unsafe { Mechanism::from_raw(raw) }?;
-                let r = inner.member(slot, s.rw, pos)?.op_init(kind, &bm, obj);
+                let r = inner.backend(slot, s.rw, pos)?.op_init(kind, &bm, obj);
                 if r.is_ok() {
                     inner.emulated[k] = Some(e);
                 }
                 key_handle_rv(r, CKR_KEY_HANDLE_INVALID)
             }
             None => key_handle_rv(
-                inner.member(slot, s.rw, pos)?.op_init(kind, &mech, obj),
+                inner.backend(slot, s.rw, pos)?.op_init(kind, &mech, obj),
                 CKR_KEY_HANDLE_INVALID,
             ),
         };
         if let (Some(_), Some(o)) = (&self.audit, obj) {
-            let info = super::audit::describe(inner.member(slot, s.rw, pos)?, o);
+            let info = super::audit::describe(inner.backend(slot, s.rw, pos)?, o);
             match &r {
                 Ok(()) => inner.audit_ops[k] = Some((info, mech.mech_type())),
                 Err(e) => self.audit(
@@ -226,8 +226,8 @@ impl Module {
         let r = contained(&mut inner, slot, s.rw, pos, &[kind], |inner| {
             match inner.emulated[k].as_ref().map(|e| e.input(input)) {
                 // Emulated hash-and-sign: the backend signs the digest with the raw mechanism, single-part.
-                Some(raw) => inner.member(slot, s.rw, pos)?.op_single(kind, &raw, out),
-                None => inner.member(slot, s.rw, pos)?.op_single(kind, input, out),
+                Some(raw) => inner.backend(slot, s.rw, pos)?.op_single(kind, &raw, out),
+                None => inner.backend(slot, s.rw, pos)?.op_single(kind, input, out),
             }
         });
         if !keeps_going(&r, len_query) {
@@ -256,7 +256,7 @@ impl Module {
                     e.update(input);
                     Ok(0)
                 }
-                None => inner.member(slot, s.rw, pos)?.op_update(kind, input, out),
+                None => inner.backend(slot, s.rw, pos)?.op_update(kind, input, out),
             }
         });
         if !update_keeps_going(&r) {
@@ -276,8 +276,8 @@ impl Module {
         let len_query = out.is_none();
         let r = contained(&mut inner, slot, s.rw, pos, &[kind], |inner| {
             match inner.emulated[k].as_ref().map(|e| e.input(&[])) {
-                Some(raw) => inner.member(slot, s.rw, pos)?.op_single(kind, &raw, out),
-                None => inner.member(slot, s.rw, pos)?.op_final(kind, out),
+                Some(raw) => inner.backend(slot, s.rw, pos)?.op_single(kind, &raw, out),
+                None => inner.backend(slot, s.rw, pos)?.op_final(kind, out),
             }
         });
         if !keeps_going(&r, len_query) {
@@ -303,7 +303,7 @@ impl Module {
             .as_ref()
             .map(|e| e.input(data.unwrap_or(&[])));
         let r = contained(&mut inner, slot, s.rw, pos, &[OpKind::Verify], |inner| {
-            let bs = inner.member(slot, s.rw, pos)?;
+            let bs = inner.backend(slot, s.rw, pos)?;
             match (emulated, data) {
                 (Some(raw), _) => bs.verify(&raw, signature),
                 (None, Some(d)) => bs.verify(d, signature),
@@ -339,7 +339,7 @@ impl Module {
             ));
         }
         let r = key_handle_rv(
-            inner.member(slot, s.rw, pos)?.digest_key(ko),
+            inner.backend(slot, s.rw, pos)?.digest_key(ko),
             CKR_KEY_HANDLE_INVALID,
         );
         if r.is_err() {
@@ -348,7 +348,7 @@ impl Module {
         r
     }
 
-    /// The dual-function updates: both operations must be active on the same member.
+    /// The dual-function updates: both operations must be active on the same backend.
     pub fn dual_update(
         &self,
         h: CK_SESSION_HANDLE,
@@ -371,7 +371,9 @@ impl Module {
             _ => return Err(Error::new(CKR_OPERATION_NOT_INITIALIZED)),
         };
         let r = contained(&mut inner, slot, s.rw, pos, &[a, b], |inner| {
-            inner.member(slot, s.rw, pos)?.dual_update(kind, input, out)
+            inner
+                .backend(slot, s.rw, pos)?
+                .dual_update(kind, input, out)
         });
         if !update_keeps_going(&r) {
             inner.ops[a as usize] = None;
@@ -394,7 +396,7 @@ impl Module {
         }
         let mut inner = s.lock();
         if let Some(pos) = inner.ops[kind as usize].take() {
-            if let Ok(bs) = inner.member(slot, s.rw, pos) {
+            if let Ok(bs) = inner.backend(slot, s.rw, pos) {
                 let _ = bs.op_cancel(kind);
             }
         }
@@ -412,7 +414,7 @@ impl Module {
                 continue;
             }
             if let Some(pos) = inner.ops[kind as usize].take() {
-                inner.member(slot, s.rw, pos)?.op_cancel(kind)?;
+                inner.backend(slot, s.rw, pos)?.op_cancel(kind)?;
             }
         }
         Ok(())
@@ -422,7 +424,7 @@ impl Module {
     pub fn get_operation_state(&self, h: CK_SESSION_HANDLE, out: Out) -> Result<usize> {
         let (s, slot) = self.session_slot(h)?;
         match slot.kind {
-            SlotKind::Mirror => s.lock().member(slot, s.rw, 0)?.get_operation_state(out),
+            SlotKind::Mirror => s.lock().backend(slot, s.rw, 0)?.get_operation_state(out),
             SlotKind::Unified(_) => Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED)),
         }
     }
@@ -441,7 +443,7 @@ impl Module {
                 let opt = |x: CK_OBJECT_HANDLE| (x != 0).then_some(x);
                 let mut inner = s.lock();
                 inner
-                    .member(slot, s.rw, 0)?
+                    .backend(slot, s.rw, 0)?
                     .set_operation_state(state, opt(enc), opt(auth))?;
                 // The restored state may hold any operation: let the upstream decide from now on.
                 inner.ops = [Some(0); 7];
@@ -459,11 +461,11 @@ impl Module {
         t: Template,
     ) -> Result<CK_OBJECT_HANDLE> {
         let (s, slot) = self.session_slot(h)?;
-        let pos = self.target_member(slot, &[t])?;
-        let passed = Passed::new(t);
-        let st = passed.get();
+        let pos = self.target_backend(slot, &[t])?;
+        let for_backend = BackendTemplate::new(t);
+        let st = for_backend.get();
         let mut inner = s.lock();
-        let o = inner.member(slot, s.rw, pos)?.generate_key(&mech, st)?;
+        let o = inner.backend(slot, s.rw, pos)?.generate_key(&mech, st)?;
         Ok(self.adopt(slot, &mut inner, pos, o, is_session_object(t)))
     }
 
@@ -480,12 +482,12 @@ impl Module {
         let ec = Some(mech.mech_type() == CKM_EC_KEY_PAIR_GEN);
         super::keycheck::check(&public, ec)?;
         super::keycheck::check(&private, ec)?;
-        let pos = self.target_member(slot, &[public, private])?;
-        let (sp, ss) = (Passed::new(public), Passed::new(private));
+        let pos = self.target_backend(slot, &[public, private])?;
+        let (sp, ss) = (BackendTemplate::new(public), BackendTemplate::new(private));
         let (tp, ts) = (sp.get(), ss.get());
         let mut inner = s.lock();
         let (op, os) = inner
-            .member(slot, s.rw, pos)?
+            .backend(slot, s.rw, pos)?
             .generate_key_pair(&mech, tp, ts)?;
         let hp = self.adopt(slot, &mut inner, pos, op, is_session_object(public));
         let hs = self.adopt(slot, &mut inner, pos, os, is_session_object(private));
@@ -516,19 +518,19 @@ impl Module {
         let len_query = out.is_none();
         let r = if wp == kp {
             key_handle_rv(
-                inner.member(slot, s.rw, wp)?.wrap_key(&mech, wo, ko, out),
+                inner.backend(slot, s.rw, wp)?.wrap_key(&mech, wo, ko, out),
                 CKR_KEY_HANDLE_INVALID,
             )
         } else {
             // Envelope wrapping across backends: the key's value leaves its backend (only if it is extractable and
             // readable) and is encrypted under the wrapping key by the other backend.
-            let value = inner.member(slot, s.rw, kp)?.export_value(ko)?;
+            let value = inner.backend(slot, s.rw, kp)?.export_value(ko)?;
             inner
-                .member(slot, s.rw, wp)?
+                .backend(slot, s.rw, wp)?
                 .wrap_value(&mech, wo, &value, out)
         };
         if self.audit.is_some() && !len_query {
-            let info = super::audit::describe(inner.member(slot, s.rw, kp)?, ko);
+            let info = super::audit::describe(inner.backend(slot, s.rw, kp)?, ko);
             let rv = r.as_ref().map_or_else(|e| e.rv(), |_| CKR_OK);
             self.audit(
                 slot,
@@ -560,18 +562,18 @@ impl Module {
             .resolve(unwrapping)
             .ok_or(Error::new(CKR_UNWRAPPING_KEY_HANDLE_INVALID))?;
         let named = match slot.unified() {
-            Some(_) => super::objects::named_member(slot, t)?,
+            Some(_) => super::objects::named_backend(slot, t)?,
             None => None,
         };
         super::keycheck::check(&t, None)?;
-        let passed = Passed::new(t);
-        let st = passed.get();
+        let for_backend = BackendTemplate::new(t);
+        let st = for_backend.get();
         let mut inner = s.lock();
         // Envelope unwrapping across backends: the unwrapping key's backend decrypts the value, and the key is
         // created in the target backend.
         let envelope = |inner: &mut super::session::Inner, target: usize| -> Result<u64> {
             let value = inner
-                .member(slot, s.rw, pos)?
+                .backend(slot, s.rw, pos)?
                 .unwrap_value(&mech, uo, wrapped)?;
             let mut with_value: Vec<CK_ATTRIBUTE> = st
                 .raw()
@@ -586,14 +588,14 @@ impl Module {
             });
             // SAFETY: the caller's attribute values plus `value`, all alive for this call.
             let tv = unsafe { Template::from_raw(&with_value) };
-            inner.member(slot, s.rw, target)?.create_object(tv)
+            inner.backend(slot, s.rw, target)?.create_object(tv)
         };
-        let default = slot.unified().map_or(pos, |u| u.default_member);
+        let default = slot.unified().map_or(pos, |u| u.default_backend);
         let (target, o) = match named {
             Some(target) if target != pos => (target, envelope(&mut inner, target)?),
             _ => match key_handle_rv(
                 inner
-                    .member(slot, s.rw, pos)?
+                    .backend(slot, s.rw, pos)?
                     .unwrap_key(&mech, uo, wrapped, st),
                 CKR_UNWRAPPING_KEY_HANDLE_INVALID,
             ) {
@@ -640,11 +642,11 @@ impl Module {
         } else {
             mech
         };
-        let passed = Passed::new(t);
-        let st = passed.get();
+        let for_backend = BackendTemplate::new(t);
+        let st = for_backend.get();
         let mut inner = s.lock();
         let o = key_handle_rv(
-            inner.member(slot, s.rw, pos)?.derive_key(&mech, bo, st),
+            inner.backend(slot, s.rw, pos)?.derive_key(&mech, bo, st),
             CKR_KEY_HANDLE_INVALID,
         )?;
         Ok(self.adopt(slot, &mut inner, pos, o, is_session_object(t)))
@@ -655,23 +657,23 @@ impl Module {
         let (s, slot) = self.session_slot(h)?;
         let pos = match &slot.kind {
             SlotKind::Mirror => Some(0),
-            SlotKind::Unified(u) => u.rng_member,
+            SlotKind::Unified(u) => u.rng_backend,
         };
         match pos {
-            Some(p) => s.lock().member(slot, s.rw, p)?.seed_random(seed),
+            Some(p) => s.lock().backend(slot, s.rw, p)?.seed_random(seed),
             None => Err(Error::new(CKR_RANDOM_SEED_NOT_SUPPORTED)),
         }
     }
 
-    /// `C_GenerateRandom`: from the member with an RNG, else from the operating system.
+    /// `C_GenerateRandom`: from the backend with an RNG, else from the operating system.
     pub fn generate_random(&self, h: CK_SESSION_HANDLE, out: &mut [u8]) -> Result<()> {
         let (s, slot) = self.session_slot(h)?;
         let pos = match &slot.kind {
             SlotKind::Mirror => Some(0),
-            SlotKind::Unified(u) => u.rng_member,
+            SlotKind::Unified(u) => u.rng_backend,
         };
         match pos {
-            Some(p) => s.lock().member(slot, s.rw, p)?.generate_random(out),
+            Some(p) => s.lock().backend(slot, s.rw, p)?.generate_random(out),
             None => os_random(out),
         }
     }

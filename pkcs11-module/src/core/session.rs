@@ -1,5 +1,5 @@
 //! Sessions: one mutex each, so different sessions never wait for one another; a bridge session lazily owns one
-//! backend session per member it touches.
+//! backend session per slot backend it touches.
 
 use super::slot::{Slot, SlotKind};
 use cryptoki_sys::*;
@@ -15,9 +15,9 @@ pub struct Session {
 }
 
 pub struct Inner {
-    /// Backend sessions, by member position (opened on first use).
-    members: Vec<Option<Box<dyn BackendSession>>>,
-    /// For each `OpKind`, the member running that operation.
+    /// Backend sessions, by the position of their backend in the slot (opened on first use).
+    backend_sessions: Vec<Option<Box<dyn BackendSession>>>,
+    /// For each `OpKind`, the backend running that operation.
     pub ops: [Option<usize>; 7],
     /// Results of `C_FindObjectsInit`, handed out by `C_FindObjects`.
     pub find: Option<Find>,
@@ -39,8 +39,8 @@ pub struct Find {
 
 impl Session {
     pub fn open(handle: CK_SESSION_HANDLE, slot: &Slot, rw: bool) -> Result<Session> {
-        let mut members: Vec<Option<Box<dyn BackendSession>>> =
-            (0..slot.members.len()).map(|_| None).collect();
+        let mut backend_sessions: Vec<Option<Box<dyn BackendSession>>> =
+            (0..slot.backends.len()).map(|_| None).collect();
         {
             let st = slot.state.lock();
             if let SlotKind::Unified(u) = &slot.kind {
@@ -56,7 +56,7 @@ impl Session {
         }
         if let SlotKind::Mirror = slot.kind {
             // The upstream decides (token present, session limits, SO rules), so open it now.
-            members[0] = Some(slot.members[0].token.open_session(rw)?);
+            backend_sessions[0] = Some(slot.backends[0].token.open_session(rw)?);
         }
         let mut st = slot.state.lock();
         if rw {
@@ -69,7 +69,7 @@ impl Session {
             slot: slot.index,
             rw,
             inner: Mutex::new(Inner {
-                members,
+                backend_sessions,
                 ops: [None; 7],
                 find: None,
                 session_objects: Vec::new(),
@@ -92,7 +92,10 @@ impl Session {
             return;
         }
         inner.closed = true;
-        inner.members.iter_mut().for_each(|m| drop(m.take()));
+        inner
+            .backend_sessions
+            .iter_mut()
+            .for_each(|m| drop(m.take()));
         for h in inner.session_objects.drain(..) {
             slot.handles.forget(h);
         }
@@ -107,7 +110,7 @@ impl Session {
             st.user = None;
             // Under the state lock: a login racing with this logout must not be undone by it.
             if slot.unified().is_some() {
-                slot.logout_members();
+                slot.logout_backends();
             }
         }
     }
@@ -136,19 +139,24 @@ impl Session {
 }
 
 impl Inner {
-    /// The backend session of member `pos`, opened on first use.
-    pub fn member(&mut self, slot: &Slot, rw: bool, pos: usize) -> Result<&mut dyn BackendSession> {
+    /// The backend session of the slot's backend `pos`, opened on first use.
+    pub fn backend(
+        &mut self,
+        slot: &Slot,
+        rw: bool,
+        pos: usize,
+    ) -> Result<&mut dyn BackendSession> {
         if self.closed {
             return Err(Error::new(CKR_SESSION_CLOSED));
         }
         let m = self
-            .members
+            .backend_sessions
             .get_mut(pos)
             .ok_or(Error::new(CKR_GENERAL_ERROR))?;
         if m.is_none() {
-            let member = &slot.members[pos];
-            let bs = member.token.open_session(rw).map_err(|e| {
-                tracing::warn!(backend = %member.name, error = %e, "cannot open backend session");
+            let backend = &slot.backends[pos];
+            let bs = backend.token.open_session(rw).map_err(|e| {
+                tracing::warn!(backend = %backend.name, error = %e, "cannot open backend session");
                 e
             })?;
             *m = Some(bs);

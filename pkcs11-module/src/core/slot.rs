@@ -9,8 +9,8 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// One backend feeding a slot.
-pub struct Member {
+/// One backend feeding a slot ("member" is kept for the members of an HA group, in backends/).
+pub struct SlotBackend {
     pub name: String,
     /// The backend's `kind` (for messages).
     pub kind: &'static str,
@@ -19,7 +19,7 @@ pub struct Member {
 
 pub enum SlotKind {
     Unified(Box<Unified>),
-    /// The upstream slot is `members[0]`.
+    /// The upstream slot is `backends[0]`.
     Mirror,
 }
 
@@ -28,16 +28,16 @@ pub struct Unified {
     pub serial: String,
     user_pin: SecretRef,
     so_pin: Option<SecretRef>,
-    pub default_member: usize,
+    pub default_backend: usize,
     pub allow_init_token: bool,
     pub max_sessions: Option<usize>,
     pub max_rw_sessions: Option<usize>,
-    /// Union of the members' mechanisms, in the order the members list them: merged info and the members that
+    /// Union of the backends' mechanisms, in the order the backends list them: merged info and the backends that
     /// offer each.
     pub mechanisms: Vec<(CK_MECHANISM_TYPE, CK_MECHANISM_INFO, Vec<usize>)>,
     mechanism_index: HashMap<CK_MECHANISM_TYPE, usize>,
-    /// The first member with a random number generator (else the operating system's is used).
-    pub rng_member: Option<usize>,
+    /// The first backend with a random number generator (else the operating system's is used).
+    pub rng_backend: Option<usize>,
     /// A view's filters (empty: everything).
     pub key_types: Vec<CK_KEY_TYPE>,
     pub labels: Vec<String>,
@@ -83,7 +83,7 @@ impl Unified {
         self.so_pin.as_ref().map(pin_status)
     }
 
-    /// Whether member `pos` offers the mechanism itself.
+    /// Whether backend `pos` offers the mechanism itself.
     pub fn offers(&self, pos: usize, mech: CK_MECHANISM_TYPE) -> bool {
         self.mechanism(mech).is_some_and(|m| m.2.contains(&pos))
     }
@@ -111,7 +111,7 @@ pub struct Slot {
     /// Position in `Module::slots` (equal to `id`).
     pub index: usize,
     pub kind: SlotKind,
-    pub members: Vec<Member>,
+    pub backends: Vec<SlotBackend>,
     pub handles: Handles,
     pub state: Mutex<TokenState>,
 }
@@ -121,12 +121,12 @@ impl Slot {
     pub fn build(
         i: usize,
         sc: &SlotConfig,
-        backends: &HashMap<String, Arc<dyn Backend>>,
+        built: &HashMap<String, Arc<dyn Backend>>,
         first_id: CK_SLOT_ID,
     ) -> Result<Vec<Slot>> {
         let at = format!("slot[{i}]");
         let get = |name: &str| {
-            backends.get(name).cloned().ok_or_else(|| {
+            built.get(name).cloned().ok_or_else(|| {
                 Error::with(
                     CKR_GENERAL_ERROR,
                     format!("{at}: backend {name} is not built"),
@@ -148,7 +148,7 @@ impl Slot {
                         id,
                         index: id as usize,
                         kind: SlotKind::Mirror,
-                        members: vec![Member {
+                        backends: vec![SlotBackend {
                             name: m.clone(),
                             kind,
                             token,
@@ -160,13 +160,13 @@ impl Slot {
                 .collect());
         }
         let label = sc.label.clone().unwrap_or_default();
-        let mut members = Vec::new();
+        let mut backends = Vec::new();
         for name in &sc.backends {
             let b = get(name)?;
             let token = b
                 .token()
                 .map_err(|e| Error::with(e.rv(), format!("{at}.backends: {name}: {e}")))?;
-            members.push(Member {
+            backends.push(SlotBackend {
                 name: name.clone(),
                 kind: b.kind(),
                 token,
@@ -174,7 +174,7 @@ impl Slot {
         }
         let mut mechanisms: Vec<(CK_MECHANISM_TYPE, CK_MECHANISM_INFO, Vec<usize>)> = Vec::new();
         let mut mechanism_index: HashMap<CK_MECHANISM_TYPE, usize> = HashMap::new();
-        for (pos, m) in members.iter().enumerate() {
+        for (pos, m) in backends.iter().enumerate() {
             let list = m.token.mechanism_list().map_err(|e| {
                 Error::with(
                     e.rv(),
@@ -198,12 +198,12 @@ impl Slot {
                 e.2.push(pos);
             }
         }
-        let default_member = sc
+        let default_backend = sc
             .default_backend
             .as_ref()
             .and_then(|d| sc.backends.iter().position(|b| b == d))
             .unwrap_or(0);
-        let rng_member = members.iter().position(|m| m.token.has_rng());
+        let rng_backend = backends.iter().position(|m| m.token.has_rng());
         let serial = sc.serial.clone().unwrap_or_else(|| serial_from(&label));
         Ok(vec![Slot {
             id: first_id,
@@ -213,13 +213,13 @@ impl Slot {
                 serial,
                 user_pin: sc.user_pin.clone().unwrap_or_else(|| SecretRef::new("")),
                 so_pin: sc.so_pin.clone(),
-                default_member,
+                default_backend,
                 allow_init_token: sc.allow_init_token,
                 max_sessions: sc.max_sessions,
                 max_rw_sessions: sc.max_rw_sessions,
                 mechanisms,
                 mechanism_index,
-                rng_member,
+                rng_backend,
                 key_types: sc
                     .key_types
                     .iter()
@@ -227,7 +227,7 @@ impl Slot {
                     .collect(),
                 labels: sc.labels.clone(),
             })),
-            members,
+            backends,
             handles: Handles::table(),
             state: Mutex::new(TokenState::default()),
         }])
@@ -237,7 +237,7 @@ impl Slot {
     pub fn audit_name(&self) -> String {
         match &self.kind {
             SlotKind::Unified(u) => u.label.clone(),
-            SlotKind::Mirror => format!("mirror:{}:{}", self.members[0].name, self.id),
+            SlotKind::Mirror => format!("mirror:{}:{}", self.backends[0].name, self.id),
         }
     }
 
@@ -251,7 +251,7 @@ impl Slot {
     pub fn token_present(&self) -> bool {
         match &self.kind {
             SlotKind::Unified(_) => true,
-            SlotKind::Mirror => self.members[0]
+            SlotKind::Mirror => self.backends[0]
                 .token
                 .slot_info()
                 .is_ok_and(|si| si.flags & CKF_TOKEN_PRESENT != 0),
@@ -260,7 +260,7 @@ impl Slot {
 
     pub fn slot_info(&self) -> Result<CK_SLOT_INFO> {
         match &self.kind {
-            SlotKind::Mirror => self.members[0].token.slot_info(),
+            SlotKind::Mirror => self.backends[0].token.slot_info(),
             SlotKind::Unified(u) => Ok(CK_SLOT_INFO {
                 slotDescription: pad(&format!("p11bridge unified token {}", u.label)),
                 manufacturerID: pad("p11bridge"),
@@ -273,7 +273,7 @@ impl Slot {
 
     pub fn token_info(&self) -> Result<CK_TOKEN_INFO> {
         let u = match &self.kind {
-            SlotKind::Mirror => return self.members[0].token.token_info(),
+            SlotKind::Mirror => return self.backends[0].token.token_info(),
             SlotKind::Unified(u) => u,
         };
         let st = self.state.lock();
@@ -307,14 +307,14 @@ impl Slot {
 
     pub fn mechanism_list(&self) -> Result<Vec<CK_MECHANISM_TYPE>> {
         match &self.kind {
-            SlotKind::Mirror => self.members[0].token.mechanism_list(),
+            SlotKind::Mirror => self.backends[0].token.mechanism_list(),
             SlotKind::Unified(u) => Ok(u.mechanisms.iter().map(|m| m.0).collect()),
         }
     }
 
     pub fn mechanism_info(&self, mech: CK_MECHANISM_TYPE) -> Result<CK_MECHANISM_INFO> {
         let mut info = match &self.kind {
-            SlotKind::Mirror => self.members[0].token.mechanism_info(mech)?,
+            SlotKind::Mirror => self.backends[0].token.mechanism_info(mech)?,
             SlotKind::Unified(u) => u
                 .mechanism(mech)
                 .map(|m| m.1)
@@ -325,8 +325,8 @@ impl Slot {
         Ok(info)
     }
 
-    /// The member that serves a key-less operation (digest) with this mechanism.
-    pub fn member_for_mechanism(&self, mech: CK_MECHANISM_TYPE) -> Result<usize> {
+    /// The backend that serves a key-less operation (digest) with this mechanism.
+    pub fn backend_for_mechanism(&self, mech: CK_MECHANISM_TYPE) -> Result<usize> {
         match &self.kind {
             SlotKind::Mirror => Ok(0),
             SlotKind::Unified(u) => u
@@ -345,14 +345,14 @@ impl Slot {
                     return Err(Error::new(CKR_SESSION_EXISTS));
                 }
                 drop(st);
-                self.members[0].token.init_token(so_pin, label)
+                self.backends[0].token.init_token(so_pin, label)
             }
             SlotKind::Unified(u) if !u.allow_init_token => Err(Error::with(
                 CKR_FUNCTION_NOT_SUPPORTED,
                 "C_InitToken on a unified slot (set allow_init_token = true to pass it through)",
             )),
             SlotKind::Unified(_) => {
-                if self.members.len() != 1 {
+                if self.backends.len() != 1 {
                     return Err(Error::with(
                         CKR_FUNCTION_NOT_SUPPORTED,
                         "C_InitToken on a unified slot needs exactly one backend",
@@ -403,12 +403,12 @@ impl Slot {
         }
     }
 
-    /// Logs the members of a unified token in (after the PIN was checked). A member that fails is reported
+    /// Logs the backends of a unified token in (after the PIN was checked). A backend that fails is reported
     /// (stderr, the log, the thread's last cause) and skipped: its private objects stay unavailable, the others
     /// work.
-    pub fn login_members(&self, user: CK_USER_TYPE) {
-        for m in &self.members {
-            // A member whose login panics (a bug) is a member whose login failed: the others stay logged in and
+    pub fn login_backends(&self, user: CK_USER_TYPE) {
+        for m in &self.backends {
+            // A backend whose login panics (a bug) is a backend whose login failed: the others stay logged in and
             // the token's login state stays consistent.
             let why = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 m.token.login_configured(user)
@@ -417,7 +417,7 @@ impl Slot {
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => "internal error (panic caught)".to_string(),
             };
-            self.member_trouble(
+            self.backend_trouble(
                 m,
                 &format!("login with the configured credentials failed: {why}"),
                 "its private keys are not on token",
@@ -425,9 +425,9 @@ impl Slot {
         }
     }
 
-    /// Reports a member that cannot serve its objects: which backend, where, what it answered, and what that
+    /// Reports a backend that cannot serve its objects: which backend, where, what it answered, and what that
     /// means for this token — one line per distinct cause per process.
-    pub fn member_trouble(&self, m: &Member, what: &str, meaning: &str) {
+    pub fn backend_trouble(&self, m: &SlotBackend, what: &str, meaning: &str) {
         let endpoint = m.token.endpoint();
         let at = if endpoint.is_empty() {
             m.kind.to_string()
@@ -444,8 +444,8 @@ impl Slot {
         );
     }
 
-    pub fn logout_members(&self) {
-        for m in &self.members {
+    pub fn logout_backends(&self) {
+        for m in &self.backends {
             if let Err(e) = m.token.logout_configured() {
                 tracing::warn!(backend = %m.name, error = %e, "backend logout failed");
             }
