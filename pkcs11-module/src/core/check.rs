@@ -1,6 +1,6 @@
 //! `C_P11BRIDGE_Check`: every backend of every slot checked now, as JSON for `p11bridge check`.
 
-use super::{module, SlotKind};
+use super::module;
 use p11bridge_backends::{CheckReport, Result};
 use serde::Serialize;
 
@@ -49,9 +49,10 @@ pub fn report() -> Result<String> {
             .token_info()
             .map(|t| String::from_utf8_lossy(&t.label).trim_end().to_string())
             .unwrap_or_default();
-        let (kind, user_pin, so_pin) = match &slot.kind {
-            SlotKind::Unified(u) => ("unified", Some(u.user_pin_status()), u.so_pin_status()),
-            SlotKind::Mirror => ("mirror", None, None),
+        let kind = slot.kind_name();
+        let (user_pin, so_pin) = match slot.unified() {
+            Some(u) => (Some(u.user_pin_status()), u.so_pin_status()),
+            None => (None, None),
         };
         let pins_ok = [&user_pin, &so_pin]
             .iter()
@@ -59,10 +60,10 @@ pub fn report() -> Result<String> {
         ok &= pins_ok;
         let mut backends = Vec::new();
         for backend in &slot.backends {
-            let report = match &slot.kind {
-                SlotKind::Unified(_) => backend.token.check(),
+            let report = match slot.upstream() {
+                None => backend.token.check(),
                 // A mirror slot logs in with the caller's PIN: the check reads what is public.
-                SlotKind::Mirror => {
+                Some(_) => {
                     let start = std::time::Instant::now();
                     let mut r = CheckReport {
                         endpoint: backend.token.endpoint(),

@@ -15,7 +15,6 @@
 //!   (the 2.40 list's `C_GetMechanismInfo` leaves these 3.0 flags out).
 //! - A key whose backend has no `CKM_AES_GCM` (Vault, KMS) → `CKR_KEY_FUNCTION_NOT_PERMITTED`.
 
-use super::slot::SlotKind;
 use super::Module;
 use cryptoki_sys::*;
 use p11bridge_backends::{Error, Mechanism, ObjRef, OpKind, Out, Result};
@@ -95,17 +94,8 @@ impl Module {
                 "message-based encryption is offered for CKM_AES_GCM only",
             ));
         }
-        let (pos, obj) = slot
-            .handles
-            .resolve(key)
-            .ok_or(Error::new(CKR_KEY_HANDLE_INVALID))?;
-        let offered = match &slot.kind {
-            SlotKind::Unified(u) => u.offers(pos, CKM_AES_GCM),
-            SlotKind::Mirror => slot
-                .mechanism_list()
-                .is_ok_and(|l| l.contains(&CKM_AES_GCM)),
-        };
-        if !offered {
+        let (pos, obj) = slot.handles.locate(key, CKR_KEY_HANDLE_INVALID)?;
+        if !slot.offers(pos, CKM_AES_GCM) {
             return Err(Error::with(
                 CKR_KEY_FUNCTION_NOT_PERMITTED,
                 format!(
@@ -114,7 +104,7 @@ impl Module {
                 ),
             ));
         }
-        if inner.ops[kind as usize].is_some() {
+        if inner.op(kind).is_some() {
             // The emulation runs the backend's own operation of this kind: it must be free.
             return Err(Error::new(CKR_OPERATION_ACTIVE));
         }

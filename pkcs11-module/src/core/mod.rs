@@ -8,6 +8,7 @@ mod ecparams;
 mod emulate;
 pub mod handles;
 mod keycheck;
+mod login;
 mod message;
 mod objects;
 mod ops;
@@ -256,53 +257,14 @@ impl Module {
         }
     }
 
-    /// Writes one audit event (when the trail is on).
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn audit(
-        &self,
-        slot: &Slot,
-        event: &str,
-        member: Option<usize>,
-        object: Option<&audit::ObjectInfo>,
-        mechanism: Option<CK_MECHANISM_TYPE>,
-        user: Option<CK_USER_TYPE>,
-        rv: CK_RV,
-        started: std::time::Instant,
-    ) {
-        self.audit_served(
-            slot, event, member, None, object, mechanism, user, rv, started,
-        );
-    }
-
-    /// [`Module::audit`], naming the HA group member that served the operation.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn audit_served(
-        &self,
-        slot: &Slot,
-        event: &str,
-        member: Option<usize>,
-        served_by: Option<&str>,
-        object: Option<&audit::ObjectInfo>,
-        mechanism: Option<CK_MECHANISM_TYPE>,
-        user: Option<CK_USER_TYPE>,
-        rv: CK_RV,
-        started: std::time::Instant,
-    ) {
+    /// Writes one audit event (when the trail is on), `started` being when the call began.
+    pub(crate) fn audit(&self, slot: &Slot, event: &audit::Event, started: std::time::Instant) {
         if let Some(a) = &self.audit {
-            let token = slot.audit_name();
-            a.record(&audit::Event {
-                event,
-                token: &token,
-                backend: member
-                    .and_then(|m| slot.backends.get(m))
-                    .map(|m| m.name.as_str()),
-                member: served_by,
-                object,
-                mechanism,
-                user,
-                rv,
-                latency: started.elapsed(),
-            });
+            let backend = event
+                .backend
+                .and_then(|pos| slot.backends.get(pos))
+                .map(|b| b.name.as_str());
+            a.record(&slot.audit_name(), backend, event, started.elapsed());
         }
     }
 

@@ -4,7 +4,7 @@
 use super::config::SlotConfig;
 use super::handles::Handles;
 use cryptoki_sys::*;
-use p11bridge_backends::{diag, pad, Backend, Error, Result, SecretRef, Token};
+use p11bridge_backends::{diag, pad, Backend, BackendSession, Error, Result, SecretRef, Token};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -248,6 +248,118 @@ impl Slot {
         }
     }
 
+    /// A mirror's upstream (always backend 0): the backend that decides on its own about sessions, login, PINs
+    /// and operation state, to which the core passes those calls through. `None` on a unified token, whose core
+    /// decides them itself.
+    pub fn upstream(&self) -> Option<usize> {
+        match self.kind {
+            SlotKind::Mirror => Some(0),
+            SlotKind::Unified(_) => None,
+        }
+    }
+
+    /// Whether the core reads and answers p11bridge's own attributes (`CKA_P11BRIDGE_*`) here: on a unified token;
+    /// a mirror passes every attribute to its upstream untouched.
+    pub fn bridge_attributes(&self) -> bool {
+        self.unified().is_some()
+    }
+
+    /// A view's filters (key types, labels), when this slot has any.
+    pub fn view(&self) -> Option<&Unified> {
+        self.unified()
+            .filter(|u| !u.key_types.is_empty() || !u.labels.is_empty())
+    }
+
+    /// Where new objects go when no template names a backend.
+    pub fn default_backend(&self) -> usize {
+        self.unified().map_or(0, |u| u.default_backend)
+    }
+
+    /// The backend with a random number generator (a mirror's upstream: it answers for itself); `None`: the
+    /// operating system's.
+    pub fn rng_backend(&self) -> Option<usize> {
+        match &self.kind {
+            SlotKind::Mirror => Some(0),
+            SlotKind::Unified(u) => u.rng_backend,
+        }
+    }
+
+    /// Whether backend `pos` offers the mechanism itself (a mirror: whether its upstream lists it).
+    pub fn offers(&self, pos: usize, mech: CK_MECHANISM_TYPE) -> bool {
+        match &self.kind {
+            SlotKind::Unified(u) => u.offers(pos, mech),
+            SlotKind::Mirror => self.mechanism_list().is_ok_and(|l| l.contains(&mech)),
+        }
+    }
+
+    /// A hash-and-sign mechanism that backend `pos` of a unified token lacks while it has the raw one: the
+    /// emulation (the core hashes, the backend signs the digest) and the raw mechanism. A mirror's upstream
+    /// answers for itself: never emulated there.
+    pub fn hash_and_sign_emulation(
+        &self,
+        pos: usize,
+        mech: CK_MECHANISM_TYPE,
+    ) -> Option<(super::emulate::Emulated, CK_MECHANISM_TYPE)> {
+        let u = self.unified()?;
+        if u.offers(pos, mech) {
+            return None;
+        }
+        super::emulate::Emulated::new(mech).filter(|(_, base)| u.offers(pos, *base))
+    }
+
+    /// Counts a new session in, or refuses it. A mirror opens the upstream's session first (the upstream decides:
+    /// token present, session limits, SO rules) and returns it; a unified token applies its own rules. The rules
+    /// are checked and the count taken under one lock, so sessions opened at once never exceed the limits.
+    pub fn admit_session(&self, rw: bool) -> Result<Option<Box<dyn BackendSession>>> {
+        let upstream = match self.upstream() {
+            Some(pos) => Some(self.backends[pos].token.open_session(rw)?),
+            None => None,
+        };
+        let mut st = self.state.lock();
+        if let SlotKind::Unified(u) = &self.kind {
+            if !rw && st.user == Some(CKU_SO) {
+                return Err(Error::new(CKR_SESSION_READ_WRITE_SO_EXISTS));
+            }
+            if u.max_sessions.is_some_and(|m| st.ro + st.rw >= m)
+                || (rw && u.max_rw_sessions.is_some_and(|m| st.rw >= m))
+            {
+                return Err(Error::new(CKR_SESSION_COUNT));
+            }
+        }
+        if rw {
+            st.rw += 1;
+        } else {
+            st.ro += 1;
+        }
+        Ok(upstream)
+    }
+
+    /// Counts a closed session out; the last session of a token ends its login (a unified token logs its
+    /// backends out; a mirror's upstream ends its own).
+    pub fn release_session(&self, rw: bool) {
+        let mut st = self.state.lock();
+        if rw {
+            st.rw = st.rw.saturating_sub(1);
+        } else {
+            st.ro = st.ro.saturating_sub(1);
+        }
+        if st.ro + st.rw == 0 && st.user.is_some() {
+            st.user = None;
+            // Under the state lock: a login racing with this logout must not be undone by it.
+            if self.upstream().is_none() {
+                self.logout_backends();
+            }
+        }
+    }
+
+    /// How `p11bridge check` names the slot's kind.
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            SlotKind::Unified(_) => "unified",
+            SlotKind::Mirror => "mirror",
+        }
+    }
+
     pub fn token_present(&self) -> bool {
         match &self.kind {
             SlotKind::Unified(_) => true,
@@ -465,6 +577,38 @@ fn serial_from(label: &str) -> String {
         h = h.wrapping_mul(0x100000001b3);
     }
     format!("{h:016x}")
+}
+
+#[cfg(test)]
+impl Slot {
+    /// A unified slot with no backends and the given session limits (for tests of the core's own rules).
+    pub(crate) fn unified_for_test(
+        max_sessions: Option<usize>,
+        max_rw_sessions: Option<usize>,
+    ) -> Slot {
+        Slot {
+            id: 0,
+            index: 0,
+            kind: SlotKind::Unified(Box::new(Unified {
+                label: "test".into(),
+                serial: serial_from("test"),
+                user_pin: SecretRef::new("1234"),
+                so_pin: None,
+                default_backend: 0,
+                allow_init_token: false,
+                max_sessions,
+                max_rw_sessions,
+                mechanisms: Vec::new(),
+                mechanism_index: HashMap::new(),
+                rng_backend: None,
+                key_types: Vec::new(),
+                labels: Vec::new(),
+            })),
+            backends: Vec::new(),
+            handles: Handles::table(),
+            state: Mutex::new(TokenState::default()),
+        }
+    }
 }
 
 #[cfg(test)]
