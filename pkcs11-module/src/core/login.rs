@@ -131,9 +131,10 @@ impl Module {
     /// `C_InitPIN` (mirror slots; the unified token's PINs come from its configuration).
     pub fn init_pin(&self, h: CK_SESSION_HANDLE, pin: Option<&[u8]>) -> Result<()> {
         let (s, slot) = self.session_slot(h)?;
-        let pos = slot
-            .upstream()
-            .ok_or(Error::with(CKR_FUNCTION_NOT_SUPPORTED, PIN_IN_CONFIGURATION))?;
+        let pos = slot.upstream().ok_or(Error::with(
+            CKR_FUNCTION_NOT_SUPPORTED,
+            PIN_IN_CONFIGURATION,
+        ))?;
         let mut inner = s.lock();
         inner.backend(slot, s.rw, pos)?.init_pin(pin)
     }
@@ -146,9 +147,10 @@ impl Module {
         new: Option<&[u8]>,
     ) -> Result<()> {
         let (s, slot) = self.session_slot(h)?;
-        let pos = slot
-            .upstream()
-            .ok_or(Error::with(CKR_FUNCTION_NOT_SUPPORTED, PIN_IN_CONFIGURATION))?;
+        let pos = slot.upstream().ok_or(Error::with(
+            CKR_FUNCTION_NOT_SUPPORTED,
+            PIN_IN_CONFIGURATION,
+        ))?;
         let mut inner = s.lock();
         inner.backend(slot, s.rw, pos)?.set_pin(old, new)
     }

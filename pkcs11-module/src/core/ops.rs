@@ -374,7 +374,9 @@ impl Module {
             _ => return Err(Error::new(CKR_OPERATION_NOT_INITIALIZED)),
         };
         let r = contained(&mut inner, slot, s.rw, pos, &[a, b], |inner| {
-            inner.backend(slot, s.rw, pos)?.dual_update(kind, input, out)
+            inner
+                .backend(slot, s.rw, pos)?
+                .dual_update(kind, input, out)
         });
         if !update_keeps_going(&r) {
             inner.end_op(a);
@@ -506,7 +508,9 @@ impl Module {
         out: Out,
     ) -> Result<usize> {
         let (s, slot) = self.session_slot(h)?;
-        let (wp, wo) = slot.handles.locate(wrapping, CKR_WRAPPING_KEY_HANDLE_INVALID)?;
+        let (wp, wo) = slot
+            .handles
+            .locate(wrapping, CKR_WRAPPING_KEY_HANDLE_INVALID)?;
         let (kp, ko) = slot.handles.locate(key, CKR_KEY_HANDLE_INVALID)?;
         let mut inner = s.lock();
         let started = std::time::Instant::now();
@@ -550,7 +554,9 @@ impl Module {
         t: Template,
     ) -> Result<CK_OBJECT_HANDLE> {
         let (s, slot) = self.session_slot(h)?;
-        let (pos, uo) = slot.handles.locate(unwrapping, CKR_UNWRAPPING_KEY_HANDLE_INVALID)?;
+        let (pos, uo) = slot
+            .handles
+            .locate(unwrapping, CKR_UNWRAPPING_KEY_HANDLE_INVALID)?;
         let named = super::objects::named_backend(slot, t)?;
         super::keycheck::check(&t, None)?;
         let for_backend = BackendTemplate::new(t);
@@ -609,7 +615,8 @@ impl Module {
         let (s, slot) = self.session_slot(h)?;
         let (pos, bo) = slot.handles.locate(base, CKR_KEY_HANDLE_INVALID)?;
         let mut other: CK_OBJECT_HANDLE;
-        let mech = if mech.mech_type() == CKM_CONCATENATE_BASE_AND_KEY && slot.handles.translated() {
+        let mech = if mech.mech_type() == CKM_CONCATENATE_BASE_AND_KEY && slot.handles.translated()
+        {
             let oh: CK_OBJECT_HANDLE = mech.param()?;
             let (op, oo) = slot.handles.locate(oh, CKR_KEY_HANDLE_INVALID)?;
             if op != pos {
