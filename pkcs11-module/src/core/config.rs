@@ -5,6 +5,7 @@ use p11bridge_backends::{Error, Result, SecretRef};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
@@ -223,13 +224,52 @@ pub fn parse(text: &str, path: &Path) -> Result<Config> {
     Ok(cfg)
 }
 
-/// The default interface's version, read from the configuration file without building anything (it may be asked
-/// before `C_Initialize`). Anything unreadable means the default, 3.0.
+/// The default interface as last read: not yet, 3.0 or 2.40.
+static DEFAULT_INTERFACE: AtomicU8 = AtomicU8::new(NOT_READ);
+const NOT_READ: u8 = 0;
+const IS_30: u8 = 1;
+const IS_240: u8 = 2;
+
+/// Whether the default interface is 2.40. It may be asked before `C_Initialize`: read from the configuration file
+/// without building anything on first use, and again by each `C_Initialize` ([`remember_default_interface`]),
+/// never on every `C_GetInterface`. Anything unreadable means the default, 3.0.
 ///
 /// Without `default_interface`, a configuration whose every slot mirrors one `kind = "pkcs11"` backend presents
 /// that module's own version: 2.40 when it offers no 3.0 interface (so a client that checks the function list
 /// never takes 3.0 paths the upstream cannot serve).
 pub fn default_interface_is_240() -> bool {
+    match DEFAULT_INTERFACE.load(Ordering::Relaxed) {
+        IS_240 => true,
+        IS_30 => false,
+        _ => {
+            let is_240 = read_default_interface_is_240();
+            DEFAULT_INTERFACE.store(if is_240 { IS_240 } else { IS_30 }, Ordering::Relaxed);
+            is_240
+        }
+    }
+}
+
+/// Remembers the default interface of the configuration `C_Initialize` just read (`None`: it could not read one;
+/// the next question reads the file again).
+pub fn remember_default_interface(cfg: Option<&Config>) {
+    let state = match cfg {
+        Some(c) => {
+            let mirrors: Vec<Option<&str>> = c.slot.iter().map(|s| s.mirror.as_deref()).collect();
+            if is_240(c.default_interface.as_deref(), &mirrors, |name| {
+                c.backend.get(name)
+            }) {
+                IS_240
+            } else {
+                IS_30
+            }
+        }
+        None => NOT_READ,
+    };
+    DEFAULT_INTERFACE.store(state, Ordering::Relaxed);
+}
+
+/// [`default_interface_is_240`] from the file itself.
+fn read_default_interface_is_240() -> bool {
     let Ok(text) = std::fs::read_to_string(config_path()) else {
         return false;
     };
@@ -242,21 +282,34 @@ pub fn default_interface_is_240() -> bool {
     let Some(slots) = t.get("slot").and_then(|s| s.as_array()) else {
         return false;
     };
-    let mirrored: Vec<Option<&str>> = slots
+    let mirrors: Vec<Option<&str>> = slots
         .iter()
         .map(|s| s.get("mirror").and_then(|m| m.as_str()))
         .collect();
-    let Some(Some(first)) = mirrored.first() else {
+    is_240(None, &mirrors, |name| {
+        t.get("backend")
+            .and_then(|b| b.get(name))
+            .and_then(|b| b.as_table())
+    })
+}
+
+/// The rule of [`default_interface_is_240`], over `default_interface`, each slot's `mirror` and the backend
+/// sections.
+fn is_240<'a>(
+    default_interface: Option<&str>,
+    mirrors: &[Option<&str>],
+    backend: impl Fn(&str) -> Option<&'a toml::Table>,
+) -> bool {
+    if let Some(v) = default_interface {
+        return v == "2.40";
+    }
+    let Some(Some(first)) = mirrors.first() else {
         return false;
     };
-    if mirrored.iter().any(|m| *m != Some(*first)) {
+    if mirrors.iter().any(|m| *m != Some(*first)) {
         return false;
     }
-    let Some(b) = t
-        .get("backend")
-        .and_then(|b| b.get(*first))
-        .and_then(|b| b.as_table())
-    else {
+    let Some(b) = backend(first) else {
         return false;
     };
     if b.get("kind").and_then(|k| k.as_str()) != Some("pkcs11") {

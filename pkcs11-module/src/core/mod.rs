@@ -117,7 +117,9 @@ pub fn initialize(args: InitArgs) -> Result<()> {
         );
     }
     let path = config::config_path();
-    let cfg = config::load(&path).inspect_err(|e| {
+    let cfg = config::load(&path);
+    config::remember_default_interface(cfg.as_ref().ok());
+    let cfg = cfg.inspect_err(|e| {
         // The package registers the module with p11-kit system-wide, so every p11-kit program of every user loads
         // it: a default configuration that is absent or not readable by this user is not theirs to hear about
         // (the cause stays readable through C_P11BRIDGE_GetLastError, which `p11bridge check` shows, and the log).
