@@ -137,7 +137,8 @@ pub struct SlotConfig {
     /// Session limits (default: unlimited).
     pub max_sessions: Option<usize>,
     pub max_rw_sessions: Option<usize>,
-    /// Let `C_InitToken` through on a unified slot (it is refused by default).
+    /// Let `C_InitToken` through on a unified slot to its only backend, if that backend's token supports it
+    /// (it is refused by default).
     #[serde(default)]
     pub allow_init_token: bool,
     /// Expose every slot of this (pkcs11) backend one-to-one instead of a unified token.

@@ -448,34 +448,46 @@ impl Slot {
         }
     }
 
-    /// `C_InitToken`.
+    /// `C_InitToken`: passed to a mirror's upstream, and to a unified slot's only backend when the slot has
+    /// `allow_init_token = true`; never while a session of this slot is open.
     pub fn init_token(&self, so_pin: Option<&[u8]>, label: &[u8; 32]) -> Result<()> {
-        match &self.kind {
-            SlotKind::Mirror => {
-                let st = self.state.lock();
-                if st.ro + st.rw > 0 {
-                    return Err(Error::new(CKR_SESSION_EXISTS));
-                }
-                drop(st);
-                self.backends[0].token.init_token(so_pin, label)
-            }
-            SlotKind::Unified(u) if !u.allow_init_token => Err(Error::with(
-                CKR_FUNCTION_NOT_SUPPORTED,
-                "C_InitToken on a unified slot (set allow_init_token = true to pass it through)",
-            )),
-            SlotKind::Unified(_) => {
-                if self.backends.len() != 1 {
-                    return Err(Error::with(
-                        CKR_FUNCTION_NOT_SUPPORTED,
-                        "C_InitToken on a unified slot needs exactly one backend",
-                    ));
-                }
-                Err(Error::with(
+        if let SlotKind::Unified(u) = &self.kind {
+            if !u.allow_init_token {
+                return Err(Error::with(
                     CKR_FUNCTION_NOT_SUPPORTED,
-                    "C_InitToken: the unified view of a backend cannot be re-initialized; use a mirror slot",
-                ))
+                    "C_InitToken on a unified slot (set allow_init_token = true to pass it through)",
+                ));
+            }
+            if self.backends.len() != 1 {
+                return Err(Error::with(
+                    CKR_FUNCTION_NOT_SUPPORTED,
+                    format!(
+                        "C_InitToken on a unified slot needs exactly one backend (this one has {})",
+                        self.backends.len()
+                    ),
+                ));
             }
         }
+        let st = self.state.lock();
+        if st.ro + st.rw > 0 {
+            return Err(Error::new(CKR_SESSION_EXISTS));
+        }
+        drop(st);
+        let backend = &self.backends[0];
+        backend.token.init_token(so_pin, label).map_err(|e| {
+            if self.upstream().is_none() && e.rv() == CKR_FUNCTION_NOT_SUPPORTED && e.cause().is_none() {
+                Error::with(
+                    CKR_FUNCTION_NOT_SUPPORTED,
+                    format!(
+                        "C_InitToken: backend \"{}\" ({}) does not initialize its token through a unified \
+                         slot; use a mirror slot",
+                        backend.name, backend.kind
+                    ),
+                )
+            } else {
+                e
+            }
+        })
     }
 
     /// Checks a PIN against the unified token's configuration.
@@ -613,7 +625,25 @@ impl Slot {
 
 #[cfg(test)]
 mod tests {
-    use super::glob;
+    use super::*;
+
+    #[test]
+    fn init_token_on_a_unified_slot_says_why_it_is_refused() {
+        let mut slot = Slot::unified_for_test(None, None);
+        let refusal = |slot: &Slot| {
+            let e = slot.init_token(Some(b"so"), &[b' '; 32]).unwrap_err();
+            (e.rv(), e.cause().unwrap_or("").to_string())
+        };
+        let (rv, cause) = refusal(&slot);
+        assert_eq!(rv, CKR_FUNCTION_NOT_SUPPORTED);
+        assert!(cause.contains("set allow_init_token = true"), "{cause}");
+        if let SlotKind::Unified(u) = &mut slot.kind {
+            u.allow_init_token = true;
+        }
+        let (rv, cause) = refusal(&slot);
+        assert_eq!(rv, CKR_FUNCTION_NOT_SUPPORTED);
+        assert!(cause.contains("needs exactly one backend (this one has 0)"), "{cause}");
+    }
 
     #[test]
     fn label_patterns() {
