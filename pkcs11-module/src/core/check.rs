@@ -50,10 +50,7 @@ pub fn report() -> Result<String> {
             .map(|t| String::from_utf8_lossy(&t.label).trim_end().to_string())
             .unwrap_or_default();
         let kind = slot.kind_name();
-        let (user_pin, so_pin) = match slot.unified() {
-            Some(u) => (Some(u.user_pin_status()), u.so_pin_status()),
-            None => (None, None),
-        };
+        let (user_pin, so_pin) = slot.pin_statuses();
         let pins_ok = [&user_pin, &so_pin]
             .iter()
             .all(|p| p.as_ref().is_none_or(|(_, problem)| problem.is_none()));

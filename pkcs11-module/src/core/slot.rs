@@ -64,7 +64,10 @@ pub fn glob(pattern: &str, label: &str) -> bool {
     true
 }
 
-fn pin_status(p: &SecretRef) -> (String, Option<String>) {
+/// A configured PIN's reference and, if it cannot be read now, why.
+pub type PinStatus = (String, Option<String>);
+
+fn pin_status(p: &SecretRef) -> PinStatus {
     let problem = match p.resolve() {
         Ok(v) if v.expose().is_empty() => Some("it is empty".to_string()),
         Ok(_) => None,
@@ -75,11 +78,11 @@ fn pin_status(p: &SecretRef) -> (String, Option<String>) {
 
 impl Unified {
     /// The user PIN reference and, if it cannot be read now, why.
-    pub fn user_pin_status(&self) -> (String, Option<String>) {
+    pub fn user_pin_status(&self) -> PinStatus {
         pin_status(&self.user_pin)
     }
     /// The SO PIN reference (when one is configured) and, if it cannot be read now, why.
-    pub fn so_pin_status(&self) -> Option<(String, Option<String>)> {
+    pub fn so_pin_status(&self) -> Option<PinStatus> {
         self.so_pin.as_ref().map(pin_status)
     }
 
@@ -241,7 +244,7 @@ impl Slot {
         }
     }
 
-    pub fn unified(&self) -> Option<&Unified> {
+    fn unified(&self) -> Option<&Unified> {
         match &self.kind {
             SlotKind::Unified(u) => Some(u),
             SlotKind::Mirror => None,
@@ -349,6 +352,15 @@ impl Slot {
             if self.upstream().is_none() {
                 self.logout_backends();
             }
+        }
+    }
+
+    /// For `p11bridge check`: the configured user PIN and SO PIN (reference, and why it cannot be read now); a
+    /// mirror has none (the application gives the upstream's own).
+    pub fn pin_statuses(&self) -> (Option<PinStatus>, Option<PinStatus>) {
+        match &self.kind {
+            SlotKind::Unified(u) => (Some(u.user_pin_status()), u.so_pin_status()),
+            SlotKind::Mirror => (None, None),
         }
     }
 
@@ -642,7 +654,10 @@ mod tests {
         }
         let (rv, cause) = refusal(&slot);
         assert_eq!(rv, CKR_FUNCTION_NOT_SUPPORTED);
-        assert!(cause.contains("needs exactly one backend (this one has 0)"), "{cause}");
+        assert!(
+            cause.contains("needs exactly one backend (this one has 0)"),
+            "{cause}"
+        );
     }
 
     #[test]
