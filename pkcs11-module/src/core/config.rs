@@ -582,4 +582,41 @@ module = "/x.so"
         let e = p(&base("[\"a\"]", ", \"a\"")).unwrap_err();
         assert!(e.contains("cannot also be used by a slot"), "{e}");
     }
+
+    #[test]
+    fn default_interface_rule() {
+        let table = |t: &str| t.parse::<toml::Table>().expect("toml");
+        let vault = table("kind = \"vault-transit\"");
+        let missing_module = table("kind = \"pkcs11\"\nmodule = \"/nonexistent/libnone.so\"");
+        let backend = |name: &str| match name {
+            "v" => Some(&vault),
+            "m" => Some(&missing_module),
+            _ => None,
+        };
+        assert!(is_240(Some("2.40"), &[], backend));
+        assert!(!is_240(Some("3.0"), &[Some("m")], backend));
+        assert!(!is_240(None, &[], backend));
+        assert!(!is_240(None, &[None], backend));
+        assert!(!is_240(None, &[Some("m"), Some("v")], backend));
+        assert!(!is_240(None, &[Some("v")], backend));
+        // A module that cannot be read offers no 2.40-only answer: the default, 3.0.
+        assert!(!is_240(None, &[Some("m"), Some("m")], backend));
+    }
+
+    #[test]
+    fn default_interface_is_remembered_from_c_initialize() {
+        let with = |v: &str| {
+            p(&format!(
+                "default_interface = \"{v}\"\n[[slot]]\nmirror = \"hsm\"\n\
+                 [backend.hsm]\nkind = \"pkcs11\"\nmodule = \"/x.so\"\n"
+            ))
+            .expect("config")
+        };
+        let cfg = with("2.40");
+        remember_default_interface(Some(&cfg));
+        assert!(default_interface_is_240());
+        let cfg = with("3.0");
+        remember_default_interface(Some(&cfg));
+        assert!(!default_interface_is_240());
+    }
 }
