@@ -32,7 +32,7 @@ fn key_handle_rv<T>(r: Result<T>, rv: CK_RV) -> Result<T> {
 }
 
 /// Whether an operation survives a call that produced `r` (with `len_query` when the output pointer was NULL).
-fn keeps_going(r: &Result<usize>, len_query: bool) -> bool {
+fn survives(r: &Result<usize>, len_query: bool) -> bool {
     match r {
         Ok(_) => len_query,
         Err(e) => e.rv() == CKR_BUFFER_TOO_SMALL,
@@ -40,7 +40,7 @@ fn keeps_going(r: &Result<usize>, len_query: bool) -> bool {
 }
 
 /// Whether an operation survives an `*Update` call that produced `r`.
-fn update_keeps_going(r: &Result<usize>) -> bool {
+fn update_survives(r: &Result<usize>) -> bool {
     match r {
         Ok(_) => true,
         Err(e) => e.rv() == CKR_BUFFER_TOO_SMALL,
@@ -149,12 +149,12 @@ impl Module {
 
     /// The one prologue and epilogue of every call of an active operation: find the session's operation of
     /// `kind` (else `CKR_OPERATION_NOT_INITIALIZED`), run `call` contained, and end the operation — recording it
-    /// in the audit trail — unless `keeps_going` says it survives the result.
+    /// in the audit trail — unless `op_survives` says it survives the result.
     fn op_call(
         &self,
         h: CK_SESSION_HANDLE,
         kind: OpKind,
-        keeps_going: impl FnOnce(&Result<usize>) -> bool,
+        op_survives: impl FnOnce(&Result<usize>) -> bool,
         call: impl FnOnce(&mut OpCall) -> Result<usize>,
     ) -> Result<usize> {
         let (s, slot) = self.session_slot(h)?;
@@ -170,7 +170,7 @@ impl Module {
                 pos,
             })
         });
-        if !keeps_going(&r) {
+        if !op_survives(&r) {
             if let Some(op) = inner.end_op(kind) {
                 self.audit_done(slot, &mut inner, kind, op, &r, started);
             }
@@ -270,14 +270,18 @@ impl Module {
         out: Out,
     ) -> Result<usize> {
         let len_query = out.is_none();
-        let keeps_going = |r: &Result<usize>| keeps_going(r, len_query);
-        self.op_call(h, kind, keeps_going, |call| {
-            match call.emulated().map(|e| e.input(input)) {
-                // Emulated hash-and-sign: the backend signs the digest with the raw mechanism, single-part.
-                Some(raw) => call.backend()?.op_single(kind, &raw, out),
-                None => call.backend()?.op_single(kind, input, out),
-            }
-        })
+        self.op_call(
+            h,
+            kind,
+            |r| survives(r, len_query),
+            |call| {
+                match call.emulated().map(|e| e.input(input)) {
+                    // Emulated hash-and-sign: the backend signs the digest with the raw mechanism, single-part.
+                    Some(raw) => call.backend()?.op_single(kind, &raw, out),
+                    None => call.backend()?.op_single(kind, input, out),
+                }
+            },
+        )
     }
 
     /// `C_*Update`.
@@ -288,7 +292,7 @@ impl Module {
         input: &[u8],
         out: Out,
     ) -> Result<usize> {
-        self.op_call(h, kind, update_keeps_going, |call| match call.emulated() {
+        self.op_call(h, kind, update_survives, |call| match call.emulated() {
             Some(e) => {
                 e.update(input);
                 Ok(0)
@@ -300,13 +304,15 @@ impl Module {
     /// `C_*Final` (encrypt, decrypt, digest, sign).
     pub fn op_final(&self, h: CK_SESSION_HANDLE, kind: OpKind, out: Out) -> Result<usize> {
         let len_query = out.is_none();
-        let keeps_going = |r: &Result<usize>| keeps_going(r, len_query);
-        self.op_call(h, kind, keeps_going, |call| {
-            match call.emulated().map(|e| e.input(&[])) {
+        self.op_call(
+            h,
+            kind,
+            |r| survives(r, len_query),
+            |call| match call.emulated().map(|e| e.input(&[])) {
                 Some(raw) => call.backend()?.op_single(kind, &raw, out),
                 None => call.backend()?.op_final(kind, out),
-            }
-        })
+            },
+        )
     }
 
     /// `C_Verify` and `C_VerifyFinal` (`data` is `None` for the latter). Both always end the operation.
@@ -316,17 +322,21 @@ impl Module {
         data: Option<&[u8]>,
         signature: &[u8],
     ) -> Result<()> {
-        let never = |_: &Result<usize>| false;
-        self.op_call(h, OpKind::Verify, never, |call| {
-            let emulated = call.emulated().map(|e| e.input(data.unwrap_or(&[])));
-            let bs = call.backend()?;
-            match (emulated, data) {
-                (Some(raw), _) => bs.verify(&raw, signature),
-                (None, Some(d)) => bs.verify(d, signature),
-                (None, None) => bs.verify_final(signature),
-            }
-            .map(|()| 0)
-        })
+        self.op_call(
+            h,
+            OpKind::Verify,
+            |_| false,
+            |call| {
+                let emulated = call.emulated().map(|e| e.input(data.unwrap_or(&[])));
+                let bs = call.backend()?;
+                match (emulated, data) {
+                    (Some(raw), _) => bs.verify(&raw, signature),
+                    (None, Some(d)) => bs.verify(d, signature),
+                    (None, None) => bs.verify_final(signature),
+                }
+                .map(|()| 0)
+            },
+        )
         .map(|_| ())
     }
 
@@ -378,7 +388,7 @@ impl Module {
                 .backend(slot, s.rw, pos)?
                 .dual_update(kind, input, out)
         });
-        if !update_keeps_going(&r) {
+        if !update_survives(&r) {
             inner.end_op(a);
             inner.end_op(b);
         }
