@@ -62,11 +62,7 @@ fn contained<T>(
     match catch_unwind(AssertUnwindSafe(|| f(inner))) {
         Ok(r) => r,
         Err(p) => {
-            let msg = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let msg = crate::abi::panic_message(p.as_ref());
             tracing::error!(backend = %slot.backends[pos].name, "internal error in an operation (panic caught): {msg}");
             for k in kinds {
                 let _ = catch_unwind(AssertUnwindSafe(|| {
