@@ -47,11 +47,7 @@ pub fn guard(name: &'static str, f: impl FnOnce() -> Result<()>) -> CK_RV {
             e.rv()
         }
         Err(panic) => {
-            let msg = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let msg = panic_message(panic.as_ref());
             tracing::error!(function = name, "internal error (panic caught): {msg}");
             diag::set_last(
                 CKR_GENERAL_ERROR,
@@ -60,6 +56,15 @@ pub fn guard(name: &'static str, f: impl FnOnce() -> Result<()>) -> CK_RV {
             CKR_GENERAL_ERROR
         }
     }
+}
+
+/// The text of a caught panic (its `&str` or `String` payload; empty for any other).
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
 }
 
 /// Defines an exported `extern "C"` PKCS#11 function whose body returns `Result<()>`.
