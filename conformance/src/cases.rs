@@ -25,8 +25,8 @@ const RW: CK_FLAGS = CKF_SERIAL_SESSION | CKF_RW_SESSION;
 const RO: CK_FLAGS = CKF_SERIAL_SESSION;
 /// An attribute type no specification defines.
 const CKA_UNKNOWN: CK_ATTRIBUTE_TYPE = 0x0FFF;
-const CKA_P11BRIDGE_BACKEND: CK_ATTRIBUTE_TYPE = 0x8B11_D001;
-const CKA_P11BRIDGE_KEY_VERSION: CK_ATTRIBUTE_TYPE = 0x8B11_D002;
+use p11bridge_vendor::CKA_P11BRIDGE_BACKEND;
+use p11bridge_vendor::CKA_P11BRIDGE_KEY_VERSION;
 
 /// The module under test and its token.
 #[derive(Clone, Debug)]
