@@ -313,6 +313,28 @@ fn fixture(b: &Bridge) -> Fixture {
     }
 }
 
+/// Scratch input and output for the rows' calls: 64 bytes of data, a 512-byte output buffer and its length (512).
+struct Scratch {
+    data: [u8; 64],
+    buf: [u8; 512],
+    len: CK_ULONG,
+}
+
+impl Scratch {
+    fn new() -> Scratch {
+        Scratch {
+            data: [7; 64],
+            buf: [0; 512],
+            len: 512,
+        }
+    }
+
+    /// The data, the buffer and the length, as the C functions take them.
+    fn pointers(&mut self) -> (*mut u8, *mut u8, *mut CK_ULONG) {
+        (self.data.as_mut_ptr(), self.buf.as_mut_ptr(), &mut self.len)
+    }
+}
+
 fn zeroed<T>() -> T {
     // SAFETY: only used for plain C structures (all-zero is a valid value).
     unsafe { std::mem::zeroed() }

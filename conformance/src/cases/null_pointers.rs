@@ -309,12 +309,8 @@ pub(super) fn null_inputs(c: &mut Checks, b: &'static Bridge) {
     let x = fixture(b);
     let (f, f3) = (b.f, b.f3);
     let s = x.s;
-    let data = [7u8; 64];
-    let dp = data.as_ptr() as *mut u8;
-    let mut buf = [0u8; 512];
-    let bp = buf.as_mut_ptr();
-    let mut len: CK_ULONG = 512;
-    let lp: *mut CK_ULONG = &mut len;
+    let mut scratch = Scratch::new();
+    let (dp, bp, lp) = scratch.pointers();
     let mut o: CK_OBJECT_HANDLE = 0;
     let mut ecdsa = mech(CKM_ECDSA);
     let mut sha = mech(CKM_SHA256);

@@ -14,12 +14,8 @@ pub(super) fn object_cases(
 ) {
     let f = b.f;
     let (wo, wk) = (CKR_OBJECT_HANDLE_INVALID, CKR_KEY_HANDLE_INVALID);
-    let data = [7u8; 64];
-    let dp = data.as_ptr() as *mut u8;
-    let mut buf = [0u8; 512];
-    let bp = buf.as_mut_ptr();
-    let mut len: CK_ULONG = 512;
-    let lp: *mut CK_ULONG = &mut len;
+    let mut scratch = Scratch::new();
+    let (dp, bp, lp) = scratch.pointers();
     let mut n: CK_ULONG = 0;
     let mut new: CK_OBJECT_HANDLE = 0;
     let mut ecdsa = mech(CKM_ECDSA);

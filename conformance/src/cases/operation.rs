@@ -47,63 +47,38 @@ pub(super) fn operation_state(c: &mut Checks, b: &'static Bridge) {
 
     // Init twice: the second says OPERATION_ACTIVE and the first goes on.
     let act = CKR_OPERATION_ACTIVE;
-    chk!(c, f, CKR_OK, "", C_SignInit(s, &mut ecdsa, x.ec_priv));
-    chk!(c, f, act, "twice", C_SignInit(s, &mut ecdsa, x.ec_priv));
-    len = 512;
-    chk!(
-        c,
-        f,
-        CKR_OK,
-        "after OPERATION_ACTIVE",
+    // `init_twice!(C_XxxInit(…), C_Xxx(…))`: the Init, the Init again, then the operation the first one started
+    // (`output:` first: with the output length reset to the buffer's).
+    macro_rules! init_twice {
+        (output: $init:ident ( $($i:expr),* ), $op:ident ( $($o:expr),* )) => {
+            chk!(c, f, CKR_OK, "", $init($($i),*));
+            chk!(c, f, act, "twice", $init($($i),*));
+            len = 512;
+            chk!(c, f, CKR_OK, "after OPERATION_ACTIVE", $op($($o),*));
+        };
+        ($init:ident ( $($i:expr),* ), $op:ident ( $($o:expr),* )) => {
+            chk!(c, f, CKR_OK, "", $init($($i),*));
+            chk!(c, f, act, "twice", $init($($i),*));
+            chk!(c, f, CKR_OK, "after OPERATION_ACTIVE", $op($($o),*));
+        };
+    }
+    init_twice!(output: C_SignInit(s, &mut ecdsa, x.ec_priv),
         C_Sign(s, dp, 32, bp, &mut len)
     );
     let sig = buf[..len as usize].to_vec();
-    chk!(c, f, CKR_OK, "", C_VerifyInit(s, &mut ecdsa, x.ec_pub));
-    chk!(c, f, act, "twice", C_VerifyInit(s, &mut ecdsa, x.ec_pub));
-    chk!(
-        c,
-        f,
-        CKR_OK,
-        "after OPERATION_ACTIVE",
+    init_twice!(
+        C_VerifyInit(s, &mut ecdsa, x.ec_pub),
         C_Verify(s, dp, 32, sig.as_ptr() as *mut u8, sig.len() as CK_ULONG)
     );
-    chk!(c, f, CKR_OK, "", C_DigestInit(s, &mut sha));
-    chk!(c, f, act, "twice", C_DigestInit(s, &mut sha));
-    len = 512;
-    chk!(
-        c,
-        f,
-        CKR_OK,
-        "after OPERATION_ACTIVE",
-        C_Digest(s, dp, 32, bp, &mut len)
-    );
-    chk!(c, f, CKR_OK, "", C_EncryptInit(s, &mut ecb, x.aes));
-    chk!(c, f, act, "twice", C_EncryptInit(s, &mut ecb, x.aes));
-    len = 512;
-    chk!(
-        c,
-        f,
-        CKR_OK,
-        "after OPERATION_ACTIVE",
+    init_twice!(output: C_DigestInit(s, &mut sha), C_Digest(s, dp, 32, bp, &mut len));
+    init_twice!(output: C_EncryptInit(s, &mut ecb, x.aes),
         C_Encrypt(s, dp, 16, bp, &mut len)
     );
-    chk!(c, f, CKR_OK, "", C_DecryptInit(s, &mut ecb, x.aes));
-    chk!(c, f, act, "twice", C_DecryptInit(s, &mut ecb, x.aes));
-    len = 512;
-    chk!(
-        c,
-        f,
-        CKR_OK,
-        "after OPERATION_ACTIVE",
+    init_twice!(output: C_DecryptInit(s, &mut ecb, x.aes),
         C_Decrypt(s, dp, 16, bp, &mut len)
     );
-    chk!(c, f, CKR_OK, "", C_FindObjectsInit(s, null_mut(), 0));
-    chk!(c, f, act, "twice", C_FindObjectsInit(s, null_mut(), 0));
-    chk!(
-        c,
-        f,
-        CKR_OK,
-        "after OPERATION_ACTIVE",
+    init_twice!(
+        C_FindObjectsInit(s, null_mut(), 0),
         C_FindObjects(s, list.as_mut_ptr(), 8, &mut n)
     );
     c.that("C_FindObjects finds objects", n > 0, "none");

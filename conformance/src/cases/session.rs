@@ -15,12 +15,8 @@ pub(super) fn session_cases(
 ) {
     let (f, f3) = (b.f, b.f3);
     let w = CKR_SESSION_HANDLE_INVALID;
-    let data = [7u8; 64];
-    let dp = data.as_ptr() as *mut u8;
-    let mut buf = [0u8; 512];
-    let bp = buf.as_mut_ptr();
-    let mut len: CK_ULONG = 512;
-    let lp: *mut CK_ULONG = &mut len;
+    let mut scratch = Scratch::new();
+    let (dp, bp, lp) = scratch.pointers();
     let mut n: CK_ULONG = 0;
     let mut si: CK_SESSION_INFO = zeroed();
     let (mut o1, mut o2): (CK_OBJECT_HANDLE, CK_OBJECT_HANDLE) = (0, 0);
