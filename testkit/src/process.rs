@@ -89,9 +89,47 @@ pub fn spawn_server(mut cmd: Command, launch: &Launch, ready_line: bool) -> (i32
     }
 }
 
-/// Sends `signal` to a server started by [`spawn_server`].
-pub fn signal(pid: i32, signal: libc::c_int) {
-    // SAFETY: kill(2) has no memory effects; the pid is our child's (once it has exited and been reaped, the
-    // number could in principle be reused, as with any kill by pid).
-    unsafe { libc::kill(pid, signal) };
+/// A server started by [`spawn_server`]: its pid, and the signals the tests send it. Killed when dropped if its
+/// [`Launch::stop_on_drop`] said so. `Moto` and `Bao` dereference to theirs (`moto.kill()`, `bao.pid`).
+pub struct Process {
+    pub pid: i32,
+    stop_on_drop: bool,
+}
+
+impl Process {
+    pub fn new(pid: i32, launch: &Launch) -> Process {
+        Process {
+            pid,
+            stop_on_drop: launch.stop_on_drop,
+        }
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) has no memory effects; the pid is our child's (once it has exited and been reaped, the
+        // number could in principle be reused, as with any kill by pid).
+        unsafe { libc::kill(self.pid, signal) };
+    }
+
+    /// Kills the server (SIGKILL): connections are refused from now on.
+    pub fn kill(&self) {
+        self.signal(libc::SIGKILL);
+    }
+
+    /// Freezes the server (SIGSTOP): requests hang, as with a server unreachable behind a black hole or a dead node
+    /// behind a load balancer.
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    pub fn thaw(&self) {
+        self.signal(libc::SIGCONT);
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if self.stop_on_drop {
+            self.kill();
+        }
+    }
 }
