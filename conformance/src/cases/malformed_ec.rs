@@ -231,33 +231,23 @@ pub(super) fn malformed_ec_keys(c: &mut Checks, b: &'static Bridge) {
         ulValueLen: bad.len() as CK_ULONG,
     }];
     let mut o: CK_OBJECT_HANDLE = 0;
-    let got = {
-        let case = "C_CopyObject EC public key with CKA_EC_PARAMS not DER";
-        let got = if c.before_call(case) {
-            call!(f, C_CopyObject(s, x.ec_pub, t.as_mut_ptr(), 1, &mut o))
-        } else {
-            DIED
-        };
-        c.any(
-            case,
-            got,
-            &[CKR_ATTRIBUTE_READ_ONLY, CKR_ATTRIBUTE_VALUE_INVALID],
-        );
-        got
-    };
+    let read_only_or_invalid = [CKR_ATTRIBUTE_READ_ONLY, CKR_ATTRIBUTE_VALUE_INVALID];
+    let got = chk!(
+        c,
+        f,
+        any read_only_or_invalid,
+        "EC public key with CKA_EC_PARAMS not DER",
+        C_CopyObject(s, x.ec_pub, t.as_mut_ptr(), 1, &mut o)
+    );
     if got == CKR_OK {
         call!(f, C_DestroyObject(s, o));
     }
-    let case = "C_SetAttributeValue EC public key CKA_EC_PARAMS not DER";
-    let got = if c.before_call(case) {
-        call!(f, C_SetAttributeValue(s, x.ec_pub, t.as_mut_ptr(), 1))
-    } else {
-        DIED
-    };
-    c.any(
-        case,
-        got,
-        &[CKR_ATTRIBUTE_READ_ONLY, CKR_ATTRIBUTE_VALUE_INVALID],
+    chk!(
+        c,
+        f,
+        any read_only_or_invalid,
+        "EC public key CKA_EC_PARAMS not DER",
+        C_SetAttributeValue(s, x.ec_pub, t.as_mut_ptr(), 1)
     );
     close(b, s);
 }

@@ -206,14 +206,18 @@ impl Checks {
     }
 }
 
-/// `chk!(c, list, want, "condition", C_Function(args...))`.
+/// `chk!(c, list, want, "condition", C_Function(args...))`; `chk!(c, list, any [A, B], …)` where the specification
+/// leaves a choice between several codes.
 macro_rules! chk {
-    ($c:expr, $list:expr, $want:expr, $cond:expr, $name:ident ( $($arg:expr),* $(,)? )) => {{
+    ($c:expr, $list:expr, any $want:expr, $cond:expr, $name:ident ( $($arg:expr),* $(,)? )) => {{
         let case = format!("{} {}", stringify!($name), $cond);
         let got = if $c.before_call(&case) { call!($list, $name($($arg),*)) } else { DIED };
-        $c.any(&case, got, &[$want]);
+        $c.any(&case, got, &$want);
         got
     }};
+    ($c:expr, $list:expr, $want:expr, $cond:expr, $name:ident ( $($arg:expr),* $(,)? )) => {
+        chk!($c, $list, any [$want], $cond, $name($($arg),*))
+    };
 }
 
 /// Runs one section; `init`: between `C_Initialize` and `C_Finalize`.
