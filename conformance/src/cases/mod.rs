@@ -269,6 +269,7 @@ pub const SECTIONS: &[(&str, bool, SectionFn)] = &[
     ("malformed EC keys", true, malformed_ec_keys),
     ("explicit EC parameters", true, explicit_ec_params),
     ("mirror transparency", true, mirror_transparency),
+    ("NULL attribute values", true, null_values),
     ("after C_Finalize", false, after_finalize),
 ];
 
@@ -353,6 +354,7 @@ mod login;
 mod malformed_ec;
 mod mirror;
 mod null_pointers;
+mod null_values;
 mod object;
 mod operation;
 mod session;
@@ -366,6 +368,7 @@ use login::*;
 use malformed_ec::*;
 use mirror::*;
 use null_pointers::*;
+use null_values::*;
 use object::*;
 use operation::*;
 use session::*;
