@@ -17,7 +17,7 @@
 //! for the idempotent calls, within the per-call deadline; `CreateKey`, `CreateAlias`, `DeleteAlias` and
 //! `ScheduleKeyDeletion` run with retries disabled.
 
-use crate::health::{Admit, Endpoints};
+use crate::health::{self, Endpoints};
 use crate::remote::mech::{Hash, RsaPad, SignRequest};
 use crate::remote::{
     cert, der, Curve, GenerateKind, GenerateSpec, KeyMaterial, RemoteKey, RemoteService, Usage,
@@ -576,12 +576,7 @@ impl KmsService {
     /// Starts the background prober of this process if there are several regions. `true` if one runs (callers
     /// then never probe an open region themselves).
     fn background(self: &Arc<Self>) -> bool {
-        if self.regions.len() < 2 {
-            return false;
-        }
-        let w = Arc::downgrade(self);
-        self.health
-            .ensure_prober(move || runtime::spawn_background(probe_loop(w)))
+        health::background(self)
     }
 
     /// Runs `f` in the regions `target` allows, within one deadline: the healthy regions in order, each attempt
@@ -598,18 +593,16 @@ impl KmsService {
         Fut: Future<Output = std::result::Result<T, Fault>>,
     {
         let end = tokio::time::Instant::now() + deadline;
-        let last_resort = self.health.all_down(&target_regions, background);
-        let route = self.health.route(&target_regions, background);
+        let walk = self.health.walk(&target_regions, background);
+        let several = walk.route_len() > 1;
         let mut last = Fault::Unreachable("no region available".into());
-        for (n, &i) in route.iter().enumerate() {
-            if !self.health.enter(i, background, last_resort) {
-                continue;
-            }
+        for turn in walk {
+            let i = turn.index;
             let left = end.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
                 break;
             }
-            let share = left / (route.len() - n) as u32;
+            let share = turn.share(left);
             let c = self.client(i).await;
             let region = self.regions[i].name.clone();
             let out = match tokio::time::timeout(share, f(c, region)).await {
@@ -627,25 +620,23 @@ impl KmsService {
                 }
                 other => other,
             });
-            let b = &self.health.breakers[i];
             match out {
                 Ok(v) => {
-                    if !b.is_closed() {
+                    if self.health.answered(i) {
                         tracing::info!(backend = %self.name, region = %self.region_name(i), "region healthy again");
                     }
-                    b.success();
                     return Ok(v);
                 }
                 Err(f) => match health(&f) {
                     Health::Answered => {
-                        b.success();
+                        self.health.answered(i);
                         return Err(f);
                     }
                     h => {
-                        if h == Health::Down && b.failure() {
+                        if h == Health::Down && self.health.unwell(i) {
                             tracing::warn!(backend = %self.name, region = %self.region_name(i), "region unhealthy: breaker open");
                         }
-                        if route.len() > 1 {
+                        if several {
                             tracing::debug!(backend = %self.name, region = %self.region_name(i), fault = ?f, "failing over");
                         }
                         last = f;
@@ -657,40 +648,32 @@ impl KmsService {
     }
 }
 
-/// The background prober of a multi-region backend: every `probe_interval_ms`, each region whose breaker is due
-/// for a probe gets one cheap call (`ListKeys` with `Limit=1`); an answer closes its breaker, so calls return to it.
-/// Ends when the backend is gone (`C_Finalize`).
-async fn probe_loop(w: std::sync::Weak<KmsService>) {
-    loop {
-        let Some(interval) = w
-            .upgrade()
-            .map(|s| Duration::from_millis(s.cfg.probe_interval_ms))
-        else {
-            return;
-        };
-        tokio::time::sleep(interval).await;
-        let Some(s) = w.upgrade() else {
-            return;
-        };
-        for i in 0..s.regions.len() {
-            let b = &s.health.breakers[i];
-            if !b.probe_due() || b.admit() != Admit::Probe {
-                continue;
-            }
-            let c = s.client(i).await;
-            let r = tokio::time::timeout(s.deadline(), c.list_keys().limit(1).send()).await;
-            let ok = match r {
-                Ok(Ok(_)) => true,
-                Ok(Err(e)) => health(&fault(e)) == Health::Answered,
-                Err(_) => false,
-            };
-            if ok {
-                b.success();
-                tracing::info!(backend = %s.name, region = %s.region_name(i), "probe answered: region healthy again");
-            } else {
-                b.failure();
-                tracing::debug!(backend = %s.name, region = %s.region_name(i), "probe failed: region still down");
-            }
+/// The background prober of a multi-region backend (see `health::probe_loop`): each region due for a probe gets one
+/// cheap call (`ListKeys` with `Limit=1`); an answer closes its breaker, so calls return to it.
+impl health::Probed for KmsService {
+    fn endpoints(&self) -> &Endpoints {
+        &self.health
+    }
+
+    fn probe_interval(&self) -> Duration {
+        Duration::from_millis(self.cfg.probe_interval_ms)
+    }
+
+    async fn probe(self: Arc<Self>, i: usize) -> bool {
+        let c = self.client(i).await;
+        let r = tokio::time::timeout(self.deadline(), c.list_keys().limit(1).send()).await;
+        match r {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => health(&fault(e)) == Health::Answered,
+            Err(_) => false,
+        }
+    }
+
+    fn report(&self, i: usize, answered: bool) {
+        if answered {
+            tracing::info!(backend = %self.name, region = %self.region_name(i), "probe answered: region healthy again");
+        } else {
+            tracing::debug!(backend = %self.name, region = %self.region_name(i), "probe failed: region still down");
         }
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod batch;
 pub mod diag;
+pub mod digest;
 pub mod error;
 pub mod health;
 pub mod kms;
@@ -27,6 +28,7 @@ pub mod vault;
 pub mod vendor;
 
 pub use error::{rv_name, Error, Result};
+pub use pkcs11::ha::{ha_groups, ha_members};
 pub use secret::{Secret, SecretRef};
 pub use types::*;
 
@@ -387,14 +389,9 @@ pub trait BackendSession: Send {
     }
 }
 
-/// Builds the backend of one `[backend.NAME]` section. This is the one place that knows every concrete backend.
-/// Errors name the key (`backend.NAME.KEY`) and the problem.
-pub fn build(name: &str, section: &toml::Table, ctx: &BuildContext) -> Result<Arc<dyn Backend>> {
-    build_with(name, section, &std::collections::BTreeMap::new(), ctx)
-}
-
-/// Like [`build`], with every `[backend.*]` section of the file at hand: a `pkcs11-ha` group builds its members from
-/// the sections it names.
+/// Builds the backend of one `[backend.NAME]` section, with every `[backend.*]` section of the file at hand (a
+/// `pkcs11-ha` group builds its members from the sections it names). This is the one place that knows every
+/// concrete backend. Errors name the key (`backend.NAME.KEY`) and the problem.
 pub fn build_with(
     name: &str,
     section: &toml::Table,

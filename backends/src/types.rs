@@ -54,6 +54,36 @@ impl OpKind {
     }
 }
 
+/// The state of each active operation of a session, one per [`OpKind`] (empty until its `C_*Init`).
+#[derive(Debug)]
+pub struct ActiveOps<T>([Option<T>; OpKind::ALL.len()]);
+
+impl<T> Default for ActiveOps<T> {
+    fn default() -> Self {
+        ActiveOps(Default::default())
+    }
+}
+
+impl<T> ActiveOps<T> {
+    pub fn get(&self, kind: OpKind) -> Option<&T> {
+        self.0[kind as usize].as_ref()
+    }
+    pub fn get_mut(&mut self, kind: OpKind) -> Option<&mut T> {
+        self.0[kind as usize].as_mut()
+    }
+    /// Ends the operation, handing out its state.
+    pub fn take(&mut self, kind: OpKind) -> Option<T> {
+        self.0[kind as usize].take()
+    }
+    /// Starts (or puts back) the operation's state.
+    pub fn set(&mut self, kind: OpKind, state: T) {
+        self.0[kind as usize] = Some(state);
+    }
+    pub fn clear(&mut self, kind: OpKind) {
+        self.0[kind as usize] = None;
+    }
+}
+
 /// The dual-function update calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DualKind {

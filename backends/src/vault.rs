@@ -8,7 +8,7 @@
 //! same HTTP client as raw requests.
 
 use crate::batch::GroupCommit;
-use crate::health::{Admit, Endpoints};
+use crate::health::{self, Endpoints};
 use crate::remote::mech::{Hash, RsaPad, SignRequest};
 use crate::remote::{
     cert, Curve, GenerateKind, GenerateSpec, KeyMaterial, RemoteKey, RemoteService, Usage,
@@ -551,12 +551,7 @@ impl VaultService {
     /// Starts the background prober of this process if there are several addresses. `true` if one runs (callers
     /// then never probe an open address themselves).
     fn background(self: &Arc<Self>) -> bool {
-        if self.addresses.len() < 2 {
-            return false;
-        }
-        let w = Arc::downgrade(self);
-        self.health
-            .ensure_prober(move || runtime::spawn_background(probe_loop(w)))
+        health::background(self)
     }
 
     /// One transit request, with failover across addresses (the healthy ones in configured order, each capped at
@@ -574,29 +569,20 @@ impl VaultService {
             .map_err(|e| Fault::Unreachable(e.cause().unwrap_or("HTTP client").to_string()))?;
         let background = self.background();
         let all: Vec<usize> = (0..self.addresses.len()).collect();
-        let last_resort = self.health.all_down(&all, background);
-        let route = self.health.route(&all, background);
         let end = tokio::time::Instant::now() + self.deadline();
         let mut last = Fault::Unreachable("no address".into());
         let mut relogged = false;
         let mut attempt = 0u32;
-        'nodes: for (n, &idx) in route.iter().enumerate() {
-            if !self.health.enter(idx, background, last_resort) {
-                continue;
-            }
+        'nodes: for turn in self.health.walk(&all, background) {
+            let idx = turn.index;
             let addr = &self.addresses[idx];
-            let breaker = &self.health.breakers[idx];
             let left = end.saturating_duration_since(tokio::time::Instant::now());
             // A request that must not be repeated is never re-sent after a timeout (the node may have done it): it
             // gets all the time left.
-            let share = if idempotent {
-                left / (route.len() - n) as u32
-            } else {
-                left
-            };
+            let share = if idempotent { turn.share(left) } else { left };
             let node_end = tokio::time::Instant::now() + share;
             let unwell = |why: String| {
-                if breaker.failure() {
+                if self.health.unwell(idx) {
                     tracing::warn!(backend = %self.name, address = %addr, "address unhealthy: breaker open");
                 }
                 Fault::Unreachable(why)
@@ -650,10 +636,9 @@ impl VaultService {
                 };
                 if status != 502 && status != 503 {
                     // The node answered (a Vault error is an answer too).
-                    if !breaker.is_closed() {
+                    if self.health.answered(idx) {
                         tracing::info!(backend = %self.name, address = %addr, "address healthy again");
                     }
-                    breaker.success();
                 }
                 if (200..300).contains(&status) {
                     if text.trim().is_empty() {
@@ -1012,41 +997,37 @@ fn batch_signatures(backend: &str, v: &Value, n: usize) -> Vec<Result<String>> {
         .collect()
 }
 
-/// The background prober of a multi-address backend: every `probe_interval_ms`, each address whose breaker is due
-/// for a probe gets `GET /v1/sys/health` (unauthenticated); an active node (200) or a standby (429, 472, 473: it
-/// redirects or forwards) closes its breaker, so calls return to it. Ends when the backend is gone (`C_Finalize`).
-async fn probe_loop(w: std::sync::Weak<VaultService>) {
-    loop {
-        let Some(interval) = w
-            .upgrade()
-            .map(|s| Duration::from_millis(s.cfg.probe_interval_ms))
-        else {
-            return;
+/// The background prober of a multi-address backend (see `health::probe_loop`): each address due for a probe gets
+/// `GET /v1/sys/health` (unauthenticated); an active node (200) or a standby (429, 472, 473: it redirects or
+/// forwards) closes its breaker, so calls return to it.
+impl health::Probed for VaultService {
+    fn endpoints(&self) -> &Endpoints {
+        &self.health
+    }
+
+    fn probe_interval(&self) -> Duration {
+        Duration::from_millis(self.cfg.probe_interval_ms)
+    }
+
+    fn ready(&self) -> bool {
+        self.http().is_ok()
+    }
+
+    async fn probe(self: Arc<Self>, i: usize) -> bool {
+        let Ok(http) = self.http() else {
+            return false;
         };
-        tokio::time::sleep(interval).await;
-        let Some(s) = w.upgrade() else {
-            return;
-        };
-        let Ok(http) = s.http() else {
-            continue;
-        };
-        for (i, addr) in s.addresses.iter().enumerate() {
-            let b = &s.health.breakers[i];
-            if !b.probe_due() || b.admit() != Admit::Probe {
-                continue;
-            }
-            let url = format!("{}/v1/sys/health", addr.trim_end_matches('/'));
-            let r = tokio::time::timeout(s.deadline(), http.get(&url).send()).await;
-            match r {
-                Ok(Ok(r)) if matches!(r.status().as_u16(), 200 | 429 | 472 | 473) => {
-                    b.success();
-                    tracing::info!(backend = %s.name, address = %addr, "probe answered: address healthy again");
-                }
-                _ => {
-                    b.failure();
-                    tracing::debug!(backend = %s.name, address = %addr, "probe failed: address still down");
-                }
-            }
+        let url = format!("{}/v1/sys/health", self.addresses[i].trim_end_matches('/'));
+        let r = tokio::time::timeout(self.deadline(), http.get(&url).send()).await;
+        matches!(r, Ok(Ok(r)) if matches!(r.status().as_u16(), 200 | 429 | 472 | 473))
+    }
+
+    fn report(&self, i: usize, answered: bool) {
+        let addr = &self.addresses[i];
+        if answered {
+            tracing::info!(backend = %self.name, address = %addr, "probe answered: address healthy again");
+        } else {
+            tracing::debug!(backend = %self.name, address = %addr, "probe failed: address still down");
         }
     }
 }

@@ -11,10 +11,10 @@
 //! group is refused (`CKR_TEMPLATE_INCONSISTENT`), so that no key exists on one member only.
 
 use super::UpstreamBackend;
-use crate::health::{Admit, Breaker};
+use crate::health::Endpoints;
 use crate::{
-    Backend, BackendSession, BuildContext, DualKind, Error, Mechanism, ObjRef, OpKind, Out, Result,
-    Template, Token,
+    ActiveOps, Backend, BackendSession, BuildContext, DualKind, Error, Mechanism, ObjRef, OpKind,
+    Out, Result, Template, Token,
 };
 use cryptoki_sys::*;
 use parking_lot::{Mutex, RwLock};
@@ -56,6 +56,53 @@ fn default_true() -> bool {
     true
 }
 
+/// The HA groups among the `[backend.*]` sections (`kind = "pkcs11-ha"`), each with the members it names, in
+/// order; every member is checked to be a `kind = "pkcs11"` section. Errors name the key
+/// (`backend.NAME.members: ...`).
+pub fn ha_groups(sections: &BTreeMap<String, toml::Table>) -> Result<Vec<(&str, Vec<&str>)>> {
+    let mut groups = Vec::new();
+    for (name, t) in sections {
+        if t.get("kind").and_then(|k| k.as_str()) != Some("pkcs11-ha") {
+            continue;
+        }
+        let err =
+            |m: String| Error::with(CKR_GENERAL_ERROR, format!("backend.{name}.members: {m}"));
+        let Some(members) = t.get("members").and_then(|m| m.as_array()) else {
+            return Err(err(
+                "missing (a list of [backend.NAME] sections of kind \"pkcs11\")".into(),
+            ));
+        };
+        let mut names = Vec::with_capacity(members.len());
+        for m in members {
+            let Some(m) = m.as_str() else {
+                return Err(err("members are section names (strings)".into()));
+            };
+            let Some(section) = sections.get(m) else {
+                return Err(err(format!("no [backend.{m}] section")));
+            };
+            let kind = section.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+            if kind != "pkcs11" {
+                return Err(err(format!(
+                    "{m} is kind = \"{kind}\"; members must be kind = \"pkcs11\""
+                )));
+            }
+            names.push(m);
+        }
+        groups.push((name.as_str(), names));
+    }
+    Ok(groups)
+}
+
+/// The sections HA groups build as their members (they are never built on their own), from a configuration
+/// [`ha_groups`] accepted.
+pub fn ha_members(sections: &BTreeMap<String, toml::Table>) -> std::collections::HashSet<&str> {
+    ha_groups(sections)
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|(_, members)| members)
+        .collect()
+}
+
 /// Whether a member's answer says the member (not the request) is unwell: fail over and count it.
 /// `CKR_GENERAL_ERROR` is not among them: modules also use it for faults of one request, and counting it would let
 /// one bad request open every member's breaker.
@@ -73,11 +120,12 @@ fn is_member_failure(rv: CK_RV, logged_in: bool) -> bool {
 }
 
 struct Member {
+    /// Its position in the group (and among the group's breakers).
+    index: usize,
     name: String,
     backend: UpstreamBackend,
     /// The member's token, found by its selector (again after a restart).
     token: Mutex<Option<Arc<dyn Token>>>,
-    breaker: Breaker,
     /// Bumped at each recovery: sessions and cached handles of an older epoch are not used again.
     epoch: AtomicU64,
     /// Bumped at each re-initialization of the module: sessions older than it are forgotten, never closed (their
@@ -121,11 +169,6 @@ struct Objects {
     home: HashMap<(usize, u64, CK_OBJECT_HANDLE), ObjRef>,
 }
 
-struct Prober {
-    running: bool,
-    pid: u32,
-}
-
 struct Group {
     name: String,
     members: Vec<Member>,
@@ -137,7 +180,8 @@ struct Group {
     ctx: BuildContext,
     probe_interval: Duration,
     reinitialize: bool,
-    prober: Mutex<Prober>,
+    /// A circuit breaker per member (in `members` order) and the stamp of the prober thread.
+    health: Endpoints,
     stop: AtomicBool,
     me: Weak<Group>,
 }
@@ -184,18 +228,20 @@ impl HaBackend {
                 }
             };
             members.push(Member {
+                index: i,
                 name: m.clone(),
                 backend,
                 token: Mutex::new(None),
-                breaker: Breaker::new(
-                    cfg.failure_threshold,
-                    Duration::from_millis(cfg.probe_interval_ms),
-                ),
                 epoch: AtomicU64::new(0),
                 reinit: AtomicU64::new(0),
                 routed: AtomicU64::new(0),
             });
         }
+        let health = Endpoints::new(
+            members.len(),
+            cfg.failure_threshold,
+            Duration::from_millis(cfg.probe_interval_ms),
+        );
         let group = Arc::new_cyclic(|me| Group {
             name: name.to_string(),
             members,
@@ -205,10 +251,7 @@ impl HaBackend {
             ctx: ctx.clone(),
             probe_interval: Duration::from_millis(cfg.probe_interval_ms.max(10)),
             reinitialize: cfg.reinitialize,
-            prober: Mutex::new(Prober {
-                running: false,
-                pid: 0,
-            }),
+            health,
             stop: AtomicBool::new(false),
             me: me.clone(),
         });
@@ -246,7 +289,7 @@ impl Backend for HaBackend {
         let g = &self.group;
         g.stop.store(true, SeqCst);
         let start = std::time::Instant::now();
-        while g.prober.lock().running && start.elapsed() < Duration::from_secs(10) {
+        while g.health.prober().is_running() && start.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(5));
         }
         g.members.iter().for_each(|m| m.backend.finalize());
@@ -260,7 +303,7 @@ impl Group {
 
     /// Records a member failure; opening its breaker starts the prober.
     fn failed(&self, m: &Member, e: &Error) {
-        if m.breaker.failure() {
+        if self.health.unwell(m.index) {
             tracing::warn!(target: T, group = %self.name, member = %m.name, error = %e,
                 served = m.routed.load(SeqCst), "member down: breaker open");
             self.ensure_prober();
@@ -285,67 +328,65 @@ impl Group {
         if !self.threads_allowed() || self.stop.load(SeqCst) {
             return;
         }
-        let me = crate::current_pid();
-        let mut p = self.prober.lock();
-        if p.running && p.pid == me {
-            return;
-        }
-        let Some(g) = self.me.upgrade() else {
-            return;
-        };
-        let spawned = std::thread::Builder::new()
-            .name("p11bridge-ha-probe".into())
-            .spawn(move || g.probe_loop());
-        if spawned.is_ok() {
-            p.running = true;
-            p.pid = me;
-        }
+        self.health.ensure_prober(|| {
+            let Some(g) = self.me.upgrade() else {
+                return false;
+            };
+            std::thread::Builder::new()
+                .name("p11bridge-ha-probe".into())
+                .spawn(move || g.probe_loop())
+                .is_ok()
+        });
     }
 
+    /// The prober thread: probes the members that are down until every breaker is closed again.
     fn probe_loop(&self) {
-        let me = crate::current_pid();
         let tick =
             (self.probe_interval / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
         loop {
             std::thread::sleep(tick);
+            if self
+                .health
+                .prober()
+                .end_if(|| self.stop.load(SeqCst) || self.health.all_closed())
             {
-                let mut p = self.prober.lock();
-                if self.stop.load(SeqCst) || p.pid != me {
-                    p.running = false;
-                    return;
-                }
-                if self.members.iter().all(|m| m.breaker.is_closed()) {
-                    p.running = false;
-                    return;
-                }
+                return;
             }
-            for m in &self.members {
-                if self.stop.load(SeqCst) {
-                    break;
-                }
-                if m.breaker.probe_due() && m.breaker.admit() == Admit::Probe {
-                    self.probe(m);
-                }
-            }
+            self.health.probe_round(
+                || self.stop.load(SeqCst),
+                |i| self.recover(&self.members[i]),
+                |i, back| self.report_probe(&self.members[i], back),
+            );
         }
     }
 
-    /// Checks a member that is down; on success closes its breaker and makes it usable again (fresh sessions, a
-    /// fresh login if the group is logged in). Called with the breaker half-open.
+    /// Probes a member that is down (its breaker half-open) and closes or re-opens its breaker by the outcome.
     fn probe(&self, m: &Member) -> bool {
+        let back = self.recover(m);
+        self.health.probed(m.index, back);
+        self.report_probe(m, back);
+        back
+    }
+
+    /// Checks a member that is down; on success makes it usable again (fresh sessions, a fresh login if the group
+    /// is logged in). Whether it is back.
+    fn recover(&self, m: &Member) -> bool {
         match self.try_probe(m) {
             Ok(()) => {
                 m.epoch.fetch_add(1, SeqCst);
-                m.breaker.success();
-                tracing::info!(target: T, group = %self.name, member = %m.name,
-                    served = m.routed.load(SeqCst), "member back: breaker closed");
                 true
             }
             Err(e) => {
                 tracing::debug!(target: T, group = %self.name, member = %m.name, error = %e, "probe failed");
-                m.breaker.failure();
                 false
             }
+        }
+    }
+
+    fn report_probe(&self, m: &Member, back: bool) {
+        if back {
+            tracing::info!(target: T, group = %self.name, member = %m.name,
+                served = m.routed.load(SeqCst), "member back: breaker closed");
         }
     }
 
@@ -382,18 +423,15 @@ impl Group {
 
     /// Whether member `i` may be used now. Without a prober thread, a member due for a probe is probed here.
     fn usable(&self, i: usize, last_resort: bool) -> bool {
-        let m = &self.members[i];
-        if m.breaker.is_closed() {
-            return true;
-        }
-        if !last_resort && self.threads_allowed() {
-            return false;
-        }
-        match m.breaker.admit() {
-            Admit::Yes => true,
-            Admit::Probe => self.probe(m),
-            Admit::No => false,
-        }
+        self.health
+            .usable_now(i, self.threads_allowed(), last_resort, || {
+                self.probe(&self.members[i])
+            })
+    }
+
+    /// Whether member `i`'s breaker is closed (believed healthy).
+    fn healthy(&self, i: usize) -> bool {
+        self.health.breakers[i].is_closed()
     }
 
     fn intern_shared(
@@ -561,7 +599,7 @@ impl Token for HaToken {
         let mut first_err = None;
         let mut any_ok = false;
         for m in &self.g.members {
-            if !m.breaker.is_closed() {
+            if !self.g.healthy(m.index) {
                 continue;
             }
             match m.token().and_then(|t| t.login_configured(user)) {
@@ -692,7 +730,7 @@ pub struct HaSession {
     g: Arc<Group>,
     rw: bool,
     sess: Vec<Option<MemberSession>>,
-    ops: [Option<OpState>; 7],
+    ops: ActiveOps<OpState>,
     /// The member this session's own objects (session objects, objects it creates) live on.
     home: Option<usize>,
     last_op: Option<usize>,
@@ -846,7 +884,7 @@ impl HaSession {
     fn home(&mut self) -> Result<usize> {
         if let Some(h) = self.home {
             // A home member that is down is replaced (the objects made there are gone with it anyway).
-            if self.g.members[h].breaker.is_closed() {
+            if self.g.healthy(h) {
                 return Ok(h);
             }
         }
@@ -865,8 +903,9 @@ impl HaSession {
 
     /// The running operation's state.
     fn op(&self, kind: OpKind) -> Result<OpState> {
-        self.ops[kind as usize]
-            .clone()
+        self.ops
+            .get(kind)
+            .cloned()
             .ok_or(Error::new(CKR_OPERATION_NOT_INITIALIZED))
     }
 
@@ -883,7 +922,7 @@ impl HaSession {
         if let Err(e) = &r {
             if is_member_failure(e.rv(), logged_in) {
                 self.member_failed(st.member, e);
-                self.ops[kind as usize] = None;
+                self.ops.clear(kind);
                 return Err(Error::with(
                     CKR_DEVICE_ERROR,
                     "the HA member running this operation failed",
@@ -908,7 +947,7 @@ impl HaSession {
         };
         self.member_failed(st.member, &e);
         let (Some(saved), false) = (st.mech.clone(), st.multi) else {
-            self.ops[kind as usize] = None;
+            self.ops.clear(kind);
             return Err(Error::with(
                 CKR_DEVICE_ERROR,
                 "the HA member running this operation failed",
@@ -925,14 +964,14 @@ impl HaSession {
             Ok((i, v)) => {
                 tracing::info!(target: T, group = %self.g.name, from = %self.g.members[st.member].name,
                     to = %self.g.members[i].name, "operation failed over");
-                if let Some(o) = self.ops[kind as usize].as_mut() {
+                if let Some(o) = self.ops.get_mut(kind) {
                     o.member = i;
                 }
                 self.last_op = Some(i);
                 Ok(v)
             }
             Err(e) => {
-                self.ops[kind as usize] = None;
+                self.ops.clear(kind);
                 Err(e)
             }
         }
@@ -992,7 +1031,7 @@ impl HaSession {
             None => self.home()?,
         };
         let r = self.run_pinned(h, keys, f);
-        if r.is_err() && !self.g.members[h].breaker.is_closed() {
+        if r.is_err() && !self.g.healthy(h) {
             // The home member is down: the next object goes elsewhere.
             self.home = None;
         }
@@ -1146,12 +1185,15 @@ impl BackendSession for HaSession {
             }
         })?;
         self.routed("init", Some(kind), i);
-        self.ops[kind as usize] = Some(OpState {
-            member: i,
-            mech: replayable(mech),
-            key,
-            multi: false,
-        });
+        self.ops.set(
+            kind,
+            OpState {
+                member: i,
+                mech: replayable(mech),
+                key,
+                multi: false,
+            },
+        );
         self.last_op = Some(i);
         Ok(())
     }
@@ -1159,7 +1201,7 @@ impl BackendSession for HaSession {
         self.single(kind, |bs| bs.op_single(kind, input, out.as_deref_mut()))
     }
     fn op_update(&mut self, kind: OpKind, input: &[u8], out: Out) -> Result<usize> {
-        if let Some(o) = self.ops[kind as usize].as_mut() {
+        if let Some(o) = self.ops.get_mut(kind) {
             o.multi = true;
         }
         self.on_op_member(kind, |bs| bs.op_update(kind, input, out))
@@ -1175,7 +1217,7 @@ impl BackendSession for HaSession {
     }
     fn digest_key(&mut self, key: ObjRef) -> Result<()> {
         let st = self.op(OpKind::Digest)?;
-        if let Some(o) = self.ops[OpKind::Digest as usize].as_mut() {
+        if let Some(o) = self.ops.get_mut(OpKind::Digest) {
             o.multi = true;
         }
         let g = self.g.clone();
@@ -1189,7 +1231,7 @@ impl BackendSession for HaSession {
     fn dual_update(&mut self, kind: DualKind, input: &[u8], out: Out) -> Result<usize> {
         let (a, b) = kind.ops();
         for k in [a, b] {
-            if let Some(o) = self.ops[k as usize].as_mut() {
+            if let Some(o) = self.ops.get_mut(k) {
                 o.multi = true;
             }
         }
@@ -1203,7 +1245,7 @@ impl BackendSession for HaSession {
         self.on_op_member(a, |bs| bs.dual_update(kind, input, out))
     }
     fn op_cancel(&mut self, kind: OpKind) -> Result<()> {
-        let Some(st) = self.ops[kind as usize].take() else {
+        let Some(st) = self.ops.take(kind) else {
             return Ok(());
         };
         if let Ok(bs) = self.member_session(st.member) {
