@@ -139,11 +139,7 @@ pub fn default_check(t: &(impl Token + ?Sized)) -> CheckReport {
         let mut secret = 0;
         for o in &objs {
             let mut class: CK_OBJECT_CLASS = CK_UNAVAILABLE_INFORMATION;
-            let mut a = [CK_ATTRIBUTE {
-                type_: CKA_CLASS,
-                pValue: &mut class as *mut _ as *mut std::ffi::c_void,
-                ulValueLen: std::mem::size_of::<CK_OBJECT_CLASS>() as CK_ULONG,
-            }];
+            let mut a = [attribute(CKA_CLASS, &mut class)];
             if s.get_attributes(*o, &mut a) == CKR_OK {
                 match class {
                     CKO_PRIVATE_KEY => private += 1,
@@ -298,16 +294,8 @@ pub trait BackendSession: Send {
         let mut class: CK_OBJECT_CLASS = 0;
         let mut extractable: CK_BBOOL = CK_FALSE;
         let mut t = [
-            CK_ATTRIBUTE {
-                type_: CKA_CLASS,
-                pValue: &mut class as *mut _ as *mut std::ffi::c_void,
-                ulValueLen: std::mem::size_of::<CK_OBJECT_CLASS>() as CK_ULONG,
-            },
-            CK_ATTRIBUTE {
-                type_: CKA_EXTRACTABLE,
-                pValue: &mut extractable as *mut _ as *mut std::ffi::c_void,
-                ulValueLen: 1,
-            },
+            attribute(CKA_CLASS, &mut class),
+            attribute(CKA_EXTRACTABLE, &mut extractable),
         ];
         match self.get_attributes(obj, &mut t) {
             CKR_OK => {}

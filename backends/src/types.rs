@@ -54,6 +54,18 @@ impl OpKind {
     }
 }
 
+/// A `CK_ATTRIBUTE` over `value`'s memory: a plain value (`CK_ULONG`, `CK_BBOOL`, ...) or a byte buffer, whose size
+/// is the attribute's length. Read an attribute into it (`BackendSession::get_attributes`, by the rules of
+/// `C_GetAttributeValue`) or use it as a search template entry; it points at `value`, so use it while `value` lives.
+pub fn attribute<T: ?Sized>(type_: CK_ATTRIBUTE_TYPE, value: &mut T) -> CK_ATTRIBUTE {
+    let len = std::mem::size_of_val(value);
+    CK_ATTRIBUTE {
+        type_,
+        pValue: value as *mut T as *mut std::ffi::c_void,
+        ulValueLen: len as CK_ULONG,
+    }
+}
+
 /// The state of each active operation of a session, one per [`OpKind`] (empty until its `C_*Init`).
 #[derive(Debug)]
 pub struct ActiveOps<T>([Option<T>; OpKind::ALL.len()]);

@@ -152,22 +152,7 @@ impl Kms {
         });
         if let Err(e) = aliased {
             // Do not leave a nameless key behind.
-            let k = key_id.clone();
-            let days = s.cfg.deletion_window_days;
-            let _ = self.call(home, CKR_DEVICE_ERROR, move |c, _| {
-                let k = k.clone();
-                async move {
-                    c.schedule_key_deletion()
-                        .key_id(k)
-                        .pending_window_in_days(days)
-                        .customize()
-                        .config_override(no_retry())
-                        .send()
-                        .await
-                        .map_err(fault)?;
-                    Ok(())
-                }
-            });
+            let _ = self.schedule_deletion(home, &key_id, CKR_DEVICE_ERROR);
             return Err(e);
         }
         if !s.cfg.discover && prefix.is_empty() {
@@ -188,26 +173,12 @@ impl Kms {
             .name
             .rsplit_once(":key/")
             .map_or(key.name.clone(), |(_, id)| id.to_string());
-        let days = s.cfg.deletion_window_days;
         // Deletion goes to one region, never re-sent: the key's own (its ARN's), else the first healthy one.
         let region = arn_region(&key.name)
             .and_then(|r| s.regions.iter().position(|x| x.name.as_deref() == Some(r)))
             .unwrap_or_else(|| s.home(s.background()));
         let home = Target::Only(region);
-        self.call(home, CKR_ACTION_PROHIBITED, move |c, _| {
-            let id = id.clone();
-            async move {
-                c.schedule_key_deletion()
-                    .key_id(id)
-                    .pending_window_in_days(days)
-                    .customize()
-                    .config_override(no_retry())
-                    .send()
-                    .await
-                    .map_err(fault)?;
-                Ok(())
-            }
-        })?;
+        self.schedule_deletion(home, &id, CKR_ACTION_PROHIBITED)?;
         // Free the label for a new key (the alias would keep pointing at a key pending deletion): the key's own
         // aliases that gave it its label.
         let prefix = s.cfg.created_alias_prefix.clone();
@@ -250,5 +221,30 @@ impl Kms {
         }
         s.created.lock().retain(|k| *k != key.name);
         Ok(())
+    }
+
+    /// `ScheduleKeyDeletion` of key `id` after `deletion_window_days`, in `home` only and never retried.
+    pub(super) fn schedule_deletion(
+        &self,
+        home: Target<'_>,
+        id: &str,
+        bad_input: CK_RV,
+    ) -> Result<()> {
+        let days = self.0.cfg.deletion_window_days;
+        let id = id.to_string();
+        self.call(home, bad_input, move |c, _| {
+            let id = id.clone();
+            async move {
+                c.schedule_key_deletion()
+                    .key_id(id)
+                    .pending_window_in_days(days)
+                    .customize()
+                    .config_override(no_retry())
+                    .send()
+                    .await
+                    .map_err(fault)?;
+                Ok(())
+            }
+        })
     }
 }

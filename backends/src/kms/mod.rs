@@ -127,15 +127,9 @@ impl Kms {
         ctx: Option<HashMap<String, String>>,
         bad_input: CK_RV,
     ) -> Result<Zeroizing<Vec<u8>>> {
-        let id = key.name.clone();
         let ct = ct.to_vec();
-        self.call(Target::Key(&key.name), bad_input, move |c, r| {
-            let (id, ct, alg, ctx) = (
-                in_region(&id, r.as_deref()),
-                ct.clone(),
-                alg.clone(),
-                ctx.clone(),
-            );
+        self.call_key(key, bad_input, move |c, id| {
+            let (ct, alg, ctx) = (ct.clone(), alg.clone(), ctx.clone());
             async move {
                 let r = c
                     .decrypt()
@@ -152,6 +146,20 @@ impl Kms {
                         .unwrap_or_default(),
                 ))
             }
+        })
+    }
+
+    /// Runs a key operation (`call` in the regions holding the key): `f` gets the region's client and the key's
+    /// name in that region.
+    fn call_key<T, F, Fut>(&self, key: &RemoteKey, bad_input: CK_RV, f: F) -> Result<T>
+    where
+        F: Fn(Client, String) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<T, Fault>> + Send,
+        T: Send + 'static,
+    {
+        let name = key.name.clone();
+        self.call(Target::Key(&key.name), bad_input, move |c, r| {
+            f(c, in_region(&name, r.as_deref()))
         })
     }
 
@@ -295,9 +303,8 @@ impl RemoteService for Kms {
             }
             _ => return Err(Error::new(CKR_KEY_TYPE_INCONSISTENT)),
         };
-        let id = key.name.clone();
-        let sig = self.call(Target::Key(&key.name), CKR_DATA_LEN_RANGE, move |c, r| {
-            let (id, digest, alg) = (in_region(&id, r.as_deref()), digest.clone(), alg.clone());
+        let sig = self.call_key(key, CKR_DATA_LEN_RANGE, move |c, id| {
+            let (digest, alg) = (digest.clone(), alg.clone());
             async move {
                 let r = c
                     .sign()
@@ -334,10 +341,9 @@ impl RemoteService for Kms {
 
     fn mac(&self, key: &RemoteKey, hash: Hash, data: &[u8]) -> Result<Vec<u8>> {
         let alg = mac_alg(hash)?;
-        let id = key.name.clone();
         let data = data.to_vec();
-        self.call(Target::Key(&key.name), CKR_DATA_LEN_RANGE, move |c, r| {
-            let (id, data, alg) = (in_region(&id, r.as_deref()), data.clone(), alg.clone());
+        self.call_key(key, CKR_DATA_LEN_RANGE, move |c, id| {
+            let (data, alg) = (data.clone(), alg.clone());
             async move {
                 let r = c
                     .generate_mac()
@@ -357,15 +363,9 @@ impl RemoteService for Kms {
         if mac.len() != hash.len() {
             return Err(Error::new(CKR_SIGNATURE_LEN_RANGE));
         }
-        let id = key.name.clone();
         let (data, mac) = (data.to_vec(), mac.to_vec());
-        let valid = self.call(Target::Key(&key.name), CKR_DATA_LEN_RANGE, move |c, r| {
-            let (id, data, mac, alg) = (
-                in_region(&id, r.as_deref()),
-                data.clone(),
-                mac.clone(),
-                alg.clone(),
-            );
+        let valid = self.call_key(key, CKR_DATA_LEN_RANGE, move |c, id| {
+            let (data, mac, alg) = (data.clone(), mac.clone(), alg.clone());
             async move {
                 let r = c
                     .verify_mac()
@@ -396,11 +396,10 @@ impl RemoteService for Kms {
             ));
         }
         let ctx = context(ctx)?;
-        let id = key.name.clone();
         let pt = Zeroizing::new(pt.to_vec());
         // Not idempotent in effect (a fresh ciphertext each time) but harmless to repeat.
-        self.call(Target::Key(&key.name), CKR_DATA_LEN_RANGE, move |c, r| {
-            let (id, pt, ctx) = (in_region(&id, r.as_deref()), pt.clone(), ctx.clone());
+        self.call_key(key, CKR_DATA_LEN_RANGE, move |c, id| {
+            let (pt, ctx) = (pt.clone(), ctx.clone());
             async move {
                 let r = c
                     .encrypt()

@@ -165,6 +165,22 @@ fn batch_signatures(backend: &str, v: &Value, n: usize) -> Vec<Result<String>> {
         .collect()
 }
 
+/// A transit request body with the encryption context of a derived key, if the caller gave one.
+fn with_context(mut body: Value, ctx: &[u8]) -> Value {
+    if !ctx.is_empty() {
+        body["context"] = json!(B64.encode(ctx));
+    }
+    body
+}
+
+/// The plaintext of a `decrypt` answer.
+fn plaintext(v: &Value) -> Result<Zeroizing<Vec<u8>>> {
+    Ok(Zeroizing::new(
+        B64.decode(field(v, "plaintext")?)
+            .map_err(|_| Error::new(CKR_DEVICE_ERROR))?,
+    ))
+}
+
 fn hash_name(h: Hash) -> &'static str {
     match h {
         Hash::Sha1 => "sha1",
@@ -287,13 +303,7 @@ impl RemoteService for Vault {
                 s.sign_batch(&path, &body, inputs)
             })?
         } else {
-            let v = s.op(
-                reqwest::Method::POST,
-                s.transit(&path),
-                Some(body),
-                true,
-                CKR_DATA_INVALID,
-            )?;
+            let v = s.transit_post(&path, body, CKR_DATA_INVALID)?;
             field(&v, "signature")?.to_string()
         };
         let sig = unvault(&sig)?;
@@ -316,26 +326,19 @@ impl RemoteService for Vault {
         }
         let s = &self.0;
         let ciphertext = format!("vault:v{}:{}", key.version.unwrap_or(1), B64.encode(ct));
-        let v = s.op(
-            reqwest::Method::POST,
-            s.transit(&format!("decrypt/{}", key.name)),
-            Some(json!({"ciphertext": ciphertext})),
-            true,
+        let v = s.transit_post(
+            &format!("decrypt/{}", key.name),
+            json!({"ciphertext": ciphertext}),
             CKR_ENCRYPTED_DATA_INVALID,
         )?;
-        Ok(Zeroizing::new(
-            B64.decode(field(&v, "plaintext")?)
-                .map_err(|_| Error::new(CKR_DEVICE_ERROR))?,
-        ))
+        plaintext(&v)
     }
 
     fn mac(&self, key: &RemoteKey, hash: Hash, data: &[u8]) -> Result<Vec<u8>> {
         let s = &self.0;
-        let v = s.op(
-            reqwest::Method::POST,
-            s.transit(&format!("hmac/{}/{}", key.name, hash_name(hash))),
-            Some(json!({"input": B64.encode(data)})),
-            true,
+        let v = s.transit_post(
+            &format!("hmac/{}/{}", key.name, hash_name(hash)),
+            json!({"input": B64.encode(data)}),
             CKR_DATA_INVALID,
         )?;
         unvault(field(&v, "hmac")?)
@@ -351,17 +354,8 @@ impl RemoteService for Vault {
         let s = &self.0;
         if mech == vendor::CKM_P11BRIDGE_VAULT_REWRAP {
             let ct = std::str::from_utf8(pt).map_err(|_| Error::new(CKR_DATA_INVALID))?;
-            let mut b = json!({"ciphertext": ct});
-            if !ctx.is_empty() {
-                b["context"] = json!(B64.encode(ctx));
-            }
-            let v = s.op(
-                reqwest::Method::POST,
-                s.transit(&format!("rewrap/{}", key.name)),
-                Some(b),
-                true,
-                CKR_DATA_INVALID,
-            )?;
+            let b = with_context(json!({"ciphertext": ct}), ctx);
+            let v = s.transit_post(&format!("rewrap/{}", key.name), b, CKR_DATA_INVALID)?;
             return Ok(field(&v, "ciphertext")?.as_bytes().to_vec());
         }
         let mut b = json!({"plaintext": B64.encode(pt)});
@@ -369,17 +363,9 @@ impl RemoteService for Vault {
         if let Some(v) = key.version {
             b["key_version"] = json!(v);
         }
-        if !ctx.is_empty() {
-            b["context"] = json!(B64.encode(ctx));
-        }
+        let b = with_context(b, ctx);
         // Not idempotent in effect (a new nonce each time) but harmless to repeat.
-        let v = s.op(
-            reqwest::Method::POST,
-            s.transit(&format!("encrypt/{}", key.name)),
-            Some(b),
-            true,
-            CKR_DATA_LEN_RANGE,
-        )?;
+        let v = s.transit_post(&format!("encrypt/{}", key.name), b, CKR_DATA_LEN_RANGE)?;
         Ok(field(&v, "ciphertext")?.as_bytes().to_vec())
     }
 
@@ -398,21 +384,13 @@ impl RemoteService for Vault {
                 "not a vault ciphertext",
             ));
         }
-        let mut b = json!({"ciphertext": ct});
-        if !ctx.is_empty() {
-            b["context"] = json!(B64.encode(ctx));
-        }
-        let v = s.op(
-            reqwest::Method::POST,
-            s.transit(&format!("decrypt/{}", key.name)),
-            Some(b),
-            true,
+        let b = with_context(json!({"ciphertext": ct}), ctx);
+        let v = s.transit_post(
+            &format!("decrypt/{}", key.name),
+            b,
             CKR_ENCRYPTED_DATA_INVALID,
         )?;
-        Ok(Zeroizing::new(
-            B64.decode(field(&v, "plaintext")?)
-                .map_err(|_| Error::new(CKR_DEVICE_ERROR))?,
-        ))
+        plaintext(&v)
     }
 
     fn encrypt_len(&self, key: &RemoteKey, mech: CK_MECHANISM_TYPE, pt_len: usize) -> usize {
@@ -428,11 +406,9 @@ impl RemoteService for Vault {
 
     fn random(&self, n: usize) -> Result<Vec<u8>> {
         let s = &self.0;
-        let v = s.op(
-            reqwest::Method::POST,
-            s.transit(&format!("random/{n}")),
-            Some(json!({"format": "base64"})),
-            true,
+        let v = s.transit_post(
+            &format!("random/{n}"),
+            json!({"format": "base64"}),
             CKR_DATA_LEN_RANGE,
         )?;
         B64.decode(field(&v, "random_bytes")?)

@@ -249,6 +249,23 @@ impl VaultService {
         })
     }
 
+    /// `POST <mount>/<rest>` (idempotent) on the module's runtime within the deadline, faults mapped for a key
+    /// operation (`bad_input`: what a 400 means for it).
+    pub(super) fn transit_post(
+        self: &Arc<Self>,
+        rest: &str,
+        body: Value,
+        bad_input: CK_RV,
+    ) -> Result<Value> {
+        self.op(
+            reqwest::Method::POST,
+            self.transit(rest),
+            Some(body),
+            true,
+            bad_input,
+        )
+    }
+
     pub(super) fn transit(&self, rest: &str) -> String {
         format!("{}/{}", self.cfg.mount.trim_matches('/'), rest)
     }

@@ -29,8 +29,8 @@ use token::*;
 use super::UpstreamBackend;
 use crate::health::Endpoints;
 use crate::{
-    ActiveOps, Backend, BackendSession, BuildContext, DualKind, Error, Mechanism, ObjRef, OpKind,
-    Out, Result, Template, Token,
+    attribute, ActiveOps, Backend, BackendSession, BuildContext, DualKind, Error, Mechanism,
+    ObjRef, OpKind, Out, Result, Template, Token,
 };
 use cryptoki_sys::*;
 use parking_lot::{Mutex, RwLock};

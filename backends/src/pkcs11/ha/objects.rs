@@ -100,7 +100,7 @@ impl Group {
         bs: &mut dyn BackendSession,
     ) -> Result<Option<CK_OBJECT_HANDLE>> {
         let epoch = self.members[m].epoch.load(SeqCst);
-        let (id, class) = match self.objects.read().list.get(r as usize) {
+        let (mut id, class) = match self.objects.read().list.get(r as usize) {
             None => return Err(Error::new(CKR_OBJECT_HANDLE_INVALID)),
             Some(GObj::Home {
                 member,
@@ -117,21 +117,9 @@ impl Group {
         let mut class_v = class;
         let mut token: CK_BBOOL = CK_TRUE;
         let t = [
-            CK_ATTRIBUTE {
-                type_: CKA_CLASS,
-                pValue: &mut class_v as *mut _ as *mut std::ffi::c_void,
-                ulValueLen: std::mem::size_of::<CK_OBJECT_CLASS>() as CK_ULONG,
-            },
-            CK_ATTRIBUTE {
-                type_: CKA_ID,
-                pValue: id.as_ptr() as *mut std::ffi::c_void,
-                ulValueLen: id.len() as CK_ULONG,
-            },
-            CK_ATTRIBUTE {
-                type_: CKA_TOKEN,
-                pValue: &mut token as *mut _ as *mut std::ffi::c_void,
-                ulValueLen: 1,
-            },
+            attribute(CKA_CLASS, &mut class_v),
+            attribute(CKA_ID, &mut id[..]),
+            attribute(CKA_TOKEN, &mut token),
         ];
         // SAFETY: the attribute values above live until the search returns.
         let found = bs.find(unsafe { Template::from_raw(&t) })?;
@@ -176,21 +164,9 @@ pub(super) fn intern_found(
         let mut token: CK_BBOOL = CK_FALSE;
         let mut id = [0u8; 256];
         let mut t = [
-            CK_ATTRIBUTE {
-                type_: CKA_CLASS,
-                pValue: &mut class as *mut _ as *mut std::ffi::c_void,
-                ulValueLen: std::mem::size_of::<CK_OBJECT_CLASS>() as CK_ULONG,
-            },
-            CK_ATTRIBUTE {
-                type_: CKA_TOKEN,
-                pValue: &mut token as *mut _ as *mut std::ffi::c_void,
-                ulValueLen: 1,
-            },
-            CK_ATTRIBUTE {
-                type_: CKA_ID,
-                pValue: id.as_mut_ptr() as *mut std::ffi::c_void,
-                ulValueLen: id.len() as CK_ULONG,
-            },
+            attribute(CKA_CLASS, &mut class),
+            attribute(CKA_TOKEN, &mut token),
+            attribute(CKA_ID, &mut id[..]),
         ];
         let rv = bs.get_attributes(o, &mut t);
         if is_member_failure(rv, logged_in) {

@@ -476,11 +476,7 @@ impl BackendSession for HaSession {
         // A copy inherits CKA_TOKEN unless the template says false.
         if !matches!(template.bool_value(CKA_TOKEN), Ok(Some(false))) {
             let mut token: CK_BBOOL = CK_FALSE;
-            let mut t = [CK_ATTRIBUTE {
-                type_: CKA_TOKEN,
-                pValue: &mut token as *mut _ as *mut std::ffi::c_void,
-                ulValueLen: 1,
-            }];
+            let mut t = [attribute(CKA_TOKEN, &mut token)];
             let rv = self.get_attributes(obj, &mut t);
             if rv != CKR_OK {
                 return Err(Error::new(rv));
