@@ -2,6 +2,7 @@
 //! is built.
 
 use super::*;
+use crate::remote::settings::{self, config_error, RemoteSettings};
 
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
@@ -18,79 +19,34 @@ pub(super) struct Config {
     /// With `regions`: an endpoint URL per region (regions not named use the standard endpoint).
     #[serde(default)]
     pub(super) endpoints: BTreeMap<String, String>,
-    /// Circuit breaker per region: consecutive endpoint failures that open it, how long it stays open before a
-    /// probe, and how often the background prober looks (milliseconds).
-    #[serde(default = "default_breaker_failures")]
-    pub(super) breaker_failures: u32,
-    #[serde(default = "default_breaker_cooldown_ms")]
-    pub(super) breaker_cooldown_ms: u64,
-    #[serde(default = "default_probe_interval_ms")]
-    pub(super) probe_interval_ms: u64,
     /// Shared config/credentials profile.
     pub(super) profile: Option<String>,
     /// A role to assume (STS `AssumeRole`) with the chain's credentials.
     pub(super) role_arn: Option<String>,
-    /// Which keys: aliases (`alias/x`), key ids or ARNs; or discovery (`ListKeys`) with an optional tag filter.
-    #[serde(default)]
-    pub(super) keys: Vec<String>,
-    #[serde(default)]
-    pub(super) discover: bool,
+    /// With `discover = true` (`ListKeys`): only the keys that carry these tags.
     #[serde(default)]
     pub(super) tags: BTreeMap<String, String>,
-    /// Per-call deadline (retries included) and connect timeout (milliseconds).
-    #[serde(default = "default_timeout_ms")]
-    pub(super) timeout_ms: u64,
-    #[serde(default = "default_connect_timeout_ms")]
-    pub(super) connect_timeout_ms: u64,
     /// Attempts per idempotent call (1 = no retry).
     #[serde(default = "default_max_attempts")]
     pub(super) max_attempts: u32,
-    /// How long key metadata stays fresh (seconds).
-    #[serde(default = "default_ttl")]
-    pub(super) cache_ttl_s: u64,
-    /// Certificates to show for keys (PEM files), by alias (`alias/x`), key id or ARN.
-    #[serde(default)]
-    pub(super) certificates: BTreeMap<String, PathBuf>,
-    /// Where generated certificates are cached (default `$XDG_CACHE_HOME/p11bridge` or `~/.cache/p11bridge`).
-    pub(super) cert_cache_dir: Option<PathBuf>,
-    /// Where certificates imported for keys are kept (default: the `imported` directory of the cache).
-    pub(super) cert_store_dir: Option<PathBuf>,
     /// Keys created through the bridge get the alias `created_alias_prefix` + `CKA_LABEL` (and the tag
     /// `p11bridge-created`); every alias under this prefix is on the token, found again by every process from the
     /// `ListAliases` answer each enumeration reads anyway. `""`: the alias is `alias/` + label and such keys are
     /// found again only when listed in `keys` or discovered.
     #[serde(default = "default_created_alias_prefix")]
     pub(super) created_alias_prefix: String,
-    /// Let `C_DestroyObject` schedule key deletion.
-    #[serde(default)]
-    pub(super) allow_destroy: bool,
     #[serde(default = "default_window")]
     pub(super) deletion_window_days: i32,
     /// `C_GenerateRandom` source on a slot where this backend serves randomness: "os" or "kms".
     #[serde(default = "default_random")]
     pub(super) random: String,
+    /// The keys every remote backend shares (parsed by `remote::settings::parse_section`).
+    #[serde(skip)]
+    pub(super) remote: RemoteSettings,
 }
 
-pub(super) fn default_timeout_ms() -> u64 {
-    10_000
-}
-pub(super) fn default_connect_timeout_ms() -> u64 {
-    3_000
-}
 pub(super) fn default_max_attempts() -> u32 {
     4
-}
-pub(super) fn default_breaker_failures() -> u32 {
-    3
-}
-pub(super) fn default_breaker_cooldown_ms() -> u64 {
-    5_000
-}
-pub(super) fn default_probe_interval_ms() -> u64 {
-    1_000
-}
-pub(super) fn default_ttl() -> u64 {
-    300
 }
 pub(super) fn default_window() -> i32 {
     7
@@ -102,49 +58,54 @@ pub(super) fn default_random() -> String {
     "os".into()
 }
 
-pub(super) fn cfg_err(name: &str, msg: impl std::fmt::Display) -> Error {
-    Error::with(CKR_GENERAL_ERROR, format!("backend.{name}.{msg}"))
+impl settings::RemoteConfig for Config {
+    fn set_remote(&mut self, remote: RemoteSettings) {
+        self.remote = remote;
+    }
 }
 
 impl KmsService {
     pub fn from_config(name: &str, section: &toml::Table, _ctx: &BuildContext) -> Result<Self> {
-        let cfg: Config = crate::parse_section(name, section)?;
-        if cfg.keys.is_empty() && !cfg.discover {
-            return Err(cfg_err(
+        let cfg: Config = settings::parse_section(name, section)?;
+        if cfg.remote.keys.is_empty() && !cfg.remote.discover {
+            return Err(config_error(
                 name,
                 "keys: list aliases, key ids or ARNs, or set discover = true",
             ));
         }
-        if !cfg.tags.is_empty() && !cfg.discover {
-            return Err(cfg_err(name, "tags: a tag filter needs discover = true"));
+        if !cfg.tags.is_empty() && !cfg.remote.discover {
+            return Err(config_error(
+                name,
+                "tags: a tag filter needs discover = true",
+            ));
         }
         if let Some(e) = &cfg.endpoint {
             if !(e.starts_with("http://") || e.starts_with("https://")) {
-                return Err(cfg_err(
+                return Err(config_error(
                     name,
                     format!("endpoint: \"{e}\" is not an http(s) URL"),
                 ));
             }
         }
         if cfg.region.as_deref() == Some("") {
-            return Err(cfg_err(name, "region: empty"));
+            return Err(config_error(name, "region: empty"));
         }
         if !cfg.regions.is_empty() {
             if cfg.region.is_some() {
-                return Err(cfg_err(
+                return Err(config_error(
                     name,
                     "regions: give either region or regions, not both",
                 ));
             }
             if cfg.endpoint.is_some() {
-                return Err(cfg_err(
+                return Err(config_error(
                     name,
                     "endpoint: with regions, give endpoints = { \"REGION\" = \"URL\", ... }",
                 ));
             }
             for (i, r) in cfg.regions.iter().enumerate() {
                 if r.is_empty() || cfg.regions[..i].contains(r) {
-                    return Err(cfg_err(
+                    return Err(config_error(
                         name,
                         format!("regions: \"{r}\" is empty or listed twice"),
                     ));
@@ -153,44 +114,35 @@ impl KmsService {
         }
         for (r, e) in &cfg.endpoints {
             if !cfg.regions.contains(r) {
-                return Err(cfg_err(name, format!("endpoints.{r}: not one of regions")));
+                return Err(config_error(
+                    name,
+                    format!("endpoints.{r}: not one of regions"),
+                ));
             }
             if !(e.starts_with("http://") || e.starts_with("https://")) {
-                return Err(cfg_err(
+                return Err(config_error(
                     name,
                     format!("endpoints.{r}: \"{e}\" is not an http(s) URL"),
                 ));
             }
         }
-        if cfg.breaker_failures == 0 || cfg.breaker_cooldown_ms == 0 || cfg.probe_interval_ms == 0 {
-            return Err(cfg_err(
-                name,
-                "breaker_failures: breaker_failures, breaker_cooldown_ms and probe_interval_ms must be > 0",
-            ));
-        }
-        if cfg.timeout_ms == 0 || cfg.connect_timeout_ms == 0 {
-            return Err(cfg_err(name, "timeout_ms: must be > 0"));
+        cfg.remote.check_breakers(name)?;
+        if cfg.remote.timeout_ms == 0 || cfg.remote.connect_timeout_ms == 0 {
+            return Err(config_error(name, "timeout_ms: must be > 0"));
         }
         if cfg.max_attempts == 0 || cfg.max_attempts > 10 {
-            return Err(cfg_err(name, "max_attempts: 1 to 10"));
+            return Err(config_error(name, "max_attempts: 1 to 10"));
         }
         if !(7..=30).contains(&cfg.deletion_window_days) {
-            return Err(cfg_err(
+            return Err(config_error(
                 name,
                 "deletion_window_days: KMS allows 7 to 30 days",
             ));
         }
         if cfg.random != "os" && cfg.random != "kms" {
-            return Err(cfg_err(name, "random: \"os\" or \"kms\""));
+            return Err(config_error(name, "random: \"os\" or \"kms\""));
         }
-        for (k, p) in &cfg.certificates {
-            if !p.exists() {
-                return Err(cfg_err(
-                    name,
-                    format!("certificates.{k}: {} does not exist", p.display()),
-                ));
-            }
-        }
+        cfg.remote.check_certificates(name)?;
         let p = &cfg.created_alias_prefix;
         let alias_chars = p
             .chars()
@@ -201,18 +153,14 @@ impl KmsService {
                 || p.len() < 7
                 || !alias_chars)
         {
-            return Err(cfg_err(
+            return Err(config_error(
                 name,
                 format!(
                     "created_alias_prefix: \"{p}\" must start with alias/ (not alias/aws/) and hold [A-Za-z0-9/_-] only, or be \"\""
                 ),
             ));
         }
-        let certs = cert::CertSource::new(
-            "aws-kms",
-            cfg.cert_cache_dir.clone(),
-            cfg.cert_store_dir.clone(),
-        );
+        let certs = cfg.remote.cert_source("aws-kms");
         let regions: Vec<Region> = if cfg.regions.is_empty() {
             vec![Region {
                 name: cfg.region.clone(),
@@ -229,11 +177,7 @@ impl KmsService {
                 })
                 .collect()
         };
-        let health = Endpoints::new(
-            regions.len(),
-            cfg.breaker_failures,
-            Duration::from_millis(cfg.breaker_cooldown_ms),
-        );
+        let health = cfg.remote.endpoints(regions.len());
         Ok(KmsService {
             name: name.to_string(),
             cfg,

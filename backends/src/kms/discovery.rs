@@ -138,7 +138,7 @@ impl Kms {
             .map_err(|f| map_fault(&name, f, CKR_DEVICE_ERROR))
         })?;
         let s = &self.0;
-        let configured = &s.cfg.keys;
+        let configured = &s.cfg.remote.keys;
         let mut resolved = HashMap::new();
         let mut keys: Vec<RemoteKey> = Vec::new();
         for (i, d) in described {
@@ -185,8 +185,8 @@ impl Kms {
         c: &Client,
         aliases: &HashMap<String, Vec<String>>,
     ) -> std::result::Result<Vec<String>, Fault> {
-        let mut out: Vec<String> = s.cfg.keys.clone();
-        if s.cfg.discover {
+        let mut out: Vec<String> = s.cfg.remote.keys.clone();
+        if s.cfg.remote.discover {
             let mut marker = None;
             loop {
                 let r = c
@@ -208,7 +208,7 @@ impl Kms {
             }
         }
         let prefix = &s.cfg.created_alias_prefix;
-        if !s.cfg.discover && !prefix.is_empty() {
+        if !s.cfg.remote.discover && !prefix.is_empty() {
             let mut created: Vec<&String> = aliases
                 .values()
                 .flatten()
@@ -294,6 +294,7 @@ impl Kms {
         }
         let listed = s
             .cfg
+            .remote
             .keys
             .iter()
             .any(|k| in_region(k, region.as_deref()) == sel);
@@ -469,7 +470,7 @@ impl Kms {
             version: None,
             mechanisms,
             cert: None,
-            destroyable: s.cfg.allow_destroy,
+            destroyable: s.cfg.remote.allow_destroy,
         };
         if !key.material.is_secret() {
             let mut names = vec![key_id.clone(), key.name.clone()];
@@ -487,7 +488,7 @@ impl Kms {
         names: &[String],
     ) -> Option<crate::remote::Certificate> {
         let s = &self.0;
-        let configured = names.iter().find_map(|n| s.cfg.certificates.get(n));
+        let configured = names.iter().find_map(|n| s.cfg.remote.certificates.get(n));
         s.certs.for_key(
             &s.name,
             configured.map(PathBuf::as_path),

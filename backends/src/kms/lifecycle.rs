@@ -155,7 +155,7 @@ impl Kms {
             let _ = self.schedule_deletion(home, &key_id, CKR_DEVICE_ERROR);
             return Err(e);
         }
-        if !s.cfg.discover && prefix.is_empty() {
+        if !s.cfg.remote.discover && prefix.is_empty() {
             s.created.lock().push(arn.clone());
         }
         tracing::info!(backend = %s.name, key = %arn, %alias, "kms key created");
@@ -165,7 +165,7 @@ impl Kms {
     /// Schedules a key's deletion (`C_DestroyObject`) and removes the aliases that gave it its label.
     pub(super) fn delete_key(&self, key: &RemoteKey) -> Result<()> {
         let s = &self.0;
-        if !s.cfg.allow_destroy {
+        if !s.cfg.remote.allow_destroy {
             return Err(Error::new(CKR_ACTION_PROHIBITED));
         }
         // ScheduleKeyDeletion is not a cross-account operation: the key id (the ARN's last part) names the key.

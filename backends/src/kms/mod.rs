@@ -235,7 +235,7 @@ impl RemoteService for Kms {
     }
 
     fn ttl(&self) -> Duration {
-        Duration::from_secs(self.0.cfg.cache_ttl_s)
+        self.0.cfg.remote.ttl()
     }
 
     fn fetch_keys(&self) -> Result<Vec<RemoteKey>> {
@@ -488,7 +488,7 @@ impl RemoteService for Kms {
 
     fn configured_keys(&self, found: &[Arc<RemoteKey>]) -> (Vec<String>, Vec<String>) {
         let resolved = self.0.resolved.lock();
-        self.0.cfg.keys.iter().cloned().partition(|k| {
+        self.0.cfg.remote.keys.iter().cloned().partition(|k| {
             resolved
                 .get(k)
                 .is_some_and(|n| found.iter().any(|f| f.name == *n))
@@ -501,7 +501,7 @@ impl RemoteService for Kms {
         der: &[u8],
     ) -> Result<crate::remote::Certificate> {
         let s = &self.0;
-        let configured = s.cfg.certificates.keys().find(|n| {
+        let configured = s.cfg.remote.certificates.keys().find(|n| {
             **n == key.name
                 || key.name.ends_with(&format!(":key/{n}"))
                 || s.resolved.lock().get(*n) == Some(&key.name)

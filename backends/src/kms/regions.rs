@@ -193,7 +193,7 @@ pub struct KmsService {
 
 impl KmsService {
     pub(super) fn deadline(&self) -> Duration {
-        Duration::from_millis(self.cfg.timeout_ms)
+        self.cfg.remote.deadline()
     }
 
     /// The client of region `i` (connection pool and credential cache shared by every session).
@@ -377,7 +377,7 @@ impl health::Probed for KmsService {
     }
 
     fn probe_interval(&self) -> Duration {
-        Duration::from_millis(self.cfg.probe_interval_ms)
+        self.cfg.remote.probe_interval()
     }
 
     async fn probe(self: Arc<Self>, i: usize) -> bool {
@@ -415,9 +415,9 @@ pub(super) async fn build_client(
     endpoint: Option<&str>,
 ) -> Client {
     let timeouts = TimeoutConfig::builder()
-        .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
-        .operation_timeout(Duration::from_millis(cfg.timeout_ms))
-        .operation_attempt_timeout(Duration::from_millis(cfg.timeout_ms))
+        .connect_timeout(cfg.remote.connect_timeout())
+        .operation_timeout(cfg.remote.deadline())
+        .operation_attempt_timeout(cfg.remote.deadline())
         .build();
     let retry = RetryConfig::standard()
         .with_max_attempts(cfg.max_attempts)

@@ -7,6 +7,7 @@ pub mod cert;
 pub mod der;
 pub mod mech;
 mod session;
+pub mod settings;
 
 use crate::{vendor, Backend, BackendSession, Error, ObjRef, OpKind, Result, Token};
 use cryptoki_sys::*;

@@ -2,6 +2,7 @@
 //! is built, and the TLS client its settings describe.
 
 use super::*;
+use crate::remote::settings::{self, config_error, RemoteSettings};
 
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
@@ -31,11 +32,7 @@ pub(super) struct Config {
     pub(super) kubernetes_jwt_path: PathBuf,
     #[serde(default = "default_kubernetes_mount")]
     pub(super) kubernetes_mount: String,
-    /// Which keys: a list of names, or discovery (`LIST <mount>/keys`) with an optional name prefix.
-    #[serde(default)]
-    pub(super) keys: Vec<String>,
-    #[serde(default)]
-    pub(super) discover: bool,
+    /// With `discover = true` (`LIST <mount>/keys`): only the keys whose names start with this prefix.
     #[serde(default)]
     pub(super) prefix: String,
     /// Keys created through the bridge are named `created_prefix` + `CKA_LABEL` and found again by every process
@@ -43,39 +40,15 @@ pub(super) struct Config {
     /// only when listed in `keys` or discovered.
     #[serde(default = "default_created_prefix")]
     pub(super) created_prefix: String,
-    /// Where certificates imported for keys (`C_CreateObject`, `p11bridge cert import`) are kept (default: the
-    /// `imported` directory of the certificate cache).
-    pub(super) cert_store_dir: Option<PathBuf>,
-    /// Per-call deadline and connect timeout (milliseconds).
-    #[serde(default = "default_timeout_ms")]
-    pub(super) timeout_ms: u64,
-    #[serde(default = "default_connect_timeout_ms")]
-    pub(super) connect_timeout_ms: u64,
-    /// How long key metadata stays fresh (seconds).
-    #[serde(default = "default_ttl")]
-    pub(super) cache_ttl_s: u64,
-    /// Certificates to show for keys (PEM files), by key name; other signing keys get a generated one.
-    #[serde(default)]
-    pub(super) certificates: BTreeMap<String, PathBuf>,
-    /// Where generated certificates are cached (default `$XDG_CACHE_HOME/p11bridge` or `~/.cache/p11bridge`).
-    pub(super) cert_cache_dir: Option<PathBuf>,
-    /// Let `C_DestroyObject` delete transit keys.
-    #[serde(default)]
-    pub(super) allow_destroy: bool,
     /// Coalesce concurrent signatures with the same key and parameters into one `batch_input` request (a lone
     /// signature is sent at once, as a plain request), at most `batch_max` items per request.
     #[serde(default = "default_batch")]
     pub(super) batch: bool,
     #[serde(default = "default_batch_max")]
     pub(super) batch_max: usize,
-    /// Circuit breaker per address: consecutive failures that open it, how long it stays open before a probe, and
-    /// how often the background prober looks (milliseconds).
-    #[serde(default = "default_breaker_failures")]
-    pub(super) breaker_failures: u32,
-    #[serde(default = "default_breaker_cooldown_ms")]
-    pub(super) breaker_cooldown_ms: u64,
-    #[serde(default = "default_probe_interval_ms")]
-    pub(super) probe_interval_ms: u64,
+    /// The keys every remote backend shares (parsed by `remote::settings::parse_section`).
+    #[serde(skip)]
+    pub(super) remote: RemoteSettings,
 }
 
 pub(super) fn default_batch() -> bool {
@@ -84,18 +57,6 @@ pub(super) fn default_batch() -> bool {
 
 pub(super) fn default_batch_max() -> usize {
     32
-}
-
-pub(super) fn default_breaker_failures() -> u32 {
-    3
-}
-
-pub(super) fn default_breaker_cooldown_ms() -> u64 {
-    5_000
-}
-
-pub(super) fn default_probe_interval_ms() -> u64 {
-    1_000
 }
 
 pub(super) fn default_created_prefix() -> String {
@@ -118,38 +79,28 @@ pub(super) fn default_jwt_path() -> PathBuf {
     "/var/run/secrets/kubernetes.io/serviceaccount/token".into()
 }
 
-pub(super) fn default_timeout_ms() -> u64 {
-    10_000
-}
-
-pub(super) fn default_connect_timeout_ms() -> u64 {
-    3_000
-}
-
-pub(super) fn default_ttl() -> u64 {
-    300
-}
-
-pub(super) fn cfg_err(name: &str, msg: impl std::fmt::Display) -> Error {
-    Error::with(CKR_GENERAL_ERROR, format!("backend.{name}.{msg}"))
+impl settings::RemoteConfig for Config {
+    fn set_remote(&mut self, remote: RemoteSettings) {
+        self.remote = remote;
+    }
 }
 
 impl VaultService {
     pub fn from_config(name: &str, section: &toml::Table, _ctx: &BuildContext) -> Result<Self> {
-        let cfg: Config = crate::parse_section(name, section)?;
+        let cfg: Config = settings::parse_section(name, section)?;
         let mut addresses = cfg.addresses.clone();
         if let Some(a) = &cfg.address {
             addresses.insert(0, a.clone());
         }
         if addresses.is_empty() {
-            return Err(cfg_err(
+            return Err(config_error(
                 name,
                 "address: missing (address = \"https://vault:8200\" or addresses = [...])",
             ));
         }
         for a in &addresses {
             if !(a.starts_with("http://") || a.starts_with("https://")) {
-                return Err(cfg_err(
+                return Err(config_error(
                     name,
                     format!("address: \"{a}\" is not an http(s) URL"),
                 ));
@@ -164,46 +115,37 @@ impl VaultService {
         .filter(|b| **b)
         .count();
         if methods != 1 {
-            return Err(cfg_err(
+            return Err(config_error(
                 name,
                 "token: give exactly one of token, role_id (+ secret_id) or kubernetes_role",
             ));
         }
         if cfg.role_id.is_some() && cfg.secret_id.is_none() {
-            return Err(cfg_err(
+            return Err(config_error(
                 name,
                 "secret_id: missing (AppRole needs role_id and secret_id)",
             ));
         }
-        if cfg.keys.is_empty() && !cfg.discover {
-            return Err(cfg_err(name, "keys: list key names or set discover = true"));
+        if cfg.remote.keys.is_empty() && !cfg.remote.discover {
+            return Err(config_error(
+                name,
+                "keys: list key names or set discover = true",
+            ));
         }
         if cfg.client_cert.is_some() != cfg.client_key.is_some() {
-            return Err(cfg_err(
+            return Err(config_error(
                 name,
                 "client_cert: client_cert and client_key go together",
             ));
         }
-        for (k, p) in &cfg.certificates {
-            if !p.exists() {
-                return Err(cfg_err(
-                    name,
-                    format!("certificates.{k}: {} does not exist", p.display()),
-                ));
-            }
-        }
-        if cfg.breaker_failures == 0 || cfg.breaker_cooldown_ms == 0 || cfg.probe_interval_ms == 0 {
-            return Err(cfg_err(
-                name,
-                "breaker_failures: breaker_failures, breaker_cooldown_ms and probe_interval_ms must be > 0",
-            ));
-        }
+        cfg.remote.check_certificates(name)?;
+        cfg.remote.check_breakers(name)?;
         if !cfg
             .created_prefix
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         {
-            return Err(cfg_err(
+            return Err(config_error(
                 name,
                 format!(
                     "created_prefix: \"{}\" may hold [A-Za-z0-9._-] only (it starts transit key names)",
@@ -212,19 +154,11 @@ impl VaultService {
             ));
         }
         if cfg.batch_max == 0 || cfg.batch_max > 1000 {
-            return Err(cfg_err(name, "batch_max: between 1 and 1000"));
+            return Err(config_error(name, "batch_max: between 1 and 1000"));
         }
         let cfg_batch_max = cfg.batch_max;
-        let certs = cert::CertSource::new(
-            "vault-transit",
-            cfg.cert_cache_dir.clone(),
-            cfg.cert_store_dir.clone(),
-        );
-        let health = Endpoints::new(
-            addresses.len(),
-            cfg.breaker_failures,
-            Duration::from_millis(cfg.breaker_cooldown_ms),
-        );
+        let certs = cfg.remote.cert_source("vault-transit");
+        let health = cfg.remote.endpoints(addresses.len());
         Ok(VaultService {
             name: name.to_string(),
             cfg,
@@ -281,8 +215,8 @@ pub(super) fn build_http(cfg: &Config) -> std::result::Result<reqwest::Client, S
     };
     reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
-        .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
-        .timeout(Duration::from_millis(cfg.timeout_ms))
+        .connect_timeout(cfg.remote.connect_timeout())
+        .timeout(cfg.remote.deadline())
         .pool_idle_timeout(Duration::from_secs(90))
         .build()
         .map_err(|e| e.to_string())

@@ -112,7 +112,7 @@ impl VaultService {
             version: Some(latest),
             mechanisms,
             cert: None,
-            destroyable: self.cfg.allow_destroy,
+            destroyable: self.cfg.remote.allow_destroy,
         };
         if !key.material.is_secret() {
             key.cert = self.certificate(&key);
@@ -127,7 +127,11 @@ impl VaultService {
     ) -> Option<crate::remote::Certificate> {
         self.certs.for_key(
             &self.name,
-            self.cfg.certificates.get(&key.name).map(PathBuf::as_path),
+            self.cfg
+                .remote
+                .certificates
+                .get(&key.name)
+                .map(PathBuf::as_path),
             &self.cert_name(&key.name),
             key,
             |req| Vault(self.clone()).sign(key, req),
@@ -206,7 +210,7 @@ impl VaultService {
     /// the bridge (`created_prefix`). One LIST at most.
     pub(super) fn key_names(self: &Arc<Self>) -> Result<(Vec<String>, Option<String>)> {
         let mut refused = None;
-        let mut names: Vec<String> = if self.cfg.discover {
+        let mut names: Vec<String> = if self.cfg.remote.discover {
             let created = &self.cfg.created_prefix;
             self.list_keys()?
                 .into_iter()
@@ -220,7 +224,13 @@ impl VaultService {
             refused = r;
             n
         };
-        for k in self.cfg.keys.iter().chain(self.created.lock().iter()) {
+        for k in self
+            .cfg
+            .remote
+            .keys
+            .iter()
+            .chain(self.created.lock().iter())
+        {
             if !names.contains(k) {
                 names.push(k.clone());
             }
@@ -287,7 +297,7 @@ impl Vault {
                 Ok(v) => found.push((name, v)),
                 // A listed key that is missing is not fatal (but said); an unreachable Vault is.
                 Err(e) if e.rv() == CKR_KEY_HANDLE_INVALID => {
-                    if me.cfg.keys.contains(&name) {
+                    if me.cfg.remote.keys.contains(&name) {
                         me.key_missing(&name, e.cause().unwrap_or("not found"));
                     }
                 }
@@ -303,7 +313,7 @@ impl Vault {
             }
         } else {
             for (name, e) in forbidden {
-                if me.cfg.keys.contains(&name) {
+                if me.cfg.remote.keys.contains(&name) {
                     me.key_missing(&name, e.cause().unwrap_or("permission denied"));
                 }
             }
@@ -324,7 +334,7 @@ impl Vault {
             let k = v.get("data").and_then(|d| me.describe(&name, d));
             if k.is_none() {
                 tracing::debug!(backend = %me.name, key = %name, "key type not exposed");
-                if me.cfg.keys.contains(&name) {
+                if me.cfg.remote.keys.contains(&name) {
                     let ty = v
                         .pointer("/data/type")
                         .and_then(Value::as_str)

@@ -33,7 +33,6 @@ use parking_lot::RwLock;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::Digest;
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -103,20 +102,13 @@ impl VaultService {
         inputs: Vec<String>,
     ) -> Result<Vec<Result<String>>> {
         let mut body = params.clone();
+        let n = inputs.len();
         if let [one] = inputs.as_slice() {
             body["input"] = json!(one);
-            let v = self.op(
-                reqwest::Method::POST,
-                path.to_string(),
-                Some(body),
-                true,
-                CKR_DATA_INVALID,
-            )?;
-            return Ok(vec![field(&v, "signature").map(str::to_owned)]);
+        } else {
+            body["batch_input"] =
+                Value::Array(inputs.into_iter().map(|i| json!({ "input": i })).collect());
         }
-        let n = inputs.len();
-        body["batch_input"] =
-            Value::Array(inputs.into_iter().map(|i| json!({ "input": i })).collect());
         let v = self.op(
             reqwest::Method::POST,
             path.to_string(),
@@ -124,6 +116,9 @@ impl VaultService {
             true,
             CKR_DATA_INVALID,
         )?;
+        if n == 1 {
+            return Ok(vec![field(&v, "signature").map(str::to_owned)]);
+        }
         Ok(batch_signatures(&self.name, &v, n))
     }
 }
@@ -252,7 +247,7 @@ impl RemoteService for Vault {
     }
 
     fn ttl(&self) -> Duration {
-        Duration::from_secs(self.0.cfg.cache_ttl_s)
+        self.0.cfg.remote.ttl()
     }
 
     fn fetch_keys(&self) -> Result<Vec<RemoteKey>> {
@@ -526,6 +521,7 @@ impl RemoteService for Vault {
     fn configured_keys(&self, found: &[Arc<RemoteKey>]) -> (Vec<String>, Vec<String>) {
         self.0
             .cfg
+            .remote
             .keys
             .iter()
             .cloned()
@@ -538,7 +534,7 @@ impl RemoteService for Vault {
         der: &[u8],
     ) -> Result<crate::remote::Certificate> {
         let s = &self.0;
-        if s.cfg.certificates.contains_key(&key.name) {
+        if s.cfg.remote.certificates.contains_key(&key.name) {
             return Err(Error::with(
                 CKR_ACTION_PROHIBITED,
                 format!(
@@ -553,7 +549,7 @@ impl RemoteService for Vault {
 
     fn destroy(&self, key: &RemoteKey) -> Result<()> {
         let s = &self.0;
-        if !s.cfg.allow_destroy {
+        if !s.cfg.remote.allow_destroy {
             return Err(Error::new(CKR_ACTION_PROHIBITED));
         }
         s.op(

@@ -87,7 +87,7 @@ pub(super) fn vault_errors(text: &str) -> String {
 
 impl VaultService {
     pub(super) fn deadline(&self) -> Duration {
-        Duration::from_millis(self.cfg.timeout_ms)
+        self.cfg.remote.deadline()
     }
 
     /// One HTTP client for the backend (connection pool shared by every session), made on first use.
@@ -280,7 +280,7 @@ impl health::Probed for VaultService {
     }
 
     fn probe_interval(&self) -> Duration {
-        Duration::from_millis(self.cfg.probe_interval_ms)
+        self.cfg.remote.probe_interval()
     }
 
     fn ready(&self) -> bool {

@@ -1,8 +1,8 @@
 //! An HA group of upstream tokens (`kind = "pkcs11-ha"`): several `kind = "pkcs11"` members that hold the same
 //! keys, matched by `CKA_ID` and class. The group is one backend; its operations go to a healthy member
 //! (round-robin at each `C_*Init`, search and random call) and fail over to the next one when a member answers with
-//! a device or connection error. Each member has a circuit [`Breaker`]: an open member is skipped without a call,
-//! and a background prober (one thread per group, only while a member is down) brings it back.
+//! a device or connection error. Each member has a circuit breaker (`health::Endpoints`): an open member is skipped
+//! without a call, and a background prober (one thread per group, only while a member is down) brings it back.
 //!
 //! Objects: a token object with a non-empty `CKA_ID` is a *group object*, one per (`CKA_ID`, class), resolved on
 //! each member lazily (a search by class + id) and cached per member until that member restarts. Everything else
