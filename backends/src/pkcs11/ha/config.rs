@@ -43,8 +43,7 @@ pub fn ha_groups(sections: &BTreeMap<String, toml::Table>) -> Result<Vec<(&str, 
         if t.get("kind").and_then(|k| k.as_str()) != Some("pkcs11-ha") {
             continue;
         }
-        let err =
-            |m: String| Error::with(CKR_GENERAL_ERROR, format!("backend.{name}.members: {m}"));
+        let err = |m: String| members_error(name, m);
         let Some(members) = t.get("members").and_then(|m| m.as_array()) else {
             return Err(err(
                 "missing (a list of [backend.NAME] sections of kind \"pkcs11\")".into(),
@@ -55,15 +54,7 @@ pub fn ha_groups(sections: &BTreeMap<String, toml::Table>) -> Result<Vec<(&str, 
             let Some(m) = m.as_str() else {
                 return Err(err("members are section names (strings)".into()));
             };
-            let Some(section) = sections.get(m) else {
-                return Err(err(format!("no [backend.{m}] section")));
-            };
-            let kind = section.get("kind").and_then(|k| k.as_str()).unwrap_or("");
-            if kind != "pkcs11" {
-                return Err(err(format!(
-                    "{m} is kind = \"{kind}\"; members must be kind = \"pkcs11\""
-                )));
-            }
+            member_section(sections, name, m)?;
             names.push(m);
         }
         groups.push((name.as_str(), names));
@@ -79,4 +70,28 @@ pub fn ha_members(sections: &BTreeMap<String, toml::Table>) -> std::collections:
         .into_iter()
         .flat_map(|(_, members)| members)
         .collect()
+}
+
+/// The section of member `m` of group `group`: it must be a `kind = "pkcs11"` section.
+pub(super) fn member_section<'a>(
+    sections: &'a BTreeMap<String, toml::Table>,
+    group: &str,
+    m: &str,
+) -> Result<&'a toml::Table> {
+    let Some(section) = sections.get(m) else {
+        return Err(members_error(group, format!("no [backend.{m}] section")));
+    };
+    let kind = section.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+    if kind != "pkcs11" {
+        return Err(members_error(
+            group,
+            format!("{m} is kind = \"{kind}\"; members must be kind = \"pkcs11\""),
+        ));
+    }
+    Ok(section)
+}
+
+/// An error about the `members` of group `group`.
+pub(super) fn members_error(group: &str, msg: String) -> Error {
+    Error::with(CKR_GENERAL_ERROR, format!("backend.{group}.members: {msg}"))
 }

@@ -116,8 +116,7 @@ impl HaBackend {
         ctx: &BuildContext,
     ) -> Result<Self> {
         let cfg: HaConfig = crate::parse_section(name, section)?;
-        let err =
-            |m: String| Error::with(CKR_GENERAL_ERROR, format!("backend.{name}.members: {m}"));
+        let err = |m: String| members_error(name, m);
         if cfg.members.len() < 2 {
             return Err(err("an HA group needs at least two members".into()));
         }
@@ -129,15 +128,7 @@ impl HaBackend {
             if m == name {
                 return Err(err(format!("{m} is the group itself")));
             }
-            let Some(sec) = all.get(m) else {
-                return Err(err(format!("no [backend.{m}] section")));
-            };
-            let kind = sec.get("kind").and_then(|v| v.as_str()).unwrap_or("");
-            if kind != "pkcs11" {
-                return Err(err(format!(
-                    "{m} is kind = \"{kind}\"; members must be kind = \"pkcs11\""
-                )));
-            }
+            let sec = member_section(all, name, m)?;
             let backend = match UpstreamBackend::from_config(m, sec, ctx) {
                 Ok(b) => b,
                 Err(e) => {
