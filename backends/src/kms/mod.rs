@@ -33,7 +33,8 @@ pub use regions::{http_client, KmsService};
 use crate::health::{self, Endpoints};
 use crate::remote::mech::{Hash, RsaPad, SignRequest};
 use crate::remote::{
-    cert, der, Curve, GenerateKind, GenerateSpec, KeyMaterial, RemoteKey, RemoteService, Usage,
+    cert, der, Curve, GenerateKind, GenerateSpec, KeyMaterial, MechanismList, RemoteKey,
+    RemoteService, Usage, EC_FLAGS,
 };
 use crate::{runtime, vendor, BuildContext, Error, OpKind, Result};
 use aws_sdk_kms::config::http::HttpResponse;
@@ -186,52 +187,45 @@ impl Kms {
 
 impl RemoteService for Kms {
     fn mechanisms(&self) -> Vec<(CK_MECHANISM_TYPE, CK_MECHANISM_INFO)> {
-        let info = |min: CK_ULONG, max: CK_ULONG, flags: CK_FLAGS| CK_MECHANISM_INFO {
-            ulMinKeySize: min,
-            ulMaxKeySize: max,
-            flags,
-        };
         let sv = CKF_SIGN | CKF_VERIFY;
-        let mut v: Vec<_> = RSA_SIGN
-            .iter()
-            .map(|m| (*m, info(2048, 4096, sv)))
-            .collect();
-        v.push((
-            CKM_RSA_PKCS_OAEP,
-            info(2048, 4096, CKF_ENCRYPT | CKF_DECRYPT),
-        ));
-        let ec = CKF_EC_F_P | CKF_EC_NAMEDCURVE | CKF_EC_UNCOMPRESS;
-        for m in [
+        let ecdsa = [
             CKM_ECDSA,
             CKM_ECDSA_SHA256,
             CKM_ECDSA_SHA384,
             CKM_ECDSA_SHA512,
-        ] {
-            v.push((m, info(256, 521, sv | ec)));
-        }
-        for m in [
+        ];
+        let hmac = [
             CKM_SHA224_HMAC,
             CKM_SHA256_HMAC,
             CKM_SHA384_HMAC,
             CKM_SHA512_HMAC,
-        ] {
-            v.push((m, info(224, 512, sv)));
-        }
-        v.push((
-            vendor::CKM_P11BRIDGE_KMS_ENCRYPT,
-            info(256, 256, CKF_ENCRYPT | CKF_DECRYPT),
-        ));
-        v.push((
-            CKM_RSA_PKCS_KEY_PAIR_GEN,
-            info(2048, 4096, CKF_GENERATE_KEY_PAIR),
-        ));
-        v.push((
-            CKM_EC_KEY_PAIR_GEN,
-            info(256, 521, CKF_GENERATE_KEY_PAIR | ec),
-        ));
-        v.push((CKM_AES_KEY_GEN, info(32, 32, CKF_GENERATE)));
-        v.push((CKM_GENERIC_SECRET_KEY_GEN, info(28, 64, CKF_GENERATE)));
-        v
+        ];
+        MechanismList::default()
+            .add(RSA_SIGN, 2048, 4096, sv)
+            .add(&[CKM_RSA_PKCS_OAEP], 2048, 4096, CKF_ENCRYPT | CKF_DECRYPT)
+            .add(&ecdsa, 256, 521, sv | EC_FLAGS)
+            .add(&hmac, 224, 512, sv)
+            .add(
+                &[vendor::CKM_P11BRIDGE_KMS_ENCRYPT],
+                256,
+                256,
+                CKF_ENCRYPT | CKF_DECRYPT,
+            )
+            .add(
+                &[CKM_RSA_PKCS_KEY_PAIR_GEN],
+                2048,
+                4096,
+                CKF_GENERATE_KEY_PAIR,
+            )
+            .add(
+                &[CKM_EC_KEY_PAIR_GEN],
+                256,
+                521,
+                CKF_GENERATE_KEY_PAIR | EC_FLAGS,
+            )
+            .add(&[CKM_AES_KEY_GEN], 32, 32, CKF_GENERATE)
+            .add(&[CKM_GENERIC_SECRET_KEY_GEN], 28, 64, CKF_GENERATE)
+            .into_vec()
     }
 
     fn ttl(&self) -> Duration {

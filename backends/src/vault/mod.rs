@@ -24,7 +24,8 @@ use crate::batch::GroupCommit;
 use crate::health::{self, Endpoints};
 use crate::remote::mech::{Hash, RsaPad, SignRequest};
 use crate::remote::{
-    cert, Curve, GenerateKind, GenerateSpec, KeyMaterial, RemoteKey, RemoteService, Usage,
+    cert, Curve, GenerateKind, GenerateSpec, KeyMaterial, MechanismList, RemoteKey, RemoteService,
+    Usage, EC_FLAGS,
 };
 use crate::{runtime, vendor, BuildContext, Error, Result, SecretRef};
 use base64::Engine;
@@ -197,53 +198,42 @@ impl Vault {
 
 impl RemoteService for Vault {
     fn mechanisms(&self) -> Vec<(CK_MECHANISM_TYPE, CK_MECHANISM_INFO)> {
-        let info = |min: CK_ULONG, max: CK_ULONG, flags: CK_FLAGS| CK_MECHANISM_INFO {
-            ulMinKeySize: min,
-            ulMaxKeySize: max,
-            flags,
-        };
         let sv = CKF_SIGN | CKF_VERIFY;
-        let mut v = vec![
-            (CKM_RSA_PKCS, info(2048, 4096, sv)),
-            (
-                CKM_RSA_PKCS_OAEP,
-                info(2048, 4096, CKF_ENCRYPT | CKF_DECRYPT),
-            ),
-        ];
-        for m in RSA_MECHS[1..12].iter().copied() {
-            v.push((m, info(2048, 4096, sv)));
-        }
-        let ec = CKF_EC_F_P | CKF_EC_NAMEDCURVE | CKF_EC_UNCOMPRESS;
-        for m in ECDSA_MECHS {
-            v.push((m, info(256, 521, sv | ec)));
-        }
-        v.push((CKM_EDDSA, info(255, 255, sv)));
-        for m in HMAC_MECHS {
-            v.push((m, info(0, 0, sv)));
-        }
-        v.push((
-            vendor::CKM_P11BRIDGE_VAULT_ENCRYPT,
-            info(128, 256, CKF_ENCRYPT | CKF_DECRYPT),
-        ));
-        v.push((
-            vendor::CKM_P11BRIDGE_VAULT_REWRAP,
-            info(128, 256, CKF_ENCRYPT),
-        ));
-        v.push((
-            CKM_RSA_PKCS_KEY_PAIR_GEN,
-            info(2048, 4096, CKF_GENERATE_KEY_PAIR),
-        ));
-        v.push((
-            CKM_EC_KEY_PAIR_GEN,
-            info(256, 521, CKF_GENERATE_KEY_PAIR | ec),
-        ));
-        v.push((
-            CKM_EC_EDWARDS_KEY_PAIR_GEN,
-            info(255, 255, CKF_GENERATE_KEY_PAIR),
-        ));
-        v.push((CKM_AES_KEY_GEN, info(16, 32, CKF_GENERATE)));
-        v.push((CKM_GENERIC_SECRET_KEY_GEN, info(16, 64, CKF_GENERATE)));
-        v
+        MechanismList::default()
+            .add(&[CKM_RSA_PKCS], 2048, 4096, sv)
+            .add(&[CKM_RSA_PKCS_OAEP], 2048, 4096, CKF_ENCRYPT | CKF_DECRYPT)
+            .add(&RSA_MECHS[1..12], 2048, 4096, sv)
+            .add(&ECDSA_MECHS, 256, 521, sv | EC_FLAGS)
+            .add(&[CKM_EDDSA], 255, 255, sv)
+            .add(&HMAC_MECHS, 0, 0, sv)
+            .add(
+                &[vendor::CKM_P11BRIDGE_VAULT_ENCRYPT],
+                128,
+                256,
+                CKF_ENCRYPT | CKF_DECRYPT,
+            )
+            .add(&[vendor::CKM_P11BRIDGE_VAULT_REWRAP], 128, 256, CKF_ENCRYPT)
+            .add(
+                &[CKM_RSA_PKCS_KEY_PAIR_GEN],
+                2048,
+                4096,
+                CKF_GENERATE_KEY_PAIR,
+            )
+            .add(
+                &[CKM_EC_KEY_PAIR_GEN],
+                256,
+                521,
+                CKF_GENERATE_KEY_PAIR | EC_FLAGS,
+            )
+            .add(
+                &[CKM_EC_EDWARDS_KEY_PAIR_GEN],
+                255,
+                255,
+                CKF_GENERATE_KEY_PAIR,
+            )
+            .add(&[CKM_AES_KEY_GEN], 16, 32, CKF_GENERATE)
+            .add(&[CKM_GENERIC_SECRET_KEY_GEN], 16, 64, CKF_GENERATE)
+            .into_vec()
     }
 
     fn ttl(&self) -> Duration {
