@@ -211,18 +211,7 @@ impl RemoteService for Kms {
                 256,
                 CKF_ENCRYPT | CKF_DECRYPT,
             )
-            .add(
-                &[CKM_RSA_PKCS_KEY_PAIR_GEN],
-                2048,
-                4096,
-                CKF_GENERATE_KEY_PAIR,
-            )
-            .add(
-                &[CKM_EC_KEY_PAIR_GEN],
-                256,
-                521,
-                CKF_GENERATE_KEY_PAIR | EC_FLAGS,
-            )
+            .rsa_and_ec_key_pair_generation()
             .add(&[CKM_AES_KEY_GEN], 32, 32, CKF_GENERATE)
             .add(&[CKM_GENERIC_SECRET_KEY_GEN], 28, 64, CKF_GENERATE)
             .into_vec()

@@ -199,6 +199,22 @@ impl MechanismList {
         self
     }
 
+    /// RSA (2048 to 4096 bits) and EC (P-256 to P-521) key pair generation, as every remote service offers it.
+    pub fn rsa_and_ec_key_pair_generation(self) -> Self {
+        self.add(
+            &[CKM_RSA_PKCS_KEY_PAIR_GEN],
+            2048,
+            4096,
+            CKF_GENERATE_KEY_PAIR,
+        )
+        .add(
+            &[CKM_EC_KEY_PAIR_GEN],
+            256,
+            521,
+            CKF_GENERATE_KEY_PAIR | EC_FLAGS,
+        )
+    }
+
     pub fn into_vec(self) -> Vec<(CK_MECHANISM_TYPE, CK_MECHANISM_INFO)> {
         self.0
     }

@@ -213,18 +213,7 @@ impl RemoteService for Vault {
                 CKF_ENCRYPT | CKF_DECRYPT,
             )
             .add(&[vendor::CKM_P11BRIDGE_VAULT_REWRAP], 128, 256, CKF_ENCRYPT)
-            .add(
-                &[CKM_RSA_PKCS_KEY_PAIR_GEN],
-                2048,
-                4096,
-                CKF_GENERATE_KEY_PAIR,
-            )
-            .add(
-                &[CKM_EC_KEY_PAIR_GEN],
-                256,
-                521,
-                CKF_GENERATE_KEY_PAIR | EC_FLAGS,
-            )
+            .rsa_and_ec_key_pair_generation()
             .add(
                 &[CKM_EC_EDWARDS_KEY_PAIR_GEN],
                 255,
