@@ -338,6 +338,29 @@ impl Endpoints {
         }
     }
 
+    /// The walk of a caller that probes on its own thread (HA groups of upstream tokens): the endpoints of `order`
+    /// that `keep` allows and that are usable now ([`Endpoints::usable_now`], `probe` probing one in place) in a
+    /// first pass, then in a last-resort pass. Lazy: an endpoint is admitted (and perhaps probed) only when the
+    /// walk reaches it.
+    pub fn walk_in_passes<'a, K, P>(
+        &'a self,
+        order: Vec<usize>,
+        background: bool,
+        keep: K,
+        probe: P,
+    ) -> impl Iterator<Item = usize> + 'a
+    where
+        K: Fn(usize) -> bool + Clone + 'a,
+        P: Fn(usize) -> bool + Clone + 'a,
+    {
+        [false, true].into_iter().flat_map(move |last_resort| {
+            let (keep, probe) = (keep.clone(), probe.clone());
+            order.clone().into_iter().filter(move |&i| {
+                keep(i) && self.usable_now(i, background, last_resort, || probe(i))
+            })
+        })
+    }
+
     /// Whether every endpoint in `among` is unusable (the route is the last resort).
     pub fn all_down(&self, among: &[usize], background: bool) -> bool {
         !among.iter().any(|&i| self.usable(i, background))

@@ -216,6 +216,22 @@ impl Group {
         (0..n).map(move |i| (start + i) % n)
     }
 
+    /// The members a call tries, from `start` (wrapping around), among those `keep` allows: the usable ones, then a
+    /// last-resort pass (`health::Endpoints::walk_in_passes`; without a prober thread, a member due for a probe is
+    /// probed when the walk reaches it).
+    fn walk<'a>(
+        &'a self,
+        start: usize,
+        keep: impl Fn(usize) -> bool + Clone + 'a,
+    ) -> impl Iterator<Item = usize> + 'a {
+        self.health.walk_in_passes(
+            self.order(start).collect(),
+            self.threads_allowed(),
+            keep,
+            move |i| self.probe(&self.members[i]),
+        )
+    }
+
     fn next_rr(&self) -> usize {
         self.rr.fetch_add(1, SeqCst) % self.members.len()
     }

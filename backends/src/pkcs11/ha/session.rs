@@ -141,60 +141,52 @@ impl HaSession {
         let logged_in = self.g.logged_in();
         let mut first_err: Option<Error> = None;
         let mut missing = false;
-        let n = self.g.members.len();
-        for last_resort in [false, true] {
-            for i in (0..n).map(|k| (start + k) % n) {
-                if pinned.is_some_and(|p| p != i) {
-                    continue;
-                }
-                if !self.g.usable(i, last_resort) {
-                    continue;
-                }
-                let g = self.g.clone();
-                let bs = match self.member_session(i) {
-                    Ok(bs) => bs,
-                    Err(e) => {
-                        if is_member_failure(e.rv(), logged_in) {
-                            self.member_failed(i, &e);
-                            first_err.get_or_insert(e);
-                            continue;
-                        }
-                        return Err(e);
-                    }
-                };
-                let mut r = None;
-                // A cached handle the member no longer knows (the key was re-created there out of band) is looked up
-                // again, once.
-                for attempt in 0..2 {
-                    let hs = match resolve_all(&g, keys, i, bs) {
-                        Ok(Some(hs)) => hs,
-                        Ok(None) => break,
-                        Err(e) => {
-                            r = Some(Err(e));
-                            break;
-                        }
-                    };
-                    g.members[i].routed.fetch_add(1, SeqCst);
-                    let out = f(bs, &hs);
-                    let stale = matches!(&out, Err(e) if matches!(e.rv(), CKR_KEY_HANDLE_INVALID | CKR_OBJECT_HANDLE_INVALID));
-                    r = Some(out);
-                    if !(stale && attempt == 0 && g.forget_cached(keys, i)) {
-                        break;
-                    }
-                }
-                let Some(r) = r else {
-                    // This member does not hold the key: not its fault, try the next.
-                    missing = true;
-                    continue;
-                };
-                match r {
-                    Ok(v) => return Ok((i, v)),
-                    Err(e) if is_member_failure(e.rv(), logged_in) => {
+        let group = self.g.clone();
+        for i in group.walk(start, move |i| pinned.is_none_or(|p| p == i)) {
+            let g = self.g.clone();
+            let bs = match self.member_session(i) {
+                Ok(bs) => bs,
+                Err(e) => {
+                    if is_member_failure(e.rv(), logged_in) {
                         self.member_failed(i, &e);
                         first_err.get_or_insert(e);
+                        continue;
                     }
-                    Err(e) => return Err(e),
+                    return Err(e);
                 }
+            };
+            let mut r = None;
+            // A cached handle the member no longer knows (the key was re-created there out of band) is looked up
+            // again, once.
+            for attempt in 0..2 {
+                let hs = match resolve_all(&g, keys, i, bs) {
+                    Ok(Some(hs)) => hs,
+                    Ok(None) => break,
+                    Err(e) => {
+                        r = Some(Err(e));
+                        break;
+                    }
+                };
+                g.members[i].routed.fetch_add(1, SeqCst);
+                let out = f(bs, &hs);
+                let stale = matches!(&out, Err(e) if matches!(e.rv(), CKR_KEY_HANDLE_INVALID | CKR_OBJECT_HANDLE_INVALID));
+                r = Some(out);
+                if !(stale && attempt == 0 && g.forget_cached(keys, i)) {
+                    break;
+                }
+            }
+            let Some(r) = r else {
+                // This member does not hold the key: not its fault, try the next.
+                missing = true;
+                continue;
+            };
+            match r {
+                Ok(v) => return Ok((i, v)),
+                Err(e) if is_member_failure(e.rv(), logged_in) => {
+                    self.member_failed(i, &e);
+                    first_err.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
             }
         }
         if let Some(e) = first_err {
@@ -225,14 +217,9 @@ impl HaSession {
             }
         }
         let start = self.g.next_rr();
-        let h = self
-            .g
-            .order(start)
-            .find(|i| self.g.usable(*i, false))
-            .or_else(|| self.g.order(start).find(|i| self.g.usable(*i, true)))
-            .ok_or_else(|| {
-                Error::with(CKR_DEVICE_ERROR, "no member of the HA group is available")
-            })?;
+        let h = self.g.walk(start, |_| true).next().ok_or_else(|| {
+            Error::with(CKR_DEVICE_ERROR, "no member of the HA group is available")
+        })?;
         self.home = Some(h);
         Ok(h)
     }

@@ -10,20 +10,15 @@ impl HaToken {
     /// The first member that answers `f`.
     pub(super) fn any<T>(&self, f: impl Fn(&dyn Token) -> Result<T>) -> Result<T> {
         let mut first_err = None;
-        for last_resort in [false, true] {
-            for i in self.g.order(0) {
-                if !self.g.usable(i, last_resort) {
-                    continue;
-                }
-                let m = &self.g.members[i];
-                match m.token().and_then(|t| f(t.as_ref())) {
-                    Ok(v) => return Ok(v),
-                    Err(e) => {
-                        if is_member_failure(e.rv(), false) {
-                            self.g.failed(m, &e);
-                        }
-                        first_err.get_or_insert(e);
+        for i in self.g.walk(0, |_| true) {
+            let m = &self.g.members[i];
+            match m.token().and_then(|t| f(t.as_ref())) {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    if is_member_failure(e.rv(), false) {
+                        self.g.failed(m, &e);
                     }
+                    first_err.get_or_insert(e);
                 }
             }
         }
