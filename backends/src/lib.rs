@@ -10,6 +10,7 @@
 
 pub mod batch;
 pub mod diag;
+pub mod digest;
 pub mod error;
 pub mod health;
 pub mod kms;
@@ -27,6 +28,7 @@ pub mod vault;
 pub mod vendor;
 
 pub use error::{rv_name, Error, Result};
+pub use pkcs11::ha::{ha_groups, ha_members};
 pub use secret::{Secret, SecretRef};
 pub use types::*;
 
@@ -137,11 +139,7 @@ pub fn default_check(t: &(impl Token + ?Sized)) -> CheckReport {
         let mut secret = 0;
         for o in &objs {
             let mut class: CK_OBJECT_CLASS = CK_UNAVAILABLE_INFORMATION;
-            let mut a = [CK_ATTRIBUTE {
-                type_: CKA_CLASS,
-                pValue: &mut class as *mut _ as *mut std::ffi::c_void,
-                ulValueLen: std::mem::size_of::<CK_OBJECT_CLASS>() as CK_ULONG,
-            }];
+            let mut a = [attribute(CKA_CLASS, &mut class)];
             if s.get_attributes(*o, &mut a) == CKR_OK {
                 match class {
                     CKO_PRIVATE_KEY => private += 1,
@@ -296,16 +294,8 @@ pub trait BackendSession: Send {
         let mut class: CK_OBJECT_CLASS = 0;
         let mut extractable: CK_BBOOL = CK_FALSE;
         let mut t = [
-            CK_ATTRIBUTE {
-                type_: CKA_CLASS,
-                pValue: &mut class as *mut _ as *mut std::ffi::c_void,
-                ulValueLen: std::mem::size_of::<CK_OBJECT_CLASS>() as CK_ULONG,
-            },
-            CK_ATTRIBUTE {
-                type_: CKA_EXTRACTABLE,
-                pValue: &mut extractable as *mut _ as *mut std::ffi::c_void,
-                ulValueLen: 1,
-            },
+            attribute(CKA_CLASS, &mut class),
+            attribute(CKA_EXTRACTABLE, &mut extractable),
         ];
         match self.get_attributes(obj, &mut t) {
             CKR_OK => {}
@@ -387,14 +377,9 @@ pub trait BackendSession: Send {
     }
 }
 
-/// Builds the backend of one `[backend.NAME]` section. This is the one place that knows every concrete backend.
-/// Errors name the key (`backend.NAME.KEY`) and the problem.
-pub fn build(name: &str, section: &toml::Table, ctx: &BuildContext) -> Result<Arc<dyn Backend>> {
-    build_with(name, section, &std::collections::BTreeMap::new(), ctx)
-}
-
-/// Like [`build`], with every `[backend.*]` section of the file at hand: a `pkcs11-ha` group builds its members from
-/// the sections it names.
+/// Builds the backend of one `[backend.NAME]` section, with every `[backend.*]` section of the file at hand (a
+/// `pkcs11-ha` group builds its members from the sections it names). This is the one place that knows every
+/// concrete backend. Errors name the key (`backend.NAME.KEY`) and the problem.
 pub fn build_with(
     name: &str,
     section: &toml::Table,

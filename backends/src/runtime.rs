@@ -10,7 +10,7 @@
 //! - With `CKF_LIBRARY_CANT_CREATE_OS_THREADS`, a current-thread runtime is driven on the caller's thread instead.
 
 use crate::{Error, Result};
-use cryptoki_sys::{CKR_DEVICE_ERROR, CKR_FUNCTION_CANCELED};
+use cryptoki_sys::CKR_DEVICE_ERROR;
 use parking_lot::Mutex;
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -117,11 +117,6 @@ fn timed_out(d: Duration) -> Error {
         CKR_DEVICE_ERROR,
         format!("backend did not answer within {d:?}"),
     )
-}
-
-/// An error for an operation abandoned because the caller's deadline passed while waiting for a slot.
-pub fn canceled() -> Error {
-    Error::new(CKR_FUNCTION_CANCELED)
 }
 
 /// Runs a blocking job on the runtime's blocking pool, detached. `false` if there are no worker threads (the

@@ -54,6 +54,48 @@ impl OpKind {
     }
 }
 
+/// A `CK_ATTRIBUTE` over `value`'s memory: a plain value (`CK_ULONG`, `CK_BBOOL`, ...) or a byte buffer, whose size
+/// is the attribute's length. Read an attribute into it (`BackendSession::get_attributes`, by the rules of
+/// `C_GetAttributeValue`) or use it as a search template entry; it points at `value`, so use it while `value` lives.
+pub fn attribute<T: ?Sized>(type_: CK_ATTRIBUTE_TYPE, value: &mut T) -> CK_ATTRIBUTE {
+    let len = std::mem::size_of_val(value);
+    CK_ATTRIBUTE {
+        type_,
+        pValue: value as *mut T as *mut std::ffi::c_void,
+        ulValueLen: len as CK_ULONG,
+    }
+}
+
+/// The state of each active operation of a session, one per [`OpKind`] (empty until its `C_*Init`).
+#[derive(Debug)]
+pub struct ActiveOps<T>([Option<T>; OpKind::ALL.len()]);
+
+impl<T> Default for ActiveOps<T> {
+    fn default() -> Self {
+        ActiveOps(Default::default())
+    }
+}
+
+impl<T> ActiveOps<T> {
+    pub fn get(&self, kind: OpKind) -> Option<&T> {
+        self.0[kind as usize].as_ref()
+    }
+    pub fn get_mut(&mut self, kind: OpKind) -> Option<&mut T> {
+        self.0[kind as usize].as_mut()
+    }
+    /// Ends the operation, handing out its state.
+    pub fn take(&mut self, kind: OpKind) -> Option<T> {
+        self.0[kind as usize].take()
+    }
+    /// Starts (or puts back) the operation's state.
+    pub fn set(&mut self, kind: OpKind, state: T) {
+        self.0[kind as usize] = Some(state);
+    }
+    pub fn clear(&mut self, kind: OpKind) {
+        self.0[kind as usize] = None;
+    }
+}
+
 /// The dual-function update calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DualKind {

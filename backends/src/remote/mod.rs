@@ -7,6 +7,7 @@ pub mod cert;
 pub mod der;
 pub mod mech;
 mod session;
+pub mod settings;
 
 use crate::{vendor, Backend, BackendSession, Error, ObjRef, OpKind, Result, Token};
 use cryptoki_sys::*;
@@ -171,6 +172,56 @@ impl KeyMaterial {
         }
     }
 }
+
+/// A service's mechanism list, built in order: each call adds mechanisms with their key sizes and flags.
+#[derive(Default)]
+pub struct MechanismList(Vec<(CK_MECHANISM_TYPE, CK_MECHANISM_INFO)>);
+
+impl MechanismList {
+    /// Adds `mechs`, each with key sizes `min..=max` and `flags`.
+    pub fn add(
+        mut self,
+        mechs: &[CK_MECHANISM_TYPE],
+        min: CK_ULONG,
+        max: CK_ULONG,
+        flags: CK_FLAGS,
+    ) -> Self {
+        self.0.extend(mechs.iter().map(|&m| {
+            (
+                m,
+                CK_MECHANISM_INFO {
+                    ulMinKeySize: min,
+                    ulMaxKeySize: max,
+                    flags,
+                },
+            )
+        }));
+        self
+    }
+
+    /// RSA (2048 to 4096 bits) and EC (P-256 to P-521) key pair generation, as every remote service offers it.
+    pub fn rsa_and_ec_key_pair_generation(self) -> Self {
+        self.add(
+            &[CKM_RSA_PKCS_KEY_PAIR_GEN],
+            2048,
+            4096,
+            CKF_GENERATE_KEY_PAIR,
+        )
+        .add(
+            &[CKM_EC_KEY_PAIR_GEN],
+            256,
+            521,
+            CKF_GENERATE_KEY_PAIR | EC_FLAGS,
+        )
+    }
+
+    pub fn into_vec(self) -> Vec<(CK_MECHANISM_TYPE, CK_MECHANISM_INFO)> {
+        self.0
+    }
+}
+
+/// The flags of ECDSA and EC key generation mechanisms: prime fields, named curves, uncompressed points.
+pub const EC_FLAGS: CK_FLAGS = CKF_EC_F_P | CKF_EC_NAMEDCURVE | CKF_EC_UNCOMPRESS;
 
 /// What a key may be used for (its private or secret half; the public half gets the mirror image).
 #[derive(Clone, Copy, Debug, Default)]

@@ -9,7 +9,8 @@ use super::{
 };
 use super::{Curve, GenerateKind, GenerateSpec, ED25519_PARAMS};
 use crate::{
-    fill_attr, vendor, BackendSession, Error, Mechanism, ObjRef, OpKind, Out, Result, Template,
+    fill_attr, vendor, ActiveOps, BackendSession, Error, Mechanism, ObjRef, OpKind, Out, Result,
+    Template,
 };
 use cryptoki_sys::*;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,7 +38,7 @@ pub struct RemoteSession {
     shared: Arc<Shared>,
     /// The token's login state.
     login: Arc<AtomicBool>,
-    ops: [Option<Op>; 7],
+    ops: ActiveOps<Op>,
 }
 
 impl RemoteSession {
@@ -54,8 +55,8 @@ impl RemoteSession {
     }
 
     fn op(&mut self, kind: OpKind) -> Result<&mut Op> {
-        self.ops[kind as usize]
-            .as_mut()
+        self.ops
+            .get_mut(kind)
             .ok_or(Error::new(CKR_OPERATION_NOT_INITIALIZED))
     }
 }
@@ -214,8 +215,7 @@ impl RemoteSession {
     }
 
     fn finish(&mut self, kind: OpKind, last: &[u8], out: Out) -> Result<usize> {
-        let k = kind as usize;
-        let Some(mut op) = self.ops[k].take() else {
+        let Some(mut op) = self.ops.take(kind) else {
             return Err(Error::new(CKR_OPERATION_NOT_INITIALIZED));
         };
         let need = self.out_len(
@@ -228,20 +228,20 @@ impl RemoteSession {
         );
         let Some(out) = out else {
             // A length query: answered from what we know, the operation stays active.
-            self.ops[k] = Some(op);
+            self.ops.set(kind, op);
             return Ok(need);
         };
         if let Some(r) = op.result.take() {
             let r = deliver(&mut op, r, out);
             if matches!(&r, Err(e) if e.rv() == CKR_BUFFER_TOO_SMALL) {
-                self.ops[k] = Some(op);
+                self.ops.set(kind, op);
             }
             return r;
         }
         let exact = matches!(kind, OpKind::Sign)
             || (kind == OpKind::Encrypt && op.mech == CKM_RSA_PKCS_OAEP);
         if exact && out.len() < need {
-            self.ops[k] = Some(op);
+            self.ops.set(kind, op);
             return Err(Error::buffer_too_small(need));
         }
         let key = op.key.clone();
@@ -256,13 +256,13 @@ impl RemoteSession {
         })?;
         let r = deliver(&mut op, result, out);
         if matches!(&r, Err(e) if e.rv() == CKR_BUFFER_TOO_SMALL) {
-            self.ops[k] = Some(op);
+            self.ops.set(kind, op);
         }
         r
     }
 
     fn verify_all(&mut self, last: &[u8], signature: &[u8]) -> Result<()> {
-        let Some(mut op) = self.ops[OpKind::Verify as usize].take() else {
+        let Some(mut op) = self.ops.take(OpKind::Verify) else {
             return Err(Error::new(CKR_OPERATION_NOT_INITIALIZED));
         };
         let (digest, buf) = take_input(&mut op, last);
@@ -486,15 +486,18 @@ impl BackendSession for RemoteSession {
             Some(h) => Input::Hash(Box::new(Hasher::new(h))),
             None => Input::Buffer(Zeroizing::new(Vec::new())),
         };
-        self.ops[kind as usize] = Some(Op {
-            mech: m,
-            pss,
-            oaep,
-            context,
-            key: k,
-            input,
-            result: None,
-        });
+        self.ops.set(
+            kind,
+            Op {
+                mech: m,
+                pss,
+                oaep,
+                context,
+                key: k,
+                input,
+                result: None,
+            },
+        );
         Ok(())
     }
 
@@ -535,7 +538,7 @@ impl BackendSession for RemoteSession {
     }
 
     fn op_cancel(&mut self, kind: OpKind) -> Result<()> {
-        self.ops[kind as usize] = None;
+        self.ops.clear(kind);
         Ok(())
     }
 

@@ -435,36 +435,15 @@ fn validate(cfg: &Config) -> Result<()> {
 /// `kind = "pkcs11-ha"` groups: `members` name `kind = "pkcs11"` sections that no slot uses directly (the group
 /// builds them; two backends over one upstream token would each count its login on their own).
 fn validate_ha_groups(cfg: &Config) -> Result<()> {
-    for (name, t) in &cfg.backend {
-        if t.get("kind").and_then(|k| k.as_str()) != Some("pkcs11-ha") {
-            continue;
-        }
-        let at = format!("backend.{name}.members");
-        let Some(members) = t.get("members").and_then(|m| m.as_array()) else {
-            return Err(err(format!(
-                "{at}: missing (a list of [backend.NAME] sections of kind \"pkcs11\")"
-            )));
-        };
+    for (name, members) in p11bridge_backends::ha_groups(&cfg.backend)? {
         for m in members {
-            let Some(m) = m.as_str() else {
-                return Err(err(format!("{at}: members are section names (strings)")));
-            };
-            let Some(section) = cfg.backend.get(m) else {
-                return Err(err(format!("{at}: no [backend.{m}] section")));
-            };
-            let kind = section.get("kind").and_then(|k| k.as_str()).unwrap_or("");
-            if kind != "pkcs11" {
-                return Err(err(format!(
-                    "{at}: {m} is kind = \"{kind}\"; members must be kind = \"pkcs11\""
-                )));
-            }
             if cfg
                 .slot
                 .iter()
                 .any(|s| s.backends.iter().any(|b| b == m) || s.mirror.as_deref() == Some(m))
             {
                 return Err(err(format!(
-                    "{at}: {m} is a member of this HA group and cannot also be used by a slot"
+                    "backend.{name}.members: {m} is a member of this HA group and cannot also be used by a slot"
                 )));
             }
         }

@@ -4,7 +4,7 @@
 //! the raw mechanism — exactly what the consumer would have done itself with `CKM_ECDSA`.
 
 use cryptoki_sys::*;
-use p11bridge_backends::remote::mech::{digest_info, mechanism_hash, Hash, Hasher};
+use p11bridge_backends::digest::{digest_info, mechanism_hash, Hash, Hasher};
 
 /// The raw mechanism a hash-and-sign mechanism rests on.
 pub fn base_of(m: CK_MECHANISM_TYPE) -> Option<CK_MECHANISM_TYPE> {

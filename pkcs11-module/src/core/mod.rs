@@ -187,14 +187,7 @@ impl Module {
         };
         // Members of HA groups (`kind = "pkcs11-ha"`, `members = [...]`) are built by their group (config.rs
         // checked that no slot uses them directly).
-        let member_of: std::collections::HashSet<&str> = cfg
-            .backend
-            .values()
-            .filter(|t| t.get("kind").and_then(|v| v.as_str()) == Some("pkcs11-ha"))
-            .filter_map(|t| t.get("members").and_then(|v| v.as_array()))
-            .flatten()
-            .filter_map(|v| v.as_str())
-            .collect();
+        let member_of = p11bridge_backends::ha_members(&cfg.backend);
         for (name, section) in &cfg.backend {
             // Only build what a slot uses.
             if !used_by_slot(name) {
