@@ -36,10 +36,6 @@ impl OpKind {
         OpKind::SignRecover,
         OpKind::VerifyRecover,
     ];
-    /// Whether `*Update` produces output (encrypt/decrypt) or only absorbs input.
-    pub fn update_has_output(self) -> bool {
-        matches!(self, OpKind::Encrypt | OpKind::Decrypt)
-    }
     /// The `CKF_*` flag for `C_SessionCancel`.
     pub fn cancel_flag(self) -> CK_FLAGS {
         match self {
@@ -93,6 +89,10 @@ impl<T> ActiveOps<T> {
     }
     pub fn clear(&mut self, kind: OpKind) {
         self.0[kind as usize] = None;
+    }
+    /// The states of the active operations, in [`OpKind::ALL`] order.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.0.iter().flatten()
     }
 }
 
@@ -293,10 +293,6 @@ impl<'a> Template<'a> {
             )),
         }
     }
-
-    pub fn has(&self, ty: CK_ATTRIBUTE_TYPE) -> bool {
-        self.attrs.iter().any(|a| a.type_ == ty)
-    }
 }
 
 /// The bytes of one attribute of an input template.
@@ -331,8 +327,9 @@ pub fn fill_attr(a: &mut CK_ATTRIBUTE, value: &[u8]) -> CK_RV {
     }
 }
 
-/// Combines the return values of a `C_GetAttributeValue` over several parts of a template: the first error among
-/// the spec's three "keep going" codes wins, anything else wins outright.
+/// Combines the return values of a `C_GetAttributeValue` over several parts of a template, asked in order: the
+/// first part's code that is not `CKR_OK` is the answer (every part is still asked, so each attribute is filled
+/// or marked by the spec's rules).
 pub fn combine_attr_rv(a: CK_RV, b: CK_RV) -> CK_RV {
     if a == CKR_OK {
         b

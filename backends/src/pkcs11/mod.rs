@@ -474,13 +474,13 @@ fn with_out(out: Out, f: impl FnOnce(*mut u8, *mut CK_ULONG) -> CK_RV) -> Result
     }
 }
 
-fn inp(b: &[u8]) -> (*mut u8, CK_ULONG) {
+fn input_ptr(b: &[u8]) -> (*mut u8, CK_ULONG) {
     (b.as_ptr() as *mut u8, b.len() as CK_ULONG)
 }
 
 /// A template as the upstream should see it: NULL only if the caller passed NULL (some modules, SoftHSM among them,
 /// accept a non-NULL pointer with a count of 0 where they refuse NULL).
-fn tpl(t: &Template) -> (*mut CK_ATTRIBUTE, CK_ULONG) {
+fn template_ptr(t: &Template) -> (*mut CK_ATTRIBUTE, CK_ULONG) {
     static EMPTY: [u8; 0] = [];
     if t.is_null() {
         (null_mut(), 0)
@@ -501,7 +501,7 @@ impl BackendSession for UpstreamSession {
             return Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED));
         };
         let (p, n) = pin_ptr(pin);
-        let (u, un) = inp(name);
+        let (u, un) = input_ptr(name);
         Error::check(up!(f3, C_LoginUser(self.h, user, p, n, u, un)))
     }
     fn context_login_configured(&mut self) -> Result<()> {
@@ -537,7 +537,7 @@ impl BackendSession for UpstreamSession {
         enc_key: Option<ObjRef>,
         auth_key: Option<ObjRef>,
     ) -> Result<()> {
-        let (s, sn) = inp(state);
+        let (s, sn) = input_ptr(state);
         Error::check(up!(
             self.lib.f(),
             C_SetOperationState(
@@ -552,7 +552,7 @@ impl BackendSession for UpstreamSession {
 
     fn find(&mut self, template: Template) -> Result<Vec<ObjRef>> {
         let f = self.lib.f();
-        let (t, tn) = tpl(&template);
+        let (t, tn) = template_ptr(&template);
         Error::check(up!(f, C_FindObjectsInit(self.h, t, tn)))?;
         let mut all = Vec::new();
         let mut buf = [0 as CK_OBJECT_HANDLE; 256];
@@ -629,20 +629,20 @@ impl BackendSession for UpstreamSession {
         }
     }
     fn set_attributes(&mut self, obj: ObjRef, template: Template) -> Result<()> {
-        let (t, tn) = tpl(&template);
+        let (t, tn) = template_ptr(&template);
         Error::check(up!(
             self.lib.f(),
             C_SetAttributeValue(self.h, obj as CK_OBJECT_HANDLE, t, tn)
         ))
     }
     fn create_object(&mut self, template: Template) -> Result<ObjRef> {
-        let (t, tn) = tpl(&template);
+        let (t, tn) = template_ptr(&template);
         let mut h: CK_OBJECT_HANDLE = 0;
         Error::check(up!(self.lib.f(), C_CreateObject(self.h, t, tn, &mut h)))?;
         Ok(h as ObjRef)
     }
     fn copy_object(&mut self, obj: ObjRef, template: Template) -> Result<ObjRef> {
-        let (t, tn) = tpl(&template);
+        let (t, tn) = template_ptr(&template);
         let mut h: CK_OBJECT_HANDLE = 0;
         Error::check(up!(
             self.lib.f(),
@@ -683,7 +683,7 @@ impl BackendSession for UpstreamSession {
     fn op_single(&mut self, kind: OpKind, input: &[u8], out: Out) -> Result<usize> {
         let f = self.lib.f();
         let h = self.h;
-        let (i, n) = inp(input);
+        let (i, n) = input_ptr(input);
         with_out(out, |p, l| match kind {
             OpKind::Encrypt => up!(f, C_Encrypt(h, i, n, p, l)),
             OpKind::Decrypt => up!(f, C_Decrypt(h, i, n, p, l)),
@@ -697,7 +697,7 @@ impl BackendSession for UpstreamSession {
     fn op_update(&mut self, kind: OpKind, input: &[u8], out: Out) -> Result<usize> {
         let f = self.lib.f();
         let h = self.h;
-        let (i, n) = inp(input);
+        let (i, n) = input_ptr(input);
         match kind {
             OpKind::Encrypt => with_out(out, |p, l| up!(f, C_EncryptUpdate(h, i, n, p, l))),
             OpKind::Decrypt => with_out(out, |p, l| up!(f, C_DecryptUpdate(h, i, n, p, l))),
@@ -721,12 +721,12 @@ impl BackendSession for UpstreamSession {
         })
     }
     fn verify(&mut self, data: &[u8], signature: &[u8]) -> Result<()> {
-        let (d, dn) = inp(data);
-        let (s, sn) = inp(signature);
+        let (d, dn) = input_ptr(data);
+        let (s, sn) = input_ptr(signature);
         Error::check(up!(self.lib.f(), C_Verify(self.h, d, dn, s, sn)))
     }
     fn verify_final(&mut self, signature: &[u8]) -> Result<()> {
-        let (s, sn) = inp(signature);
+        let (s, sn) = input_ptr(signature);
         Error::check(up!(self.lib.f(), C_VerifyFinal(self.h, s, sn)))
     }
     fn digest_key(&mut self, key: ObjRef) -> Result<()> {
@@ -738,7 +738,7 @@ impl BackendSession for UpstreamSession {
     fn dual_update(&mut self, kind: DualKind, input: &[u8], out: Out) -> Result<usize> {
         let f = self.lib.f();
         let h = self.h;
-        let (i, n) = inp(input);
+        let (i, n) = input_ptr(input);
         with_out(out, |p, l| match kind {
             DualKind::DigestEncrypt => up!(f, C_DigestEncryptUpdate(h, i, n, p, l)),
             DualKind::DecryptDigest => up!(f, C_DecryptDigestUpdate(h, i, n, p, l)),
@@ -774,7 +774,7 @@ impl BackendSession for UpstreamSession {
 
     fn generate_key(&mut self, mech: &Mechanism, template: Template) -> Result<ObjRef> {
         let mut m = mech.raw();
-        let (t, tn) = tpl(&template);
+        let (t, tn) = template_ptr(&template);
         let mut h: CK_OBJECT_HANDLE = 0;
         Error::check(up!(
             self.lib.f(),
@@ -789,8 +789,8 @@ impl BackendSession for UpstreamSession {
         private: Template,
     ) -> Result<(ObjRef, ObjRef)> {
         let mut m = mech.raw();
-        let (pt, ptn) = tpl(&public);
-        let (st, stn) = tpl(&private);
+        let (pt, ptn) = template_ptr(&public);
+        let (st, stn) = template_ptr(&private);
         let (mut hp, mut hs): (CK_OBJECT_HANDLE, CK_OBJECT_HANDLE) = (0, 0);
         Error::check(up!(
             self.lib.f(),
@@ -830,8 +830,8 @@ impl BackendSession for UpstreamSession {
         template: Template,
     ) -> Result<ObjRef> {
         let mut m = mech.raw();
-        let (w, wn) = inp(wrapped);
-        let (t, tn) = tpl(&template);
+        let (w, wn) = input_ptr(wrapped);
+        let (t, tn) = template_ptr(&template);
         let mut h: CK_OBJECT_HANDLE = 0;
         Error::check(up!(
             self.lib.f(),
@@ -850,7 +850,7 @@ impl BackendSession for UpstreamSession {
     }
     fn derive_key(&mut self, mech: &Mechanism, base: ObjRef, template: Template) -> Result<ObjRef> {
         let mut m = mech.raw();
-        let (t, tn) = tpl(&template);
+        let (t, tn) = template_ptr(&template);
         let mut h: CK_OBJECT_HANDLE = 0;
         Error::check(up!(
             self.lib.f(),
@@ -859,7 +859,7 @@ impl BackendSession for UpstreamSession {
         Ok(h as ObjRef)
     }
     fn seed_random(&mut self, seed: &[u8]) -> Result<()> {
-        let (s, n) = inp(seed);
+        let (s, n) = input_ptr(seed);
         Error::check(up!(self.lib.f(), C_SeedRandom(self.h, s, n)))
     }
     fn generate_random(&mut self, out: &mut [u8]) -> Result<()> {

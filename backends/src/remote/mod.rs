@@ -539,7 +539,8 @@ impl Shared {
     }
 }
 
-/// The objects a key shows: (class code, whether it exists).
+/// The class codes of the objects a key shows: a secret key; or a private and a public key, and a certificate when
+/// the key has one.
 pub fn objects_of(k: &RemoteKey) -> Vec<u64> {
     if k.material.is_secret() {
         vec![CLASS_SECRET]

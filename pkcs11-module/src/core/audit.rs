@@ -145,16 +145,8 @@ pub fn describe(bs: &mut dyn BackendSession, obj: ObjRef) -> ObjectInfo {
     let mut label = [0u8; 256];
     let mut id = [0u8; 256];
     let mut t = [
-        CK_ATTRIBUTE {
-            type_: CKA_LABEL,
-            pValue: label.as_mut_ptr() as *mut std::ffi::c_void,
-            ulValueLen: label.len() as CK_ULONG,
-        },
-        CK_ATTRIBUTE {
-            type_: CKA_ID,
-            pValue: id.as_mut_ptr() as *mut std::ffi::c_void,
-            ulValueLen: id.len() as CK_ULONG,
-        },
+        p11bridge_backends::attribute(CKA_LABEL, &mut label[..]),
+        p11bridge_backends::attribute(CKA_ID, &mut id[..]),
     ];
     let _ = bs.get_attributes(obj, &mut t);
     let len = |a: &CK_ATTRIBUTE| {

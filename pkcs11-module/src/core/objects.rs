@@ -68,11 +68,7 @@ fn object_is_ec(
     o: p11bridge_backends::ObjRef,
 ) -> Option<bool> {
     let mut kt: CK_KEY_TYPE = CK_UNAVAILABLE_INFORMATION;
-    let mut t = [CK_ATTRIBUTE {
-        type_: CKA_KEY_TYPE,
-        pValue: &mut kt as *mut _ as *mut std::ffi::c_void,
-        ulValueLen: std::mem::size_of::<CK_KEY_TYPE>() as CK_ULONG,
-    }];
+    let mut t = [p11bridge_backends::attribute(CKA_KEY_TYPE, &mut kt)];
     (bs.get_attributes(o, &mut t) == CKR_OK).then_some(kt == CKK_EC)
 }
 
@@ -85,16 +81,8 @@ fn in_view(
     let mut class: CK_OBJECT_CLASS = CK_UNAVAILABLE_INFORMATION;
     let mut kt: CK_KEY_TYPE = CK_UNAVAILABLE_INFORMATION;
     let mut t = [
-        CK_ATTRIBUTE {
-            type_: CKA_CLASS,
-            pValue: &mut class as *mut _ as *mut std::ffi::c_void,
-            ulValueLen: std::mem::size_of::<CK_OBJECT_CLASS>() as CK_ULONG,
-        },
-        CK_ATTRIBUTE {
-            type_: CKA_KEY_TYPE,
-            pValue: &mut kt as *mut _ as *mut std::ffi::c_void,
-            ulValueLen: std::mem::size_of::<CK_KEY_TYPE>() as CK_ULONG,
-        },
+        p11bridge_backends::attribute(CKA_CLASS, &mut class),
+        p11bridge_backends::attribute(CKA_KEY_TYPE, &mut kt),
     ];
     let _ = bs.get_attributes(o, &mut t);
     let is_key = matches!(class, CKO_PRIVATE_KEY | CKO_PUBLIC_KEY | CKO_SECRET_KEY);
@@ -105,11 +93,7 @@ fn in_view(
         return true;
     }
     let mut buf = [0u8; 256];
-    let mut l = [CK_ATTRIBUTE {
-        type_: CKA_LABEL,
-        pValue: buf.as_mut_ptr() as *mut std::ffi::c_void,
-        ulValueLen: buf.len() as CK_ULONG,
-    }];
+    let mut l = [p11bridge_backends::attribute(CKA_LABEL, &mut buf[..])];
     if bs.get_attributes(o, &mut l) != CKR_OK {
         return false;
     }

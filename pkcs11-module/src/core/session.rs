@@ -39,7 +39,7 @@ pub struct Inner {
     /// Backend sessions, by the position of their backend in the slot (opened on first use).
     backend_sessions: Vec<Option<Box<dyn BackendSession>>>,
     /// The active operation of each `OpKind` (indexed by `OpKind as usize`).
-    ops: [Option<ActiveOp>; OpKind::ALL.len()],
+    ops: p11bridge_backends::ActiveOps<ActiveOp>,
     /// Results of `C_FindObjectsInit`, handed out by `C_FindObjects`.
     pub find: Option<Find>,
     /// Handles of session objects created here (forgotten when the session closes).
@@ -126,11 +126,11 @@ impl Session {
 impl Inner {
     /// The active operation of `kind`, if any.
     pub fn op(&self, kind: OpKind) -> Option<&ActiveOp> {
-        self.ops[kind as usize].as_ref()
+        self.ops.get(kind)
     }
 
     pub fn op_mut(&mut self, kind: OpKind) -> Option<&mut ActiveOp> {
-        self.ops[kind as usize].as_mut()
+        self.ops.get_mut(kind)
     }
 
     /// The backend running the active operation of `kind`, or `CKR_OPERATION_NOT_INITIALIZED`.
@@ -142,17 +142,17 @@ impl Inner {
 
     /// Starts (or routes) the operation of `kind`.
     pub fn set_op(&mut self, kind: OpKind, op: ActiveOp) {
-        self.ops[kind as usize] = Some(op);
+        self.ops.set(kind, op);
     }
 
     /// Ends the operation of `kind` in the core (the backend's own state is the caller's business).
     pub fn end_op(&mut self, kind: OpKind) -> Option<ActiveOp> {
-        self.ops[kind as usize].take()
+        self.ops.take(kind)
     }
 
     /// The backend of the first active operation (for `CKU_CONTEXT_SPECIFIC` logins).
     pub fn any_op_backend(&self) -> Option<usize> {
-        self.ops.iter().flatten().map(|op| op.backend).next()
+        self.ops.iter().map(|op| op.backend).next()
     }
 
     /// The backend session of the slot's backend `pos`, opened on first use.

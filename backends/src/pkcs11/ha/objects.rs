@@ -4,7 +4,7 @@
 use super::*;
 
 /// A group object: the same (`CKA_ID`, class) on every member, or an object of one member only.
-pub(super) enum GObj {
+pub(super) enum GroupObject {
     Shared {
         id: Vec<u8>,
         class: CK_OBJECT_CLASS,
@@ -20,7 +20,7 @@ pub(super) enum GObj {
 
 #[derive(Default)]
 pub(super) struct Objects {
-    pub(super) list: Vec<GObj>,
+    pub(super) list: Vec<GroupObject>,
     pub(super) shared: HashMap<(Vec<u8>, CK_OBJECT_CLASS), ObjRef>,
     pub(super) home: HashMap<(usize, u64, CK_OBJECT_HANDLE), ObjRef>,
 }
@@ -36,7 +36,7 @@ impl Group {
         let epoch = self.members[m].epoch.load(SeqCst);
         let mut o = self.objects.write();
         if let Some(r) = o.shared.get(&(id.clone(), class)).copied() {
-            if let Some(GObj::Shared { handles, .. }) = o.list.get_mut(r as usize) {
+            if let Some(GroupObject::Shared { handles, .. }) = o.list.get_mut(r as usize) {
                 handles[m] = Some((epoch, h));
             }
             return r;
@@ -44,7 +44,7 @@ impl Group {
         let r = o.list.len() as ObjRef;
         let mut handles = vec![None; self.members.len()];
         handles[m] = Some((epoch, h));
-        o.list.push(GObj::Shared {
+        o.list.push(GroupObject::Shared {
             id: id.clone(),
             class,
             handles,
@@ -60,7 +60,7 @@ impl Group {
             return *r;
         }
         let r = o.list.len() as ObjRef;
-        o.list.push(GObj::Home {
+        o.list.push(GroupObject::Home {
             member: m,
             epoch,
             handle: h,
@@ -74,7 +74,7 @@ impl Group {
         let mut o = self.objects.write();
         let mut any = false;
         for k in keys {
-            if let Some(GObj::Shared { handles, .. }) = o.list.get_mut(*k as usize) {
+            if let Some(GroupObject::Shared { handles, .. }) = o.list.get_mut(*k as usize) {
                 if let Some(h) = handles.get_mut(m) {
                     any |= h.take().is_some();
                 }
@@ -86,8 +86,8 @@ impl Group {
     /// The member an object lives on, if it is homed.
     pub(super) fn home_of(&self, r: ObjRef) -> Result<Option<usize>> {
         match self.objects.read().list.get(r as usize) {
-            Some(GObj::Home { member, .. }) => Ok(Some(*member)),
-            Some(GObj::Shared { .. }) => Ok(None),
+            Some(GroupObject::Home { member, .. }) => Ok(Some(*member)),
+            Some(GroupObject::Shared { .. }) => Ok(None),
             None => Err(Error::new(CKR_OBJECT_HANDLE_INVALID)),
         }
     }
@@ -102,17 +102,19 @@ impl Group {
         let epoch = self.members[m].epoch.load(SeqCst);
         let (mut id, class) = match self.objects.read().list.get(r as usize) {
             None => return Err(Error::new(CKR_OBJECT_HANDLE_INVALID)),
-            Some(GObj::Home {
+            Some(GroupObject::Home {
                 member,
                 epoch: e,
                 handle,
             }) => {
                 return Ok((*member == m && *e == epoch).then_some(*handle));
             }
-            Some(GObj::Shared { id, class, handles }) => match handles.get(m).copied().flatten() {
-                Some((e, h)) if e == epoch => return Ok(Some(h)),
-                _ => (id.clone(), *class),
-            },
+            Some(GroupObject::Shared { id, class, handles }) => {
+                match handles.get(m).copied().flatten() {
+                    Some((e, h)) if e == epoch => return Ok(Some(h)),
+                    _ => (id.clone(), *class),
+                }
+            }
         };
         let mut class_v = class;
         let mut token: CK_BBOOL = CK_TRUE;
@@ -126,7 +128,9 @@ impl Group {
         let Some(h) = found.first().map(|h| *h as CK_OBJECT_HANDLE) else {
             return Ok(None);
         };
-        if let Some(GObj::Shared { handles, .. }) = self.objects.write().list.get_mut(r as usize) {
+        if let Some(GroupObject::Shared { handles, .. }) =
+            self.objects.write().list.get_mut(r as usize)
+        {
             handles[m] = Some((epoch, h));
         }
         Ok(Some(h))
