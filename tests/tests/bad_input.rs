@@ -2,7 +2,7 @@
 //! condition → the `CK_RV` the PKCS#11 2.40/3.0 base specification names) run in this process against the built
 //! `libp11bridge.so`, asserting every row and that the process survives.
 //!
-//! The rows used to live here; they moved to `conformance/src/cases.rs` so that the `matrix` binary can run the
+//! The rows used to live here; they moved to `conformance/src/cases/` so that the `matrix` binary can run the
 //! same rows against SoftHSM2 too (each section in a child process there). Here the sections run in order in one
 //! process (the first before any `C_Initialize`; each later one initializes the module and finalizes it).
 //!
