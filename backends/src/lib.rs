@@ -22,6 +22,9 @@ pub mod secret;
 // build enables and the Debian package does not.
 #[cfg(feature = "test-backends")]
 pub mod testpanic;
+// Test-only in-memory backends (`kind = "test-fake"`, `"test-fake-pkcs11"`), under the same two gates.
+#[cfg(feature = "test-backends")]
+pub mod fake;
 pub mod types;
 pub mod vault;
 pub mod vendor;
@@ -443,6 +446,12 @@ pub fn build_with(
         "test-panic" if testpanic::enabled() => Ok(Arc::new(testpanic::PanicBackend::from_config(
             name, section,
         )?)),
+        #[cfg(feature = "test-backends")]
+        "test-fake" if testpanic::enabled() => Ok(Arc::new(fake::remote::build(name, section)?)),
+        #[cfg(feature = "test-backends")]
+        "test-fake-pkcs11" if testpanic::enabled() => {
+            Ok(Arc::new(fake::upstream::build(name, section)?))
+        }
         other => Err(Error::with(
             CKR_GENERAL_ERROR,
             format!(
