@@ -1,13 +1,17 @@
-//! In-memory fake backends for tests only: the core's test loop (`pkcs11-module/tests/`) runs every PKCS#11 path
-//! through them in-process, with no HSM, Vault or KMS.
+//! The backends for tests only: in-memory fakes through which the core's test loop (`pkcs11-module/tests/core/`)
+//! runs every PKCS#11 path in-process, with no HSM, Vault or KMS, and the panicking backend of the end-to-end
+//! panic-containment test.
 //!
-//! Like `kind = "test-panic"` ([`crate::testpanic`]) they are compiled in only with the cargo feature
-//! `test-backends`, and even then accepted only when `P11BRIDGE_ENABLE_TEST_BACKENDS=1` is set at `C_Initialize`;
-//! otherwise their kinds are unknown (a configuration error). They are not in docs/p11bridge.toml.5: this comment is
-//! their documentation.
+//! They are compiled in only with the cargo feature `test-backends` (`cargo test -p p11bridge` turns it on through
+//! the module's dev-dependencies, `run-tests.sh` with `--features p11bridge/test-backends`; the Debian package is
+//! built without it), and even then accepted only when `P11BRIDGE_ENABLE_TEST_BACKENDS=1` is set at
+//! `C_Initialize`; otherwise their kinds are unknown (a configuration error), so a production configuration can
+//! never enable one by accident. They are not in docs/p11bridge.toml.5: these comments are their documentation.
 //!
-//! Two kinds:
+//! Three kinds:
 //!
+//! - `kind = "test-panic"` ([`panic`]): one key that panics in the operations its configuration names
+//!   (`tests/tests/panic.rs`).
 //! - `kind = "test-fake"` ([`remote`]): a [`crate::remote::RemoteService`] with software keys, so the whole remote
 //!   session engine (two-call convention, multi-part hashing, local verification) runs as for Vault and KMS.
 //! - `kind = "test-fake-pkcs11"` ([`upstream`]): a pass-through token at the `Backend`/`Token`/`BackendSession`
@@ -48,6 +52,7 @@
 //! Tests change the script of a running backend and read how often each operation reached it through
 //! [`script`]`(backend name)`: a length query that reaches the backend shows as a call.
 
+pub mod panic;
 pub mod remote;
 pub mod upstream;
 
@@ -59,7 +64,36 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use crate::testpanic::{enabled, ENABLE_ENV};
+/// The environment variable that lets the test kinds be configured.
+pub const ENABLE_ENV: &str = "P11BRIDGE_ENABLE_TEST_BACKENDS";
+
+/// Whether test backends are enabled in this process.
+pub fn enabled() -> bool {
+    std::env::var(ENABLE_ENV).is_ok_and(|v| v == "1")
+}
+
+/// A fake token's slot information.
+fn slot_info(description: &str) -> CK_SLOT_INFO {
+    CK_SLOT_INFO {
+        slotDescription: crate::pad(description),
+        manufacturerID: crate::pad("p11bridge"),
+        flags: CKF_TOKEN_PRESENT,
+        hardwareVersion: CK_VERSION { major: 0, minor: 0 },
+        firmwareVersion: CK_VERSION { major: 0, minor: 0 },
+    }
+}
+
+/// A fake token's information: its label, model and flags (the rest zero).
+fn token_info(label: &str, model: &str, flags: CK_FLAGS) -> CK_TOKEN_INFO {
+    // SAFETY: a plain C structure; all-zero is valid.
+    let mut ti: CK_TOKEN_INFO = unsafe { std::mem::zeroed() };
+    ti.label = crate::pad(label);
+    ti.manufacturerID = crate::pad("p11bridge");
+    ti.model = crate::pad(model);
+    ti.serialNumber = crate::pad("0");
+    ti.flags = flags;
+    ti
+}
 
 /// The scripted behaviour of one fake backend and what reached it, shared by the backend and the tests.
 #[derive(Default)]
@@ -115,7 +149,7 @@ impl Script {
         }
         if self.panic_in.lock().contains(op) {
             panic!(
-                "fake backend \"{}\": panic in {op} (scripted)",
+                "test backend \"{}\": panic in {op} (scripted)",
                 self.backend
             );
         }
@@ -123,7 +157,7 @@ impl Script {
             Some(rv) => Err(Error::with(
                 *rv,
                 format!(
-                    "fake backend \"{}\": {op} failed (scripted {})",
+                    "test backend \"{}\": {op} failed (scripted {})",
                     self.backend,
                     rv_name(*rv)
                 ),
@@ -159,6 +193,14 @@ pub(crate) struct ScriptConfig {
 }
 
 impl ScriptConfig {
+    /// A script that only panics, in these operations.
+    pub(crate) fn panicking_in(ops: Vec<String>) -> ScriptConfig {
+        ScriptConfig {
+            panic_in: ops,
+            ..Default::default()
+        }
+    }
+
     /// Takes the scripted-behaviour keys out of a `[backend.NAME]` section (the rest is the kind's own).
     pub(crate) fn take_from(backend: &str, section: &mut toml::Table) -> Result<ScriptConfig> {
         let mut own = toml::Table::new();

@@ -1,5 +1,6 @@
 //! `kind = "test-fake"`: a [`RemoteService`] whose keys live in memory (keys and options: see [`super`]).
-//! Signatures are real (p256/p384/rsa/ed25519-dalek), so tests verify them with independent code; symmetric
+//! Signatures are real (p256/p384/rsa/ed25519-dalek), so tests verify them with independent code (RSA-PSS and
+//! RSA-OAEP with SHA-256 only, as Vault; other hashes are `CKR_MECHANISM_PARAM_INVALID` at init); symmetric
 //! encryption (`CKM_P11BRIDGE_VAULT_ENCRYPT`, the mechanism envelope wrapping uses) is a toy authenticated
 //! cipher — SHA-256 keystream and tag — good for round trips and tamper detection, nothing else.
 
@@ -8,7 +9,7 @@ use crate::remote::mech::{digest_info, Hash, RsaPad, SignRequest};
 use crate::remote::{
     Curve, GenerateKind, GenerateSpec, KeyMaterial, RemoteBackend, RemoteKey, RemoteService, Usage,
 };
-use crate::{vendor, Error, Result};
+use crate::{vendor, Error, OpKind, Result};
 use cryptoki_sys::*;
 use parking_lot::Mutex;
 use serde::Deserialize;
@@ -399,16 +400,12 @@ impl RemoteService for FakeService {
                         rsa::Pkcs1v15Sign::new_unprefixed(),
                         &digest_info(*hash, digest),
                     ),
-                    RsaPad::Pss(salt) => {
-                        let scheme = match hash {
-                            Hash::Sha1 => rsa::Pss::new_with_salt::<sha1::Sha1>(*salt),
-                            Hash::Sha224 => rsa::Pss::new_with_salt::<sha2::Sha224>(*salt),
-                            Hash::Sha256 => rsa::Pss::new_with_salt::<sha2::Sha256>(*salt),
-                            Hash::Sha384 => rsa::Pss::new_with_salt::<sha2::Sha384>(*salt),
-                            Hash::Sha512 => rsa::Pss::new_with_salt::<sha2::Sha512>(*salt),
-                        };
-                        sk.sign_with_rng(&mut rand_core::OsRng, scheme, digest)
-                    }
+                    // SHA-256 only (check_init refuses other PSS hashes).
+                    RsaPad::Pss(salt) => sk.sign_with_rng(
+                        &mut rand_core::OsRng,
+                        rsa::Pss::new_with_salt::<Sha256>(*salt),
+                        digest,
+                    ),
                 };
                 r.map_err(|e| bad(&e))
             }
@@ -425,16 +422,31 @@ impl RemoteService for FakeService {
         let Private::Rsa(sk) = &self.private(key)?.private else {
             return Err(Error::new(CKR_KEY_TYPE_INCONSISTENT));
         };
-        let pad = match hash {
-            Hash::Sha1 => rsa::Oaep::new::<sha1::Sha1>(),
-            Hash::Sha224 => rsa::Oaep::new::<sha2::Sha224>(),
-            Hash::Sha256 => rsa::Oaep::new::<sha2::Sha256>(),
-            Hash::Sha384 => rsa::Oaep::new::<sha2::Sha384>(),
-            Hash::Sha512 => rsa::Oaep::new::<sha2::Sha512>(),
-        };
+        if hash != Hash::Sha256 {
+            return Err(Error::new(CKR_MECHANISM_PARAM_INVALID));
+        }
+        let pad = rsa::Oaep::new::<Sha256>();
         sk.decrypt(pad, ct)
             .map(Zeroizing::new)
             .map_err(|_| Error::new(CKR_ENCRYPTED_DATA_INVALID))
+    }
+
+    /// Like Vault, the fake does RSA-PSS and RSA-OAEP with SHA-256 only.
+    fn check_init(
+        &self,
+        _kind: OpKind,
+        _key: &RemoteKey,
+        _mech: CK_MECHANISM_TYPE,
+        pss: Option<(Hash, usize)>,
+        oaep: Option<Hash>,
+    ) -> Result<()> {
+        match (pss, oaep) {
+            (Some((h, _)), _) | (_, Some(h)) if h != Hash::Sha256 => Err(Error::with(
+                CKR_MECHANISM_PARAM_INVALID,
+                "the fake backend does PSS and OAEP with SHA-256 only",
+            )),
+            _ => Ok(()),
+        }
     }
 
     fn mac(&self, key: &RemoteKey, hash: Hash, data: &[u8]) -> Result<Vec<u8>> {

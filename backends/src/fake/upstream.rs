@@ -210,22 +210,14 @@ struct FakeToken(Arc<Shared>);
 
 impl Token for FakeToken {
     fn slot_info(&self) -> Result<CK_SLOT_INFO> {
-        Ok(CK_SLOT_INFO {
-            slotDescription: crate::pad("fake upstream slot"),
-            manufacturerID: crate::pad("p11bridge"),
-            flags: CKF_TOKEN_PRESENT,
-            hardwareVersion: CK_VERSION { major: 0, minor: 0 },
-            firmwareVersion: CK_VERSION { major: 0, minor: 0 },
-        })
+        Ok(super::slot_info("fake upstream slot"))
     }
     fn token_info(&self) -> Result<CK_TOKEN_INFO> {
-        // SAFETY: a plain C structure; all-zero is valid.
-        let mut ti: CK_TOKEN_INFO = unsafe { std::mem::zeroed() };
-        ti.label = crate::pad(&self.0.label);
-        ti.manufacturerID = crate::pad("p11bridge");
-        ti.model = crate::pad("test-fake-pkcs11");
-        ti.serialNumber = crate::pad("fake0001");
-        ti.flags = CKF_TOKEN_INITIALIZED | CKF_LOGIN_REQUIRED | CKF_USER_PIN_INITIALIZED;
+        let mut ti = super::token_info(
+            &self.0.label,
+            "test-fake-pkcs11",
+            CKF_TOKEN_INITIALIZED | CKF_LOGIN_REQUIRED | CKF_USER_PIN_INITIALIZED,
+        );
         ti.ulMaxPinLen = 64;
         ti.ulMinPinLen = 4;
         Ok(ti)

@@ -9,15 +9,19 @@
 
 mod common;
 
+mod audit;
 mod diagnostics;
 mod emulation;
 mod envelope;
 mod failures;
 mod fork;
 mod handles;
+mod keys;
 mod login;
 mod mirror;
 mod operations;
+mod panic_kind;
 mod routing;
+mod threads;
 mod two_call;
 mod views;
