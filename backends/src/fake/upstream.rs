@@ -104,6 +104,15 @@ struct State {
     ro_sessions: usize,
 }
 
+impl State {
+    /// The object behind `obj` if this token's login state shows it (private objects only to a user login).
+    fn visible(&self, obj: ObjRef) -> Option<&Object> {
+        self.objects
+            .get(&obj)
+            .filter(|o| !o.flag(CKA_PRIVATE) || self.user == Some(CKU_USER))
+    }
+}
+
 struct Shared {
     label: String,
     user_pin: Zeroizing<String>,
@@ -390,16 +399,15 @@ impl BackendSession for FakeSession {
             .map(|a| Ok((a.type_, crate::attr_bytes(a)?)))
             .collect::<Result<_>>()?;
         let st = self.shared.state.lock();
-        let user = st.user;
+        let matches = |o: &Object| {
+            want.iter()
+                .all(|(t, v)| o.attrs.get(t).map(Vec::as_slice) == Some(*v))
+        };
         Ok(st
             .objects
-            .iter()
-            .filter(|(_, o)| !o.flag(CKA_PRIVATE) || user == Some(CKU_USER))
-            .filter(|(_, o)| {
-                want.iter()
-                    .all(|(t, v)| o.attrs.get(t).map(Vec::as_slice) == Some(*v))
-            })
-            .map(|(h, _)| *h)
+            .keys()
+            .copied()
+            .filter(|h| st.visible(*h).is_some_and(matches))
             .collect())
     }
 
@@ -408,13 +416,9 @@ impl BackendSession for FakeSession {
             return e.rv();
         }
         let st = self.shared.state.lock();
-        let user = st.user;
-        let Some(o) = st.objects.get(&obj) else {
+        let Some(o) = st.visible(obj) else {
             return CKR_OBJECT_HANDLE_INVALID;
         };
-        if o.flag(CKA_PRIVATE) && user != Some(CKU_USER) {
-            return CKR_OBJECT_HANDLE_INVALID;
-        }
         let hidden = o.flag(CKA_SENSITIVE) || !o.flag(CKA_EXTRACTABLE);
         let mut rv = CKR_OK;
         for a in template.iter_mut() {
@@ -461,14 +465,9 @@ impl BackendSession for FakeSession {
         self.shared.script.enter("destroy")?;
         let token = {
             let st = self.shared.state.lock();
-            let o = st
-                .objects
-                .get(&obj)
-                .ok_or(Error::new(CKR_OBJECT_HANDLE_INVALID))?;
-            if o.flag(CKA_PRIVATE) && st.user != Some(CKU_USER) {
-                return Err(Error::new(CKR_OBJECT_HANDLE_INVALID));
-            }
-            o.flag(CKA_TOKEN)
+            st.visible(obj)
+                .ok_or(Error::new(CKR_OBJECT_HANDLE_INVALID))?
+                .flag(CKA_TOKEN)
         };
         if token && !self.rw {
             return Err(Error::new(CKR_SESSION_READ_ONLY));
@@ -507,13 +506,7 @@ impl BackendSession for FakeSession {
             },
             (OpKind::Sign | OpKind::Verify, CKM_SHA256_HMAC, Some(k)) => {
                 let st = self.shared.state.lock();
-                let o = st
-                    .objects
-                    .get(&k)
-                    .ok_or(Error::new(CKR_KEY_HANDLE_INVALID))?;
-                if o.flag(CKA_PRIVATE) && st.user != Some(CKU_USER) {
-                    return Err(Error::new(CKR_KEY_HANDLE_INVALID));
-                }
+                let o = st.visible(k).ok_or(Error::new(CKR_KEY_HANDLE_INVALID))?;
                 let allowed = if kind == OpKind::Sign {
                     CKA_SIGN
                 } else {
