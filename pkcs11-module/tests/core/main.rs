@@ -24,4 +24,5 @@ mod panic_kind;
 mod routing;
 mod threads;
 mod two_call;
+mod unified_rules;
 mod views;
