@@ -48,14 +48,20 @@ pub fn init() {
     });
 }
 
-/// Reports a failure that leaves the module unusable (a bad configuration): one line, always shown — through the
-/// log when logging is on, else on stderr, since the application only sees `CKR_GENERAL_ERROR`.
-pub fn fatal(e: &Error) {
+/// Records `e` as the calling thread's last failure (`C_P11BRIDGE_GetLastError`); its text.
+fn set_last_failure(e: &Error) -> String {
     let msg = e
         .cause()
         .map(str::to_owned)
         .unwrap_or_else(|| e.to_string());
     p11bridge_backends::diag::set_last(e.rv(), msg.clone());
+    msg
+}
+
+/// Reports a failure that leaves the module unusable (a bad configuration): one line, always shown — through the
+/// log when logging is on, else on stderr, since the application only sees `CKR_GENERAL_ERROR`.
+pub fn fatal(e: &Error) {
+    let msg = set_last_failure(e);
     if !p11bridge_backends::diag::enabled() {
         // P11BRIDGE_QUIET: the caller reports the cause itself (p11bridge does, from C_P11BRIDGE_GetLastError).
         tracing::error!("C_Initialize failed: {msg}");
@@ -68,10 +74,6 @@ pub fn fatal(e: &Error) {
 
 /// Like [`fatal`], without the stderr line: the cause goes to the calling thread's last failure and the log only.
 pub fn fatal_quiet(e: &Error) {
-    let msg = e
-        .cause()
-        .map(str::to_owned)
-        .unwrap_or_else(|| e.to_string());
-    p11bridge_backends::diag::set_last(e.rv(), msg.clone());
+    let msg = set_last_failure(e);
     tracing::error!("C_Initialize failed: {msg}");
 }

@@ -557,120 +557,103 @@ unsafe fn dual(
     o.finish(r)
 }
 
-cryptoki_fn!(
-    fn C_EncryptInit(
-        hSession: CK_SESSION_HANDLE,
-        pMechanism: *mut CK_MECHANISM,
-        hKey: CK_OBJECT_HANDLE,
-    ) {
-        init(hSession, OpKind::Encrypt, pMechanism, Some(hKey))
-    }
-);
-cryptoki_fn!(
-    fn C_Encrypt(
-        hSession: CK_SESSION_HANDLE,
-        pData: *mut CK_BYTE,
-        ulDataLen: CK_ULONG,
-        pEncryptedData: *mut CK_BYTE,
-        pulEncryptedDataLen: *mut CK_ULONG,
-    ) {
-        single(
-            hSession,
-            OpKind::Encrypt,
-            pData,
-            ulDataLen,
-            pEncryptedData,
-            pulEncryptedDataLen,
-        )
-    }
-);
-cryptoki_fn!(
-    fn C_EncryptUpdate(
-        hSession: CK_SESSION_HANDLE,
-        pPart: *mut CK_BYTE,
-        ulPartLen: CK_ULONG,
-        pEncryptedPart: *mut CK_BYTE,
-        pulEncryptedPartLen: *mut CK_ULONG,
-    ) {
-        update_out(
-            hSession,
-            OpKind::Encrypt,
-            pPart,
-            ulPartLen,
-            pEncryptedPart,
-            pulEncryptedPartLen,
-        )
-    }
-);
-cryptoki_fn!(
-    fn C_EncryptFinal(
-        hSession: CK_SESSION_HANDLE,
-        pLastEncryptedPart: *mut CK_BYTE,
-        pulLastEncryptedPartLen: *mut CK_ULONG,
-    ) {
-        finalize(
-            hSession,
-            OpKind::Encrypt,
-            pLastEncryptedPart,
-            pulLastEncryptedPartLen,
-        )
-    }
-);
+/// `C_*Init` with a key.
+unsafe fn init_with_key(
+    h: CK_SESSION_HANDLE,
+    kind: OpKind,
+    p: *mut CK_MECHANISM,
+    key: CK_OBJECT_HANDLE,
+) -> Result<()> {
+    init(h, kind, p, Some(key))
+}
 
-cryptoki_fn!(
-    fn C_DecryptInit(
-        hSession: CK_SESSION_HANDLE,
-        pMechanism: *mut CK_MECHANISM,
-        hKey: CK_OBJECT_HANDLE,
-    ) {
-        init(hSession, OpKind::Decrypt, pMechanism, Some(hKey))
-    }
-);
-cryptoki_fn!(
-    fn C_Decrypt(
-        hSession: CK_SESSION_HANDLE,
-        pEncryptedData: *mut CK_BYTE,
-        ulEncryptedDataLen: CK_ULONG,
-        pData: *mut CK_BYTE,
-        pulDataLen: *mut CK_ULONG,
-    ) {
-        single(
-            hSession,
-            OpKind::Decrypt,
-            pEncryptedData,
-            ulEncryptedDataLen,
-            pData,
-            pulDataLen,
-        )
-    }
-);
-cryptoki_fn!(
-    fn C_DecryptUpdate(
-        hSession: CK_SESSION_HANDLE,
-        pEncryptedPart: *mut CK_BYTE,
-        ulEncryptedPartLen: CK_ULONG,
-        pPart: *mut CK_BYTE,
-        pulPartLen: *mut CK_ULONG,
-    ) {
-        update_out(
-            hSession,
-            OpKind::Decrypt,
-            pEncryptedPart,
-            ulEncryptedPartLen,
-            pPart,
-            pulPartLen,
-        )
-    }
-);
-cryptoki_fn!(
-    fn C_DecryptFinal(
-        hSession: CK_SESSION_HANDLE,
-        pLastPart: *mut CK_BYTE,
-        pulLastPartLen: *mut CK_ULONG,
-    ) {
-        finalize(hSession, OpKind::Decrypt, pLastPart, pulLastPartLen)
-    }
-);
+/// `C_Verify` (`data` given) and `C_VerifyFinal`.
+unsafe fn verify(
+    h: CK_SESSION_HANDLE,
+    data: Option<(*mut u8, CK_ULONG)>,
+    sig: *mut u8,
+    sig_len: CK_ULONG,
+) -> Result<()> {
+    let m = module()?;
+    let data = match data {
+        Some((p, n)) => Some(checked(&m, h, OpKind::Verify, in_bytes(p, n))?),
+        None => None,
+    };
+    let sig = checked(&m, h, OpKind::Verify, in_bytes(sig, sig_len))?;
+    m.verify(h, data, sig)
+}
+
+/// Entry points whose whole body is one of the shapes above, called with the session, the operation kind and the
+/// remaining arguments in order: `fn C_Encrypt(hSession, ...) => single(OpKind::Encrypt);`.
+macro_rules! op_entry_points {
+    ($(fn $name:ident($h:ident: $hty:ty $(, $arg:ident: $ty:ty)* $(,)?) => $shape:ident($kind:expr);)*) => {$(
+        cryptoki_fn!(
+            fn $name($h: $hty $(, $arg: $ty)*) {
+                $shape($h, $kind $(, $arg)*)
+            }
+        );
+    )*};
+}
+
+op_entry_points! {
+    fn C_EncryptInit(hSession: CK_SESSION_HANDLE, pMechanism: *mut CK_MECHANISM, hKey: CK_OBJECT_HANDLE)
+        => init_with_key(OpKind::Encrypt);
+    fn C_Encrypt(hSession: CK_SESSION_HANDLE, pData: *mut CK_BYTE, ulDataLen: CK_ULONG,
+        pEncryptedData: *mut CK_BYTE, pulEncryptedDataLen: *mut CK_ULONG) => single(OpKind::Encrypt);
+    fn C_EncryptUpdate(hSession: CK_SESSION_HANDLE, pPart: *mut CK_BYTE, ulPartLen: CK_ULONG,
+        pEncryptedPart: *mut CK_BYTE, pulEncryptedPartLen: *mut CK_ULONG) => update_out(OpKind::Encrypt);
+    fn C_EncryptFinal(hSession: CK_SESSION_HANDLE, pLastEncryptedPart: *mut CK_BYTE,
+        pulLastEncryptedPartLen: *mut CK_ULONG) => finalize(OpKind::Encrypt);
+
+    fn C_DecryptInit(hSession: CK_SESSION_HANDLE, pMechanism: *mut CK_MECHANISM, hKey: CK_OBJECT_HANDLE)
+        => init_with_key(OpKind::Decrypt);
+    fn C_Decrypt(hSession: CK_SESSION_HANDLE, pEncryptedData: *mut CK_BYTE, ulEncryptedDataLen: CK_ULONG,
+        pData: *mut CK_BYTE, pulDataLen: *mut CK_ULONG) => single(OpKind::Decrypt);
+    fn C_DecryptUpdate(hSession: CK_SESSION_HANDLE, pEncryptedPart: *mut CK_BYTE, ulEncryptedPartLen: CK_ULONG,
+        pPart: *mut CK_BYTE, pulPartLen: *mut CK_ULONG) => update_out(OpKind::Decrypt);
+    fn C_DecryptFinal(hSession: CK_SESSION_HANDLE, pLastPart: *mut CK_BYTE, pulLastPartLen: *mut CK_ULONG)
+        => finalize(OpKind::Decrypt);
+
+    fn C_Digest(hSession: CK_SESSION_HANDLE, pData: *mut CK_BYTE, ulDataLen: CK_ULONG, pDigest: *mut CK_BYTE,
+        pulDigestLen: *mut CK_ULONG) => single(OpKind::Digest);
+    fn C_DigestUpdate(hSession: CK_SESSION_HANDLE, pPart: *mut CK_BYTE, ulPartLen: CK_ULONG)
+        => update(OpKind::Digest);
+    fn C_DigestFinal(hSession: CK_SESSION_HANDLE, pDigest: *mut CK_BYTE, pulDigestLen: *mut CK_ULONG)
+        => finalize(OpKind::Digest);
+
+    fn C_SignInit(hSession: CK_SESSION_HANDLE, pMechanism: *mut CK_MECHANISM, hKey: CK_OBJECT_HANDLE)
+        => init_with_key(OpKind::Sign);
+    fn C_Sign(hSession: CK_SESSION_HANDLE, pData: *mut CK_BYTE, ulDataLen: CK_ULONG, pSignature: *mut CK_BYTE,
+        pulSignatureLen: *mut CK_ULONG) => single(OpKind::Sign);
+    fn C_SignUpdate(hSession: CK_SESSION_HANDLE, pPart: *mut CK_BYTE, ulPartLen: CK_ULONG)
+        => update(OpKind::Sign);
+    fn C_SignFinal(hSession: CK_SESSION_HANDLE, pSignature: *mut CK_BYTE, pulSignatureLen: *mut CK_ULONG)
+        => finalize(OpKind::Sign);
+    fn C_SignRecoverInit(hSession: CK_SESSION_HANDLE, pMechanism: *mut CK_MECHANISM, hKey: CK_OBJECT_HANDLE)
+        => init_with_key(OpKind::SignRecover);
+    fn C_SignRecover(hSession: CK_SESSION_HANDLE, pData: *mut CK_BYTE, ulDataLen: CK_ULONG,
+        pSignature: *mut CK_BYTE, pulSignatureLen: *mut CK_ULONG) => single(OpKind::SignRecover);
+
+    fn C_VerifyInit(hSession: CK_SESSION_HANDLE, pMechanism: *mut CK_MECHANISM, hKey: CK_OBJECT_HANDLE)
+        => init_with_key(OpKind::Verify);
+    fn C_VerifyUpdate(hSession: CK_SESSION_HANDLE, pPart: *mut CK_BYTE, ulPartLen: CK_ULONG)
+        => update(OpKind::Verify);
+    fn C_VerifyRecoverInit(hSession: CK_SESSION_HANDLE, pMechanism: *mut CK_MECHANISM, hKey: CK_OBJECT_HANDLE)
+        => init_with_key(OpKind::VerifyRecover);
+    fn C_VerifyRecover(hSession: CK_SESSION_HANDLE, pSignature: *mut CK_BYTE, ulSignatureLen: CK_ULONG,
+        pData: *mut CK_BYTE, pulDataLen: *mut CK_ULONG) => single(OpKind::VerifyRecover);
+
+    fn C_DigestEncryptUpdate(hSession: CK_SESSION_HANDLE, pPart: *mut CK_BYTE, ulPartLen: CK_ULONG,
+        pEncryptedPart: *mut CK_BYTE, pulEncryptedPartLen: *mut CK_ULONG) => dual(DualKind::DigestEncrypt);
+    fn C_DecryptDigestUpdate(hSession: CK_SESSION_HANDLE, pEncryptedPart: *mut CK_BYTE,
+        ulEncryptedPartLen: CK_ULONG, pPart: *mut CK_BYTE, pulPartLen: *mut CK_ULONG)
+        => dual(DualKind::DecryptDigest);
+    fn C_SignEncryptUpdate(hSession: CK_SESSION_HANDLE, pPart: *mut CK_BYTE, ulPartLen: CK_ULONG,
+        pEncryptedPart: *mut CK_BYTE, pulEncryptedPartLen: *mut CK_ULONG) => dual(DualKind::SignEncrypt);
+    fn C_DecryptVerifyUpdate(hSession: CK_SESSION_HANDLE, pEncryptedPart: *mut CK_BYTE,
+        ulEncryptedPartLen: CK_ULONG, pPart: *mut CK_BYTE, pulPartLen: *mut CK_ULONG)
+        => dual(DualKind::DecryptVerify);
+}
 
 cryptoki_fn!(
     fn C_DigestInit(hSession: CK_SESSION_HANDLE, pMechanism: *mut CK_MECHANISM) {
@@ -678,119 +661,8 @@ cryptoki_fn!(
     }
 );
 cryptoki_fn!(
-    fn C_Digest(
-        hSession: CK_SESSION_HANDLE,
-        pData: *mut CK_BYTE,
-        ulDataLen: CK_ULONG,
-        pDigest: *mut CK_BYTE,
-        pulDigestLen: *mut CK_ULONG,
-    ) {
-        single(
-            hSession,
-            OpKind::Digest,
-            pData,
-            ulDataLen,
-            pDigest,
-            pulDigestLen,
-        )
-    }
-);
-cryptoki_fn!(
-    fn C_DigestUpdate(hSession: CK_SESSION_HANDLE, pPart: *mut CK_BYTE, ulPartLen: CK_ULONG) {
-        update(hSession, OpKind::Digest, pPart, ulPartLen)
-    }
-);
-cryptoki_fn!(
     fn C_DigestKey(hSession: CK_SESSION_HANDLE, hKey: CK_OBJECT_HANDLE) {
         module()?.digest_key(hSession, hKey)
-    }
-);
-cryptoki_fn!(
-    fn C_DigestFinal(
-        hSession: CK_SESSION_HANDLE,
-        pDigest: *mut CK_BYTE,
-        pulDigestLen: *mut CK_ULONG,
-    ) {
-        finalize(hSession, OpKind::Digest, pDigest, pulDigestLen)
-    }
-);
-
-cryptoki_fn!(
-    fn C_SignInit(
-        hSession: CK_SESSION_HANDLE,
-        pMechanism: *mut CK_MECHANISM,
-        hKey: CK_OBJECT_HANDLE,
-    ) {
-        init(hSession, OpKind::Sign, pMechanism, Some(hKey))
-    }
-);
-cryptoki_fn!(
-    fn C_Sign(
-        hSession: CK_SESSION_HANDLE,
-        pData: *mut CK_BYTE,
-        ulDataLen: CK_ULONG,
-        pSignature: *mut CK_BYTE,
-        pulSignatureLen: *mut CK_ULONG,
-    ) {
-        single(
-            hSession,
-            OpKind::Sign,
-            pData,
-            ulDataLen,
-            pSignature,
-            pulSignatureLen,
-        )
-    }
-);
-cryptoki_fn!(
-    fn C_SignUpdate(hSession: CK_SESSION_HANDLE, pPart: *mut CK_BYTE, ulPartLen: CK_ULONG) {
-        update(hSession, OpKind::Sign, pPart, ulPartLen)
-    }
-);
-cryptoki_fn!(
-    fn C_SignFinal(
-        hSession: CK_SESSION_HANDLE,
-        pSignature: *mut CK_BYTE,
-        pulSignatureLen: *mut CK_ULONG,
-    ) {
-        finalize(hSession, OpKind::Sign, pSignature, pulSignatureLen)
-    }
-);
-cryptoki_fn!(
-    fn C_SignRecoverInit(
-        hSession: CK_SESSION_HANDLE,
-        pMechanism: *mut CK_MECHANISM,
-        hKey: CK_OBJECT_HANDLE,
-    ) {
-        init(hSession, OpKind::SignRecover, pMechanism, Some(hKey))
-    }
-);
-cryptoki_fn!(
-    fn C_SignRecover(
-        hSession: CK_SESSION_HANDLE,
-        pData: *mut CK_BYTE,
-        ulDataLen: CK_ULONG,
-        pSignature: *mut CK_BYTE,
-        pulSignatureLen: *mut CK_ULONG,
-    ) {
-        single(
-            hSession,
-            OpKind::SignRecover,
-            pData,
-            ulDataLen,
-            pSignature,
-            pulSignatureLen,
-        )
-    }
-);
-
-cryptoki_fn!(
-    fn C_VerifyInit(
-        hSession: CK_SESSION_HANDLE,
-        pMechanism: *mut CK_MECHANISM,
-        hKey: CK_OBJECT_HANDLE,
-    ) {
-        init(hSession, OpKind::Verify, pMechanism, Some(hKey))
     }
 );
 cryptoki_fn!(
@@ -801,20 +673,12 @@ cryptoki_fn!(
         pSignature: *mut CK_BYTE,
         ulSignatureLen: CK_ULONG,
     ) {
-        let m = module()?;
-        let data = checked(&m, hSession, OpKind::Verify, in_bytes(pData, ulDataLen))?;
-        let sig = checked(
-            &m,
+        verify(
             hSession,
-            OpKind::Verify,
-            in_bytes(pSignature, ulSignatureLen),
-        )?;
-        m.verify(hSession, Some(data), sig)
-    }
-);
-cryptoki_fn!(
-    fn C_VerifyUpdate(hSession: CK_SESSION_HANDLE, pPart: *mut CK_BYTE, ulPartLen: CK_ULONG) {
-        update(hSession, OpKind::Verify, pPart, ulPartLen)
+            Some((pData, ulDataLen)),
+            pSignature,
+            ulSignatureLen,
+        )
     }
 );
 cryptoki_fn!(
@@ -823,114 +687,7 @@ cryptoki_fn!(
         pSignature: *mut CK_BYTE,
         ulSignatureLen: CK_ULONG,
     ) {
-        let m = module()?;
-        let sig = checked(
-            &m,
-            hSession,
-            OpKind::Verify,
-            in_bytes(pSignature, ulSignatureLen),
-        )?;
-        m.verify(hSession, None, sig)
-    }
-);
-cryptoki_fn!(
-    fn C_VerifyRecoverInit(
-        hSession: CK_SESSION_HANDLE,
-        pMechanism: *mut CK_MECHANISM,
-        hKey: CK_OBJECT_HANDLE,
-    ) {
-        init(hSession, OpKind::VerifyRecover, pMechanism, Some(hKey))
-    }
-);
-cryptoki_fn!(
-    fn C_VerifyRecover(
-        hSession: CK_SESSION_HANDLE,
-        pSignature: *mut CK_BYTE,
-        ulSignatureLen: CK_ULONG,
-        pData: *mut CK_BYTE,
-        pulDataLen: *mut CK_ULONG,
-    ) {
-        single(
-            hSession,
-            OpKind::VerifyRecover,
-            pSignature,
-            ulSignatureLen,
-            pData,
-            pulDataLen,
-        )
-    }
-);
-
-cryptoki_fn!(
-    fn C_DigestEncryptUpdate(
-        hSession: CK_SESSION_HANDLE,
-        pPart: *mut CK_BYTE,
-        ulPartLen: CK_ULONG,
-        pEncryptedPart: *mut CK_BYTE,
-        pulEncryptedPartLen: *mut CK_ULONG,
-    ) {
-        dual(
-            hSession,
-            DualKind::DigestEncrypt,
-            pPart,
-            ulPartLen,
-            pEncryptedPart,
-            pulEncryptedPartLen,
-        )
-    }
-);
-cryptoki_fn!(
-    fn C_DecryptDigestUpdate(
-        hSession: CK_SESSION_HANDLE,
-        pEncryptedPart: *mut CK_BYTE,
-        ulEncryptedPartLen: CK_ULONG,
-        pPart: *mut CK_BYTE,
-        pulPartLen: *mut CK_ULONG,
-    ) {
-        dual(
-            hSession,
-            DualKind::DecryptDigest,
-            pEncryptedPart,
-            ulEncryptedPartLen,
-            pPart,
-            pulPartLen,
-        )
-    }
-);
-cryptoki_fn!(
-    fn C_SignEncryptUpdate(
-        hSession: CK_SESSION_HANDLE,
-        pPart: *mut CK_BYTE,
-        ulPartLen: CK_ULONG,
-        pEncryptedPart: *mut CK_BYTE,
-        pulEncryptedPartLen: *mut CK_ULONG,
-    ) {
-        dual(
-            hSession,
-            DualKind::SignEncrypt,
-            pPart,
-            ulPartLen,
-            pEncryptedPart,
-            pulEncryptedPartLen,
-        )
-    }
-);
-cryptoki_fn!(
-    fn C_DecryptVerifyUpdate(
-        hSession: CK_SESSION_HANDLE,
-        pEncryptedPart: *mut CK_BYTE,
-        ulEncryptedPartLen: CK_ULONG,
-        pPart: *mut CK_BYTE,
-        pulPartLen: *mut CK_ULONG,
-    ) {
-        dual(
-            hSession,
-            DualKind::DecryptVerify,
-            pEncryptedPart,
-            ulEncryptedPartLen,
-            pPart,
-            pulPartLen,
-        )
+        verify(hSession, None, pSignature, ulSignatureLen)
     }
 );
 
@@ -1146,94 +903,42 @@ unsafe fn message_one(
     out.finish(r)
 }
 
-cryptoki_fn!(
-    /// Message-based AES-GCM encryption, emulated over the key's backend (core/message.rs).
-    fn C_MessageEncryptInit(
-        hSession: CK_SESSION_HANDLE,
-        pMechanism: *mut CK_MECHANISM,
-        hKey: CK_OBJECT_HANDLE,
-    ) {
-        let m = module()?;
-        m.session(hSession)?;
-        let mech = mechanism_req(pMechanism)?;
-        m.message_init(hSession, OpKind::Encrypt, &mech, hKey)
-    }
-);
-cryptoki_fn!(
-    fn C_EncryptMessage(
-        hSession: CK_SESSION_HANDLE,
-        pParameter: *mut c_void,
-        ulParameterLen: CK_ULONG,
-        pAssociatedData: *mut CK_BYTE,
-        ulAssociatedDataLen: CK_ULONG,
-        pPlaintext: *mut CK_BYTE,
-        ulPlaintextLen: CK_ULONG,
-        pCiphertext: *mut CK_BYTE,
-        pulCiphertextLen: *mut CK_ULONG,
-    ) {
-        message_one(
-            hSession,
-            OpKind::Encrypt,
-            pParameter,
-            ulParameterLen,
-            pAssociatedData,
-            ulAssociatedDataLen,
-            pPlaintext,
-            ulPlaintextLen,
-            pCiphertext,
-            pulCiphertextLen,
-        )
-    }
-);
-cryptoki_fn!(
-    fn C_MessageEncryptFinal(hSession: CK_SESSION_HANDLE) {
-        module()?.message_final(hSession, OpKind::Encrypt)
-    }
-);
-cryptoki_fn!(
-    /// Message-based AES-GCM decryption, emulated over the key's backend (core/message.rs).
-    fn C_MessageDecryptInit(
-        hSession: CK_SESSION_HANDLE,
-        pMechanism: *mut CK_MECHANISM,
-        hKey: CK_OBJECT_HANDLE,
-    ) {
-        let m = module()?;
-        m.session(hSession)?;
-        let mech = mechanism_req(pMechanism)?;
-        m.message_init(hSession, OpKind::Decrypt, &mech, hKey)
-    }
-);
-cryptoki_fn!(
-    fn C_DecryptMessage(
-        hSession: CK_SESSION_HANDLE,
-        pParameter: *mut c_void,
-        ulParameterLen: CK_ULONG,
-        pAssociatedData: *mut CK_BYTE,
-        ulAssociatedDataLen: CK_ULONG,
-        pCiphertext: *mut CK_BYTE,
-        ulCiphertextLen: CK_ULONG,
-        pPlaintext: *mut CK_BYTE,
-        pulPlaintextLen: *mut CK_ULONG,
-    ) {
-        message_one(
-            hSession,
-            OpKind::Decrypt,
-            pParameter,
-            ulParameterLen,
-            pAssociatedData,
-            ulAssociatedDataLen,
-            pCiphertext,
-            ulCiphertextLen,
-            pPlaintext,
-            pulPlaintextLen,
-        )
-    }
-);
-cryptoki_fn!(
-    fn C_MessageDecryptFinal(hSession: CK_SESSION_HANDLE) {
-        module()?.message_final(hSession, OpKind::Decrypt)
-    }
-);
+/// `C_MessageEncryptInit` / `C_MessageDecryptInit`.
+unsafe fn message_init(
+    h: CK_SESSION_HANDLE,
+    kind: OpKind,
+    p: *mut CK_MECHANISM,
+    key: CK_OBJECT_HANDLE,
+) -> Result<()> {
+    let m = module()?;
+    m.session(h)?;
+    let mech = mechanism_req(p)?;
+    m.message_init(h, kind, &mech, key)
+}
+
+/// `C_MessageEncryptFinal` / `C_MessageDecryptFinal`.
+fn message_final(h: CK_SESSION_HANDLE, kind: OpKind) -> Result<()> {
+    module()?.message_final(h, kind)
+}
+
+// Message-based AES-GCM encryption and decryption, emulated over the key's backend (core/message.rs).
+op_entry_points! {
+    fn C_MessageEncryptInit(hSession: CK_SESSION_HANDLE, pMechanism: *mut CK_MECHANISM, hKey: CK_OBJECT_HANDLE)
+        => message_init(OpKind::Encrypt);
+    fn C_EncryptMessage(hSession: CK_SESSION_HANDLE, pParameter: *mut c_void, ulParameterLen: CK_ULONG,
+        pAssociatedData: *mut CK_BYTE, ulAssociatedDataLen: CK_ULONG, pPlaintext: *mut CK_BYTE,
+        ulPlaintextLen: CK_ULONG, pCiphertext: *mut CK_BYTE, pulCiphertextLen: *mut CK_ULONG)
+        => message_one(OpKind::Encrypt);
+    fn C_MessageEncryptFinal(hSession: CK_SESSION_HANDLE) => message_final(OpKind::Encrypt);
+
+    fn C_MessageDecryptInit(hSession: CK_SESSION_HANDLE, pMechanism: *mut CK_MECHANISM, hKey: CK_OBJECT_HANDLE)
+        => message_init(OpKind::Decrypt);
+    fn C_DecryptMessage(hSession: CK_SESSION_HANDLE, pParameter: *mut c_void, ulParameterLen: CK_ULONG,
+        pAssociatedData: *mut CK_BYTE, ulAssociatedDataLen: CK_ULONG, pCiphertext: *mut CK_BYTE,
+        ulCiphertextLen: CK_ULONG, pPlaintext: *mut CK_BYTE, pulPlaintextLen: *mut CK_ULONG)
+        => message_one(OpKind::Decrypt);
+    fn C_MessageDecryptFinal(hSession: CK_SESSION_HANDLE) => message_final(OpKind::Decrypt);
+}
 
 // Multi-part messages and message-based signing: not supported (no mechanism carries CKF_MULTI_MESSAGE,
 // CKF_MESSAGE_SIGN or CKF_MESSAGE_VERIFY).

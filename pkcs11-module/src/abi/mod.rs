@@ -47,11 +47,7 @@ pub fn guard(name: &'static str, f: impl FnOnce() -> Result<()>) -> CK_RV {
             e.rv()
         }
         Err(panic) => {
-            let msg = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let msg = panic_message(panic.as_ref());
             tracing::error!(function = name, "internal error (panic caught): {msg}");
             diag::set_last(
                 CKR_GENERAL_ERROR,
@@ -60,6 +56,15 @@ pub fn guard(name: &'static str, f: impl FnOnce() -> Result<()>) -> CK_RV {
             CKR_GENERAL_ERROR
         }
     }
+}
+
+/// The text of a caught panic (its `&str` or `String` payload; empty for any other).
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
 }
 
 /// Defines an exported `extern "C"` PKCS#11 function whose body returns `Result<()>`.
@@ -182,6 +187,17 @@ pub unsafe fn template<'a>(
     // An absurd value length is garbage, not a buffer: never let it reach a backend (an upstream may trust it).
     if s.iter().any(|a| a.ulValueLen as u128 > MAX_LEN as u128) {
         return Err(bad());
+    }
+    // A value pointer that is NULL with a length is no value: SoftHSM2 2.6.1 reads through it (a CK_BBOOL of a
+    // C_FindObjectsInit template: SIGSEGV, conformance/fuzz/crashes/). §5.1.6: an invalid attribute value.
+    if let Some(a) = s.iter().find(|a| a.pValue.is_null() && a.ulValueLen != 0) {
+        return Err(Error::with(
+            CKR_ATTRIBUTE_VALUE_INVALID,
+            format!(
+                "attribute 0x{:x} of the template has a NULL value pointer with a length of {}",
+                a.type_, a.ulValueLen
+            ),
+        ));
     }
     Ok(Template::from_raw(s))
 }

@@ -26,18 +26,25 @@ pub struct Audit {
     process: String,
 }
 
-/// One event, filled by the core where it happens.
+/// One event, filled by the core where it happens (`Module::audit` adds the token, the backend's name and the
+/// latency).
+#[derive(Default)]
 pub struct Event<'a> {
-    pub event: &'a str,
-    pub token: &'a str,
-    pub backend: Option<&'a str>,
+    /// What happened: "sign", "login", "new_object", ...
+    pub event: &'static str,
+    /// The position of the slot's backend that served it.
+    pub backend: Option<usize>,
     /// The member of an HA group that ran the operation.
     pub member: Option<&'a str>,
     pub object: Option<&'a ObjectInfo>,
     pub mechanism: Option<CK_MECHANISM_TYPE>,
     pub user: Option<CK_USER_TYPE>,
     pub rv: CK_RV,
-    pub latency: Duration,
+}
+
+/// The `CK_RV` the trail records for a call's result.
+pub fn rv_of<T>(r: &p11bridge_backends::Result<T>) -> CK_RV {
+    r.as_ref().map_or_else(|e| e.rv(), |_| CKR_OK)
 }
 
 /// What the trail says about a key: its label and `CKA_ID` (hex).
@@ -83,7 +90,8 @@ impl Audit {
         }))
     }
 
-    pub fn record(&self, e: &Event) {
+    /// Writes one line: the event `e` on token `token` (served by the backend named `backend`), `latency` long.
+    pub fn record(&self, token: &str, backend: Option<&str>, e: &Event, latency: Duration) {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -92,11 +100,11 @@ impl Audit {
             "pid": std::process::id(),
             "process": self.process,
             "event": e.event,
-            "token": e.token,
+            "token": token,
             "rv": rv_name(e.rv),
-            "latency_us": e.latency.as_micros() as u64,
+            "latency_us": latency.as_micros() as u64,
         });
-        if let Some(b) = e.backend {
+        if let Some(b) = backend {
             line["backend"] = json!(b);
         }
         if let Some(m) = e.member {

@@ -1,6 +1,6 @@
 //! `C_P11BRIDGE_Check`: every backend of every slot checked now, as JSON for `p11bridge check`.
 
-use super::{module, SlotKind};
+use super::module;
 use p11bridge_backends::{CheckReport, Result};
 use serde::Serialize;
 
@@ -49,27 +49,25 @@ pub fn report() -> Result<String> {
             .token_info()
             .map(|t| String::from_utf8_lossy(&t.label).trim_end().to_string())
             .unwrap_or_default();
-        let (kind, user_pin, so_pin) = match &slot.kind {
-            SlotKind::Unified(u) => ("unified", Some(u.user_pin_status()), u.so_pin_status()),
-            SlotKind::Mirror => ("mirror", None, None),
-        };
+        let kind = slot.kind_name();
+        let (user_pin, so_pin) = slot.pin_statuses();
         let pins_ok = [&user_pin, &so_pin]
             .iter()
             .all(|p| p.as_ref().is_none_or(|(_, problem)| problem.is_none()));
         ok &= pins_ok;
         let mut backends = Vec::new();
-        for member in &slot.members {
-            let report = match &slot.kind {
-                SlotKind::Unified(_) => member.token.check(),
+        for backend in &slot.backends {
+            let report = match slot.upstream() {
+                None => backend.token.check(),
                 // A mirror slot logs in with the caller's PIN: the check reads what is public.
-                SlotKind::Mirror => {
+                Some(_) => {
                     let start = std::time::Instant::now();
                     let mut r = CheckReport {
-                        endpoint: member.token.endpoint(),
+                        endpoint: backend.token.endpoint(),
                         login: "by the application (mirror slot)".into(),
                         ..Default::default()
                     };
-                    if let Err(e) = member.token.token_info() {
+                    if let Err(e) = backend.token.token_info() {
                         r.problems.push(format!("token not available: {e}"));
                     }
                     r.latency_ms = start.elapsed().as_secs_f64() * 1000.0;
@@ -79,8 +77,8 @@ pub fn report() -> Result<String> {
             let b_ok = report.problems.is_empty();
             ok &= b_ok;
             backends.push(BackendReport {
-                name: member.name.clone(),
-                kind: member.kind,
+                name: backend.name.clone(),
+                kind: backend.kind,
                 ok: b_ok,
                 report,
             });

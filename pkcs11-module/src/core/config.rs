@@ -5,6 +5,7 @@ use p11bridge_backends::{Error, Result, SecretRef};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
@@ -136,7 +137,8 @@ pub struct SlotConfig {
     /// Session limits (default: unlimited).
     pub max_sessions: Option<usize>,
     pub max_rw_sessions: Option<usize>,
-    /// Let `C_InitToken` through on a unified slot (it is refused by default).
+    /// Let `C_InitToken` through on a unified slot to its only backend, if that backend's token supports it
+    /// (it is refused by default).
     #[serde(default)]
     pub allow_init_token: bool,
     /// Expose every slot of this (pkcs11) backend one-to-one instead of a unified token.
@@ -223,13 +225,52 @@ pub fn parse(text: &str, path: &Path) -> Result<Config> {
     Ok(cfg)
 }
 
-/// The default interface's version, read from the configuration file without building anything (it may be asked
-/// before `C_Initialize`). Anything unreadable means the default, 3.0.
+/// The default interface as last read: not yet, 3.0 or 2.40.
+static DEFAULT_INTERFACE: AtomicU8 = AtomicU8::new(NOT_READ);
+const NOT_READ: u8 = 0;
+const IS_30: u8 = 1;
+const IS_240: u8 = 2;
+
+/// Whether the default interface is 2.40. It may be asked before `C_Initialize`: read from the configuration file
+/// without building anything on first use, and again by each `C_Initialize` ([`remember_default_interface`]),
+/// never on every `C_GetInterface`. Anything unreadable means the default, 3.0.
 ///
 /// Without `default_interface`, a configuration whose every slot mirrors one `kind = "pkcs11"` backend presents
 /// that module's own version: 2.40 when it offers no 3.0 interface (so a client that checks the function list
 /// never takes 3.0 paths the upstream cannot serve).
 pub fn default_interface_is_240() -> bool {
+    match DEFAULT_INTERFACE.load(Ordering::Relaxed) {
+        IS_240 => true,
+        IS_30 => false,
+        _ => {
+            let is_240 = read_default_interface_is_240();
+            DEFAULT_INTERFACE.store(if is_240 { IS_240 } else { IS_30 }, Ordering::Relaxed);
+            is_240
+        }
+    }
+}
+
+/// Remembers the default interface of the configuration `C_Initialize` just read (`None`: it could not read one;
+/// the next question reads the file again).
+pub fn remember_default_interface(cfg: Option<&Config>) {
+    let state = match cfg {
+        Some(c) => {
+            let mirrors: Vec<Option<&str>> = c.slot.iter().map(|s| s.mirror.as_deref()).collect();
+            if is_240(c.default_interface.as_deref(), &mirrors, |name| {
+                c.backend.get(name)
+            }) {
+                IS_240
+            } else {
+                IS_30
+            }
+        }
+        None => NOT_READ,
+    };
+    DEFAULT_INTERFACE.store(state, Ordering::Relaxed);
+}
+
+/// [`default_interface_is_240`] from the file itself.
+fn read_default_interface_is_240() -> bool {
     let Ok(text) = std::fs::read_to_string(config_path()) else {
         return false;
     };
@@ -242,21 +283,34 @@ pub fn default_interface_is_240() -> bool {
     let Some(slots) = t.get("slot").and_then(|s| s.as_array()) else {
         return false;
     };
-    let mirrored: Vec<Option<&str>> = slots
+    let mirrors: Vec<Option<&str>> = slots
         .iter()
         .map(|s| s.get("mirror").and_then(|m| m.as_str()))
         .collect();
-    let Some(Some(first)) = mirrored.first() else {
+    is_240(None, &mirrors, |name| {
+        t.get("backend")
+            .and_then(|b| b.get(name))
+            .and_then(|b| b.as_table())
+    })
+}
+
+/// The rule of [`default_interface_is_240`], over `default_interface`, each slot's `mirror` and the backend
+/// sections.
+fn is_240<'a>(
+    default_interface: Option<&str>,
+    mirrors: &[Option<&str>],
+    backend: impl Fn(&str) -> Option<&'a toml::Table>,
+) -> bool {
+    if let Some(v) = default_interface {
+        return v == "2.40";
+    }
+    let Some(Some(first)) = mirrors.first() else {
         return false;
     };
-    if mirrored.iter().any(|m| *m != Some(*first)) {
+    if mirrors.iter().any(|m| *m != Some(*first)) {
         return false;
     }
-    let Some(b) = t
-        .get("backend")
-        .and_then(|b| b.get(*first))
-        .and_then(|b| b.as_table())
-    else {
+    let Some(b) = backend(first) else {
         return false;
     };
     if b.get("kind").and_then(|k| k.as_str()) != Some("pkcs11") {
@@ -527,5 +581,42 @@ module = "/x.so"
         );
         let e = p(&base("[\"a\"]", ", \"a\"")).unwrap_err();
         assert!(e.contains("cannot also be used by a slot"), "{e}");
+    }
+
+    #[test]
+    fn default_interface_rule() {
+        let table = |t: &str| t.parse::<toml::Table>().expect("toml");
+        let vault = table("kind = \"vault-transit\"");
+        let missing_module = table("kind = \"pkcs11\"\nmodule = \"/nonexistent/libnone.so\"");
+        let backend = |name: &str| match name {
+            "v" => Some(&vault),
+            "m" => Some(&missing_module),
+            _ => None,
+        };
+        assert!(is_240(Some("2.40"), &[], backend));
+        assert!(!is_240(Some("3.0"), &[Some("m")], backend));
+        assert!(!is_240(None, &[], backend));
+        assert!(!is_240(None, &[None], backend));
+        assert!(!is_240(None, &[Some("m"), Some("v")], backend));
+        assert!(!is_240(None, &[Some("v")], backend));
+        // A module that cannot be read offers no 2.40-only answer: the default, 3.0.
+        assert!(!is_240(None, &[Some("m"), Some("m")], backend));
+    }
+
+    #[test]
+    fn default_interface_is_remembered_from_c_initialize() {
+        let with = |v: &str| {
+            p(&format!(
+                "default_interface = \"{v}\"\n[[slot]]\nmirror = \"hsm\"\n\
+                 [backend.hsm]\nkind = \"pkcs11\"\nmodule = \"/x.so\"\n"
+            ))
+            .expect("config")
+        };
+        let cfg = with("2.40");
+        remember_default_interface(Some(&cfg));
+        assert!(default_interface_is_240());
+        let cfg = with("3.0");
+        remember_default_interface(Some(&cfg));
+        assert!(!default_interface_is_240());
     }
 }

@@ -1,12 +1,12 @@
 //! Object handles of one token: stable for the life of the object, never reused while the module is initialized.
 
-use cryptoki_sys::CK_OBJECT_HANDLE;
-use p11bridge_backends::ObjRef;
+use cryptoki_sys::{CK_OBJECT_HANDLE, CK_RV};
+use p11bridge_backends::{Error, ObjRef, Result};
 use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Which backend of the token holds an object (its position in the slot's member list) and its reference there.
+/// Which backend of the token holds an object (its position in the slot's backend list) and its reference there.
 pub type Located = (usize, ObjRef);
 
 pub enum Handles {
@@ -36,11 +36,23 @@ impl Handles {
         })
     }
 
+    /// Whether these are the bridge's own handles (a table), which the core translates to the backends' — also
+    /// inside mechanism parameters — and forgets with their session objects.
+    pub fn translated(&self) -> bool {
+        matches!(self, Handles::Table(_))
+    }
+
     pub fn resolve(&self, h: CK_OBJECT_HANDLE) -> Option<Located> {
         match self {
             Handles::Identity => (h != 0).then_some((0, h as ObjRef)),
             Handles::Table(t) => t.maps.read().fwd.get(&h).copied(),
         }
+    }
+
+    /// Where the object of handle `h` lives, or the error `invalid` (`CKR_OBJECT_HANDLE_INVALID`,
+    /// `CKR_KEY_HANDLE_INVALID`, ...) that the calling function's specification names.
+    pub fn locate(&self, h: CK_OBJECT_HANDLE, invalid: CK_RV) -> Result<Located> {
+        self.resolve(h).ok_or(Error::new(invalid))
     }
 
     /// The bridge handle of a backend object, allocating one the first time it is seen.

@@ -221,10 +221,9 @@ pub fn check(t: &Template, ec_key: Option<bool>) -> Result<()> {
     if !touches_ec(t) {
         return Ok(());
     }
-    let is_ec = match names_ec(t)? {
-        Some(b) => b,
-        None => ec_key.unwrap_or(false),
-    };
+    // EC if anything says so: a CKA_KEY_TYPE of the template, the existing object, or the mechanism (a template
+    // that also names another key type must not let EC material past the check).
+    let is_ec = names_ec(t)? == Some(true) || ec_key == Some(true);
     if !is_ec {
         return Ok(());
     }

@@ -15,14 +15,13 @@
 //!   (the 2.40 list's `C_GetMechanismInfo` leaves these 3.0 flags out).
 //! - A key whose backend has no `CKM_AES_GCM` (Vault, KMS) → `CKR_KEY_FUNCTION_NOT_PERMITTED`.
 
-use super::slot::SlotKind;
 use super::Module;
 use cryptoki_sys::*;
 use p11bridge_backends::{Error, Mechanism, ObjRef, OpKind, Out, Result};
 
 /// An active message-based operation of a session.
 pub struct MessageOp {
-    /// The member holding the key, and the key.
+    /// The backend holding the key, and the key.
     pos: usize,
     key: ObjRef,
     /// For `CKG_GENERATE_COUNTER`.
@@ -95,26 +94,17 @@ impl Module {
                 "message-based encryption is offered for CKM_AES_GCM only",
             ));
         }
-        let (pos, obj) = slot
-            .handles
-            .resolve(key)
-            .ok_or(Error::new(CKR_KEY_HANDLE_INVALID))?;
-        let offered = match &slot.kind {
-            SlotKind::Unified(u) => u.offers(pos, CKM_AES_GCM),
-            SlotKind::Mirror => slot
-                .mechanism_list()
-                .is_ok_and(|l| l.contains(&CKM_AES_GCM)),
-        };
-        if !offered {
+        let (pos, obj) = slot.handles.locate(key, CKR_KEY_HANDLE_INVALID)?;
+        if !slot.offers(pos, CKM_AES_GCM) {
             return Err(Error::with(
                 CKR_KEY_FUNCTION_NOT_PERMITTED,
                 format!(
                     "backend \"{}\" has no CKM_AES_GCM for message-based encryption",
-                    slot.members[pos].name
+                    slot.backends[pos].name
                 ),
             ));
         }
-        if inner.ops[kind as usize].is_some() {
+        if inner.op(kind).is_some() {
             // The emulation runs the backend's own operation of this kind: it must be free.
             return Err(Error::new(CKR_OPERATION_ACTIVE));
         }
@@ -123,7 +113,7 @@ impl Module {
         let mut params = gcm_params(&mut iv, &[], 16);
         // SAFETY: `params` and `iv` live until the end of this function.
         let m = unsafe { Mechanism::from_raw(gcm_mechanism(&mut params)) }?;
-        let bs = inner.member(slot, s.rw, pos)?;
+        let bs = inner.backend(slot, s.rw, pos)?;
         bs.op_init(kind, &m, Some(obj)).map_err(|e| {
             if e.rv() == CKR_OBJECT_HANDLE_INVALID {
                 Error::new(CKR_KEY_HANDLE_INVALID)
@@ -207,7 +197,7 @@ impl Module {
         let mut params = gcm_params(p.iv, aad, tag_len);
         // SAFETY: `params` and the caller's IV/AAD live for this call.
         let m = unsafe { Mechanism::from_raw(gcm_mechanism(&mut params)) }?;
-        let bs = inner.member(slot, s.rw, pos)?;
+        let bs = inner.backend(slot, s.rw, pos)?;
         bs.op_init(kind, &m, Some(key))?;
         if kind == OpKind::Encrypt {
             let mut buf = zeroize::Zeroizing::new(vec![0u8; input.len() + tag_len]);

@@ -1,5 +1,5 @@
 //! The token core: global state, slots and tokens, sessions, login, handles, operation routing.
-//! It knows the `Backend` trait only; `p11bridge_backends::build` is the one place concrete backends are made.
+//! It knows the `Backend` trait only; `p11bridge_backends::build_with` is the one place concrete backends are made.
 
 pub mod audit;
 pub mod check;
@@ -8,6 +8,7 @@ mod ecparams;
 mod emulate;
 pub mod handles;
 mod keycheck;
+mod login;
 mod message;
 mod objects;
 mod ops;
@@ -116,7 +117,9 @@ pub fn initialize(args: InitArgs) -> Result<()> {
         );
     }
     let path = config::config_path();
-    let cfg = config::load(&path).inspect_err(|e| {
+    let cfg = config::load(&path);
+    config::remember_default_interface(cfg.as_ref().ok());
+    let cfg = cfg.inspect_err(|e| {
         // The package registers the module with p11-kit system-wide, so every p11-kit program of every user loads
         // it: a default configuration that is absent or not readable by this user is not theirs to hear about
         // (the cause stays readable through C_P11BRIDGE_GetLastError, which `p11bridge check` shows, and the log).
@@ -256,53 +259,14 @@ impl Module {
         }
     }
 
-    /// Writes one audit event (when the trail is on).
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn audit(
-        &self,
-        slot: &Slot,
-        event: &str,
-        member: Option<usize>,
-        object: Option<&audit::ObjectInfo>,
-        mechanism: Option<CK_MECHANISM_TYPE>,
-        user: Option<CK_USER_TYPE>,
-        rv: CK_RV,
-        started: std::time::Instant,
-    ) {
-        self.audit_served(
-            slot, event, member, None, object, mechanism, user, rv, started,
-        );
-    }
-
-    /// [`Module::audit`], naming the HA group member that served the operation.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn audit_served(
-        &self,
-        slot: &Slot,
-        event: &str,
-        member: Option<usize>,
-        served_by: Option<&str>,
-        object: Option<&audit::ObjectInfo>,
-        mechanism: Option<CK_MECHANISM_TYPE>,
-        user: Option<CK_USER_TYPE>,
-        rv: CK_RV,
-        started: std::time::Instant,
-    ) {
+    /// Writes one audit event (when the trail is on), `started` being when the call began.
+    pub(crate) fn audit(&self, slot: &Slot, event: &audit::Event, started: std::time::Instant) {
         if let Some(a) = &self.audit {
-            let token = slot.audit_name();
-            a.record(&audit::Event {
-                event,
-                token: &token,
-                backend: member
-                    .and_then(|m| slot.members.get(m))
-                    .map(|m| m.name.as_str()),
-                member: served_by,
-                object,
-                mechanism,
-                user,
-                rv,
-                latency: started.elapsed(),
-            });
+            let backend = event
+                .backend
+                .and_then(|pos| slot.backends.get(pos))
+                .map(|b| b.name.as_str());
+            a.record(&slot.audit_name(), backend, event, started.elapsed());
         }
     }
 

@@ -1,6 +1,7 @@
-//! Login, object search, attributes and object management, routed to the member that holds each object.
+//! Object search, attributes and object management, routed to the backend that holds each object.
 
-use super::slot::{Slot, SlotKind};
+use super::audit;
+use super::slot::Slot;
 use super::Module;
 use cryptoki_sys::*;
 use p11bridge_backends::vendor::{is_bridge_attribute, is_vendor_attribute, CKA_P11BRIDGE_BACKEND};
@@ -8,35 +9,39 @@ use p11bridge_backends::{combine_attr_rv, fill_attr, Error, Result, Template};
 
 /// A template on its way to a backend: the caller's own when it holds none of p11bridge's attributes (the common
 /// case: no copy, NULL stays NULL), else a copy without them (the values stay the caller's).
-pub(super) enum Passed<'a> {
+pub(super) enum BackendTemplate<'a> {
     Same(Template<'a>),
     Stripped(Vec<CK_ATTRIBUTE>),
 }
 
-impl<'a> Passed<'a> {
+impl<'a> BackendTemplate<'a> {
     pub(super) fn new(t: Template<'a>) -> Self {
         if t.raw().iter().any(|a| is_bridge_attribute(a.type_)) {
-            Passed::Stripped(t.without(|a| !is_bridge_attribute(a.type_)))
+            BackendTemplate::Stripped(t.without(|a| !is_bridge_attribute(a.type_)))
         } else {
-            Passed::Same(t)
+            BackendTemplate::Same(t)
         }
     }
 
     pub(super) fn get(&self) -> Template<'_> {
         match self {
-            Passed::Same(t) => *t,
+            BackendTemplate::Same(t) => *t,
             // SAFETY: the same caller-owned attribute values as the original template.
-            Passed::Stripped(v) => unsafe { Template::from_raw(v) },
+            BackendTemplate::Stripped(v) => unsafe { Template::from_raw(v) },
         }
     }
 }
 
-/// Which member a template names with `CKA_P11BRIDGE_BACKEND`, if any.
-pub(crate) fn named_member(slot: &Slot, t: Template) -> Result<Option<usize>> {
+/// Which backend a template names with `CKA_P11BRIDGE_BACKEND`, if any (never on a mirror, which passes the
+/// attribute to its upstream).
+pub(crate) fn named_backend(slot: &Slot, t: Template) -> Result<Option<usize>> {
+    if !slot.bridge_attributes() {
+        return Ok(None);
+    }
     let Some(name) = t.value(CKA_P11BRIDGE_BACKEND)? else {
         return Ok(None);
     };
-    slot.members
+    slot.backends
         .iter()
         .position(|m| m.name.as_bytes() == name)
         .map(Some)
@@ -113,146 +118,7 @@ fn in_view(
 }
 
 impl Module {
-    /// `C_Login` / `C_LoginUser`, recorded in the audit trail (failed logins too).
-    pub fn login(
-        &self,
-        h: CK_SESSION_HANDLE,
-        user: CK_USER_TYPE,
-        pin: Option<&[u8]>,
-        username: Option<&[u8]>,
-    ) -> Result<()> {
-        let started = std::time::Instant::now();
-        let r = self.login_inner(h, user, pin, username);
-        if self.audit.is_some() {
-            if let Ok((_, slot)) = self.session_slot(h) {
-                let rv = r.as_ref().map_or_else(|e| e.rv(), |_| CKR_OK);
-                self.audit(slot, "login", None, None, None, Some(user), rv, started);
-            }
-        }
-        r
-    }
-
-    fn login_inner(
-        &self,
-        h: CK_SESSION_HANDLE,
-        user: CK_USER_TYPE,
-        pin: Option<&[u8]>,
-        username: Option<&[u8]>,
-    ) -> Result<()> {
-        let (s, slot) = self.session_slot(h)?;
-        if let SlotKind::Mirror = slot.kind {
-            let mut inner = s.lock();
-            let bs = inner.member(slot, s.rw, 0)?;
-            match username {
-                Some(n) => bs.login_user(user, pin, n)?,
-                None => bs.login(user, pin)?,
-            }
-            if user != CKU_CONTEXT_SPECIFIC {
-                slot.state.lock().user = Some(user);
-            }
-            return Ok(());
-        }
-        if !matches!(user, CKU_SO | CKU_USER | CKU_CONTEXT_SPECIFIC) {
-            return Err(Error::new(CKR_USER_TYPE_INVALID));
-        }
-        // The unified token has no protected authentication path: a PIN is required.
-        let pin = pin.ok_or(Error::new(CKR_ARGUMENTS_BAD))?;
-        if user == CKU_CONTEXT_SPECIFIC {
-            if slot.state.lock().user != Some(CKU_USER) {
-                return Err(Error::new(CKR_USER_NOT_LOGGED_IN));
-            }
-            slot.check_pin(CKU_USER, pin)?;
-            let mut inner = s.lock();
-            let pos = inner
-                .ops
-                .iter()
-                .flatten()
-                .next()
-                .copied()
-                .ok_or(Error::new(CKR_OPERATION_NOT_INITIALIZED))?;
-            return inner.member(slot, s.rw, pos)?.context_login_configured();
-        }
-        {
-            let mut st = slot.state.lock();
-            match st.user {
-                Some(u) if u == user => return Err(Error::new(CKR_USER_ALREADY_LOGGED_IN)),
-                Some(_) => return Err(Error::new(CKR_USER_ANOTHER_ALREADY_LOGGED_IN)),
-                None => {}
-            }
-            if user == CKU_SO && st.ro > 0 {
-                return Err(Error::new(CKR_SESSION_READ_ONLY_EXISTS));
-            }
-            slot.check_pin(user, pin)?;
-            st.user = Some(user);
-            // Under the state lock: a logout of the last session closing meanwhile must not undo it.
-            slot.login_members(user);
-        }
-        Ok(())
-    }
-
-    /// `C_Logout`, recorded in the audit trail.
-    pub fn logout(&self, h: CK_SESSION_HANDLE) -> Result<()> {
-        let started = std::time::Instant::now();
-        let r = self.logout_inner(h);
-        if self.audit.is_some() {
-            if let Ok((_, slot)) = self.session_slot(h) {
-                let rv = r.as_ref().map_or_else(|e| e.rv(), |_| CKR_OK);
-                self.audit(slot, "logout", None, None, None, None, rv, started);
-            }
-        }
-        r
-    }
-
-    fn logout_inner(&self, h: CK_SESSION_HANDLE) -> Result<()> {
-        let (s, slot) = self.session_slot(h)?;
-        if let SlotKind::Mirror = slot.kind {
-            // The upstream decides, logged in or not (SoftHSM2 answers CKR_OK to a second C_Logout, and
-            // applications call it in clean-up paths).
-            let mut inner = s.lock();
-            inner.member(slot, s.rw, 0)?.logout()?;
-            slot.state.lock().user = None;
-            return Ok(());
-        }
-        if slot.state.lock().user.is_none() {
-            return Err(Error::new(CKR_USER_NOT_LOGGED_IN));
-        }
-        let mut st = slot.state.lock();
-        st.user = None;
-        slot.logout_members();
-        drop(st);
-        Ok(())
-    }
-
-    /// `C_InitPIN` (mirror slots; the unified token's PINs come from its configuration).
-    pub fn init_pin(&self, h: CK_SESSION_HANDLE, pin: Option<&[u8]>) -> Result<()> {
-        let (s, slot) = self.session_slot(h)?;
-        match slot.kind {
-            SlotKind::Mirror => s.lock().member(slot, s.rw, 0)?.init_pin(pin),
-            SlotKind::Unified(_) => Err(Error::with(
-                CKR_FUNCTION_NOT_SUPPORTED,
-                "the unified token's PIN is set in the configuration",
-            )),
-        }
-    }
-
-    /// `C_SetPIN` (mirror slots).
-    pub fn set_pin(
-        &self,
-        h: CK_SESSION_HANDLE,
-        old: Option<&[u8]>,
-        new: Option<&[u8]>,
-    ) -> Result<()> {
-        let (s, slot) = self.session_slot(h)?;
-        match slot.kind {
-            SlotKind::Mirror => s.lock().member(slot, s.rw, 0)?.set_pin(old, new),
-            SlotKind::Unified(_) => Err(Error::with(
-                CKR_FUNCTION_NOT_SUPPORTED,
-                "the unified token's PIN is set in the configuration",
-            )),
-        }
-    }
-
-    /// `C_FindObjectsInit`: the search runs now on every member; `C_FindObjects` hands out the results.
+    /// `C_FindObjectsInit`: the search runs now on every backend of the slot; `C_FindObjects` hands out the results.
     pub fn find_init(&self, h: CK_SESSION_HANDLE, template: Template) -> Result<()> {
         let (s, slot) = self.session_slot(h)?;
         let mut inner = s.lock();
@@ -260,38 +126,36 @@ impl Module {
             return Err(Error::new(CKR_OPERATION_ACTIVE));
         }
         let mut handles = Vec::new();
-        if let SlotKind::Mirror = slot.kind {
+        if let Some(pos) = slot.upstream() {
             handles = inner
-                .member(slot, s.rw, 0)?
+                .backend(slot, s.rw, pos)?
                 .find(template)?
                 .into_iter()
                 .map(|o| o as CK_OBJECT_HANDLE)
                 .collect();
         } else {
-            let only = named_member(slot, template)?;
-            let passed = Passed::new(template);
-            let t = passed.get();
+            let only = named_backend(slot, template)?;
+            let for_backend = BackendTemplate::new(template);
+            let t = for_backend.get();
             let mut first_err = None;
             let mut any_ok = false;
-            for pos in 0..slot.members.len() {
+            for pos in 0..slot.backends.len() {
                 if only.is_some_and(|o| o != pos) {
                     continue;
                 }
-                match inner.member(slot, s.rw, pos).and_then(|bs| bs.find(t)) {
+                match inner.backend(slot, s.rw, pos).and_then(|bs| bs.find(t)) {
                     Ok(mut found) => {
                         any_ok = true;
-                        if let Some(u) = slot.unified() {
-                            if !u.key_types.is_empty() || !u.labels.is_empty() {
-                                let bs = inner.member(slot, s.rw, pos)?;
-                                found.retain(|o| in_view(u, bs, *o));
-                            }
+                        if let Some(view) = slot.view() {
+                            let bs = inner.backend(slot, s.rw, pos)?;
+                            found.retain(|o| in_view(view, bs, *o));
                         }
                         handles.extend(found.into_iter().map(|o| slot.handles.intern((pos, o))));
                     }
                     Err(e) => {
                         // Never silent: the application sees fewer objects, the person sees why.
-                        slot.member_trouble(
-                            &slot.members[pos],
+                        slot.backend_trouble(
+                            &slot.backends[pos],
                             &format!("cannot list its keys: {e}"),
                             "its keys are not on token",
                         );
@@ -341,14 +205,11 @@ impl Module {
         template: &mut [CK_ATTRIBUTE],
     ) -> Result<CK_RV> {
         let (s, slot) = self.session_slot(h)?;
-        let (pos, o) = slot
-            .handles
-            .resolve(obj)
-            .ok_or(Error::new(CKR_OBJECT_HANDLE_INVALID))?;
+        let (pos, o) = slot.handles.locate(obj, CKR_OBJECT_HANDLE_INVALID)?;
         let mut inner = s.lock();
-        let bs = inner.member(slot, s.rw, pos)?;
+        let bs = inner.backend(slot, s.rw, pos)?;
         let ours =
-            slot.unified().is_some() && template.iter().any(|a| is_bridge_attribute(a.type_));
+            slot.bridge_attributes() && template.iter().any(|a| is_bridge_attribute(a.type_));
         if !ours {
             return Ok(bs.get_attributes(o, template));
         }
@@ -377,7 +238,7 @@ impl Module {
                 continue;
             }
             // The one attribute the core answers: CKA_P11BRIDGE_BACKEND.
-            rv = combine_attr_rv(rv, fill_attr(a, slot.members[pos].name.as_bytes()));
+            rv = combine_attr_rv(rv, fill_attr(a, slot.backends[pos].name.as_bytes()));
         }
         Ok(rv)
     }
@@ -390,34 +251,31 @@ impl Module {
         t: Template,
     ) -> Result<()> {
         let (s, slot) = self.session_slot(h)?;
-        let (pos, o) = slot
-            .handles
-            .resolve(obj)
-            .ok_or(Error::new(CKR_OBJECT_HANDLE_INVALID))?;
-        if slot.unified().is_some() && t.raw().iter().any(|a| is_vendor_attribute(a.type_)) {
+        let (pos, o) = slot.handles.locate(obj, CKR_OBJECT_HANDLE_INVALID)?;
+        if slot.bridge_attributes() && t.raw().iter().any(|a| is_vendor_attribute(a.type_)) {
             return Err(Error::new(CKR_ATTRIBUTE_READ_ONLY));
         }
         let mut inner = s.lock();
-        let bs = inner.member(slot, s.rw, pos)?;
+        let bs = inner.backend(slot, s.rw, pos)?;
         if super::keycheck::touches_ec(&t) {
             super::keycheck::check(&t, object_is_ec(bs, o))?;
         }
         bs.set_attributes(o, t)
     }
 
-    /// `C_CreateObject`: on the member the template names, else the slot's default.
+    /// `C_CreateObject`: on the backend the template names, else the slot's default.
     pub fn create_object(&self, h: CK_SESSION_HANDLE, t: Template) -> Result<CK_OBJECT_HANDLE> {
         let (s, slot) = self.session_slot(h)?;
-        let pos = self.target_member(slot, &[t])?;
+        let pos = self.target_backend(slot, &[t])?;
         super::keycheck::check(&t, None)?;
-        let passed = Passed::new(t);
-        let st = passed.get();
+        let for_backend = BackendTemplate::new(t);
+        let st = for_backend.get();
         let mut inner = s.lock();
-        let o = inner.member(slot, s.rw, pos)?.create_object(st)?;
+        let o = inner.backend(slot, s.rw, pos)?.create_object(st)?;
         Ok(self.adopt(slot, &mut inner, pos, o, is_session_object(t)))
     }
 
-    /// `C_CopyObject`: on the member that holds the original.
+    /// `C_CopyObject`: on the backend that holds the original.
     pub fn copy_object(
         &self,
         h: CK_SESSION_HANDLE,
@@ -425,24 +283,17 @@ impl Module {
         t: Template,
     ) -> Result<CK_OBJECT_HANDLE> {
         let (s, slot) = self.session_slot(h)?;
-        let (pos, o) = slot
-            .handles
-            .resolve(obj)
-            .ok_or(Error::new(CKR_OBJECT_HANDLE_INVALID))?;
-        if slot.unified().is_some() {
-            if let Some(p) = named_member(slot, t)? {
-                if p != pos {
-                    return Err(Error::with(
-                        CKR_TEMPLATE_INCONSISTENT,
-                        "an object cannot be copied to another backend",
-                    ));
-                }
-            }
+        let (pos, o) = slot.handles.locate(obj, CKR_OBJECT_HANDLE_INVALID)?;
+        if named_backend(slot, t)?.is_some_and(|p| p != pos) {
+            return Err(Error::with(
+                CKR_TEMPLATE_INCONSISTENT,
+                "an object cannot be copied to another backend",
+            ));
         }
-        let passed = Passed::new(t);
-        let st = passed.get();
+        let for_backend = BackendTemplate::new(t);
+        let st = for_backend.get();
         let mut inner = s.lock();
-        let bs = inner.member(slot, s.rw, pos)?;
+        let bs = inner.backend(slot, s.rw, pos)?;
         if super::keycheck::touches_ec(&t) {
             super::keycheck::check(&t, object_is_ec(bs, o))?;
         }
@@ -455,31 +306,25 @@ impl Module {
     /// `C_DestroyObject`.
     pub fn destroy_object(&self, h: CK_SESSION_HANDLE, obj: CK_OBJECT_HANDLE) -> Result<()> {
         let (s, slot) = self.session_slot(h)?;
-        let (pos, o) = slot
-            .handles
-            .resolve(obj)
-            .ok_or(Error::new(CKR_OBJECT_HANDLE_INVALID))?;
+        let (pos, o) = slot.handles.locate(obj, CKR_OBJECT_HANDLE_INVALID)?;
         let mut inner = s.lock();
         let started = std::time::Instant::now();
         let info = self.audit.as_ref().and_then(|_| {
             inner
-                .member(slot, s.rw, pos)
+                .backend(slot, s.rw, pos)
                 .ok()
-                .map(|bs| super::audit::describe(bs, o))
+                .map(|bs| audit::describe(bs, o))
         });
-        let r = inner.member(slot, s.rw, pos)?.destroy_object(o);
+        let r = inner.backend(slot, s.rw, pos)?.destroy_object(o);
         if let Some(info) = &info {
-            let rv = r.as_ref().map_or_else(|e| e.rv(), |_| CKR_OK);
-            self.audit(
-                slot,
-                "destroy_object",
-                Some(pos),
-                Some(info),
-                None,
-                None,
-                rv,
-                started,
-            );
+            let event = audit::Event {
+                event: "destroy_object",
+                backend: Some(pos),
+                object: Some(info),
+                rv: audit::rv_of(&r),
+                ..Default::default()
+            };
+            self.audit(slot, &event, started);
         }
         r?;
         slot.handles.forget(obj);
@@ -490,12 +335,9 @@ impl Module {
     /// `C_GetObjectSize`.
     pub fn object_size(&self, h: CK_SESSION_HANDLE, obj: CK_OBJECT_HANDLE) -> Result<CK_ULONG> {
         let (s, slot) = self.session_slot(h)?;
-        let (pos, o) = slot
-            .handles
-            .resolve(obj)
-            .ok_or(Error::new(CKR_OBJECT_HANDLE_INVALID))?;
+        let (pos, o) = slot.handles.locate(obj, CKR_OBJECT_HANDLE_INVALID)?;
         let mut inner = s.lock();
-        let r = inner.member(slot, s.rw, pos)?.object_size(o);
+        let r = inner.backend(slot, s.rw, pos)?.object_size(o);
         r
     }
 
@@ -510,35 +352,30 @@ impl Module {
         session_object: bool,
     ) -> CK_OBJECT_HANDLE {
         if self.audit.is_some() {
-            if let Ok(bs) = inner.member(slot, false, pos) {
-                let info = super::audit::describe(bs, obj);
-                self.audit(
-                    slot,
-                    "new_object",
-                    Some(pos),
-                    Some(&info),
-                    None,
-                    None,
-                    CKR_OK,
-                    std::time::Instant::now(),
-                );
+            if let Ok(bs) = inner.backend(slot, false, pos) {
+                let info = audit::describe(bs, obj);
+                let event = audit::Event {
+                    event: "new_object",
+                    backend: Some(pos),
+                    object: Some(&info),
+                    rv: CKR_OK,
+                    ..Default::default()
+                };
+                self.audit(slot, &event, std::time::Instant::now());
             }
         }
         let handle = slot.handles.intern((pos, obj));
-        if session_object && slot.unified().is_some() {
+        if session_object && slot.handles.translated() {
             inner.session_objects.push(handle);
         }
         handle
     }
 
-    /// The member new objects go to: named by `CKA_P11BRIDGE_BACKEND` in any of the templates, else the default.
-    pub(super) fn target_member(&self, slot: &Slot, templates: &[Template]) -> Result<usize> {
-        let Some(u) = slot.unified() else {
-            return Ok(0);
-        };
+    /// The backend new objects go to: named by `CKA_P11BRIDGE_BACKEND` in any of the templates, else the default.
+    pub(super) fn target_backend(&self, slot: &Slot, templates: &[Template]) -> Result<usize> {
         let mut chosen = None;
         for t in templates {
-            if let Some(p) = named_member(slot, *t)? {
+            if let Some(p) = named_backend(slot, *t)? {
                 if chosen.is_some_and(|c| c != p) {
                     return Err(Error::with(
                         CKR_TEMPLATE_INCONSISTENT,
@@ -548,6 +385,6 @@ impl Module {
                 chosen = Some(p);
             }
         }
-        Ok(chosen.unwrap_or(u.default_member))
+        Ok(chosen.unwrap_or(slot.default_backend()))
     }
 }

@@ -1,13 +1,17 @@
-//! Cryptographic operations, key management and random numbers, routed to the member that holds the key.
+//! Cryptographic operations, key management and random numbers, routed to the backend that holds the key.
 //!
 //! Operation state follows the spec (§5.2): an operation stays active after a length query or
 //! `CKR_BUFFER_TOO_SMALL`, and ends on success or any other error.
 
-use super::objects::{is_session_object, Passed};
-use super::slot::SlotKind;
+use super::audit;
+use super::objects::{is_session_object, BackendTemplate};
+use super::session::{ActiveOp, Inner};
+use super::slot::Slot;
 use super::Module;
 use cryptoki_sys::*;
-use p11bridge_backends::{DualKind, Error, Mechanism, OpKind, Out, Result, Template};
+use p11bridge_backends::{
+    BackendSession, DualKind, Error, Mechanism, OpKind, Out, Result, Template,
+};
 
 /// A backend's `CKR_OBJECT_HANDLE_INVALID` for a key argument is, in the spec's lists for the functions that take
 /// keys, `CKR_KEY_HANDLE_INVALID` (or the wrapping/unwrapping variant): SoftHSM2 answers the former, for instance
@@ -28,7 +32,7 @@ fn key_handle_rv<T>(r: Result<T>, rv: CK_RV) -> Result<T> {
 }
 
 /// Whether an operation survives a call that produced `r` (with `len_query` when the output pointer was NULL).
-fn keeps_going(r: &Result<usize>, len_query: bool) -> bool {
+fn survives(r: &Result<usize>, len_query: bool) -> bool {
     match r {
         Ok(_) => len_query,
         Err(e) => e.rv() == CKR_BUFFER_TOO_SMALL,
@@ -36,7 +40,7 @@ fn keeps_going(r: &Result<usize>, len_query: bool) -> bool {
 }
 
 /// Whether an operation survives an `*Update` call that produced `r`.
-fn update_keeps_going(r: &Result<usize>) -> bool {
+fn update_survives(r: &Result<usize>) -> bool {
     match r {
         Ok(_) => true,
         Err(e) => e.rv() == CKR_BUFFER_TOO_SMALL,
@@ -47,26 +51,22 @@ fn update_keeps_going(r: &Result<usize>) -> bool {
 /// so that the caller's operation ends as for any other error (§5.2) and the session stays usable; the backend's
 /// operation is then cancelled, its own panics ignored. The caller gets `CKR_GENERAL_ERROR`.
 fn contained<T>(
-    inner: &mut super::session::Inner,
-    slot: &super::slot::Slot,
+    inner: &mut Inner,
+    slot: &Slot,
     rw: bool,
     pos: usize,
     kinds: &[OpKind],
-    f: impl FnOnce(&mut super::session::Inner) -> Result<T>,
+    f: impl FnOnce(&mut Inner) -> Result<T>,
 ) -> Result<T> {
     use std::panic::{catch_unwind, AssertUnwindSafe};
     match catch_unwind(AssertUnwindSafe(|| f(inner))) {
         Ok(r) => r,
         Err(p) => {
-            let msg = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            tracing::error!(backend = %slot.members[pos].name, "internal error in an operation (panic caught): {msg}");
+            let msg = crate::abi::panic_message(p.as_ref());
+            tracing::error!(backend = %slot.backends[pos].name, "internal error in an operation (panic caught): {msg}");
             for k in kinds {
                 let _ = catch_unwind(AssertUnwindSafe(|| {
-                    inner.member(slot, rw, pos).and_then(|bs| bs.op_cancel(*k))
+                    inner.backend(slot, rw, pos).and_then(|bs| bs.op_cancel(*k))
                 }));
             }
             Err(Error::with(
@@ -90,35 +90,88 @@ fn kind_event(kind: OpKind) -> &'static str {
     }
 }
 
+/// One call of an active operation, as its body sees it: the session's state (locked), the slot, and the backend
+/// running the operation.
+struct OpCall<'a> {
+    inner: &'a mut Inner,
+    slot: &'a Slot,
+    rw: bool,
+    kind: OpKind,
+    pos: usize,
+}
+
+impl OpCall<'_> {
+    /// The backend session running the operation.
+    fn backend(&mut self) -> Result<&mut dyn BackendSession> {
+        self.inner.backend(self.slot, self.rw, self.pos)
+    }
+
+    /// The core's hash-and-sign emulation of the operation, if it is emulated.
+    fn emulated(&mut self) -> Option<&mut super::emulate::Emulated> {
+        self.inner
+            .op_mut(self.kind)
+            .and_then(|op| op.emulated.as_mut())
+    }
+}
+
 impl Module {
     /// Records the end of an operation in the audit trail.
     fn audit_done(
         &self,
-        slot: &super::slot::Slot,
-        inner: &mut super::session::Inner,
+        slot: &Slot,
+        inner: &mut Inner,
         kind: OpKind,
-        pos: usize,
+        op: ActiveOp,
         r: &Result<usize>,
         started: std::time::Instant,
     ) {
-        if let Some((info, mech)) = inner.audit_ops[kind as usize].take() {
-            let rv = r.as_ref().map_or_else(|e| e.rv(), |_| CKR_OK);
+        if let Some((info, mech)) = op.audit {
             let served_by = inner
-                .member(slot, false, pos)
+                .backend(slot, false, op.backend)
                 .ok()
                 .and_then(|bs| bs.served_by().map(str::to_owned));
-            self.audit_served(
-                slot,
-                kind_event(kind),
-                Some(pos),
-                served_by.as_deref(),
-                Some(&info),
-                Some(mech),
-                None,
-                rv,
-                started,
-            );
+            let event = audit::Event {
+                event: kind_event(kind),
+                backend: Some(op.backend),
+                member: served_by.as_deref(),
+                object: Some(&info),
+                mechanism: Some(mech),
+                rv: audit::rv_of(r),
+                ..Default::default()
+            };
+            self.audit(slot, &event, started);
         }
+    }
+
+    /// The one prologue and epilogue of every call of an active operation: find the session's operation of
+    /// `kind` (else `CKR_OPERATION_NOT_INITIALIZED`), run `call` contained, and end the operation — recording it
+    /// in the audit trail — unless `op_survives` says it survives the result.
+    fn op_call(
+        &self,
+        h: CK_SESSION_HANDLE,
+        kind: OpKind,
+        op_survives: impl FnOnce(&Result<usize>) -> bool,
+        call: impl FnOnce(&mut OpCall) -> Result<usize>,
+    ) -> Result<usize> {
+        let (s, slot) = self.session_slot(h)?;
+        let mut inner = s.lock();
+        let pos = inner.op_backend(kind)?;
+        let started = std::time::Instant::now();
+        let r = contained(&mut inner, slot, s.rw, pos, &[kind], |inner| {
+            call(&mut OpCall {
+                inner,
+                slot,
+                rw: s.rw,
+                kind,
+                pos,
+            })
+        });
+        if !op_survives(&r) {
+            if let Some(op) = inner.end_op(kind) {
+                self.audit_done(slot, &mut inner, kind, op, &r, started);
+            }
+        }
+        r
     }
 
     /// `C_*Init`. A NULL mechanism (3.0) cancels the active operation of that kind.
@@ -131,39 +184,32 @@ impl Module {
     ) -> Result<()> {
         let (s, slot) = self.session_slot(h)?;
         let mut inner = s.lock();
-        let k = kind as usize;
         let Some(mech) = mech else {
-            return match inner.ops[k].take() {
-                Some(pos) => inner.member(slot, s.rw, pos)?.op_cancel(kind),
+            return match inner.end_op(kind) {
+                Some(op) => inner.backend(slot, s.rw, op.backend)?.op_cancel(kind),
                 None => Err(Error::new(CKR_ARGUMENTS_BAD)),
             };
         };
-        if inner.ops[k].is_some() {
+        if inner.op(kind).is_some() {
             return Err(Error::new(CKR_OPERATION_ACTIVE));
         }
         let (pos, obj) = match key {
             Some(kh) => {
-                let (p, o) = slot
-                    .handles
-                    .resolve(kh)
-                    .ok_or(Error::new(CKR_KEY_HANDLE_INVALID))?;
+                let (p, o) = slot.handles.locate(kh, CKR_KEY_HANDLE_INVALID)?;
                 (p, Some(o))
             }
-            None => (slot.member_for_mechanism(mech.mech_type())?, None),
+            None => (slot.backend_for_mechanism(mech.mech_type())?, None),
         };
         let started = std::time::Instant::now();
         // A hash-and-sign mechanism this key's backend lacks, while it has the raw one: hash here, sign there.
-        let emulate = match (slot.unified(), kind) {
-            (Some(u), OpKind::Sign | OpKind::Verify)
-                if obj.is_some() && !u.offers(pos, mech.mech_type()) =>
-            {
-                super::emulate::Emulated::new(mech.mech_type())
-                    .filter(|(_, base)| u.offers(pos, *base))
+        let emulation = match kind {
+            OpKind::Sign | OpKind::Verify if obj.is_some() => {
+                slot.hash_and_sign_emulation(pos, mech.mech_type())
             }
             _ => None,
         };
-        inner.emulated[k] = None;
-        let r = match emulate {
+        let mut op = ActiveOp::on(pos);
+        let r = match emulation {
             Some((e, base)) => {
                 // The same parameters (PSS's apply to CKM_RSA_PKCS_PSS alike; the others have none).
                 let raw = CK_MECHANISM {
@@ -172,38 +218,40 @@ impl Module {
                 };
                 // SAFETY: the caller's parameter block, valid for this call.
                 let bm = unsafe { Mechanism::from_raw(raw) }?;
-                let r = inner.member(slot, s.rw, pos)?.op_init(kind, &bm, obj);
+                let r = inner.backend(slot, s.rw, pos)?.op_init(kind, &bm, obj);
                 if r.is_ok() {
-                    inner.emulated[k] = Some(e);
+                    op.emulated = Some(e);
                 }
                 key_handle_rv(r, CKR_KEY_HANDLE_INVALID)
             }
             None => key_handle_rv(
-                inner.member(slot, s.rw, pos)?.op_init(kind, &mech, obj),
+                inner.backend(slot, s.rw, pos)?.op_init(kind, &mech, obj),
                 CKR_KEY_HANDLE_INVALID,
             ),
         };
         if let (Some(_), Some(o)) = (&self.audit, obj) {
-            let info = super::audit::describe(inner.member(slot, s.rw, pos)?, o);
+            let info = audit::describe(inner.backend(slot, s.rw, pos)?, o);
             match &r {
-                Ok(()) => inner.audit_ops[k] = Some((info, mech.mech_type())),
+                Ok(()) => op.audit = Some((info, mech.mech_type())),
                 Err(e) => self.audit(
                     slot,
-                    kind_event(kind),
-                    Some(pos),
-                    Some(&info),
-                    Some(mech.mech_type()),
-                    None,
-                    e.rv(),
+                    &audit::Event {
+                        event: kind_event(kind),
+                        backend: Some(pos),
+                        object: Some(&info),
+                        mechanism: Some(mech.mech_type()),
+                        rv: e.rv(),
+                        ..Default::default()
+                    },
                     started,
                 ),
             }
         }
         match &r {
-            Ok(()) => inner.ops[k] = Some(pos),
+            Ok(()) => inner.set_op(kind, op),
             // The backend still runs an operation we consider ended (an upstream that did not end it on an error
             // the spec says ends it): route to it, so the caller can finish it as it would talking directly.
-            Err(e) if e.rv() == CKR_OPERATION_ACTIVE => inner.ops[k] = Some(pos),
+            Err(e) if e.rv() == CKR_OPERATION_ACTIVE => inner.set_op(kind, ActiveOp::on(pos)),
             Err(_) => {}
         }
         r
@@ -217,24 +265,19 @@ impl Module {
         input: &[u8],
         out: Out,
     ) -> Result<usize> {
-        let (s, slot) = self.session_slot(h)?;
-        let mut inner = s.lock();
-        let k = kind as usize;
-        let pos = inner.ops[k].ok_or(Error::new(CKR_OPERATION_NOT_INITIALIZED))?;
-        let started = std::time::Instant::now();
         let len_query = out.is_none();
-        let r = contained(&mut inner, slot, s.rw, pos, &[kind], |inner| {
-            match inner.emulated[k].as_ref().map(|e| e.input(input)) {
-                // Emulated hash-and-sign: the backend signs the digest with the raw mechanism, single-part.
-                Some(raw) => inner.member(slot, s.rw, pos)?.op_single(kind, &raw, out),
-                None => inner.member(slot, s.rw, pos)?.op_single(kind, input, out),
-            }
-        });
-        if !keeps_going(&r, len_query) {
-            inner.ops[k] = None;
-            self.audit_done(slot, &mut inner, kind, pos, &r, started);
-        }
-        r
+        self.op_call(
+            h,
+            kind,
+            |r| survives(r, len_query),
+            |call| {
+                match call.emulated().map(|e| e.input(input)) {
+                    // Emulated hash-and-sign: the backend signs the digest with the raw mechanism, single-part.
+                    Some(raw) => call.backend()?.op_single(kind, &raw, out),
+                    None => call.backend()?.op_single(kind, input, out),
+                }
+            },
+        )
     }
 
     /// `C_*Update`.
@@ -245,46 +288,27 @@ impl Module {
         input: &[u8],
         out: Out,
     ) -> Result<usize> {
-        let (s, slot) = self.session_slot(h)?;
-        let mut inner = s.lock();
-        let k = kind as usize;
-        let pos = inner.ops[k].ok_or(Error::new(CKR_OPERATION_NOT_INITIALIZED))?;
-        let started = std::time::Instant::now();
-        let r = contained(&mut inner, slot, s.rw, pos, &[kind], |inner| {
-            match inner.emulated[k].as_mut() {
-                Some(e) => {
-                    e.update(input);
-                    Ok(0)
-                }
-                None => inner.member(slot, s.rw, pos)?.op_update(kind, input, out),
+        self.op_call(h, kind, update_survives, |call| match call.emulated() {
+            Some(e) => {
+                e.update(input);
+                Ok(0)
             }
-        });
-        if !update_keeps_going(&r) {
-            inner.ops[k] = None;
-            self.audit_done(slot, &mut inner, kind, pos, &r, started);
-        }
-        r
+            None => call.backend()?.op_update(kind, input, out),
+        })
     }
 
     /// `C_*Final` (encrypt, decrypt, digest, sign).
     pub fn op_final(&self, h: CK_SESSION_HANDLE, kind: OpKind, out: Out) -> Result<usize> {
-        let (s, slot) = self.session_slot(h)?;
-        let mut inner = s.lock();
-        let k = kind as usize;
-        let pos = inner.ops[k].ok_or(Error::new(CKR_OPERATION_NOT_INITIALIZED))?;
-        let started = std::time::Instant::now();
         let len_query = out.is_none();
-        let r = contained(&mut inner, slot, s.rw, pos, &[kind], |inner| {
-            match inner.emulated[k].as_ref().map(|e| e.input(&[])) {
-                Some(raw) => inner.member(slot, s.rw, pos)?.op_single(kind, &raw, out),
-                None => inner.member(slot, s.rw, pos)?.op_final(kind, out),
-            }
-        });
-        if !keeps_going(&r, len_query) {
-            inner.ops[k] = None;
-            self.audit_done(slot, &mut inner, kind, pos, &r, started);
-        }
-        r
+        self.op_call(
+            h,
+            kind,
+            |r| survives(r, len_query),
+            |call| match call.emulated().map(|e| e.input(&[])) {
+                Some(raw) => call.backend()?.op_single(kind, &raw, out),
+                None => call.backend()?.op_final(kind, out),
+            },
+        )
     }
 
     /// `C_Verify` and `C_VerifyFinal` (`data` is `None` for the latter). Both always end the operation.
@@ -294,44 +318,30 @@ impl Module {
         data: Option<&[u8]>,
         signature: &[u8],
     ) -> Result<()> {
-        let (s, slot) = self.session_slot(h)?;
-        let mut inner = s.lock();
-        let k = OpKind::Verify as usize;
-        let pos = inner.ops[k].ok_or(Error::new(CKR_OPERATION_NOT_INITIALIZED))?;
-        let started = std::time::Instant::now();
-        let emulated = inner.emulated[k]
-            .as_ref()
-            .map(|e| e.input(data.unwrap_or(&[])));
-        let r = contained(&mut inner, slot, s.rw, pos, &[OpKind::Verify], |inner| {
-            let bs = inner.member(slot, s.rw, pos)?;
-            match (emulated, data) {
-                (Some(raw), _) => bs.verify(&raw, signature),
-                (None, Some(d)) => bs.verify(d, signature),
-                (None, None) => bs.verify_final(signature),
-            }
-        });
-        inner.ops[k] = None;
-        self.audit_done(
-            slot,
-            &mut inner,
+        self.op_call(
+            h,
             OpKind::Verify,
-            pos,
-            &r.clone().map(|_| 0),
-            started,
-        );
-        r
+            |_| false,
+            |call| {
+                let emulated = call.emulated().map(|e| e.input(data.unwrap_or(&[])));
+                let bs = call.backend()?;
+                match (emulated, data) {
+                    (Some(raw), _) => bs.verify(&raw, signature),
+                    (None, Some(d)) => bs.verify(d, signature),
+                    (None, None) => bs.verify_final(signature),
+                }
+                .map(|()| 0)
+            },
+        )
+        .map(|_| ())
     }
 
     /// `C_DigestKey`: the key must live where the digest runs.
     pub fn digest_key(&self, h: CK_SESSION_HANDLE, key: CK_OBJECT_HANDLE) -> Result<()> {
         let (s, slot) = self.session_slot(h)?;
         let mut inner = s.lock();
-        let k = OpKind::Digest as usize;
-        let pos = inner.ops[k].ok_or(Error::new(CKR_OPERATION_NOT_INITIALIZED))?;
-        let (kp, ko) = slot
-            .handles
-            .resolve(key)
-            .ok_or(Error::new(CKR_KEY_HANDLE_INVALID))?;
+        let pos = inner.op_backend(OpKind::Digest)?;
+        let (kp, ko) = slot.handles.locate(key, CKR_KEY_HANDLE_INVALID)?;
         if kp != pos {
             return Err(Error::with(
                 CKR_KEY_INDIGESTIBLE,
@@ -339,16 +349,16 @@ impl Module {
             ));
         }
         let r = key_handle_rv(
-            inner.member(slot, s.rw, pos)?.digest_key(ko),
+            inner.backend(slot, s.rw, pos)?.digest_key(ko),
             CKR_KEY_HANDLE_INVALID,
         );
         if r.is_err() {
-            inner.ops[k] = None;
+            inner.end_op(OpKind::Digest);
         }
         r
     }
 
-    /// The dual-function updates: both operations must be active on the same member.
+    /// The dual-function updates: both operations must be active on the same backend.
     pub fn dual_update(
         &self,
         h: CK_SESSION_HANDLE,
@@ -359,10 +369,9 @@ impl Module {
         let (s, slot) = self.session_slot(h)?;
         let mut inner = s.lock();
         let (a, b) = kind.ops();
-        let (pa, pb) = (inner.ops[a as usize], inner.ops[b as usize]);
-        let pos = match (pa, pb) {
-            (Some(x), Some(y)) if x == y => x,
-            (Some(_), Some(_)) => {
+        let pos = match (inner.op_backend(a), inner.op_backend(b)) {
+            (Ok(x), Ok(y)) if x == y => x,
+            (Ok(_), Ok(_)) => {
                 return Err(Error::with(
                     CKR_FUNCTION_NOT_SUPPORTED,
                     "dual-function operation across two backends",
@@ -371,11 +380,13 @@ impl Module {
             _ => return Err(Error::new(CKR_OPERATION_NOT_INITIALIZED)),
         };
         let r = contained(&mut inner, slot, s.rw, pos, &[a, b], |inner| {
-            inner.member(slot, s.rw, pos)?.dual_update(kind, input, out)
+            inner
+                .backend(slot, s.rw, pos)?
+                .dual_update(kind, input, out)
         });
-        if !update_keeps_going(&r) {
-            inner.ops[a as usize] = None;
-            inner.ops[b as usize] = None;
+        if !update_survives(&r) {
+            inner.end_op(a);
+            inner.end_op(b);
         }
         r
     }
@@ -387,14 +398,14 @@ impl Module {
         let Ok((s, slot)) = self.session_slot(h) else {
             return;
         };
-        if let SlotKind::Mirror = slot.kind {
+        if slot.upstream().is_some() {
             // The upstream never saw the refused call and keeps its operation: so does the mirror, and the
             // application's next, correct call goes through as it would talking to the upstream directly.
             return;
         }
         let mut inner = s.lock();
-        if let Some(pos) = inner.ops[kind as usize].take() {
-            if let Ok(bs) = inner.member(slot, s.rw, pos) {
+        if let Some(op) = inner.end_op(kind) {
+            if let Ok(bs) = inner.backend(slot, s.rw, op.backend) {
                 let _ = bs.op_cancel(kind);
             }
         }
@@ -411,8 +422,8 @@ impl Module {
             if flags & kind.cancel_flag() == 0 {
                 continue;
             }
-            if let Some(pos) = inner.ops[kind as usize].take() {
-                inner.member(slot, s.rw, pos)?.op_cancel(kind)?;
+            if let Some(op) = inner.end_op(kind) {
+                inner.backend(slot, s.rw, op.backend)?.op_cancel(kind)?;
             }
         }
         Ok(())
@@ -421,9 +432,9 @@ impl Module {
     /// `C_GetOperationState` (mirror slots; a unified session's operations may span backends).
     pub fn get_operation_state(&self, h: CK_SESSION_HANDLE, out: Out) -> Result<usize> {
         let (s, slot) = self.session_slot(h)?;
-        match slot.kind {
-            SlotKind::Mirror => s.lock().member(slot, s.rw, 0)?.get_operation_state(out),
-            SlotKind::Unified(_) => Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED)),
+        match slot.upstream() {
+            Some(pos) => s.lock().backend(slot, s.rw, pos)?.get_operation_state(out),
+            None => Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED)),
         }
     }
 
@@ -436,19 +447,19 @@ impl Module {
         auth: CK_OBJECT_HANDLE,
     ) -> Result<()> {
         let (s, slot) = self.session_slot(h)?;
-        match slot.kind {
-            SlotKind::Mirror => {
-                let opt = |x: CK_OBJECT_HANDLE| (x != 0).then_some(x);
-                let mut inner = s.lock();
-                inner
-                    .member(slot, s.rw, 0)?
-                    .set_operation_state(state, opt(enc), opt(auth))?;
-                // The restored state may hold any operation: let the upstream decide from now on.
-                inner.ops = [Some(0); 7];
-                Ok(())
-            }
-            SlotKind::Unified(_) => Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED)),
+        let Some(pos) = slot.upstream() else {
+            return Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED));
+        };
+        let opt = |x: CK_OBJECT_HANDLE| (x != 0).then_some(x);
+        let mut inner = s.lock();
+        inner
+            .backend(slot, s.rw, pos)?
+            .set_operation_state(state, opt(enc), opt(auth))?;
+        // The restored state may hold any operation: let the upstream decide from now on.
+        for kind in OpKind::ALL {
+            inner.set_op(kind, ActiveOp::on(pos));
         }
+        Ok(())
     }
 
     /// `C_GenerateKey`.
@@ -459,11 +470,11 @@ impl Module {
         t: Template,
     ) -> Result<CK_OBJECT_HANDLE> {
         let (s, slot) = self.session_slot(h)?;
-        let pos = self.target_member(slot, &[t])?;
-        let passed = Passed::new(t);
-        let st = passed.get();
+        let pos = self.target_backend(slot, &[t])?;
+        let for_backend = BackendTemplate::new(t);
+        let st = for_backend.get();
         let mut inner = s.lock();
-        let o = inner.member(slot, s.rw, pos)?.generate_key(&mech, st)?;
+        let o = inner.backend(slot, s.rw, pos)?.generate_key(&mech, st)?;
         Ok(self.adopt(slot, &mut inner, pos, o, is_session_object(t)))
     }
 
@@ -480,12 +491,12 @@ impl Module {
         let ec = Some(mech.mech_type() == CKM_EC_KEY_PAIR_GEN);
         super::keycheck::check(&public, ec)?;
         super::keycheck::check(&private, ec)?;
-        let pos = self.target_member(slot, &[public, private])?;
-        let (sp, ss) = (Passed::new(public), Passed::new(private));
+        let pos = self.target_backend(slot, &[public, private])?;
+        let (sp, ss) = (BackendTemplate::new(public), BackendTemplate::new(private));
         let (tp, ts) = (sp.get(), ss.get());
         let mut inner = s.lock();
         let (op, os) = inner
-            .member(slot, s.rw, pos)?
+            .backend(slot, s.rw, pos)?
             .generate_key_pair(&mech, tp, ts)?;
         let hp = self.adopt(slot, &mut inner, pos, op, is_session_object(public));
         let hs = self.adopt(slot, &mut inner, pos, os, is_session_object(private));
@@ -505,41 +516,35 @@ impl Module {
         let (s, slot) = self.session_slot(h)?;
         let (wp, wo) = slot
             .handles
-            .resolve(wrapping)
-            .ok_or(Error::new(CKR_WRAPPING_KEY_HANDLE_INVALID))?;
-        let (kp, ko) = slot
-            .handles
-            .resolve(key)
-            .ok_or(Error::new(CKR_KEY_HANDLE_INVALID))?;
+            .locate(wrapping, CKR_WRAPPING_KEY_HANDLE_INVALID)?;
+        let (kp, ko) = slot.handles.locate(key, CKR_KEY_HANDLE_INVALID)?;
         let mut inner = s.lock();
         let started = std::time::Instant::now();
         let len_query = out.is_none();
         let r = if wp == kp {
             key_handle_rv(
-                inner.member(slot, s.rw, wp)?.wrap_key(&mech, wo, ko, out),
+                inner.backend(slot, s.rw, wp)?.wrap_key(&mech, wo, ko, out),
                 CKR_KEY_HANDLE_INVALID,
             )
         } else {
             // Envelope wrapping across backends: the key's value leaves its backend (only if it is extractable and
             // readable) and is encrypted under the wrapping key by the other backend.
-            let value = inner.member(slot, s.rw, kp)?.export_value(ko)?;
+            let value = inner.backend(slot, s.rw, kp)?.export_value(ko)?;
             inner
-                .member(slot, s.rw, wp)?
+                .backend(slot, s.rw, wp)?
                 .wrap_value(&mech, wo, &value, out)
         };
         if self.audit.is_some() && !len_query {
-            let info = super::audit::describe(inner.member(slot, s.rw, kp)?, ko);
-            let rv = r.as_ref().map_or_else(|e| e.rv(), |_| CKR_OK);
-            self.audit(
-                slot,
-                "wrap_key",
-                Some(kp),
-                Some(&info),
-                Some(mech.mech_type()),
-                None,
-                rv,
-                started,
-            );
+            let info = audit::describe(inner.backend(slot, s.rw, kp)?, ko);
+            let event = audit::Event {
+                event: "wrap_key",
+                backend: Some(kp),
+                object: Some(&info),
+                mechanism: Some(mech.mech_type()),
+                rv: audit::rv_of(&r),
+                ..Default::default()
+            };
+            self.audit(slot, &event, started);
         }
         r
     }
@@ -557,21 +562,17 @@ impl Module {
         let (s, slot) = self.session_slot(h)?;
         let (pos, uo) = slot
             .handles
-            .resolve(unwrapping)
-            .ok_or(Error::new(CKR_UNWRAPPING_KEY_HANDLE_INVALID))?;
-        let named = match slot.unified() {
-            Some(_) => super::objects::named_member(slot, t)?,
-            None => None,
-        };
+            .locate(unwrapping, CKR_UNWRAPPING_KEY_HANDLE_INVALID)?;
+        let named = super::objects::named_backend(slot, t)?;
         super::keycheck::check(&t, None)?;
-        let passed = Passed::new(t);
-        let st = passed.get();
+        let for_backend = BackendTemplate::new(t);
+        let st = for_backend.get();
         let mut inner = s.lock();
         // Envelope unwrapping across backends: the unwrapping key's backend decrypts the value, and the key is
         // created in the target backend.
-        let envelope = |inner: &mut super::session::Inner, target: usize| -> Result<u64> {
+        let envelope = |inner: &mut Inner, target: usize| -> Result<u64> {
             let value = inner
-                .member(slot, s.rw, pos)?
+                .backend(slot, s.rw, pos)?
                 .unwrap_value(&mech, uo, wrapped)?;
             let mut with_value: Vec<CK_ATTRIBUTE> = st
                 .raw()
@@ -586,14 +587,14 @@ impl Module {
             });
             // SAFETY: the caller's attribute values plus `value`, all alive for this call.
             let tv = unsafe { Template::from_raw(&with_value) };
-            inner.member(slot, s.rw, target)?.create_object(tv)
+            inner.backend(slot, s.rw, target)?.create_object(tv)
         };
-        let default = slot.unified().map_or(pos, |u| u.default_member);
+        let default = slot.default_backend();
         let (target, o) = match named {
             Some(target) if target != pos => (target, envelope(&mut inner, target)?),
             _ => match key_handle_rv(
                 inner
-                    .member(slot, s.rw, pos)?
+                    .backend(slot, s.rw, pos)?
                     .unwrap_key(&mech, uo, wrapped, st),
                 CKR_UNWRAPPING_KEY_HANDLE_INVALID,
             ) {
@@ -618,17 +619,12 @@ impl Module {
         t: Template,
     ) -> Result<CK_OBJECT_HANDLE> {
         let (s, slot) = self.session_slot(h)?;
-        let (pos, bo) = slot
-            .handles
-            .resolve(base)
-            .ok_or(Error::new(CKR_KEY_HANDLE_INVALID))?;
+        let (pos, bo) = slot.handles.locate(base, CKR_KEY_HANDLE_INVALID)?;
         let mut other: CK_OBJECT_HANDLE;
-        let mech = if mech.mech_type() == CKM_CONCATENATE_BASE_AND_KEY && slot.unified().is_some() {
+        let mech = if mech.mech_type() == CKM_CONCATENATE_BASE_AND_KEY && slot.handles.translated()
+        {
             let oh: CK_OBJECT_HANDLE = mech.param()?;
-            let (op, oo) = slot
-                .handles
-                .resolve(oh)
-                .ok_or(Error::new(CKR_KEY_HANDLE_INVALID))?;
+            let (op, oo) = slot.handles.locate(oh, CKR_KEY_HANDLE_INVALID)?;
             if op != pos {
                 return Err(Error::with(
                     CKR_KEY_HANDLE_INVALID,
@@ -640,11 +636,11 @@ impl Module {
         } else {
             mech
         };
-        let passed = Passed::new(t);
-        let st = passed.get();
+        let for_backend = BackendTemplate::new(t);
+        let st = for_backend.get();
         let mut inner = s.lock();
         let o = key_handle_rv(
-            inner.member(slot, s.rw, pos)?.derive_key(&mech, bo, st),
+            inner.backend(slot, s.rw, pos)?.derive_key(&mech, bo, st),
             CKR_KEY_HANDLE_INVALID,
         )?;
         Ok(self.adopt(slot, &mut inner, pos, o, is_session_object(t)))
@@ -653,25 +649,17 @@ impl Module {
     /// `C_SeedRandom`.
     pub fn seed_random(&self, h: CK_SESSION_HANDLE, seed: &[u8]) -> Result<()> {
         let (s, slot) = self.session_slot(h)?;
-        let pos = match &slot.kind {
-            SlotKind::Mirror => Some(0),
-            SlotKind::Unified(u) => u.rng_member,
-        };
-        match pos {
-            Some(p) => s.lock().member(slot, s.rw, p)?.seed_random(seed),
+        match slot.rng_backend() {
+            Some(p) => s.lock().backend(slot, s.rw, p)?.seed_random(seed),
             None => Err(Error::new(CKR_RANDOM_SEED_NOT_SUPPORTED)),
         }
     }
 
-    /// `C_GenerateRandom`: from the member with an RNG, else from the operating system.
+    /// `C_GenerateRandom`: from the backend with an RNG, else from the operating system.
     pub fn generate_random(&self, h: CK_SESSION_HANDLE, out: &mut [u8]) -> Result<()> {
         let (s, slot) = self.session_slot(h)?;
-        let pos = match &slot.kind {
-            SlotKind::Mirror => Some(0),
-            SlotKind::Unified(u) => u.rng_member,
-        };
-        match pos {
-            Some(p) => s.lock().member(slot, s.rw, p)?.generate_random(out),
+        match slot.rng_backend() {
+            Some(p) => s.lock().backend(slot, s.rw, p)?.generate_random(out),
             None => os_random(out),
         }
     }

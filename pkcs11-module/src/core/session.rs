@@ -1,9 +1,9 @@
 //! Sessions: one mutex each, so different sessions never wait for one another; a bridge session lazily owns one
-//! backend session per member it touches.
+//! backend session per slot backend it touches.
 
-use super::slot::{Slot, SlotKind};
+use super::slot::Slot;
 use cryptoki_sys::*;
-use p11bridge_backends::{BackendSession, Error, Result};
+use p11bridge_backends::{BackendSession, Error, OpKind, Result};
 use parking_lot::{Mutex, MutexGuard};
 
 pub struct Session {
@@ -14,19 +14,36 @@ pub struct Session {
     inner: Mutex<Inner>,
 }
 
+/// An active operation of one `OpKind`: where it runs and what the core keeps for it.
+pub struct ActiveOp {
+    /// The slot's backend running it.
+    pub backend: usize,
+    /// For the audit trail: the key and mechanism (when the trail is on and the operation has a key).
+    pub audit: Option<(super::audit::ObjectInfo, CK_MECHANISM_TYPE)>,
+    /// A hash-and-sign operation the core emulates for a backend that only has the raw mechanism.
+    pub emulated: Option<super::emulate::Emulated>,
+}
+
+impl ActiveOp {
+    /// An operation the backend runs on its own (nothing emulated, nothing to audit).
+    pub fn on(backend: usize) -> ActiveOp {
+        ActiveOp {
+            backend,
+            audit: None,
+            emulated: None,
+        }
+    }
+}
+
 pub struct Inner {
-    /// Backend sessions, by member position (opened on first use).
-    members: Vec<Option<Box<dyn BackendSession>>>,
-    /// For each `OpKind`, the member running that operation.
-    pub ops: [Option<usize>; 7],
+    /// Backend sessions, by the position of their backend in the slot (opened on first use).
+    backend_sessions: Vec<Option<Box<dyn BackendSession>>>,
+    /// The active operation of each `OpKind` (indexed by `OpKind as usize`).
+    ops: [Option<ActiveOp>; OpKind::ALL.len()],
     /// Results of `C_FindObjectsInit`, handed out by `C_FindObjects`.
     pub find: Option<Find>,
     /// Handles of session objects created here (forgotten when the session closes).
     pub session_objects: Vec<CK_OBJECT_HANDLE>,
-    /// For the audit trail: the key and mechanism of each active operation.
-    pub audit_ops: [Option<(super::audit::ObjectInfo, CK_MECHANISM_TYPE)>; 7],
-    /// Hash-and-sign operations the core emulates for a backend that only has the raw mechanism.
-    pub emulated: [Option<super::emulate::Emulated>; 7],
     /// Message-based encryption and decryption (3.0), emulated (message.rs).
     pub messages: [Option<super::message::MessageOp>; 2],
     closed: bool,
@@ -39,42 +56,22 @@ pub struct Find {
 
 impl Session {
     pub fn open(handle: CK_SESSION_HANDLE, slot: &Slot, rw: bool) -> Result<Session> {
-        let mut members: Vec<Option<Box<dyn BackendSession>>> =
-            (0..slot.members.len()).map(|_| None).collect();
-        {
-            let st = slot.state.lock();
-            if let SlotKind::Unified(u) = &slot.kind {
-                if !rw && st.user == Some(CKU_SO) {
-                    return Err(Error::new(CKR_SESSION_READ_WRITE_SO_EXISTS));
-                }
-                if u.max_sessions.is_some_and(|m| st.ro + st.rw >= m)
-                    || (rw && u.max_rw_sessions.is_some_and(|m| st.rw >= m))
-                {
-                    return Err(Error::new(CKR_SESSION_COUNT));
-                }
+        let mut backend_sessions: Vec<Option<Box<dyn BackendSession>>> =
+            (0..slot.backends.len()).map(|_| None).collect();
+        if let (Some(upstream), Some(pos)) = (slot.admit_session(rw)?, slot.upstream()) {
+            if let Some(b) = backend_sessions.get_mut(pos) {
+                *b = Some(upstream);
             }
-        }
-        if let SlotKind::Mirror = slot.kind {
-            // The upstream decides (token present, session limits, SO rules), so open it now.
-            members[0] = Some(slot.members[0].token.open_session(rw)?);
-        }
-        let mut st = slot.state.lock();
-        if rw {
-            st.rw += 1;
-        } else {
-            st.ro += 1;
         }
         Ok(Session {
             handle,
             slot: slot.index,
             rw,
             inner: Mutex::new(Inner {
-                members,
-                ops: [None; 7],
+                backend_sessions,
+                ops: Default::default(),
                 find: None,
                 session_objects: Vec::new(),
-                audit_ops: Default::default(),
-                emulated: Default::default(),
                 messages: [None, None],
                 closed: false,
             }),
@@ -92,24 +89,15 @@ impl Session {
             return;
         }
         inner.closed = true;
-        inner.members.iter_mut().for_each(|m| drop(m.take()));
+        inner
+            .backend_sessions
+            .iter_mut()
+            .for_each(|m| drop(m.take()));
         for h in inner.session_objects.drain(..) {
             slot.handles.forget(h);
         }
         drop(inner);
-        let mut st = slot.state.lock();
-        if self.rw {
-            st.rw = st.rw.saturating_sub(1);
-        } else {
-            st.ro = st.ro.saturating_sub(1);
-        }
-        if st.ro + st.rw == 0 && st.user.is_some() {
-            st.user = None;
-            // Under the state lock: a login racing with this logout must not be undone by it.
-            if slot.unified().is_some() {
-                slot.logout_members();
-            }
-        }
+        slot.release_session(self.rw);
     }
 
     /// `C_GetSessionInfo`.
@@ -136,19 +124,55 @@ impl Session {
 }
 
 impl Inner {
-    /// The backend session of member `pos`, opened on first use.
-    pub fn member(&mut self, slot: &Slot, rw: bool, pos: usize) -> Result<&mut dyn BackendSession> {
+    /// The active operation of `kind`, if any.
+    pub fn op(&self, kind: OpKind) -> Option<&ActiveOp> {
+        self.ops[kind as usize].as_ref()
+    }
+
+    pub fn op_mut(&mut self, kind: OpKind) -> Option<&mut ActiveOp> {
+        self.ops[kind as usize].as_mut()
+    }
+
+    /// The backend running the active operation of `kind`, or `CKR_OPERATION_NOT_INITIALIZED`.
+    pub fn op_backend(&self, kind: OpKind) -> Result<usize> {
+        self.op(kind)
+            .map(|op| op.backend)
+            .ok_or(Error::new(CKR_OPERATION_NOT_INITIALIZED))
+    }
+
+    /// Starts (or routes) the operation of `kind`.
+    pub fn set_op(&mut self, kind: OpKind, op: ActiveOp) {
+        self.ops[kind as usize] = Some(op);
+    }
+
+    /// Ends the operation of `kind` in the core (the backend's own state is the caller's business).
+    pub fn end_op(&mut self, kind: OpKind) -> Option<ActiveOp> {
+        self.ops[kind as usize].take()
+    }
+
+    /// The backend of the first active operation (for `CKU_CONTEXT_SPECIFIC` logins).
+    pub fn any_op_backend(&self) -> Option<usize> {
+        self.ops.iter().flatten().map(|op| op.backend).next()
+    }
+
+    /// The backend session of the slot's backend `pos`, opened on first use.
+    pub fn backend(
+        &mut self,
+        slot: &Slot,
+        rw: bool,
+        pos: usize,
+    ) -> Result<&mut dyn BackendSession> {
         if self.closed {
             return Err(Error::new(CKR_SESSION_CLOSED));
         }
         let m = self
-            .members
+            .backend_sessions
             .get_mut(pos)
             .ok_or(Error::new(CKR_GENERAL_ERROR))?;
         if m.is_none() {
-            let member = &slot.members[pos];
-            let bs = member.token.open_session(rw).map_err(|e| {
-                tracing::warn!(backend = %member.name, error = %e, "cannot open backend session");
+            let backend = &slot.backends[pos];
+            let bs = backend.token.open_session(rw).map_err(|e| {
+                tracing::warn!(backend = %backend.name, error = %e, "cannot open backend session");
                 e
             })?;
             *m = Some(bs);
@@ -157,5 +181,72 @@ impl Inner {
             Some(b) => Ok(b.as_mut()),
             None => Err(Error::new(CKR_GENERAL_ERROR)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Barrier};
+
+    /// Opens sessions from `threads` threads at once (each trying `tries`), keeping them open; how many opened.
+    fn open_concurrently(slot: &Arc<Slot>, threads: usize, tries: usize, rw: bool) -> usize {
+        let start = Arc::new(Barrier::new(threads));
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let (slot, start) = (slot.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    (0..tries)
+                        .filter_map(|i| {
+                            let handle = (t * tries + i) as CK_SESSION_HANDLE;
+                            match Session::open(handle, &slot, rw) {
+                                Ok(s) => Some(s),
+                                Err(e) => {
+                                    assert_eq!(e.rv(), CKR_SESSION_COUNT);
+                                    None
+                                }
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("an opening thread panicked").len())
+            .sum()
+    }
+
+    #[test]
+    fn max_sessions_holds_under_concurrent_opens() {
+        for _ in 0..20 {
+            let slot = Arc::new(Slot::unified_for_test(Some(5), None));
+            assert_eq!(open_concurrently(&slot, 16, 4, false), 5);
+            let st = slot.state.lock();
+            assert_eq!((st.ro, st.rw), (5, 0));
+        }
+    }
+
+    #[test]
+    fn max_rw_sessions_holds_under_concurrent_opens() {
+        for _ in 0..20 {
+            let slot = Arc::new(Slot::unified_for_test(None, Some(3)));
+            assert_eq!(open_concurrently(&slot, 16, 4, true), 3);
+            // Read-only sessions are not limited by max_rw_sessions.
+            assert_eq!(open_concurrently(&slot, 4, 2, false), 8);
+        }
+    }
+
+    #[test]
+    fn closing_a_session_frees_its_place() {
+        let slot = Slot::unified_for_test(Some(1), None);
+        let first = Session::open(1, &slot, false).expect("first session");
+        assert_eq!(
+            Session::open(2, &slot, false).err().map(|e| e.rv()),
+            Some(CKR_SESSION_COUNT)
+        );
+        first.close(&slot);
+        assert!(Session::open(3, &slot, true).is_ok());
     }
 }
