@@ -1,7 +1,7 @@
 /*
  * p11bridge vendor-defined PKCS#11 constants.
  * Include after pkcs11.h (or any header that defines CK_ULONG, CK_RV, CK_UTF8CHAR and CKA_VENDOR_DEFINED).
- * Kept in step with backends/src/vendor.rs.
+ * Kept in step with vendor-constants/src/lib.rs (the Rust twin; vendor-constants/tests/header.rs compares them).
  */
 #ifndef P11BRIDGE_H
 #define P11BRIDGE_H

@@ -15,7 +15,7 @@ use cryptoki::slot::Slot;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
-const CKA_P11BRIDGE_BACKEND: u64 = 0x8B11_D001;
+use p11bridge_vendor::CKA_P11BRIDGE_BACKEND;
 
 fn backend_attr(name: &str) -> Attribute {
     Attribute::VendorDefined((

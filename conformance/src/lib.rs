@@ -4,6 +4,5 @@
 pub mod cases;
 pub mod env;
 pub mod module;
-pub mod moto;
 pub mod proxy;
 pub mod runner;

@@ -19,8 +19,8 @@ use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
 use std::sync::OnceLock;
 
-const CKA_P11BRIDGE_BACKEND: u64 = 0x8B11_D001;
-const CKM_P11BRIDGE_KMS_ENCRYPT: u64 = 0x8B11_D101;
+use p11bridge_vendor::CKA_P11BRIDGE_BACKEND;
+use p11bridge_vendor::CKM_P11BRIDGE_KMS_ENCRYPT;
 
 fn rv(e: Error) -> RvError {
     match e {

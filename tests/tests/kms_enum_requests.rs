@@ -11,7 +11,7 @@ use common::*;
 use cryptoki::object::{Attribute, AttributeType};
 use cryptoki::session::Session;
 
-const CKA_P11BRIDGE_BACKEND: u64 = 0x8B11_D001;
+use p11bridge_vendor::CKA_P11BRIDGE_BACKEND;
 
 fn kms_objects(s: &Session, label: Option<&str>) -> Option<usize> {
     let mut t = vec![Attribute::VendorDefined((

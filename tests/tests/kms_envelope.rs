@@ -10,7 +10,7 @@ use cryptoki_sys::*;
 use raw::{attr, bridge, call, mech};
 use std::ptr::null_mut;
 
-const CKM_P11BRIDGE_KMS_ENCRYPT: CK_MECHANISM_TYPE = 0x8B11_D101;
+use p11bridge_vendor::CKM_P11BRIDGE_KMS_ENCRYPT;
 
 #[test]
 fn hsm_session_key_wrapped_under_a_kms_key() {

@@ -32,7 +32,7 @@ mod parking_lot_free {
 
 static SERIAL: Serial = Serial::new();
 
-const CKA_P11BRIDGE_BACKEND: u64 = 0x8B11_D001;
+use p11bridge_vendor::CKA_P11BRIDGE_BACKEND;
 /// The per-call deadline configured below.
 const TIMEOUT_MS: u64 = 2000;
 

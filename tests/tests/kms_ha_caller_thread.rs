@@ -12,7 +12,7 @@ use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use std::time::{Duration, Instant};
 
-const CKA_P11BRIDGE_BACKEND: u64 = 0x8B11_D001;
+use p11bridge_vendor::CKA_P11BRIDGE_BACKEND;
 
 fn kms_key(s: &Session, class: ObjectClass) -> ObjectHandle {
     let v = s

@@ -68,7 +68,10 @@ fn trace_log_holds_no_secret() {
     let va = find_one(&s, "s-aes", ObjectClass::SECRET_KEY);
     let mech = Mechanism::VendorDefined(
         cryptoki::mechanism::vendor_defined::VendorDefinedMechanism::new::<()>(
-            cryptoki::mechanism::MechanismType::new_vendor_defined(0x8B11_D102).unwrap(),
+            cryptoki::mechanism::MechanismType::new_vendor_defined(
+                p11bridge_vendor::CKM_P11BRIDGE_VAULT_ENCRYPT,
+            )
+            .unwrap(),
             None,
         ),
     );

@@ -11,7 +11,7 @@ use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use std::sync::OnceLock;
 
-const CKA_P11BRIDGE_BACKEND: u64 = 0x8B11_D001;
+use p11bridge_vendor::CKA_P11BRIDGE_BACKEND;
 
 fn p() -> &'static Pkcs11 {
     static S: OnceLock<()> = OnceLock::new();

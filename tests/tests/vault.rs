@@ -16,10 +16,10 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHan
 use cryptoki::session::Session;
 use std::sync::OnceLock;
 
-const CKA_P11BRIDGE_BACKEND: u64 = 0x8B11_D001;
-const CKA_P11BRIDGE_KEY_VERSION: u64 = 0x8B11_D002;
-const CKM_P11BRIDGE_VAULT_ENCRYPT: u64 = 0x8B11_D102;
-const CKM_P11BRIDGE_VAULT_REWRAP: u64 = 0x8B11_D103;
+use p11bridge_vendor::CKA_P11BRIDGE_BACKEND;
+use p11bridge_vendor::CKA_P11BRIDGE_KEY_VERSION;
+use p11bridge_vendor::CKM_P11BRIDGE_VAULT_ENCRYPT;
+use p11bridge_vendor::CKM_P11BRIDGE_VAULT_REWRAP;
 
 fn rv(e: Error) -> RvError {
     match e {

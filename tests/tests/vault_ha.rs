@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const CKA_P11BRIDGE_BACKEND: u64 = 0x8B11_D001;
+use p11bridge_vendor::CKA_P11BRIDGE_BACKEND;
 const TIMEOUT_MS: u64 = 4000;
 const COOLDOWN_MS: u64 = 500;
 const SIGN_PATH: &str = "transit/sign/ha-ec";

@@ -14,7 +14,7 @@ use cryptoki::session::Session;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-const CKA_P11BRIDGE_BACKEND: u64 = 0x8B11_D001;
+use p11bridge_vendor::CKA_P11BRIDGE_BACKEND;
 const DEADLINE_MS: u64 = 1500;
 
 /// The tests here freeze the server: they take turns.
@@ -211,7 +211,7 @@ fn approle_tokens_are_renewed_and_replaced() {
 #[test]
 fn rotation_moves_the_public_key_object_and_signatures_together() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    const CKA_P11BRIDGE_KEY_VERSION: u64 = 0x8B11_D002;
+    use p11bridge_vendor::CKA_P11BRIDGE_KEY_VERSION;
     let s = user_session(setup());
     let k = key(&s, "rot", "rot-ec", ObjectClass::PRIVATE_KEY);
     let public = key(&s, "rot", "rot-ec", ObjectClass::PUBLIC_KEY);

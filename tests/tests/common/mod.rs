@@ -12,24 +12,14 @@ use cryptoki::object::{Attribute, AttributeType, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
-/// The bridge's own user PIN for the unified token (different from the upstream's on purpose).
-pub const BRIDGE_PIN: &str = "bridge-pin-5678";
-pub const BRIDGE_SO_PIN: &str = "bridge-so-87654321";
-/// The upstream token's PINs (softhsm-setup.sh's defaults).
-pub const HSM_PIN: &str = "1234";
-pub const HSM_SO_PIN: &str = "12345678";
-pub const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
-
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
+pub use p11bridge_testkit::repo_root;
+// Each test binary uses some of these.
+#[allow(unused_imports)]
+pub use p11bridge_testkit::softhsm::{BRIDGE_PIN, BRIDGE_SO_PIN, HSM_PIN, HSM_SO_PIN, SOFTHSM};
 
 /// The built module: `P11BRIDGE_SO`, else `libp11bridge.so` of the profile this test binary was built in
 /// (`target/<profile>/deps/<test>` → `target/<profile>/libp11bridge.so`).
@@ -72,34 +62,7 @@ pub fn env_with(more_backends: &[&str], sections: &str) -> &'static Env {
         let dir = repo_root()
             .join("target/test-env")
             .join(format!("{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("test dir");
-        let out = Command::new("bash")
-            .arg(repo_root().join("softhsm-setup.sh"))
-            .arg(dir.join("softhsm"))
-            .output()
-            .expect("run softhsm-setup.sh");
-        assert!(
-            out.status.success(),
-            "softhsm-setup.sh failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            if let Some((k, v)) = line
-                .trim()
-                .strip_prefix("export ")
-                .and_then(|l| l.split_once('='))
-            {
-                std::env::set_var(k, v.trim_matches(|c| c == '"' || c == '\''));
-            }
-        }
-        let config = dir.join("p11bridge.toml");
-        std::fs::write(&config, config_text_with(more_backends, sections)).expect("write config");
-        std::env::set_var("P11BRIDGE_CONFIG", &config);
-        std::env::set_var("P11BRIDGE_PIN", BRIDGE_PIN);
-        std::env::set_var("P11BRIDGE_SO_PIN", BRIDGE_SO_PIN);
-        std::env::set_var("HSM_PIN", HSM_PIN);
-        std::env::set_var("HSM_SO_PIN", HSM_SO_PIN);
+        let config = p11bridge_testkit::softhsm::bridge_env(&dir, more_backends, sections);
         Env { dir, config }
     })
 }
@@ -148,32 +111,7 @@ pub fn config_text() -> String {
 }
 
 pub fn config_text_with(more_backends: &[&str], sections: &str) -> String {
-    let backends: Vec<String> = std::iter::once("hsm")
-        .chain(more_backends.iter().copied())
-        .map(|b| format!("\"{b}\""))
-        .collect();
-    let backends = backends.join(", ");
-    format!(
-        r#"
-[[slot]]
-label = "unified"
-user_pin = "env:P11BRIDGE_PIN"
-so_pin = "env:P11BRIDGE_SO_PIN"
-backends = [{backends}]
-
-[[slot]]
-mirror = "hsm"
-
-[backend.hsm]
-kind = "pkcs11"
-module = "{SOFTHSM}"
-token_label = "upstream"
-pin = "env:HSM_PIN"
-so_pin = "env:HSM_SO_PIN"
-
-{sections}
-"#
-    )
+    p11bridge_testkit::softhsm::bridge_config(more_backends, sections)
 }
 
 /// The bridge, initialized once per test binary.
@@ -357,7 +295,7 @@ pub fn sha256(data: &[u8]) -> Vec<u8> {
 /// check that a remote backend's trouble leaves the HSM's keys working.
 #[allow(dead_code)]
 pub fn hsm_sign(s: &Session) {
-    const CKA_P11BRIDGE_BACKEND: u64 = 0x8B11_D001;
+    use p11bridge_vendor::CKA_P11BRIDGE_BACKEND;
     let k = s
         .find_objects(&[
             Attribute::Class(cryptoki::object::ObjectClass::PRIVATE_KEY),

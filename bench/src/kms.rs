@@ -1,0 +1,109 @@
+//! The AWS KMS rows: `C_Sign` ECDSA P-256 through the bridge vs a direct aws-sdk-kms `Sign` (with the bridge's
+//! HTTPS client) to the same moto endpoint, 1 and 8 threads; and the direct client's side of the KMS
+//! enumeration row.
+
+use crate::measure::round;
+use crate::pkcs11::{find, Op};
+use crate::table::{print_row, Row};
+use crate::Bench;
+use cryptoki_sys::*;
+use std::sync::Arc;
+
+/// The direct KMS client: aws-sdk-kms with the same HTTPS client as the bridge, to the same endpoint.
+pub fn kms_client(rt: &tokio::runtime::Runtime, url: &str) -> aws_sdk_kms::Client {
+    rt.block_on(async {
+        let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(p11bridge_backends::kms::http_client())
+            .region(aws_config::Region::new("us-east-1"))
+            .load()
+            .await;
+        aws_sdk_kms::Client::from_conf(
+            aws_sdk_kms::config::Builder::from(&conf)
+                .endpoint_url(url)
+                .build(),
+        )
+    })
+}
+
+/// What the bridge's KMS enumeration needs, one request at a time: aliases, keys, and each key's metadata and
+/// public key.
+pub async fn direct_kms_enum(c: aws_sdk_kms::Client) {
+    let mut marker = None;
+    loop {
+        let r = c
+            .list_aliases()
+            .limit(100)
+            .set_marker(marker.take())
+            .send()
+            .await
+            .expect("aliases");
+        match (r.truncated(), r.next_marker()) {
+            (true, Some(m)) => marker = Some(m.to_string()),
+            _ => break,
+        }
+    }
+    let mut ids = Vec::new();
+    loop {
+        let r = c
+            .list_keys()
+            .limit(1000)
+            .set_marker(marker.take())
+            .send()
+            .await
+            .expect("keys");
+        ids.extend(
+            r.keys()
+                .iter()
+                .filter_map(|k| k.key_id().map(str::to_owned)),
+        );
+        match (r.truncated(), r.next_marker()) {
+            (true, Some(m)) => marker = Some(m.to_string()),
+            _ => break,
+        }
+    }
+    for id in ids {
+        c.describe_key().key_id(&id).send().await.expect("describe");
+        c.get_public_key()
+            .key_id(&id)
+            .send()
+            .await
+            .expect("public key");
+    }
+}
+
+pub fn rows(b: &Bench, kc: &aws_sdk_kms::Client) {
+    let krt = b.runtime;
+    for threads in [1, 8] {
+        let n = b.opts.iters(if threads == 1 { 50 } else { 12 });
+        let mut row = Row::new("KMS C_Sign ECDSA P-256", threads);
+        for _ in 0..b.opts.rounds {
+            let c = kc.clone();
+            let st = round(
+                threads,
+                n,
+                Arc::new(move |_| c.clone()),
+                Arc::new(move |c: &mut aws_sdk_kms::Client| {
+                    let r = krt.block_on(
+                        c.sign()
+                            .key_id("alias/k-ec")
+                            .message(aws_sdk_kms::primitives::Blob::new(vec![7u8; 32]))
+                            .message_type(aws_sdk_kms::types::MessageType::Digest)
+                            .signing_algorithm(
+                                aws_sdk_kms::types::SigningAlgorithmSpec::EcdsaSha256,
+                            )
+                            .send(),
+                    );
+                    assert!(r.expect("kms sign").signature().is_some());
+                }),
+            );
+            row.direct.add(st);
+            row.bridge.add(b.op_round(
+                b.bridge_side(),
+                |m, s| Op::Sign(CKM_ECDSA, find(m, s, "k-ec", CKO_PRIVATE_KEY), 32),
+                threads,
+                n,
+            ));
+        }
+        print_row(&mut row);
+    }
+}

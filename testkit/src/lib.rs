@@ -1,0 +1,26 @@
+//! What the end-to-end tests (`tests/tests/common`), the conformance harness (`conformance/`) and the bench
+//! (`bench/`) share to stand up the world the bridge runs in, so that each is written once:
+//!
+//! - [`softhsm`]: a private SoftHSM2 token made by `softhsm-setup.sh`, the bridge configuration over it (a unified
+//!   slot plus the token's mirror) and the environment that points the bridge at both;
+//! - [`bao`]: an OpenBao dev server, driven through the real `bao` command;
+//! - [`moto`]: moto's KMS behind the project's fidelity layer (`tests/kms/moto_fidelity.py`), with its side
+//!   channel (requests per KMS action, injected faults, key export for replicas) and boto3 for making keys;
+//! - [`process`]: how those servers are started (on free loopback ports, killed when this process exits).
+
+pub mod bao;
+pub mod moto;
+pub mod process;
+pub mod softhsm;
+
+use std::path::{Path, PathBuf};
+
+pub use process::{free_port, free_port_pair, Launch};
+
+/// The root of the workspace (the directory holding `softhsm-setup.sh` and `tests/kms/`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
