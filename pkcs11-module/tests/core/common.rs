@@ -26,7 +26,7 @@ extern "C" {
 }
 
 /// `CKA_P11BRIDGE_BACKEND` (see backends/src/vendor.rs).
-pub const CKA_BACKEND: CK_ATTRIBUTE_TYPE = p11bridge_backends::vendor::CKA_P11BRIDGE_BACKEND;
+pub const CKA_BACKEND: CK_ATTRIBUTE_TYPE = p11bridge_vendor::CKA_P11BRIDGE_BACKEND;
 pub const USER_PIN: &str = "bridge-pin";
 pub const SO_PIN: &str = "bridge-so-pin";
 /// The fake upstream's own PINs (its defaults).

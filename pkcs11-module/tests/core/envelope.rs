@@ -3,7 +3,7 @@
 
 use crate::common::*;
 use cryptoki_sys::*;
-use p11bridge_backends::vendor::CKM_P11BRIDGE_VAULT_ENCRYPT;
+use p11bridge_vendor::CKM_P11BRIDGE_VAULT_ENCRYPT;
 use std::ptr::null_mut;
 
 fn wrap(

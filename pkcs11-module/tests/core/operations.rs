@@ -264,7 +264,7 @@ fn a_secret_key_encrypts_and_decrypts_with_the_service_mechanism() {
     let _b = Bridge::new(THREE);
     let h = user_session();
     let k = key(h, "a-aes", CKO_SECRET_KEY);
-    let m = p11bridge_backends::vendor::CKM_P11BRIDGE_VAULT_ENCRYPT;
+    let m = p11bridge_vendor::CKM_P11BRIDGE_VAULT_ENCRYPT;
     let pt = b"plain text for the fake service";
     assert_eq!(call!(C_EncryptInit, h, &mut mech(m), k), CKR_OK);
     let mut len = 0;

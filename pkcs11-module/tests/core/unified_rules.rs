@@ -51,7 +51,7 @@ fn a_dual_function_update_across_two_backends_is_refused() {
     let h = user_session();
     assert_eq!(call!(C_DigestInit, h, &mut mech(CKM_SHA256)), CKR_OK);
     let aes = key(h, "a-aes", CKO_SECRET_KEY);
-    let m = p11bridge_backends::vendor::CKM_P11BRIDGE_VAULT_ENCRYPT;
+    let m = p11bridge_vendor::CKM_P11BRIDGE_VAULT_ENCRYPT;
     assert_eq!(call!(C_EncryptInit, h, &mut mech(m), aes), CKR_OK);
     let data = [1u8; 16];
     let mut out = [0u8; 64];
