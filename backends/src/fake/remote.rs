@@ -151,39 +151,25 @@ impl FakeService {
     fn make_key(&self, label: &str, key_type: &str) -> Result<FakeKey> {
         let seed = sha256(&[b"p11bridge fake key: ", label.as_bytes()]);
         let bad_seed = || Error::with(CKR_GENERAL_ERROR, format!("key {label}: unusable seed"));
+        let signing = Usage {
+            sign: true,
+            ..Default::default()
+        };
+        let ec = |curve, point: &[u8]| KeyMaterial::Ec {
+            curve,
+            point: point.to_vec(),
+        };
         let (private, material, mechanisms, usage) = match key_type {
             "ec-p256" => {
                 let sk = p256::ecdsa::SigningKey::from_slice(&seed).map_err(|_| bad_seed())?;
-                let point = sk.verifying_key().to_encoded_point(false).as_bytes().to_vec();
-                (
-                    Private::P256(sk),
-                    KeyMaterial::Ec {
-                        curve: Curve::P256,
-                        point,
-                    },
-                    EC_MECHS,
-                    Usage {
-                        sign: true,
-                        ..Default::default()
-                    },
-                )
+                let material = ec(Curve::P256, sk.verifying_key().to_encoded_point(false).as_bytes());
+                (Private::P256(sk), material, EC_MECHS, signing)
             }
             "ec-p384" => {
                 let wide = [seed, sha256(&[&seed])].concat();
                 let sk = p384::ecdsa::SigningKey::from_slice(&wide[..48]).map_err(|_| bad_seed())?;
-                let point = sk.verifying_key().to_encoded_point(false).as_bytes().to_vec();
-                (
-                    Private::P384(sk),
-                    KeyMaterial::Ec {
-                        curve: Curve::P384,
-                        point,
-                    },
-                    EC_MECHS,
-                    Usage {
-                        sign: true,
-                        ..Default::default()
-                    },
-                )
+                let material = ec(Curve::P384, sk.verifying_key().to_encoded_point(false).as_bytes());
+                (Private::P384(sk), material, EC_MECHS, signing)
             }
             "rsa-2048" => {
                 use rsa::pkcs8::DecodePrivateKey;
@@ -212,10 +198,7 @@ impl FakeService {
                     Private::Ed25519(sk),
                     KeyMaterial::Ed25519 { point },
                     &[CKM_EDDSA][..],
-                    Usage {
-                        sign: true,
-                        ..Default::default()
-                    },
+                    signing,
                 )
             }
             "aes-256" => (
@@ -238,10 +221,7 @@ impl FakeService {
                     bits: 256,
                 },
                 HMAC_MECHS,
-                Usage {
-                    sign: true,
-                    ..Default::default()
-                },
+                signing,
             ),
             other => {
                 return Err(Error::with(
