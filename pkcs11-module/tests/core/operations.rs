@@ -323,8 +323,9 @@ fn random_comes_from_the_module_when_no_backend_has_it() {
 }
 
 /// §5.2 (C_Sign): "C_Sign cannot be used to terminate a multi-part operation, and must be called after C_SignInit
-/// without intervening C_SignUpdate calls." SoftHSM2 answers `CKR_OPERATION_ACTIVE`; so should the bridge, for every
-/// backend.
+/// without intervening C_SignUpdate calls." The bridge should refuse it for every backend; `CKR_OPERATION_ACTIVE`
+/// is the code asserted here (the multi-part operation is still active) — check it against SoftHSM2 and the
+/// conformance matrix when fixing.
 #[test]
 #[ignore = "bug: the core passes a single-part C_Sign after C_SignUpdate to the backend, and the remote session \
             engine signs the updates' data plus the new input instead of refusing (core/ops.rs op_single)"]
