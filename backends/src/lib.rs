@@ -19,10 +19,10 @@ pub mod pkcs11;
 pub mod remote;
 pub mod runtime;
 pub mod secret;
-// Test-only backend (`kind = "test-panic"`): compiled in only with the `test-backends` feature, which the test
-// build enables and the Debian package does not.
+// Test-only backends (`kind = "test-panic"`, `"test-fake"`, `"test-fake-pkcs11"`): compiled in only with the
+// `test-backends` feature, which test builds enable and the Debian package does not.
 #[cfg(feature = "test-backends")]
-pub mod testpanic;
+pub mod fake;
 pub mod types;
 pub mod vault;
 pub mod vendor;
@@ -422,12 +422,18 @@ pub fn build_with(
                 Arc::new(svc),
             )))
         }
-        // Tests only (panic containment): compiled in with the `test-backends` feature, and even then unknown unless
+        // Tests only: compiled in with the `test-backends` feature, and even then unknown unless
         // P11BRIDGE_ENABLE_TEST_BACKENDS=1.
         #[cfg(feature = "test-backends")]
-        "test-panic" if testpanic::enabled() => Ok(Arc::new(testpanic::PanicBackend::from_config(
-            name, section,
-        )?)),
+        "test-panic" if fake::enabled() => {
+            Ok(Arc::new(fake::panic::PanicBackend::from_config(name, section)?))
+        }
+        #[cfg(feature = "test-backends")]
+        "test-fake" if fake::enabled() => Ok(Arc::new(fake::remote::build(name, section)?)),
+        #[cfg(feature = "test-backends")]
+        "test-fake-pkcs11" if fake::enabled() => {
+            Ok(Arc::new(fake::upstream::build(name, section)?))
+        }
         other => Err(Error::with(
             CKR_GENERAL_ERROR,
             format!(

@@ -2,10 +2,7 @@
 //! names. It proves panic containment: the caller gets `CKR_GENERAL_ERROR`, the process lives on, and the module
 //! stays usable (see `tests/tests/panic.rs`).
 //!
-//! It is compiled in only with the cargo feature `test-backends` (`--features p11bridge/test-backends`, which
-//! `run-tests.sh` uses and the Debian package does not), and even then only accepted when the environment variable
-//! `P11BRIDGE_ENABLE_TEST_BACKENDS=1` is set at `C_Initialize`; otherwise the kind is unknown (a configuration
-//! error), so a production configuration can never enable it by accident.
+//! Compiled in and accepted under the same two gates as the other fakes (see [`super`]).
 //!
 //! ```toml
 //! [backend.boom]
@@ -17,6 +14,7 @@
 //! the operations for its key, `login` in the unified token's login of its members, `open_session` when a bridge
 //! session first uses it.
 
+use super::{Script, ScriptConfig};
 use crate::{
     fill_attr, Backend, BackendSession, Error, Mechanism, ObjRef, OpKind, Out, Result, Template,
     Token,
@@ -24,14 +22,6 @@ use crate::{
 use cryptoki_sys::*;
 use serde::Deserialize;
 use std::sync::Arc;
-
-/// The environment variable that lets `kind = "test-panic"` be configured.
-pub const ENABLE_ENV: &str = "P11BRIDGE_ENABLE_TEST_BACKENDS";
-
-/// Whether test backends are enabled in this process.
-pub fn enabled() -> bool {
-    std::env::var(ENABLE_ENV).is_ok_and(|v| v == "1")
-}
 
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
@@ -61,14 +51,14 @@ const OPS: &[&str] = &[
 
 struct Shared {
     label: String,
-    panic_in: Vec<String>,
+    /// Only panics are configured (no `fail`): `enter` panics or succeeds.
+    script: Arc<Script>,
 }
 
 impl Shared {
     fn maybe_panic(&self, op: &str) {
-        if self.panic_in.iter().any(|p| p == op) {
-            panic!("test-panic backend: panic in {op} (configured)");
-        }
+        // Never an error: this kind's configuration has no `fail` key.
+        let _ = self.script.enter(op);
     }
 }
 
@@ -80,22 +70,12 @@ pub struct PanicBackend {
 impl PanicBackend {
     pub fn from_config(name: &str, section: &toml::Table) -> Result<Self> {
         let cfg: Config = crate::parse_section(name, section)?;
-        for p in &cfg.panic_in {
-            if !OPS.contains(&p.as_str()) {
-                return Err(Error::with(
-                    CKR_GENERAL_ERROR,
-                    format!(
-                        "backend.{name}.panic_in: unknown operation \"{p}\" (one of {})",
-                        OPS.join(", ")
-                    ),
-                ));
-            }
-        }
+        let script = ScriptConfig::panicking_in(cfg.panic_in).install(name, OPS)?;
         Ok(PanicBackend {
             name: name.to_string(),
             shared: Arc::new(Shared {
                 label: cfg.label,
-                panic_in: cfg.panic_in,
+                script,
             }),
         })
     }
@@ -118,23 +98,14 @@ struct PanicToken(Arc<Shared>);
 
 impl Token for PanicToken {
     fn slot_info(&self) -> Result<CK_SLOT_INFO> {
-        Ok(CK_SLOT_INFO {
-            slotDescription: crate::pad("test-panic"),
-            manufacturerID: crate::pad("p11bridge"),
-            flags: CKF_TOKEN_PRESENT,
-            hardwareVersion: CK_VERSION { major: 0, minor: 0 },
-            firmwareVersion: CK_VERSION { major: 0, minor: 0 },
-        })
+        Ok(super::slot_info("test-panic"))
     }
     fn token_info(&self) -> Result<CK_TOKEN_INFO> {
-        // SAFETY: a plain C structure; all-zero is valid.
-        let mut ti: CK_TOKEN_INFO = unsafe { std::mem::zeroed() };
-        ti.label = crate::pad("test-panic");
-        ti.manufacturerID = crate::pad("p11bridge");
-        ti.model = crate::pad("test-panic");
-        ti.serialNumber = crate::pad("0");
-        ti.flags = CKF_TOKEN_INITIALIZED;
-        Ok(ti)
+        Ok(super::token_info(
+            "test-panic",
+            "test-panic",
+            CKF_TOKEN_INITIALIZED,
+        ))
     }
     fn mechanism_list(&self) -> Result<Vec<CK_MECHANISM_TYPE>> {
         Ok(vec![CKM_ECDSA])
