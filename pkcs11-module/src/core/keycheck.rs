@@ -256,6 +256,22 @@ pub fn check(t: &Template, ec_key: Option<bool>) -> Result<()> {
 mod tests {
     use super::*;
 
+    const P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    fn cat(parts: &[&[u8]]) -> Vec<u8> {
+        parts.concat()
+    }
+
+    /// `openssl ecparam -name prime256v1 -param_enc explicit -outform DER`
+    const EXPLICIT_P256: &str = "3081f7020101302c06072a8648ce3d0101022100ffffffff00000001000000000000000000000000ffffffffffffffffffffffff305b0420ffffffff00000001000000000000000000000000fffffffffffffffffffffffc04205ac635d8aa3a93e7b3ebbd55769886bc651d06b0cc53b0f63bce3c3e27d2604b031500c49d360886e704936a6678e1139d26b7819f7e900441046b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c2964fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5022100ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551020101";
+
     #[test]
     fn curves_and_points() {
         assert!(known_curve(&[
@@ -276,5 +292,399 @@ mod tests {
         let mut long = vec![0x04, 0x81, 0x85, 0x04];
         long.extend([1u8; 132]);
         assert!(ec_point_ok(&long));
+    }
+
+    /// The named curves accepted: OpenSSL 3's 80, each exactly as `openssl ecparam -name NAME -outform DER` writes
+    /// its OID: every arc of the list enumerated, the accepted last components pinned (31 + 7 + 16 + 11 + 14 + SM2).
+    #[test]
+    fn named_curves_pinned() {
+        let accepted: Vec<Vec<u8>> = (0u8..=0x30)
+            .flat_map(|x| {
+                [
+                    vec![0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, x],
+                    vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, x],
+                    vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x00, x],
+                    vec![0x06, 0x05, 0x67, 0x2b, 0x01, 0x04, x],
+                    vec![
+                        0x06, 0x09, 0x2b, 0x24, 0x03, 0x03, 0x02, 0x08, 0x01, 0x01, x,
+                    ],
+                ]
+            })
+            .filter(|v| known_curve(v))
+            .collect();
+        let arc = |prefix: &[u8]| {
+            let mut v: Vec<u8> = accepted
+                .iter()
+                .filter(|c| c.starts_with(prefix))
+                .map(|c| c[c.len() - 1])
+                .collect();
+            v.sort();
+            v
+        };
+        // SEC 2 (1.3.132.0.x), X9.62 prime (1.2.840.10045.3.1.x) and binary (…3.0.x), WTLS (2.23.43.1.4.x),
+        // Brainpool (1.3.36.3.3.2.8.1.1.x).
+        assert_eq!(
+            arc(&[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00]),
+            [
+                1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 15, 16, 17, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31,
+                32, 33, 34, 35, 36, 37, 38, 39
+            ]
+        );
+        assert_eq!(
+            arc(&[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01]),
+            [1, 2, 3, 4, 5, 6, 7]
+        );
+        assert_eq!(
+            arc(&[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x00]),
+            [1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13, 16, 17, 18, 19, 20]
+        );
+        assert_eq!(
+            arc(&[0x06, 0x05, 0x67, 0x2b, 0x01, 0x04]),
+            [1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+        );
+        assert_eq!(
+            arc(&[0x06, 0x09, 0x2b, 0x24, 0x03, 0x03, 0x02, 0x08, 0x01, 0x01]),
+            (1..=14).collect::<Vec<u8>>()
+        );
+        // SM2 (1.2.156.10197.1.301) is the 80th.
+        let sm2 = [0x06, 0x08, 0x2a, 0x81, 0x1c, 0xcf, 0x55, 0x01, 0x82, 0x2d];
+        assert!(known_curve(&sm2));
+        assert_eq!(accepted.len() + 1, 80);
+    }
+
+    /// What `known_curve` refuses: anything but the exact DER of one of those OIDs.
+    #[test]
+    fn named_curve_encodings_refused() {
+        let refused: &[(&str, Vec<u8>)] = &[
+            ("empty", vec![]),
+            ("tag only", vec![0x06]),
+            ("truncated", P256[..9].to_vec()),
+            ("trailing byte", cat(&[P256, &[0x00]])),
+            ("trailing OID", cat(&[P256, P256])),
+            (
+                "long-form length (non-minimal)",
+                cat(&[&[0x06, 0x81, 0x08], &P256[2..]]),
+            ),
+            (
+                "long-form length with a leading zero",
+                cat(&[&[0x06, 0x82, 0x00, 0x08], &P256[2..]]),
+            ),
+            (
+                "indefinite length",
+                cat(&[&[0x06, 0x80], &P256[2..], &[0, 0]]),
+            ),
+            (
+                "huge length",
+                cat(&[&[0x06, 0x84, 0xff, 0xff, 0xff, 0xff], &P256[2..]]),
+            ),
+            ("length too short", cat(&[&[0x06, 0x07], &P256[2..]])),
+            ("length too long", cat(&[&[0x06, 0x09], &P256[2..]])),
+            ("OCTET STRING tag", cat(&[&[0x04], &P256[1..]])),
+            ("RELATIVE-OID tag", cat(&[&[0x0d], &P256[1..]])),
+            ("constructed OID tag", cat(&[&[0x26], &P256[1..]])),
+            (
+                "non-minimal arc (0x80 padding)",
+                vec![
+                    0x06, 0x09, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x80, 0x07,
+                ],
+            ),
+            (
+                "unknown arc of X9.62",
+                vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x08],
+            ),
+            (
+                "unknown SEC 2 arc",
+                vec![0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0b],
+            ),
+            (
+                "ecPublicKey (no curve)",
+                vec![0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01],
+            ),
+            ("Ed25519 OID", vec![0x06, 0x03, 0x2b, 0x65, 0x70]),
+            ("X25519 OID", vec![0x06, 0x03, 0x2b, 0x65, 0x6e]),
+            ("curve name string", b"\x13\x0cedwards25519".to_vec()),
+            ("implicitlyCA", vec![0x05, 0x00]),
+            ("explicit parameters", hex(EXPLICIT_P256)),
+        ];
+        for (what, v) in refused {
+            assert!(!known_curve(v), "{what} accepted");
+        }
+    }
+
+    /// `CKA_EC_POINT` as accepted today: a DER OCTET STRING (definite length, any length form) of a SEC 1 point, or
+    /// the raw point; the point's shape only (its length against the curve and whether it lies on it are the
+    /// token's business).
+    #[test]
+    fn ec_points_pinned() {
+        let xy = [7u8; 64];
+        let x = [9u8; 32];
+        let u: Vec<u8> = cat(&[&[0x04], &xy]); // uncompressed, not on any curve
+        let cases: &[(&str, Vec<u8>, bool)] = &[
+            ("uncompressed, DER", cat(&[&[0x04, 0x41], &u]), true),
+            ("uncompressed, raw", u.clone(), true),
+            (
+                "compressed even, DER",
+                cat(&[&[0x04, 0x21, 0x02], &x]),
+                true,
+            ),
+            ("compressed odd, DER", cat(&[&[0x04, 0x21, 0x03], &x]), true),
+            ("compressed even, raw", cat(&[&[0x02], &x]), true),
+            ("compressed odd, raw", cat(&[&[0x03], &x]), true),
+            ("compressed, 1-byte x", vec![0x02, 0x01], true),
+            ("uncompressed, 2-byte x||y", vec![0x04, 0x01, 0x02], true),
+            (
+                "uncompressed, odd coordinate bytes, raw",
+                cat(&[&[0x04], &xy[..63]]),
+                false,
+            ),
+            (
+                "uncompressed, odd coordinate bytes, DER",
+                cat(&[&[0x04, 0x40, 0x04], &xy[..63]]),
+                false,
+            ),
+            ("hybrid 06, raw", cat(&[&[0x06], &xy]), false),
+            ("hybrid 07, raw", cat(&[&[0x07], &xy]), false),
+            // Not a point as DER, but 04 and 66 bytes taken raw (as are the next rows).
+            ("hybrid 06, DER", cat(&[&[0x04, 0x41, 0x06], &xy]), true),
+            ("compact 05, raw", cat(&[&[0x05], &x]), false),
+            ("infinity, raw", vec![0x00], false),
+            ("infinity, DER", vec![0x04, 0x01, 0x00], true),
+            ("empty", vec![], false),
+            ("empty OCTET STRING", vec![0x04, 0x00], false),
+            ("tag only", vec![0x04], false),
+            ("compressed, no x", vec![0x02], false),
+            ("compressed, no x, DER", vec![0x04, 0x01, 0x03], true),
+            (
+                "long-form length (non-minimal)",
+                cat(&[&[0x04, 0x81, 0x41], &u]),
+                true,
+            ),
+            (
+                "long-form length with leading zeros",
+                cat(&[&[0x04, 0x84, 0x00, 0x00, 0x00, 0x41], &u]),
+                true,
+            ),
+            (
+                "long-form, 2 bytes",
+                cat(&[&[0x04, 0x82, 0x00, 0x41], &u]),
+                true,
+            ),
+            (
+                "5-byte length",
+                cat(&[&[0x04, 0x85, 0, 0, 0, 0, 0x41], &u]),
+                false,
+            ),
+            // 04 80 ... is no DER; taken raw it is 04 and an even number of bytes.
+            (
+                "indefinite length, 68 bytes",
+                cat(&[&[0x04, 0x80], &u, &[0, 0]]),
+                true,
+            ),
+            (
+                "indefinite length, 67 bytes",
+                cat(&[&[0x04, 0x80], &u, &[0]]),
+                false,
+            ),
+            ("truncated DER", cat(&[&[0x04, 0x41], &u[..64]]), false),
+            ("length short by one", cat(&[&[0x04, 0x40], &u]), true),
+            ("one trailing byte", cat(&[&[0x04, 0x41], &u, &[0]]), false),
+            // Two trailing bytes: no DER, but raw it is 04 and 68 bytes.
+            (
+                "two trailing bytes",
+                cat(&[&[0x04, 0x41], &u, &[0, 0]]),
+                true,
+            ),
+            (
+                "huge length (raw: 04 and 70 bytes)",
+                cat(&[&[0x04, 0x84, 0xff, 0xff, 0xff, 0xff], &u]),
+                true,
+            ),
+            (
+                "huge length (raw: 04 and 71 bytes)",
+                cat(&[&[0x04, 0x84, 0xff, 0xff, 0xff, 0xff], &u, &[0]]),
+                false,
+            ),
+            // A BIT STRING (as in a SubjectPublicKeyInfo) starts with 03: raw, a "compressed point".
+            ("BIT STRING", cat(&[&[0x03, 0x42, 0x00], &u]), true),
+            ("SEQUENCE", cat(&[&[0x30, 0x41], &u]), false),
+            (
+                "OCTET STRING in an OCTET STRING",
+                cat(&[&[0x04, 0x43, 0x04, 0x41], &u]),
+                true,
+            ),
+            (
+                "P-521, DER",
+                cat(&[&[0x04, 0x81, 0x85, 0x04], &[1u8; 132]]),
+                true,
+            ),
+            ("P-521, raw", cat(&[&[0x04], &[1u8; 132]]), true),
+        ];
+        let wrong: Vec<&str> = cases
+            .iter()
+            .filter(|(_, v, ok)| ec_point_ok(v) != *ok)
+            .map(|(what, _, _)| *what)
+            .collect();
+        assert!(wrong.is_empty(), "{wrong:?}");
+    }
+
+    fn attr(ty: CK_ATTRIBUTE_TYPE, v: &[u8]) -> CK_ATTRIBUTE {
+        CK_ATTRIBUTE {
+            type_: ty,
+            pValue: v.as_ptr() as *mut std::ffi::c_void,
+            ulValueLen: v.len() as CK_ULONG,
+        }
+    }
+
+    /// `check` on templates: `Ok` or the `CK_RV` it refuses with.
+    fn run(attrs: &[CK_ATTRIBUTE], ec_key: Option<bool>) -> std::result::Result<(), CK_RV> {
+        // SAFETY: every attribute points into a live slice of its length.
+        let t = unsafe { Template::from_raw(attrs) };
+        check(&t, ec_key).map_err(|e| e.rv())
+    }
+
+    #[test]
+    fn templates_pinned() {
+        let ec = CKK_EC.to_ne_bytes();
+        let rsa = CKK_RSA.to_ne_bytes();
+        let ed = CKK_EC_EDWARDS.to_ne_bytes();
+        let bad: &[u8] = &[0xde, 0xad, 0xbe, 0xef];
+        let explicit = hex(EXPLICIT_P256);
+        let mut point = vec![0x04, 0x41, 0x04];
+        point.extend([7u8; 64]);
+        let invalid = Err(CKR_ATTRIBUTE_VALUE_INVALID);
+        // Named curve, explicit parameters, DER and raw points.
+        assert_eq!(
+            run(&[attr(CKA_KEY_TYPE, &ec), attr(CKA_EC_PARAMS, P256)], None),
+            Ok(())
+        );
+        assert_eq!(
+            run(
+                &[attr(CKA_KEY_TYPE, &ec), attr(CKA_EC_PARAMS, &explicit)],
+                None
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            run(
+                &[
+                    attr(CKA_KEY_TYPE, &ec),
+                    attr(CKA_EC_PARAMS, P256),
+                    attr(CKA_EC_POINT, &point)
+                ],
+                None
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            run(
+                &[attr(CKA_KEY_TYPE, &ec), attr(CKA_EC_POINT, &point[2..])],
+                None
+            ),
+            Ok(())
+        );
+        // Refused: bad parameters, bad explicit parameters, bad point.
+        assert_eq!(
+            run(&[attr(CKA_KEY_TYPE, &ec), attr(CKA_EC_PARAMS, bad)], None),
+            invalid
+        );
+        assert_eq!(
+            run(&[attr(CKA_KEY_TYPE, &ec), attr(CKA_EC_PARAMS, &[])], None),
+            invalid
+        );
+        assert_eq!(
+            run(
+                &[
+                    attr(CKA_KEY_TYPE, &ec),
+                    attr(CKA_EC_PARAMS, &explicit[..explicit.len() - 1])
+                ],
+                None
+            ),
+            invalid
+        );
+        assert_eq!(
+            run(
+                &[attr(CKA_KEY_TYPE, &ec), attr(CKA_EC_POINT, &[0x04, 0x00])],
+                None
+            ),
+            invalid
+        );
+        assert_eq!(
+            run(
+                &[
+                    attr(CKA_KEY_TYPE, &ec),
+                    attr(CKA_EC_PARAMS, P256),
+                    attr(CKA_EC_POINT, &[0x06, 1, 2])
+                ],
+                None
+            ),
+            invalid
+        );
+        // Every occurrence of a repeated attribute is checked.
+        assert_eq!(
+            run(
+                &[
+                    attr(CKA_KEY_TYPE, &ec),
+                    attr(CKA_EC_PARAMS, P256),
+                    attr(CKA_EC_PARAMS, bad)
+                ],
+                None
+            ),
+            invalid
+        );
+        assert_eq!(
+            run(
+                &[
+                    attr(CKA_KEY_TYPE, &ec),
+                    attr(CKA_EC_POINT, &point),
+                    attr(CKA_EC_POINT, &[0x00])
+                ],
+                None
+            ),
+            invalid
+        );
+        // A key type that is not CKK_EC is not checked; any CKK_EC among repeated key types is.
+        assert_eq!(
+            run(&[attr(CKA_KEY_TYPE, &rsa), attr(CKA_EC_PARAMS, bad)], None),
+            Ok(())
+        );
+        assert_eq!(
+            run(&[attr(CKA_KEY_TYPE, &ed), attr(CKA_EC_PARAMS, bad)], None),
+            Ok(())
+        );
+        // EC if anything says so: the object is EC although the template names another key type.
+        assert_eq!(
+            run(
+                &[attr(CKA_KEY_TYPE, &ed), attr(CKA_EC_PARAMS, bad)],
+                Some(true)
+            ),
+            invalid
+        );
+        assert_eq!(
+            run(
+                &[
+                    attr(CKA_KEY_TYPE, &rsa),
+                    attr(CKA_KEY_TYPE, &ec),
+                    attr(CKA_EC_PARAMS, bad)
+                ],
+                None
+            ),
+            invalid
+        );
+        // A key type of the wrong size is no CKK_EC.
+        assert_eq!(
+            run(
+                &[attr(CKA_KEY_TYPE, &[3u8]), attr(CKA_EC_PARAMS, bad)],
+                None
+            ),
+            Ok(())
+        );
+        // No key type in the template: what the caller knows of the object decides.
+        assert_eq!(run(&[attr(CKA_EC_PARAMS, bad)], None), Ok(()));
+        assert_eq!(run(&[attr(CKA_EC_PARAMS, bad)], Some(false)), Ok(()));
+        assert_eq!(run(&[attr(CKA_EC_PARAMS, bad)], Some(true)), invalid);
+        assert_eq!(run(&[attr(CKA_EC_POINT, &[0x00])], Some(true)), invalid);
+        // No EC material: nothing to check.
+        assert_eq!(run(&[attr(CKA_KEY_TYPE, &ec)], Some(true)), Ok(()));
+        assert_eq!(run(&[], Some(true)), Ok(()));
     }
 }
