@@ -18,6 +18,8 @@ use der::asn1::{AnyRef, BitStringRef, ObjectIdentifier, OctetStringRef, UintRef}
 use der::{Decode, Sequence};
 use num_bigint::BigUint;
 
+use super::keycheck::{sec1_point, Sec1Point};
+
 const PRIME_FIELD: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.1.1");
 const MAX_FIELD_BITS: u64 = 661;
 
@@ -168,22 +170,20 @@ impl Field {
         a: &BigUint,
         b: &BigUint,
     ) -> Option<(BigUint, BigUint)> {
-        let (&tag, rest) = enc.split_first()?;
-        match tag {
-            0x04 if rest.len() == 2 * len => {
-                let x = BigUint::from_bytes_be(&rest[..len]);
-                let y = BigUint::from_bytes_be(&rest[len..]);
+        match sec1_point(enc)? {
+            Sec1Point::Uncompressed { x, y } if x.len() == len => {
+                let x = BigUint::from_bytes_be(x);
+                let y = BigUint::from_bytes_be(y);
                 (x < self.p && y < self.p && self.mul(&y, &y) == self.rhs(&x, a, b))
                     .then_some((x, y))
             }
-            0x02 | 0x03 if rest.len() == len => {
-                let x = BigUint::from_bytes_be(rest);
+            Sec1Point::Compressed { x, odd_y } if x.len() == len => {
+                let x = BigUint::from_bytes_be(x);
                 if x >= self.p {
                     return None;
                 }
                 let y = self.sqrt(&self.rhs(&x, a, b))?;
-                let want_odd = tag == 0x03;
-                let y = if y.bit(0) == want_odd {
+                let y = if y.bit(0) == odd_y {
                     y
                 } else {
                     self.sub(&BigUint::ZERO, &y)
