@@ -1,4 +1,11 @@
-//! Just enough DER: writing certificates and public keys, reading the few structures we receive.
+//! Just enough DER: writing certificates and public keys, reading the few structures we receive, and the
+//! `CKA_EC_POINT` OCTET STRING the core checks (core/keycheck.rs).
+//!
+//! Hand-written where the `der` crate does not fit (the core uses it for OIDs and explicit EC parameters):
+//! - reading takes a definite length in any form, minimal or not (`read`); `der` reads canonical DER only, and the
+//!   bridge has always accepted such values (pinned by the tests below and keycheck's);
+//! - writing concatenates parts already encoded and cannot fail; `der`'s encoders can (lengths of 256 MiB and
+//!   more), and these functions, called from every remote backend and certificate path, have no error to give.
 
 pub fn len(n: usize) -> Vec<u8> {
     if n < 0x80 {
@@ -50,7 +57,8 @@ pub fn utf8(s: &str) -> Vec<u8> {
     tlv(0x0c, s.as_bytes())
 }
 
-/// Reads one TLV: (tag, contents, rest).
+/// Reads one TLV: (tag, contents, rest). One tag byte; a definite length, short or long form of 1 to 4 bytes,
+/// leading zeros allowed. `None` if the input ends before the contents do.
 pub fn read(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let tag = *b.first()?;
     let l0 = *b.get(1)? as usize;
@@ -71,7 +79,7 @@ pub fn read(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     Some((tag, b.get(off..end)?, &b[end..]))
 }
 
-/// The contents of a DER OCTET STRING that is the whole input.
+/// The contents of an OCTET STRING that is the whole input (any definite length form, see `read`).
 pub fn unwrap_octets(b: &[u8]) -> Option<&[u8]> {
     match read(b)? {
         (0x04, c, []) => Some(c),
