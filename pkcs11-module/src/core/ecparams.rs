@@ -18,6 +18,8 @@ use der::asn1::{AnyRef, BitStringRef, ObjectIdentifier, OctetStringRef, UintRef}
 use der::{Decode, Sequence};
 use num_bigint::BigUint;
 
+use super::keycheck::{sec1_point, Sec1Point};
+
 const PRIME_FIELD: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.1.1");
 const MAX_FIELD_BITS: u64 = 661;
 
@@ -168,22 +170,20 @@ impl Field {
         a: &BigUint,
         b: &BigUint,
     ) -> Option<(BigUint, BigUint)> {
-        let (&tag, rest) = enc.split_first()?;
-        match tag {
-            0x04 if rest.len() == 2 * len => {
-                let x = BigUint::from_bytes_be(&rest[..len]);
-                let y = BigUint::from_bytes_be(&rest[len..]);
+        match sec1_point(enc)? {
+            Sec1Point::Uncompressed { x, y } if x.len() == len => {
+                let x = BigUint::from_bytes_be(x);
+                let y = BigUint::from_bytes_be(y);
                 (x < self.p && y < self.p && self.mul(&y, &y) == self.rhs(&x, a, b))
                     .then_some((x, y))
             }
-            0x02 | 0x03 if rest.len() == len => {
-                let x = BigUint::from_bytes_be(rest);
+            Sec1Point::Compressed { x, odd_y } if x.len() == len => {
+                let x = BigUint::from_bytes_be(x);
                 if x >= self.p {
                     return None;
                 }
                 let y = self.sqrt(&self.rhs(&x, a, b))?;
-                let want_odd = tag == 0x03;
-                let y = if y.bit(0) == want_odd {
+                let y = if y.bit(0) == odd_y {
                     y
                 } else {
                     self.sub(&BigUint::ZERO, &y)
@@ -346,6 +346,65 @@ mod tests {
             sing[b_at + i] = 0;
         }
         assert!(check(&sing).is_err());
+    }
+
+    /// `openssl ecparam -name NAME -param_enc explicit -outform DER` of P-384, P-521 and secp256k1.
+    const OTHERS: [&str; 3] = [
+        "30820157020101303c06072a8648ce3d0101023100fffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffeffffffff0000000000000000ffffffff307b0430fffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffeffffffff0000000000000000fffffffc0430b3312fa7e23ee7e4988e056be3f82d19181d9c6efe8141120314088f5013875ac656398d8a2ed19d2a85c8edd3ec2aef031500a335926aa319a27a1d00896a6773a4827acdac73046104aa87ca22be8b05378eb1c71ef320ad746e1d3b628ba79b9859f741e082542a385502f25dbf55296c3a545e3872760ab73617de4a96262c6f5d9e98bf9292dc29f8f41dbd289a147ce9da3113b5f0b8c00a60b1ce1d7e819d7a431d7c90ea0e5f023100ffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf581a0db248b0a77aecec196accc52973020101",
+        "308201c3020101304d06072a8648ce3d0101024201ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff30819f044201fffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffc04420051953eb9618e1c9a1f929a21a0b68540eea2da725b99b315f3b8b489918ef109e156193951ec7e937b1652c0bd3bb1bf073573df883d2c34f1ef451fd46b503f00031500d09e8800291cb85396cc6717393284aaa0da64ba0481850400c6858e06b70404e9cd9e3ecb662395b4429c648139053fb521f828af606b4d3dbaa14b5e77efe75928fe1dc127a2ffa8de3348b3c1856a429bf97e7e31c2e5bd66011839296a789a3bc0045c8a5fb42c7d1bd998f54449579b446817afbd17273e662c97ee72995ef42640c550b9013fad0761353c7086a272c24088be94769fd16650024201fffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffa51868783bf2f966b7fcc0148f709a5d03bb5c9b8899c47aebb6fb71e91386409020101",
+        "3081e0020101302c06072a8648ce3d0101022100fffffffffffffffffffffffffffffffffffffffffffffffffffffffefffffc2f3044042000000000000000000000000000000000000000000000000000000000000000000420000000000000000000000000000000000000000000000000000000000000000704410479be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798483ada7726a3c4655da4fbfc0e1108a8fd17b448a68554199c47d08ffb10d4b8022100fffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141020101",
+    ];
+
+    #[test]
+    fn explicit_corpus_pinned() {
+        for v in OTHERS {
+            assert_eq!(check(&hex(v)), Ok(()), "{v}");
+        }
+        let good = hex(P256);
+        let with = |at: usize, byte: u8| {
+            let mut v = good.clone();
+            v[at] = byte;
+            v
+        };
+        let cat = |parts: &[&[u8]]| parts.concat();
+        // Without the cofactor (outer length 0xf7 - 3) and without the seed (curve 0x5b - 23, outer 0xf7 - 23).
+        let mut no_cofactor = good[..good.len() - 3].to_vec();
+        no_cofactor[2] = 0xf4;
+        assert_eq!(check(&no_cofactor), Ok(()));
+        let seed_at = 0x7a;
+        assert_eq!(&good[seed_at..seed_at + 3], &[0x03, 0x15, 0x00]);
+        let mut no_seed = cat(&[&good[..seed_at], &good[seed_at + 23..]]);
+        no_seed[2] = 0xe0;
+        no_seed[0x35] = 0x44;
+        assert_eq!(check(&no_seed), Ok(()));
+        let refused: &[(&str, Vec<u8>)] = &[
+            ("version 2", with(5, 2)),
+            ("version 0", with(5, 0)),
+            ("characteristic-two field", with(16, 0x02)),
+            ("cofactor 2 (Hasse)", with(good.len() - 1, 2)),
+            ("hybrid base point", with(147, 0x06)),
+            ("another p (G off the curve)", with(0x2b, 0xfe)),
+            ("trailing byte", cat(&[&good, &[0]])),
+            (
+                "non-minimal outer length",
+                cat(&[&[0x30, 0x82, 0x00], &good[2..]]),
+            ),
+            (
+                "indefinite outer length",
+                cat(&[&[0x30, 0x80], &good[3..], &[0, 0]]),
+            ),
+            ("truncated", good[..good.len() - 1].to_vec()),
+            ("empty", vec![]),
+            ("named curve OID", hex("06082a8648ce3d030107")),
+            ("implicitlyCA", vec![0x05, 0x00]),
+            ("OCTET STRING tag", with(0, 0x04)),
+        ];
+        let wrong: Vec<&str> = refused
+            .iter()
+            .filter(|(_, v)| check(v).is_ok())
+            .map(|(what, _)| *what)
+            .collect();
+        assert!(wrong.is_empty(), "accepted: {wrong:?}");
     }
 
     #[test]
