@@ -27,6 +27,20 @@ pub enum OpKind {
 }
 
 impl OpKind {
+    /// The answer to a single-part call (`C_Sign`, `C_Verify`, `C_Encrypt`, ...) after the operation's `*Update`:
+    /// §5.2 — a single-part call "cannot be used to terminate a multi-part operation". The operation ends, as the
+    /// call always ends it; the code is SoftHSM2's for the same sequence (`CKR_OPERATION_NOT_INITIALIZED`: no
+    /// single-part operation was initialized), so unified and mirror slots answer alike.
+    pub fn single_part_after_update(self) -> Error {
+        Error::with(
+            CKR_OPERATION_NOT_INITIALIZED,
+            format!(
+                "a single-part call cannot finish a multi-part {self:?} operation (an update was made); the \
+                 multi-part operation ends with its Final call"
+            ),
+        )
+    }
+
     pub const ALL: [OpKind; 7] = [
         OpKind::Encrypt,
         OpKind::Decrypt,

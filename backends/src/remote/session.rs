@@ -32,6 +32,8 @@ struct Op {
     input: Input,
     /// A result computed for a buffer that was too small, handed out on the retry.
     result: Option<Zeroizing<Vec<u8>>>,
+    /// Whether `*Update` was called: then only `*Final` may finish the operation.
+    updated: bool,
 }
 
 pub struct RemoteSession {
@@ -79,10 +81,10 @@ fn is_hmac(mech: CK_MECHANISM_TYPE) -> bool {
 }
 
 /// What to ask the service to sign (or to verify locally) for this operation and its complete input.
-fn sign_request(op: &Op, data: Either) -> Result<SignRequest> {
+fn sign_request(op: &Op, data: SignInput) -> Result<SignRequest> {
     let m = op.mech;
     Ok(match (&op.key.material, data) {
-        (KeyMaterial::Rsa { .. }, Either::Digest(d)) => {
+        (KeyMaterial::Rsa { .. }, SignInput::Digest(d)) => {
             let hash = mech::mechanism_hash(m).ok_or(Error::new(CKR_MECHANISM_INVALID))?;
             let pad = match op.pss {
                 Some((_, salt)) => RsaPad::Pss(salt),
@@ -94,7 +96,7 @@ fn sign_request(op: &Op, data: Either) -> Result<SignRequest> {
                 digest: d,
             }
         }
-        (KeyMaterial::Rsa { .. }, Either::Raw(input)) if m == CKM_RSA_PKCS => {
+        (KeyMaterial::Rsa { .. }, SignInput::Raw(input)) if m == CKM_RSA_PKCS => {
             let (hash, digest) = mech::parse_digest_info(input)?;
             SignRequest::Rsa {
                 hash,
@@ -102,7 +104,7 @@ fn sign_request(op: &Op, data: Either) -> Result<SignRequest> {
                 digest: digest.to_vec(),
             }
         }
-        (KeyMaterial::Rsa { .. }, Either::Raw(input)) if m == CKM_RSA_PKCS_PSS => {
+        (KeyMaterial::Rsa { .. }, SignInput::Raw(input)) if m == CKM_RSA_PKCS_PSS => {
             let (hash, salt) = op.pss.ok_or(Error::new(CKR_MECHANISM_PARAM_INVALID))?;
             if input.len() != hash.len() {
                 return Err(Error::with(
@@ -116,11 +118,11 @@ fn sign_request(op: &Op, data: Either) -> Result<SignRequest> {
                 digest: input.to_vec(),
             }
         }
-        (KeyMaterial::Ec { .. }, Either::Digest(d)) => SignRequest::Ecdsa {
+        (KeyMaterial::Ec { .. }, SignInput::Digest(d)) => SignRequest::Ecdsa {
             hash: mech::mechanism_hash(m).ok_or(Error::new(CKR_MECHANISM_INVALID))?,
             digest: d,
         },
-        (KeyMaterial::Ec { .. }, Either::Raw(input)) if m == CKM_ECDSA => SignRequest::Ecdsa {
+        (KeyMaterial::Ec { .. }, SignInput::Raw(input)) if m == CKM_ECDSA => SignRequest::Ecdsa {
             hash: Hash::from_len(input.len()).ok_or_else(|| {
                 Error::with(
                     CKR_DATA_LEN_RANGE,
@@ -129,14 +131,16 @@ fn sign_request(op: &Op, data: Either) -> Result<SignRequest> {
             })?,
             digest: input.to_vec(),
         },
-        (KeyMaterial::Ed25519 { .. }, Either::Raw(input)) if m == CKM_EDDSA => SignRequest::Eddsa {
-            message: Zeroizing::new(input.to_vec()),
-        },
+        (KeyMaterial::Ed25519 { .. }, SignInput::Raw(input)) if m == CKM_EDDSA => {
+            SignRequest::Eddsa {
+                message: Zeroizing::new(input.to_vec()),
+            }
+        }
         _ => return Err(Error::new(CKR_KEY_TYPE_INCONSISTENT)),
     })
 }
 
-enum Either<'a> {
+enum SignInput<'a> {
     Digest(Vec<u8>),
     Raw(&'a [u8]),
 }
@@ -197,8 +201,8 @@ impl RemoteSession {
             }
             OpKind::Sign => {
                 let req = match digest {
-                    Some(d) => sign_request(op, Either::Digest(d))?,
-                    None => sign_request(op, Either::Raw(&buf))?,
+                    Some(d) => sign_request(op, SignInput::Digest(d))?,
+                    None => sign_request(op, SignInput::Raw(&buf))?,
                 };
                 Zeroizing::new(svc.sign(&k, &req)?)
             }
@@ -261,6 +265,16 @@ impl RemoteSession {
         r
     }
 
+    /// A single-part call after an update ends the operation with an error (see
+    /// [`OpKind::single_part_after_update`]).
+    fn refuse_single_after_update(&mut self, kind: OpKind) -> Result<()> {
+        if self.ops.get(kind).is_some_and(|op| op.updated) {
+            self.ops.clear(kind);
+            return Err(kind.single_part_after_update());
+        }
+        Ok(())
+    }
+
     fn verify_all(&mut self, last: &[u8], signature: &[u8]) -> Result<()> {
         let Some(mut op) = self.ops.take(OpKind::Verify) else {
             return Err(Error::new(CKR_OPERATION_NOT_INITIALIZED));
@@ -278,8 +292,8 @@ impl RemoteSession {
                 .map_err(|e| self.shared.op_failed("MAC verification", &op.key.label, e));
         }
         let req = match digest {
-            Some(d) => sign_request(&op, Either::Digest(d))?,
-            None => sign_request(&op, Either::Raw(&buf))?,
+            Some(d) => sign_request(&op, SignInput::Digest(d))?,
+            None => sign_request(&op, SignInput::Raw(&buf))?,
         };
         mech::verify_local(&op.key.material, &req, signature)
     }
@@ -496,6 +510,7 @@ impl BackendSession for RemoteSession {
                 key: k,
                 input,
                 result: None,
+                updated: false,
             },
         );
         Ok(())
@@ -503,7 +518,10 @@ impl BackendSession for RemoteSession {
 
     fn op_single(&mut self, kind: OpKind, input: &[u8], out: Out) -> Result<usize> {
         match kind {
-            OpKind::Sign | OpKind::Encrypt | OpKind::Decrypt => self.finish(kind, input, out),
+            OpKind::Sign | OpKind::Encrypt | OpKind::Decrypt => {
+                self.refuse_single_after_update(kind)?;
+                self.finish(kind, input, out)
+            }
             _ => Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED)),
         }
     }
@@ -513,6 +531,7 @@ impl BackendSession for RemoteSession {
         if op.result.is_some() {
             return Err(Error::new(CKR_OPERATION_ACTIVE));
         }
+        op.updated = true;
         match &mut op.input {
             Input::Hash(h) => h.update(input),
             Input::Buffer(b) => b.extend_from_slice(input),
@@ -530,6 +549,7 @@ impl BackendSession for RemoteSession {
     }
 
     fn verify(&mut self, data: &[u8], signature: &[u8]) -> Result<()> {
+        self.refuse_single_after_update(OpKind::Verify)?;
         self.verify_all(data, signature)
     }
 

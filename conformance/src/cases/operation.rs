@@ -194,6 +194,43 @@ pub(super) fn operation_state(c: &mut Checks, b: &'static Bridge) {
         C_Sign(h, dp, 32, bp, &mut len)
     );
     close(b, h);
+    // §5.2: a single-part call cannot finish a multi-part operation; the call ends it (SoftHSM2's code).
+    let rsa_sign = |h| call!(f, C_SignInit(h, &mut mech(CKM_SHA256_RSA_PKCS), x.rsa_priv));
+    let h = op_session(b, &x, rsa_sign);
+    chk!(c, f, CKR_OK, "(multi-part)", C_SignUpdate(h, dp, 32));
+    len = 512;
+    chk!(
+        c,
+        f,
+        w,
+        "after C_SignUpdate",
+        C_Sign(h, dp, 32, bp, &mut len)
+    );
+    len = 512;
+    chk!(
+        c,
+        f,
+        w,
+        "after a C_Sign that ended it",
+        C_SignFinal(h, bp, &mut len)
+    );
+    close(b, h);
+    let rsa_verify = |h| {
+        call!(
+            f,
+            C_VerifyInit(h, &mut mech(CKM_SHA256_RSA_PKCS), x.rsa_pub)
+        )
+    };
+    let h = op_session(b, &x, rsa_verify);
+    chk!(c, f, CKR_OK, "(multi-part)", C_VerifyUpdate(h, dp, 32));
+    chk!(
+        c,
+        f,
+        w,
+        "after C_VerifyUpdate",
+        C_Verify(h, dp, 32, dp, 256)
+    );
+    close(b, h);
 }
 
 // ------------------------------------------------------------------------------------------------ two-call

@@ -5,6 +5,7 @@
 
 use cryptoki_sys::*;
 use p11bridge_backends::digest::{digest_info, mechanism_hash, Hash, Hasher};
+use p11bridge_backends::{OpKind, Result};
 
 /// The raw mechanism a hash-and-sign mechanism rests on.
 pub fn base_of(m: CK_MECHANISM_TYPE) -> Option<CK_MECHANISM_TYPE> {
@@ -27,6 +28,8 @@ pub struct Emulated {
     hash: Hash,
     base: CK_MECHANISM_TYPE,
     hasher: Hasher,
+    /// Whether `*Update` was called: then only `*Final` may finish the operation.
+    updated: bool,
 }
 
 impl Emulated {
@@ -38,13 +41,24 @@ impl Emulated {
                 hash,
                 base,
                 hasher: Hasher::new(hash),
+                updated: false,
             },
             base,
         ))
     }
 
     pub fn update(&mut self, data: &[u8]) {
+        self.updated = true;
         self.hasher.update(data);
+    }
+
+    /// The raw mechanism's input for a single-part call: everything of `data`, or the error of a single-part call
+    /// after an update ([`OpKind::single_part_after_update`]).
+    pub fn single_input(&self, kind: OpKind, data: &[u8]) -> Result<Vec<u8>> {
+        if self.updated {
+            return Err(kind.single_part_after_update());
+        }
+        Ok(self.input(data))
     }
 
     /// The raw mechanism's input for everything hashed so far plus `last` (the state is kept, so that a length

@@ -271,9 +271,14 @@ impl Module {
             kind,
             |r| survives(r, len_query),
             |call| {
-                match call.emulated().map(|e| e.input(input)) {
+                match call.emulated().map(|e| e.single_input(kind, input)) {
                     // Emulated hash-and-sign: the backend signs the digest with the raw mechanism, single-part.
-                    Some(raw) => call.backend()?.op_single(kind, &raw, out),
+                    Some(Ok(raw)) => call.backend()?.op_single(kind, &raw, out),
+                    Some(Err(e)) => {
+                        // The operation ends (§5.2): the backend's raw operation too.
+                        let _ = call.backend()?.op_cancel(kind);
+                        Err(e)
+                    }
                     None => call.backend()?.op_single(kind, input, out),
                 }
             },
@@ -323,10 +328,17 @@ impl Module {
             OpKind::Verify,
             |_| false,
             |call| {
-                let emulated = call.emulated().map(|e| e.input(data.unwrap_or(&[])));
+                let emulated = call.emulated().map(|e| match data {
+                    Some(d) => e.single_input(OpKind::Verify, d),
+                    None => Ok(e.input(&[])),
+                });
                 let bs = call.backend()?;
                 match (emulated, data) {
-                    (Some(raw), _) => bs.verify(&raw, signature),
+                    (Some(Err(e)), _) => {
+                        let _ = bs.op_cancel(OpKind::Verify);
+                        Err(e)
+                    }
+                    (Some(Ok(raw)), _) => bs.verify(&raw, signature),
                     (None, Some(d)) => bs.verify(d, signature),
                     (None, None) => bs.verify_final(signature),
                 }

@@ -138,3 +138,49 @@ fn no_emulation_without_a_raw_base() {
     let k = key(h, "b-ed", CKO_PRIVATE_KEY);
     assert_ne!(sign_init(h, &mech(CKM_ECDSA_SHA256), k), CKR_OK);
 }
+
+/// §5.2 over the emulation: a single-part C_Sign / C_Verify after an update ends the operation with
+/// CKR_OPERATION_NOT_INITIALIZED (as SoftHSM2 answers), and the backend's raw operation ends too: a new Init works.
+#[test]
+fn emulated_single_part_after_an_update_is_refused() {
+    let _b = Bridge::new(THREE);
+    let h = user_session();
+    let k = key(h, "b-ec", CKO_PRIVATE_KEY);
+    let public = key(h, "b-ec", CKO_PUBLIC_KEY);
+    let data = b"part";
+    let mut sig = [0u8; 64];
+    let mut len: CK_ULONG = 64;
+    assert_eq!(sign_init(h, &mech(CKM_ECDSA_SHA256), k), CKR_OK);
+    assert_eq!(call!(C_SignUpdate, h, data.as_ptr() as *mut _, 4), CKR_OK);
+    assert_eq!(
+        call!(
+            C_Sign,
+            h,
+            data.as_ptr() as *mut _,
+            4,
+            sig.as_mut_ptr(),
+            &mut len
+        ),
+        CKR_OPERATION_NOT_INITIALIZED
+    );
+    let good = sign(h, &mech(CKM_ECDSA_SHA256), k, data).expect("a new operation signs");
+    assert!(p256_verifies(&ec_point(h, public), &sha256(data), &good));
+    let mut m = mech(CKM_ECDSA_SHA256);
+    assert_eq!(call!(C_VerifyInit, h, &mut m, public), CKR_OK);
+    assert_eq!(call!(C_VerifyUpdate, h, data.as_ptr() as *mut _, 4), CKR_OK);
+    assert_eq!(
+        call!(
+            C_Verify,
+            h,
+            data.as_ptr() as *mut _,
+            4,
+            good.as_ptr() as *mut _,
+            good.len() as CK_ULONG
+        ),
+        CKR_OPERATION_NOT_INITIALIZED
+    );
+    assert_eq!(
+        verify(h, &mech(CKM_ECDSA_SHA256), public, data, &good),
+        CKR_OK
+    );
+}

@@ -326,9 +326,10 @@ fn random_comes_from_the_module_when_no_backend_has_it() {
 /// without intervening C_SignUpdate calls." The bridge should refuse it for every backend; `CKR_OPERATION_ACTIVE`
 /// is the code asserted here (the multi-part operation is still active) — check it against SoftHSM2 and the
 /// conformance matrix when fixing.
+/// §5.2: a single-part call cannot finish a multi-part operation. The answer is SoftHSM2's for the same sequence
+/// (`CKR_OPERATION_NOT_INITIALIZED`), and the operation ends; over the remote engine and over hash-and-sign
+/// emulation alike. Verify likewise.
 #[test]
-#[ignore = "bug: the core passes a single-part C_Sign after C_SignUpdate to the backend, and the remote session \
-            engine signs the updates' data plus the new input instead of refusing (core/ops.rs op_single)"]
 fn a_single_part_call_after_an_update_is_refused() {
     let _b = Bridge::new(THREE);
     let h = user_session();
@@ -355,6 +356,24 @@ fn a_single_part_call_after_an_update_is_refused() {
             sig.as_mut_ptr(),
             &mut len
         ),
-        CKR_OPERATION_ACTIVE
+        CKR_OPERATION_NOT_INITIALIZED
+    );
+    // The operation ended: Final has nothing to finish, a new Init works.
+    assert_eq!(
+        call!(C_SignFinal, h, sig.as_mut_ptr(), &mut len),
+        CKR_OPERATION_NOT_INITIALIZED
+    );
+    assert_eq!(sign_init(h, &mech(CKM_ECDSA_SHA256), k), CKR_OK);
+    len = 64;
+    assert_eq!(
+        call!(
+            C_Sign,
+            h,
+            part.as_ptr() as *mut _,
+            part.len() as CK_ULONG,
+            sig.as_mut_ptr(),
+            &mut len
+        ),
+        CKR_OK
     );
 }
