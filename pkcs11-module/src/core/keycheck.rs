@@ -166,6 +166,45 @@ pub fn ec_point_ok(v: &[u8]) -> bool {
 
 /// Every value of attribute `ty` in the template (a template may repeat an attribute; upstream modules differ in
 /// which occurrence wins, so all are checked).
+/// Whether a mechanism uses an EC (Weierstrass) key's curve: ECDSA in every hash variant, ECDH and ECMQV.
+pub fn uses_ec_curve(mech: CK_MECHANISM_TYPE) -> bool {
+    (CKM_ECDSA..=CKM_ECDH_AES_KEY_WRAP).contains(&mech)
+}
+
+/// Checks, before a key is used with an EC mechanism, the curve its backend stores for it: a key that names no
+/// usable curve is `CKR_KEY_TYPE_INCONSISTENT` (§5.13: not a key for this mechanism). The creation checks above keep
+/// such keys out; this is the second fence, for keys that got in another way (SoftHSM2 2.6.1 dies in
+/// `EC_POINT_oct2point` on them: the fuzzer still found one, state-dependent, after every creation path was
+/// checked). A key whose attributes cannot be read is left to the backend.
+pub fn usable_ec_key(
+    bs: &mut dyn p11bridge_backends::BackendSession,
+    obj: p11bridge_backends::ObjRef,
+) -> Result<()> {
+    let mut kt: CK_KEY_TYPE = CK_UNAVAILABLE_INFORMATION;
+    let mut params = [0u8; 1024];
+    let mut t = [
+        p11bridge_backends::attribute(CKA_KEY_TYPE, &mut kt),
+        p11bridge_backends::attribute(CKA_EC_PARAMS, &mut params[..]),
+    ];
+    let _ = bs.get_attributes(obj, &mut t);
+    if kt != CKK_EC || t[1].ulValueLen == CK_UNAVAILABLE_INFORMATION {
+        return Ok(());
+    }
+    let v = &params[..(t[1].ulValueLen as usize).min(params.len())];
+    if known_curve(v) {
+        return Ok(());
+    }
+    match super::ecparams::check(v) {
+        Ok(()) => Ok(()),
+        Err(why) => Err(Error::with(
+            CKR_KEY_TYPE_INCONSISTENT,
+            format!(
+                "the EC key's CKA_EC_PARAMS, as its backend stores it, names no usable curve ({why}); the bridge does not use it"
+            ),
+        )),
+    }
+}
+
 fn values<'a>(t: &Template<'a>, ty: CK_ATTRIBUTE_TYPE) -> Result<Vec<&'a [u8]>> {
     t.raw()
         .iter()

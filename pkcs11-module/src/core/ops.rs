@@ -200,6 +200,9 @@ impl Module {
             }
             None => (slot.backend_for_mechanism(mech.mech_type())?, None),
         };
+        if let Some(o) = obj.filter(|_| super::keycheck::uses_ec_curve(mech.mech_type())) {
+            super::keycheck::usable_ec_key(inner.backend(slot, s.rw, pos)?, o)?;
+        }
         let started = std::time::Instant::now();
         // A hash-and-sign mechanism this key's backend lacks, while it has the raw one: hash here, sign there.
         let emulation = match kind {
@@ -651,6 +654,9 @@ impl Module {
         let for_backend = BackendTemplate::new(t);
         let st = for_backend.get();
         let mut inner = s.lock();
+        if super::keycheck::uses_ec_curve(mech.mech_type()) {
+            super::keycheck::usable_ec_key(inner.backend(slot, s.rw, pos)?, bo)?;
+        }
         let o = key_handle_rv(
             inner.backend(slot, s.rw, pos)?.derive_key(&mech, bo, st),
             CKR_KEY_HANDLE_INVALID,
