@@ -132,6 +132,14 @@ fn a_frozen_vault_fails_within_the_deadline_and_nothing_else_suffers() {
     let k = key(&s, "vault", "r-ec", ObjectClass::PRIVATE_KEY);
     s.sign(&Mechanism::Ecdsa, k, &[1u8; 32]).unwrap();
     bao().freeze();
+    // Thawed whatever happens below: a failed assertion must not leave the server frozen for the other tests.
+    struct Thaw;
+    impl Drop for Thaw {
+        fn drop(&mut self) {
+            bao().thaw();
+        }
+    }
+    let thaw = Thaw;
     // While one thread waits on the frozen Vault, another signs with the HSM's key on its own session.
     let hsm = std::thread::spawn(|| {
         let s2 = user_session(p11());
@@ -150,7 +158,7 @@ fn a_frozen_vault_fails_within_the_deadline_and_nothing_else_suffers() {
     let found = s
         .find_objects(&[Attribute::Label(b"r-ec".to_vec())])
         .unwrap();
-    bao().thaw();
+    drop(thaw);
     assert_eq!(rv(e), RvError::DeviceError);
     // The deadline, plus the runtime's one-second safety margin at most.
     assert!(

@@ -99,12 +99,18 @@ fn module_slot(key: usize, claim: bool) -> Option<usize> {
 }
 
 /// Waits, at most `max`, until no thread is inside the module whose function list is at `key`.
-pub fn wait_module_idle(key: usize, max: std::time::Duration) {
+pub fn wait_module_idle(key: usize, max: std::time::Duration) -> bool {
     let Some(i) = module_slot(key, false) else {
-        return;
+        return true;
     };
     let start = std::time::Instant::now();
-    while MODULE_CALLS[i].load(std::sync::atomic::Ordering::SeqCst) > 0 && start.elapsed() < max {
+    loop {
+        if MODULE_CALLS[i].load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            return true;
+        }
+        if start.elapsed() >= max {
+            return false;
+        }
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
@@ -348,10 +354,13 @@ pub fn reinitialize(lib: &Lib, ctx: &BuildContext) -> Result<bool> {
         return Ok(false);
     }
     let f = e.lib.f();
-    // Never finalize a module under a thread inside it (calls to a dead member fail fast; 3 s at most).
-    wait_module_idle(f as *const _ as usize, std::time::Duration::from_secs(3));
-    if let Some(f3) = e.lib.f3() {
-        wait_module_idle(f3 as *const _ as usize, std::time::Duration::from_secs(3));
+    // Never finalize a module under a thread inside it: p11-kit-client.so finalized under a call leaves that thread
+    // waiting forever. Calls to a dead member fail fast; one still inside after 3 s (a loaded machine) means not
+    // now: the member stays down and the next probe round tries again.
+    let idle = |key: usize| wait_module_idle(key, std::time::Duration::from_secs(3));
+    if !idle(f as *const _ as usize) || !e.lib.f3().is_none_or(|f3| idle(f3 as *const _ as usize)) {
+        tracing::info!(module = %e.lib.path.display(), "re-initialization deferred: a call is still inside the module");
+        return Ok(false);
     }
     up!(f, C_Finalize(std::ptr::null_mut()));
     let mut args = init_args(ctx);
