@@ -29,15 +29,8 @@ for t in $targets; do
     (cd "$here" && nice -n 10 cargo fuzz build -O -a --target-dir "$target_dir" "$t") || exit 1
 done
 
-# The targets' per-process work directories (a SoftHSM2 token, a hostile backend's configuration) end in the pid;
-# remove those whose process is gone — never another run's (a campaign beside CI's run lost its configuration so).
-sweep_work_dirs() {
-    local d
-    for d in "$root"/target/conformance/fuzz-token-* "${TMPDIR:-/tmp}"/p11bridge-hostile-*; do
-        [[ -e $d ]] || continue
-        kill -0 "${d##*-}" 2>/dev/null || rm -rf "$d"
-    done
-}
+# shellcheck source=lib.sh
+source "$here/lib.sh"
 
 host=$(rustc -vV | sed -n 's/^host: //p')
 work=$root/target/conformance/fuzz

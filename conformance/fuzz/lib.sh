@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Shared by run.sh and campaign.sh (sourced; needs $root).
+
+# The targets' per-process work directories (a SoftHSM2 token, a hostile backend's configuration) end in the pid;
+# remove those whose process is gone — never another run's (a campaign beside CI's run lost its configuration so).
+sweep_work_dirs() {
+    local d
+    for d in "$root"/target/conformance/fuzz-token-* "${TMPDIR:-/tmp}"/p11bridge-hostile-*; do
+        [[ -e $d ]] || continue
+        kill -0 "${d##*-}" 2>/dev/null || rm -rf "$d"
+    done
+}
+
