@@ -28,7 +28,8 @@ suite() {
 
 suite fmt cargo fmt --all -- --check
 suite clippy cargo clippy --release --all-targets -- -D warnings
-# The test build: with the test-only backend kind = "test-panic" (tests/tests/panic.rs), which the Debian package
+# The test build: with the test-only backend kinds of backends/src/fake/ (test-panic for tests/tests/panic.rs; test-fake
+# and test-fake-pkcs11 for the core tests), which the Debian package
 # leaves out. The end-to-end tests load target/release/libp11bridge.so as the build step leaves it (`cargo test`
 # does not replace that file); the tests get the same features so that nothing is compiled twice. Later,
 # conformance/run.sh and scripts/package.sh build the module without the feature.
