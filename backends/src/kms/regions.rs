@@ -356,6 +356,15 @@ impl KmsService {
                     h => {
                         if h == Health::Down && self.health.unwell(i) {
                             tracing::warn!(backend = %self.name, region = %self.region_name(i), "region unhealthy: breaker open");
+                            crate::diag::notice(&format!(
+                                "backend \"{}\" (aws-kms): region {} is down ({}); calls go to the other regions until it answers a probe",
+                                self.name,
+                                self.region_name(i),
+                                match &f {
+                                    Fault::Unreachable(why) | Fault::Credentials(why) => why.clone(),
+                                    Fault::Service(code, msg, status) => format!("HTTP {status} {code}: {msg}"),
+                                }
+                            ));
                         }
                         if several {
                             tracing::debug!(backend = %self.name, region = %self.region_name(i), fault = ?f, "failing over");

@@ -134,6 +134,10 @@ impl VaultService {
             let unwell = |why: String| {
                 if self.health.unwell(idx) {
                     tracing::warn!(backend = %self.name, address = %addr, "address unhealthy: breaker open");
+                    crate::diag::notice(&format!(
+                        "backend \"{}\" (vault-transit): {addr} is down ({why}); calls go to the other addresses until it answers a probe",
+                        self.name
+                    ));
                 }
                 Fault::Unreachable(why)
             };

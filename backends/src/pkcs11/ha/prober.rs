@@ -10,6 +10,10 @@ impl Group {
         if self.health.unwell(m.index) {
             tracing::warn!(target: T, group = %self.name, member = %m.name, error = %e,
                 served = m.routed.load(SeqCst), "member down: breaker open");
+            crate::diag::notice(&format!(
+                "backend \"{}\" (pkcs11-ha): member \"{}\" is down ({e}); calls go to the other members until it answers a probe",
+                self.name, m.name
+            ));
             self.ensure_prober();
         }
     }
