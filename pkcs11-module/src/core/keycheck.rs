@@ -186,11 +186,16 @@ pub fn usable_ec_key(
         p11bridge_backends::attribute(CKA_KEY_TYPE, &mut kt),
         p11bridge_backends::attribute(CKA_EC_PARAMS, &mut params[..]),
     ];
-    let _ = bs.get_attributes(obj, &mut t);
-    if kt != CKK_EC || t[1].ulValueLen == CK_UNAVAILABLE_INFORMATION {
+    // A failed read (a concurrent C_Logout hid the private key, a value longer than the buffer, ...) leaves the
+    // lengths unreliable: the backend decides then, as it would without the fence.
+    if bs.get_attributes(obj, &mut t) != CKR_OK
+        || kt != CKK_EC
+        || t[1].ulValueLen == CK_UNAVAILABLE_INFORMATION
+        || t[1].ulValueLen as usize > params.len()
+    {
         return Ok(());
     }
-    let v = &params[..(t[1].ulValueLen as usize).min(params.len())];
+    let v = &params[..t[1].ulValueLen as usize];
     if known_curve(v) {
         return Ok(());
     }
