@@ -1,0 +1,235 @@
+//! Vault login with the `aws` auth method (IAM type): the bridge signs `sts:GetCallerIdentity` with the AWS
+//! credentials of its environment and logs in with it; transit keys are then listed and sign (openssl verifies).
+//! A wrong identity, or a server ID header the mount requires and the bridge does not send, is refused, and the
+//! refusal reaches the person in Vault's words (`C_P11BRIDGE_GetLastError`, the stderr line of a new process). The
+//! token is renewed, and obtained again once it has expired.
+//!
+//! Servers: a real OpenBao dev server (transit, tokens, policies) and moto (IAM user, its access key, STS
+//! GetCallerIdentity). OpenBao 2.x has no `aws` auth method built in, and its plugin is not installable here, so
+//! the login itself is served by `tests/vault/aws_auth.py` in front of OpenBao (`Bao::with_aws_auth`), which does
+//! Vault's checks against moto's STS and hands out real OpenBao tokens. moto does not check SigV4 signatures.
+
+mod common;
+
+use common::bao::{bao, AwsAuthFront};
+use common::moto::moto;
+use common::*;
+use cryptoki::context::Pkcs11;
+use cryptoki::mechanism::Mechanism;
+use serde_json::json;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+struct Setup {
+    /// Where the bridge logs in: the `aws` auth stand-in in front of OpenBao.
+    front: AwsAuthFront,
+    /// The ARN of the IAM user whose access key the bridge has (moto's account 123456789012).
+    arn: String,
+    dir: std::path::PathBuf,
+}
+
+const KEY: &str = "iam-ec";
+
+fn setup() -> &'static Setup {
+    static S: OnceLock<Setup> = OnceLock::new();
+    S.get_or_init(|| {
+        let b = bao();
+        b.ok(&["secrets", "enable", "transit"]);
+        b.ok(&["write", "-f", &format!("transit/keys/{KEY}"), "type=ecdsa-p256"]);
+        let dir = repo_root()
+            .join("target/test-env")
+            .join(format!("vault-aws-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let policy = dir.join("iam-transit.hcl");
+        std::fs::write(
+            &policy,
+            "path \"transit/keys/*\" { capabilities = [\"read\", \"list\"] }\npath \"transit/sign/*\" { capabilities = [\"update\"] }\n",
+        )
+        .unwrap();
+        b.ok(&["policy", "write", "iam-transit", &policy.display().to_string()]);
+        // An IAM user in moto and its access key: what GetCallerIdentity names.
+        let m = moto();
+        let user: serde_json::Value = serde_json::from_str(&m.boto(&format!(
+            "iam = boto3.client('iam', endpoint_url='{}', region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing')\n\
+             arn = iam.create_user(UserName='p11bridge-app')['User']['Arn']\n\
+             k = iam.create_access_key(UserName='p11bridge-app')['AccessKey']\n\
+             print(json.dumps({{'arn': arn, 'id': k['AccessKeyId'], 'secret': k['SecretAccessKey']}}))",
+            m.url
+        )))
+        .unwrap();
+        let arn = user["arn"].as_str().unwrap().to_string();
+        // The bridge's credentials: the default chain reads them from the environment.
+        std::env::set_var("AWS_ACCESS_KEY_ID", user["id"].as_str().unwrap());
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", user["secret"].as_str().unwrap());
+        std::env::remove_var("AWS_SESSION_TOKEN");
+        std::env::remove_var("AWS_PROFILE");
+        let role = |bound: &str, ttl: &str| {
+            json!({"bound_iam_principal_arn": [bound], "policies": ["iam-transit"], "ttl": ttl})
+        };
+        let front = b.with_aws_auth(
+            &m.url,
+            &json!({
+                "aws": {"header_value": null, "roles": {
+                    "app": role(&arn, "1h"),
+                    "short": role(&arn, "3s"),
+                    "other": role("arn:aws:iam::123456789012:user/someone-else", "1h"),
+                }},
+                "aws-strict": {"header_value": "p11bridge-test", "roles": {"app": role(&arn, "1h")}},
+            }),
+        );
+        let mut section = String::new();
+        for (name, keys) in [
+            ("vault", "aws_role = \"app\""),
+            ("vaultstrict", "aws_role = \"app\"\naws_mount = \"aws-strict\"\naws_header_value = \"p11bridge-test\""),
+            ("vaultnoheader", "aws_role = \"app\"\naws_mount = \"aws-strict\""),
+            ("vaultother", "aws_role = \"other\""),
+            ("vaultshort", "aws_role = \"short\""),
+        ] {
+            section.push_str(&format!(
+                "\n[backend.{name}]\nkind = \"vault-transit\"\naddress = \"{}\"\n{keys}\nkeys = [\"{KEY}\"]\ncert_cache_dir = \"{}\"\ntimeout_ms = 5000\n",
+                front.addr,
+                dir.join("certs").display()
+            ));
+            if name != "vault" {
+                section.push_str(&format!(
+                    "\n[[slot]]\nlabel = \"{name}\"\nuser_pin = \"env:P11BRIDGE_PIN\"\nbackends = [\"{name}\"]\n"
+                ));
+            }
+        }
+        env_with(&["vault"], &section);
+        Setup {
+            front,
+            arn,
+            dir,
+        }
+    })
+}
+
+fn p() -> &'static Pkcs11 {
+    setup();
+    p11()
+}
+
+/// Signs with the transit key through backend `b` in a session on `label`; openssl verifies the signature.
+fn sign_and_verify(label: &str, b: &str) {
+    let s = session_on(p(), label);
+    let (public, private) = key_pair(&s, KEY, b);
+    let data = b"signed after an AWS IAM login";
+    let sig = s.sign(&Mechanism::Ecdsa, private, &sha256(data)).unwrap();
+    assert!(
+        openssl_verify(
+            &spki(&s, public),
+            Some("sha256"),
+            &[],
+            data,
+            &der::ecdsa_der(&sig)
+        ),
+        "{b}: openssl rejects the signature"
+    );
+}
+
+/// Searches a token whose only backend cannot log in; the thread's last cause.
+fn search_cause(label: &str) -> String {
+    let s = session_on(p(), label);
+    let found = s.find_objects(&[]).unwrap_or_default();
+    assert!(found.is_empty(), "{label}: {found:?}");
+    last_error().1
+}
+
+#[test]
+fn an_iam_login_lists_and_signs_with_transit_keys() {
+    sign_and_verify("unified", "vault");
+}
+
+#[test]
+fn the_server_id_header_is_sent_signed_when_configured() {
+    sign_and_verify("vaultstrict", "vaultstrict");
+}
+
+#[test]
+fn a_role_bound_to_another_principal_is_refused_in_words() {
+    let st = setup();
+    let text = search_cause("vaultother");
+    for want in [
+        "backend \"vaultother\"".to_string(),
+        format!(
+            "login failed: AWS IAM login as role \"other\" (POST {}/v1/auth/aws/login): HTTP 400: ",
+            st.front.addr
+        ),
+        format!(
+            "IAM Principal \"{}\" does not belong to the role \"other\"",
+            st.arn
+        ),
+    ] {
+        assert!(text.contains(&want), "{want:?} missing from {text:?}");
+    }
+    assert!(
+        !text.contains(&std::env::var("AWS_SECRET_ACCESS_KEY").unwrap()),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_missing_server_id_header_is_refused_in_words() {
+    let st = setup();
+    let text = search_cause("vaultnoheader");
+    for want in [
+        "backend \"vaultnoheader\"".to_string(),
+        format!(
+            "AWS IAM login as role \"app\" (POST {}/v1/auth/aws-strict/login): HTTP 400: ",
+            st.front.addr
+        ),
+        "missing header \"X-Vault-AWS-IAM-Server-ID\"".to_string(),
+    ] {
+        assert!(text.contains(&want), "{want:?} missing from {text:?}");
+    }
+}
+
+#[test]
+fn a_new_process_says_on_stderr_that_the_login_was_refused() {
+    let st = setup();
+    let config = st.dir.join("other.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[slot]]\nlabel = \"other\"\nuser_pin = \"env:P11BRIDGE_PIN\"\nbackends = [\"vaultother\"]\n\n\
+             [backend.vaultother]\nkind = \"vault-transit\"\naddress = \"{}\"\naws_role = \"other\"\nkeys = [\"{KEY}\"]\ntimeout_ms = 5000\n",
+            st.front.addr
+        ),
+    )
+    .unwrap();
+    let err = list_objects_stderr(&config);
+    for want in [
+        format!(
+            "p11bridge: backend \"vaultother\" (vault-transit, {}): ",
+            st.front.addr
+        ),
+        "AWS IAM login as role \"other\"".to_string(),
+        "HTTP 400".to_string(),
+        format!(
+            "IAM Principal \"{}\" does not belong to the role \"other\"",
+            st.arn
+        ),
+    ] {
+        assert!(err.contains(&want), "{want:?} missing from stderr:\n{err}");
+    }
+}
+
+#[test]
+fn the_token_is_renewed_and_obtained_again_after_it_expired() {
+    let st = setup();
+    let logins = || st.front.logins("aws", "short");
+    let renewed = || bao().requests("auth/token/renew-self");
+    sign_and_verify("vaultshort", "vaultshort");
+    let (first, renewals) = (logins(), renewed());
+    assert_eq!(first, 1);
+    // The lease is 3 s: renewed once two thirds of it have passed (only this backend's tokens are that short).
+    std::thread::sleep(Duration::from_millis(2500));
+    sign_and_verify("vaultshort", "vaultshort");
+    assert!(renewed() > renewals, "no renew-self after 2/3 of the lease");
+    assert_eq!(logins(), 1, "a new login where a renewal would do");
+    // A token that expired meanwhile cannot be renewed: the bridge logs in again.
+    std::thread::sleep(Duration::from_millis(4500));
+    sign_and_verify("vaultshort", "vaultshort");
+    assert_eq!(logins(), 2, "no new login after the token expired");
+}
