@@ -15,13 +15,10 @@ use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error, RvError};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, CertificateType, ObjectClass, ObjectHandle};
-use cryptoki::session::{Session, UserType};
-use cryptoki::types::AuthPin;
+use cryptoki::session::Session;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
-
-use p11bridge_vendor::CKA_P11BRIDGE_BACKEND;
 
 struct Setup {
     vault_addr: String,
