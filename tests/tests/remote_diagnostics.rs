@@ -793,7 +793,7 @@ timeout_ms = 3000
         ),
     )
     .unwrap();
-    let err = list_objects_stderr(&config);
+    let (_, err) = list_objects(&config, &[]);
     assert!(
         err.contains(&format!(
             "p11bridge: backend \"vaultbad\" (vault-transit, {}): cannot list its keys: ",

@@ -5,9 +5,10 @@
 //! token is renewed, and obtained again once it has expired.
 //!
 //! Servers: a real OpenBao dev server (transit, tokens, policies) and moto (IAM user, its access key, STS
-//! GetCallerIdentity). OpenBao 2.x has no `aws` auth method built in, and its plugin is not installable here, so
-//! the login itself is served by `tests/vault/aws_auth.py` in front of OpenBao (`Bao::with_aws_auth`), which does
-//! Vault's checks against moto's STS and hands out real OpenBao tokens. moto does not check SigV4 signatures.
+//! GetCallerIdentity, with moto's request authentication on: the SigV4 signature is checked and the user's policy
+//! must allow `sts:GetCallerIdentity`). OpenBao 2.x has no `aws` auth method built in, and its plugin is not
+//! installable here, so the login itself is served by `tests/vault/aws_auth.py` in front of OpenBao
+//! (`Bao::with_aws_auth`), which does Vault's checks against moto's STS and hands out real OpenBao tokens.
 
 mod common;
 
@@ -25,6 +26,8 @@ struct Setup {
     front: AwsAuthFront,
     /// The ARN of the IAM user whose access key the bridge has (moto's account 123456789012).
     arn: String,
+    /// Its access key id and secret.
+    key: (String, String),
     dir: std::path::PathBuf,
 }
 
@@ -47,12 +50,16 @@ fn setup() -> &'static Setup {
         )
         .unwrap();
         b.ok(&["policy", "write", "iam-transit", &policy.display().to_string()]);
-        // An IAM user in moto and its access key: what GetCallerIdentity names.
+        // An IAM user in moto, its access key and a policy allowing GetCallerIdentity: the three requests moto
+        // serves before it authenticates every request (signature and policy).
+        std::env::set_var("INITIAL_NO_AUTH_ACTION_COUNT", "3");
         let m = moto();
+        std::env::remove_var("INITIAL_NO_AUTH_ACTION_COUNT");
         let user: serde_json::Value = serde_json::from_str(&m.boto(&format!(
             "iam = boto3.client('iam', endpoint_url='{}', region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing')\n\
              arn = iam.create_user(UserName='p11bridge-app')['User']['Arn']\n\
              k = iam.create_access_key(UserName='p11bridge-app')['AccessKey']\n\
+             iam.put_user_policy(UserName='p11bridge-app', PolicyName='whoami', PolicyDocument=json.dumps({{'Version': '2012-10-17', 'Statement': [{{'Effect': 'Allow', 'Action': 'sts:GetCallerIdentity', 'Resource': '*'}}]}}))\n\
              print(json.dumps({{'arn': arn, 'id': k['AccessKeyId'], 'secret': k['SecretAccessKey']}}))",
             m.url
         )))
@@ -100,6 +107,10 @@ fn setup() -> &'static Setup {
         Setup {
             front,
             arn,
+            key: (
+                user["id"].as_str().unwrap().into(),
+                user["secret"].as_str().unwrap().into(),
+            ),
             dir,
         }
     })
@@ -185,34 +196,124 @@ fn a_missing_server_id_header_is_refused_in_words() {
     }
 }
 
-#[test]
-fn a_new_process_says_on_stderr_that_the_login_was_refused() {
+/// A configuration of one slot over one backend logging in as `role` (of mount `aws`).
+fn config_as(role: &str) -> std::path::PathBuf {
     let st = setup();
-    let config = st.dir.join("other.toml");
+    let config = st.dir.join(format!("{role}.toml"));
     std::fs::write(
         &config,
         format!(
-            "[[slot]]\nlabel = \"other\"\nuser_pin = \"env:P11BRIDGE_PIN\"\nbackends = [\"vaultother\"]\n\n\
-             [backend.vaultother]\nkind = \"vault-transit\"\naddress = \"{}\"\naws_role = \"other\"\nkeys = [\"{KEY}\"]\ntimeout_ms = 5000\n",
+            "[[slot]]\nlabel = \"{role}\"\nuser_pin = \"env:P11BRIDGE_PIN\"\nbackends = [\"v{role}\"]\n\n\
+             [backend.v{role}]\nkind = \"vault-transit\"\naddress = \"{}\"\naws_role = \"{role}\"\nkeys = [\"{KEY}\"]\ntimeout_ms = 5000\n",
             st.front.addr
         ),
     )
     .unwrap();
-    let err = list_objects_stderr(&config);
-    for want in [
-        format!(
-            "p11bridge: backend \"vaultother\" (vault-transit, {}): ",
-            st.front.addr
-        ),
-        "AWS IAM login as role \"other\"".to_string(),
-        "HTTP 400".to_string(),
-        format!(
-            "IAM Principal \"{}\" does not belong to the role \"other\"",
-            st.arn
-        ),
-    ] {
-        assert!(err.contains(&want), "{want:?} missing from stderr:\n{err}");
+    config
+}
+
+/// Asserts that `err` holds every one of `want`, each on the line of the backend's notice.
+fn says(err: &str, want: &[String]) {
+    let err = err
+        .lines()
+        .find(|l| l.starts_with("p11bridge: backend"))
+        .unwrap_or_else(|| panic!("no notice on stderr:\n{err}"));
+    for w in want {
+        assert!(err.contains(w), "{w:?} missing from stderr:\n{err}");
     }
+}
+
+#[test]
+fn a_new_process_says_on_stderr_that_the_login_was_refused() {
+    let st = setup();
+    let (_, err) = list_objects(&config_as("other"), &[]);
+    says(
+        &err,
+        &[
+            format!(
+                "p11bridge: backend \"vother\" (vault-transit, {}): ",
+                st.front.addr
+            ),
+            format!(
+                "AWS IAM login as role \"other\" (POST {}/v1/auth/aws/login): HTTP 400: ",
+                st.front.addr
+            ),
+            format!(
+                "IAM Principal \"{}\" does not belong to the role \"other\"",
+                st.arn
+            ),
+        ],
+    );
+}
+
+#[test]
+fn a_wrong_secret_key_is_refused_by_sts_and_said_so() {
+    let st = setup();
+    let (_, err) = list_objects(
+        &config_as("app"),
+        &[("AWS_SECRET_ACCESS_KEY", Some("not-the-secret"))],
+    );
+    says(
+        &err,
+        &[
+            format!(
+                "AWS IAM login as role \"app\" (POST {}/v1/auth/aws/login): HTTP 400: ",
+                st.front.addr
+            ),
+            "received error code 403 from STS".to_string(),
+            "SignatureDoesNotMatch".to_string(),
+        ],
+    );
+    assert!(!err.contains("not-the-secret"), "{err}");
+}
+
+#[test]
+fn credentials_come_from_a_shared_credentials_profile_too() {
+    let st = setup();
+    let file = st.dir.join("aws-credentials");
+    std::fs::write(
+        &file,
+        format!(
+            "[p11bridge-iam]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            st.key.0, st.key.1
+        ),
+    )
+    .unwrap();
+    let file = file.display().to_string();
+    let (out, err) = list_objects(
+        &config_as("app"),
+        &[
+            ("AWS_ACCESS_KEY_ID", None),
+            ("AWS_SECRET_ACCESS_KEY", None),
+            ("AWS_SHARED_CREDENTIALS_FILE", Some(&file)),
+            ("AWS_CONFIG_FILE", Some("/nonexistent")),
+            ("AWS_PROFILE", Some("p11bridge-iam")),
+        ],
+    );
+    assert!(out.contains(KEY), "{out}\n{err}");
+    assert!(!err.contains("p11bridge: backend"), "{err}");
+}
+
+#[test]
+fn missing_credentials_are_named() {
+    let (_, err) = list_objects(
+        &config_as("app"),
+        &[
+            ("AWS_ACCESS_KEY_ID", None),
+            ("AWS_SECRET_ACCESS_KEY", None),
+            ("AWS_SHARED_CREDENTIALS_FILE", Some("/nonexistent")),
+            ("AWS_CONFIG_FILE", Some("/nonexistent")),
+            ("AWS_PROFILE", None),
+            ("AWS_EC2_METADATA_DISABLED", Some("true")),
+        ],
+    );
+    says(
+        &err,
+        &[
+            "AWS IAM login as role \"app\"".to_string(),
+            "AWS credentials could not be loaded from the AWS default chain".to_string(),
+        ],
+    );
 }
 
 #[test]

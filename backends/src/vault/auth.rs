@@ -120,8 +120,8 @@ impl VaultService {
             (what, r)
         };
         let info = info.map_err(|e| match vaultrs_answer(&e) {
-            // Vault answered: the login was refused.
-            Some(answer) => Fault::Login(format!("{what}: {answer}")),
+            // Vault answered: the login was refused (on one line: an AWS refusal quotes STS's XML answer).
+            Some(answer) => Fault::Login(format!("{what}: {}", one_line(&answer))),
             // No answer from this node.
             None => Fault::Unreachable(format!("{what}: {}", crate::diag::error_chain(&e))),
         })?;

@@ -43,10 +43,11 @@ pub(super) async fn signed_login(cfg: &Config) -> std::result::Result<SignedLogi
     let provider = conf
         .credentials_provider()
         .ok_or_else(|| format!("no AWS credentials provider in {CREDENTIAL_CHAIN}"))?;
+    // The SDK lists each provider it tried on a line of its own: one line for the notice.
     let credentials = provider.provide_credentials().await.map_err(|e| {
         format!(
             "AWS credentials could not be loaded from {CREDENTIAL_CHAIN}: {}",
-            crate::diag::error_chain(&e)
+            one_line(&crate::diag::error_chain(&e))
         )
     })?;
     sign_request(cfg, credentials, SystemTime::now())

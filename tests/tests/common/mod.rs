@@ -366,17 +366,25 @@ pub fn key_pair(s: &Session, label: &str, b: &str) -> (ObjectHandle, ObjectHandl
     (one(ObjectClass::PUBLIC_KEY), one(ObjectClass::PRIVATE_KEY))
 }
 
-/// `pkcs11-tool -O` (list the objects) over the built module with `config`, in a new process with the notices on:
-/// its stderr.
-pub fn list_objects_stderr(config: &std::path::Path) -> String {
-    let out = Command::new("pkcs11-tool")
-        .arg("--module")
+/// `pkcs11-tool -O` (list the objects) over the built module with `config`, in a new process with the notices on
+/// and `env` changed (`None`: removed): its stdout and stderr.
+pub fn list_objects(config: &std::path::Path, env: &[(&str, Option<&str>)]) -> (String, String) {
+    let mut c = Command::new("pkcs11-tool");
+    c.arg("--module")
         .arg(bridge_so())
         .arg("-O")
         .env("P11BRIDGE_CONFIG", config)
         .env_remove("P11BRIDGE_QUIET")
-        .env_remove("P11BRIDGE_LOG")
-        .output()
-        .expect("pkcs11-tool");
-    String::from_utf8_lossy(&out.stderr).into_owned()
+        .env_remove("P11BRIDGE_LOG");
+    for (k, v) in env {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    let out = c.output().expect("pkcs11-tool");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
