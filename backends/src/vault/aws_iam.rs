@@ -127,6 +127,30 @@ mod tests {
             .cfg
     }
 
+    #[test]
+    fn the_aws_keys_are_checked() {
+        let err = |extra: &str| {
+            let t: toml::Table = toml::from_str(&format!(
+                "kind = \"vault-transit\"\naddress = \"http://v\"\nkeys = [\"k\"]\n{extra}"
+            ))
+            .unwrap();
+            VaultService::from_config("v", &t, &BuildContext::default())
+                .err()
+                .and_then(|e| e.cause().map(str::to_owned))
+        };
+        assert_eq!(err("aws_role = \"\""), None);
+        assert!(err("aws_role = \"a\"\ntoken = \"x\"")
+            .unwrap()
+            .contains("aws_role"));
+        assert!(err("token = \"x\"\naws_header_value = \"h\"")
+            .unwrap()
+            .starts_with("backend.v.aws_role:"));
+        assert!(err("aws_role = \"a\"\naws_sts_endpoint = \"sts.example\"")
+            .unwrap()
+            .contains("aws_sts_endpoint: \"sts.example\" is not an http(s) URL"));
+        assert!(err("aws_role = \"a\"\naws_sts_region = \"\"").is_some());
+    }
+
     fn decoded(b64: &str) -> String {
         String::from_utf8(B64.decode(b64).unwrap()).unwrap()
     }
