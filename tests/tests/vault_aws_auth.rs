@@ -139,6 +139,13 @@ fn sign_and_verify(label: &str, b: &str) {
     );
 }
 
+/// Asserts that `text` holds every one of `want`.
+fn holds(text: &str, want: &[String]) {
+    for w in want {
+        assert!(text.contains(w), "{w:?} missing from {text:?}");
+    }
+}
+
 /// Searches a token whose only backend cannot log in; the thread's last cause.
 fn search_cause(label: &str) -> String {
     let s = session_on(p(), label);
@@ -161,19 +168,20 @@ fn the_server_id_header_is_sent_signed_when_configured() {
 fn a_role_bound_to_another_principal_is_refused_in_words() {
     let st = setup();
     let text = search_cause("vaultother");
-    for want in [
-        "backend \"vaultother\"".to_string(),
-        format!(
-            "login failed: AWS IAM login as role \"other\" (POST {}/v1/auth/aws/login): HTTP 400: ",
-            st.front.addr
-        ),
-        format!(
-            "IAM Principal \"{}\" does not belong to the role \"other\"",
-            st.arn
-        ),
-    ] {
-        assert!(text.contains(&want), "{want:?} missing from {text:?}");
-    }
+    holds(
+        &text,
+        &[
+            "backend \"vaultother\"".to_string(),
+            format!(
+                "login failed: AWS IAM login as role \"other\" (POST {}/v1/auth/aws/login): HTTP 400: ",
+                st.front.addr
+            ),
+            format!(
+                "IAM Principal \"{}\" does not belong to the role \"other\"",
+                st.arn
+            ),
+        ],
+    );
     assert!(
         !text.contains(&std::env::var("AWS_SECRET_ACCESS_KEY").unwrap()),
         "{text}"
@@ -183,17 +191,17 @@ fn a_role_bound_to_another_principal_is_refused_in_words() {
 #[test]
 fn a_missing_server_id_header_is_refused_in_words() {
     let st = setup();
-    let text = search_cause("vaultnoheader");
-    for want in [
-        "backend \"vaultnoheader\"".to_string(),
-        format!(
-            "AWS IAM login as role \"app\" (POST {}/v1/auth/aws-strict/login): HTTP 400: ",
-            st.front.addr
-        ),
-        "missing header \"X-Vault-AWS-IAM-Server-ID\"".to_string(),
-    ] {
-        assert!(text.contains(&want), "{want:?} missing from {text:?}");
-    }
+    holds(
+        &search_cause("vaultnoheader"),
+        &[
+            "backend \"vaultnoheader\"".to_string(),
+            format!(
+                "AWS IAM login as role \"app\" (POST {}/v1/auth/aws-strict/login): HTTP 400: ",
+                st.front.addr
+            ),
+            "missing header \"X-Vault-AWS-IAM-Server-ID\"".to_string(),
+        ],
+    );
 }
 
 /// A configuration of one slot over one backend logging in as `role` (of mount `aws`).
@@ -212,15 +220,13 @@ fn config_as(role: &str) -> std::path::PathBuf {
     config
 }
 
-/// Asserts that `err` holds every one of `want`, each on the line of the backend's notice.
+/// Asserts that the backend's notice on a new process's stderr (one line) holds every one of `want`.
 fn says(err: &str, want: &[String]) {
-    let err = err
+    let notice = err
         .lines()
         .find(|l| l.starts_with("p11bridge: backend"))
         .unwrap_or_else(|| panic!("no notice on stderr:\n{err}"));
-    for w in want {
-        assert!(err.contains(w), "{w:?} missing from stderr:\n{err}");
-    }
+    holds(notice, want);
 }
 
 #[test]
