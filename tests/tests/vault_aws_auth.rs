@@ -91,6 +91,10 @@ fn setup() -> &'static Setup {
             ("vaultnoheader", "aws_role = \"app\"\naws_mount = \"aws-strict\""),
             ("vaultother", "aws_role = \"other\""),
             ("vaultshort", "aws_role = \"short\""),
+            (
+                "vaultregional",
+                "aws_role = \"app\"\naws_sts_region = \"eu-west-1\"\naws_sts_endpoint = \"https://sts.eu-west-1.amazonaws.com/\"",
+            ),
         ] {
             section.push_str(&format!(
                 "\n[backend.{name}]\nkind = \"vault-transit\"\naddress = \"{}\"\n{keys}\nkeys = [\"{KEY}\"]\ncert_cache_dir = \"{}\"\ntimeout_ms = 5000\n",
@@ -157,6 +161,11 @@ fn search_cause(label: &str) -> String {
 #[test]
 fn an_iam_login_lists_and_signs_with_transit_keys() {
     sign_and_verify("unified", "vault");
+}
+
+#[test]
+fn a_regional_sts_endpoint_is_signed_for_its_region() {
+    sign_and_verify("vaultregional", "vaultregional");
 }
 
 #[test]
