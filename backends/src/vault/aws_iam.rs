@@ -17,10 +17,11 @@ const SERVER_ID_HEADER: &str = "x-vault-aws-iam-server-id";
 /// Where the credentials come from, for people (the chain the KMS backend uses too).
 pub(super) const CREDENTIAL_CHAIN: &str = "the AWS default chain (environment, shared config and credentials files, web identity, ECS, instance metadata)";
 
-/// The login fields of `POST /v1/auth/<mount>/login`, base64 as Vault wants them.
+/// The login fields of `POST /v1/auth/<mount>/login`, base64 as Vault wants them. The headers hold the signature
+/// and any session token: wiped when dropped.
 pub(super) struct SignedLogin {
     pub(super) url: String,
-    pub(super) headers: String,
+    pub(super) headers: Zeroizing<String>,
     pub(super) body: String,
 }
 
@@ -53,7 +54,7 @@ pub(super) async fn signed_login(cfg: &Config) -> std::result::Result<SignedLogi
     sign_request(cfg, credentials, SystemTime::now())
 }
 
-/// The signed request of `identity` at `time`, as Vault's login wants it: headers as a JSON object of arrays of
+/// The request signed with `credentials` at `time`, as Vault's login wants it: headers as a JSON object of arrays of
 /// strings (Go's `http.Header`), every field base64.
 fn sign_request(
     cfg: &Config,
@@ -105,10 +106,10 @@ fn sign_request(
             .or_default()
             .push(v.to_string());
     }
-    let headers = serde_json::to_vec(&go_header).map_err(|e| e.to_string())?;
+    let headers = Zeroizing::new(serde_json::to_vec(&go_header).map_err(|e| e.to_string())?);
     Ok(SignedLogin {
         url: B64.encode(url.as_bytes()),
-        headers: B64.encode(headers),
+        headers: Zeroizing::new(B64.encode(&*headers)),
         body: B64.encode(BODY.as_bytes()),
     })
 }
