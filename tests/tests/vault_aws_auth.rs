@@ -310,6 +310,27 @@ fn credentials_come_from_a_shared_credentials_profile_too() {
 }
 
 #[test]
+fn the_trace_log_holds_neither_the_secret_key_nor_the_signature() {
+    let st = setup();
+    let log = st.dir.join("trace.log");
+    let log_path = log.display().to_string();
+    let (out, err) = list_objects(
+        &config_as("app"),
+        &[
+            ("P11BRIDGE_LOG", Some("trace")),
+            ("P11BRIDGE_LOG_FILE", Some(&log_path)),
+        ],
+    );
+    assert!(out.contains(KEY), "{out}\n{err}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("logged in to vault"), "{text}");
+    // The signed request would log in again for as long as STS accepts its date.
+    for secret in [st.key.1.as_str(), "Signature="] {
+        assert!(!text.contains(secret), "{secret:?} in the trace log");
+    }
+}
+
+#[test]
 fn missing_credentials_are_named() {
     let (_, err) = list_objects(
         &config_as("app"),
