@@ -221,8 +221,9 @@ fn config_as(role: &str) -> std::path::PathBuf {
         &config,
         format!(
             "[[slot]]\nlabel = \"{role}\"\nuser_pin = \"env:P11BRIDGE_PIN\"\nbackends = [\"v{role}\"]\n\n\
-             [backend.v{role}]\nkind = \"vault-transit\"\naddress = \"{}\"\naws_role = \"{role}\"\nkeys = [\"{KEY}\"]\ntimeout_ms = 5000\n",
-            st.front.addr
+             [backend.v{role}]\nkind = \"vault-transit\"\naddress = \"{}\"\naws_role = \"{role}\"\nkeys = [\"{KEY}\"]\ntimeout_ms = 5000\ncert_cache_dir = \"{}\"\n",
+            st.front.addr,
+            st.dir.join("certs").display()
         ),
     )
     .unwrap();
