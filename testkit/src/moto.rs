@@ -3,10 +3,7 @@
 //! exports/imports key material (to seed a replica region).
 
 use crate::process::{spawn_server, Launch, Process};
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
-use std::time::Duration;
 
 pub struct Moto {
     /// `http://127.0.0.1:PORT`
@@ -81,19 +78,7 @@ impl Moto {
 
     /// One plain HTTP/1.0 request to the side channel (directly, not through any proxy); returns the body.
     fn http(&self, method: &str, path: &str, body: &str) -> String {
-        let mut s = TcpStream::connect(self.host_port()).expect("connect moto");
-        s.set_read_timeout(Some(Duration::from_secs(30))).ok();
-        write!(
-            s,
-            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .expect("write to moto");
-        let mut r = String::new();
-        s.read_to_string(&mut r).expect("read from moto");
-        let (head, body) = r.split_once("\r\n\r\n").unwrap_or((&r, ""));
-        assert!(head.contains(" 200 "), "{method} {path}: {head}");
-        body.to_string()
+        crate::process::http(self.host_port(), method, path, body)
     }
 
     /// Requests per KMS action since the last reset, by action name.

@@ -1,8 +1,8 @@
 //! Starting the harness's servers: each on a loopback port, killed (SIGKILL) when this process exits however it
 //! exits, and, when asked, when its handle is dropped.
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -87,6 +87,25 @@ pub fn spawn_server(mut cmd: Command, launch: &Launch, ready_line: bool) -> (i32
         Ok(Err(e)) => panic!("start {what}: {e}"),
         Err(_) => panic!("{what} did not start within 60 s"),
     }
+}
+
+/// One plain HTTP/1.0 request to a server's side channel at `host_port` (directly, not through any proxy); insists
+/// on 200 and returns the body.
+pub fn http(host_port: &str, method: &str, path: &str, body: &str) -> String {
+    let mut s = TcpStream::connect(host_port).expect("connect to the side channel");
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write to the side channel");
+    let mut r = String::new();
+    s.read_to_string(&mut r)
+        .expect("read from the side channel");
+    let (head, body) = r.split_once("\r\n\r\n").unwrap_or((&r, ""));
+    assert!(head.contains(" 200 "), "{method} {path}: {head}");
+    body.to_string()
 }
 
 /// A server started by [`spawn_server`]: its pid, and the signals the tests send it. Killed when dropped if its

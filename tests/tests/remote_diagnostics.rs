@@ -15,13 +15,10 @@ use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error, RvError};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, CertificateType, ObjectClass, ObjectHandle};
-use cryptoki::session::{Session, UserType};
-use cryptoki::types::AuthPin;
+use cryptoki::session::Session;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
-
-use p11bridge_vendor::CKA_P11BRIDGE_BACKEND;
 
 struct Setup {
     vault_addr: String,
@@ -302,35 +299,6 @@ fn rv(e: Error) -> RvError {
     }
 }
 
-fn backend(b: &str) -> Attribute {
-    Attribute::VendorDefined((
-        AttributeType::VendorDefined(CKA_P11BRIDGE_BACKEND),
-        b.as_bytes().to_vec(),
-    ))
-}
-
-fn lib() -> &'static libloading::Library {
-    static L: OnceLock<libloading::Library> = OnceLock::new();
-    // SAFETY: the module the cryptoki context already loaded (dlopen counts references).
-    L.get_or_init(|| unsafe { libloading::Library::new(bridge_so()) }.expect("dlopen"))
-}
-
-/// `C_P11BRIDGE_GetLastError` of the calling thread: (CK_RV, text).
-fn last_error() -> (u64, String) {
-    type F = unsafe extern "C" fn(*mut u64, *mut u8, *mut u64) -> u64;
-    // SAFETY: the signature of include/p11bridge.h (CK_ULONG is 64-bit here).
-    unsafe {
-        let f: libloading::Symbol<F> = lib().get(b"C_P11BRIDGE_GetLastError").unwrap();
-        let mut rv = 0u64;
-        let mut len = 0u64;
-        assert_eq!(f(&mut rv, std::ptr::null_mut(), &mut len), 0);
-        let mut buf = vec![0u8; len as usize];
-        assert_eq!(f(&mut rv, buf.as_mut_ptr(), &mut len), 0);
-        buf.truncate(len as usize);
-        (rv, String::from_utf8(buf).unwrap())
-    }
-}
-
 /// `C_P11BRIDGE_Check`: the report as JSON.
 fn check_report() -> serde_json::Value {
     type F = unsafe extern "C" fn(*mut u8, *mut u64) -> u64;
@@ -362,15 +330,6 @@ fn check_backend(name: &str) -> serde_json::Value {
         .find(|b| b["name"] == name)
         .unwrap_or_else(|| panic!("no backend {name} in {r}"))
         .clone()
-}
-
-fn session_on(p: &Pkcs11, label: &str) -> Session {
-    let s = p.open_rw_session(slot_by_label(p, label)).unwrap();
-    match s.login(UserType::User, Some(&AuthPin::new(BRIDGE_PIN.into()))) {
-        Ok(()) | Err(Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
-        Err(e) => panic!("login: {e}"),
-    }
-    s
 }
 
 /// Searches a token whose only backend cannot serve, and returns the thread's last cause.
@@ -735,21 +694,6 @@ fn certificate_for(spki: &[u8], tag: &str) -> Vec<u8> {
     std::fs::read(d.join("leaf.der")).unwrap()
 }
 
-fn key_pair(s: &Session, label: &str, b: &str) -> (ObjectHandle, ObjectHandle) {
-    let one = |class| {
-        let v = s
-            .find_objects(&[
-                Attribute::Label(label.into()),
-                Attribute::Class(class),
-                backend(b),
-            ])
-            .unwrap();
-        assert_eq!(v.len(), 1, "{b}: {label} {class:?}");
-        v[0]
-    };
-    (one(ObjectClass::PUBLIC_KEY), one(ObjectClass::PRIVATE_KEY))
-}
-
 fn cert_template(id: &[u8], der: &[u8], b: &str) -> Vec<Attribute> {
     vec![
         Attribute::Class(ObjectClass::CERTIFICATE),
@@ -849,16 +793,7 @@ timeout_ms = 3000
         ),
     )
     .unwrap();
-    let out = Command::new("pkcs11-tool")
-        .arg("--module")
-        .arg(bridge_so())
-        .arg("-O")
-        .env("P11BRIDGE_CONFIG", &config)
-        .env_remove("P11BRIDGE_QUIET")
-        .env_remove("P11BRIDGE_LOG")
-        .output()
-        .expect("pkcs11-tool");
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (_, err) = list_objects(&config, &[]);
     assert!(
         err.contains(&format!(
             "p11bridge: backend \"vaultbad\" (vault-transit, {}): cannot list its keys: ",

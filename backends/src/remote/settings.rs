@@ -167,6 +167,18 @@ pub trait RemoteConfig: DeserializeOwned {
     fn set_remote(&mut self, remote: RemoteSettings);
 }
 
+/// `Err` naming `key` unless `url` is an http(s) URL.
+pub fn check_url(name: &str, key: &str, url: &str) -> Result<()> {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(config_error(
+            name,
+            format!("{key}: \"{url}\" is not an http(s) URL"),
+        ))
+    }
+}
+
 /// Reads a remote backend's `[backend.NAME]` section: the shared keys into [`RemoteSettings`], the rest into the
 /// backend's own struct (which must `deny_unknown_fields` and skip its `remote` field). Errors name the section
 /// and the problem as [`crate::parse_section`] does; an unknown key's error lists every accepted key.

@@ -1,5 +1,5 @@
-//! Logging in to Vault: the configured token, AppRole or Kubernetes (through vaultrs), renewal before the lease
-//! ends, and a fresh login when the token is refused.
+//! Logging in to Vault: the configured token, AppRole, Kubernetes or AWS IAM (through vaultrs; the AWS request is
+//! signed by `aws_iam.rs`), renewal before the lease ends, and a fresh login when the token is refused.
 
 use super::*;
 
@@ -36,7 +36,7 @@ impl VaultService {
         })
     }
 
-    /// Logs in (AppRole, Kubernetes) or takes the configured token. A refusal or an unreadable secret is
+    /// Logs in (AppRole, Kubernetes, AWS IAM) or takes the configured token. A refusal or an unreadable secret is
     /// `Fault::Login` in words (which method, which mount, Vault's answer); a node that does not answer is
     /// `Fault::Unreachable` (the next node may).
     pub(super) async fn authenticate(&self, addr: &str) -> std::result::Result<TokenState, Fault> {
@@ -77,6 +77,30 @@ impl VaultService {
                 .await;
             drop(Zeroizing::new(secret));
             (what, r)
+        } else if let Some(role) = &self.cfg.aws_role {
+            let as_role = if role.is_empty() {
+                "as the role Vault names after the IAM principal".to_string()
+            } else {
+                format!("as role \"{role}\"")
+            };
+            let what = format!(
+                "AWS IAM login {as_role} (POST {base}/v1/auth/{}/login)",
+                self.cfg.aws_mount
+            );
+            let signed = aws_iam::signed_login(&self.cfg)
+                .await
+                .map_err(|e| Fault::Login(format!("{what}: {e}")))?;
+            let r = vaultrs::auth::aws::iam_login(
+                &client,
+                &self.cfg.aws_mount,
+                "POST",
+                &signed.url,
+                &signed.headers,
+                &signed.body,
+                (!role.is_empty()).then_some(role.as_str()),
+            )
+            .await;
+            (what, r)
         } else {
             let role = self.cfg.kubernetes_role.clone().unwrap_or_default();
             let what = format!(
@@ -96,8 +120,8 @@ impl VaultService {
             (what, r)
         };
         let info = info.map_err(|e| match vaultrs_answer(&e) {
-            // Vault answered: the login was refused.
-            Some(answer) => Fault::Login(format!("{what}: {answer}")),
+            // Vault answered: the login was refused (on one line: an AWS refusal quotes STS's XML answer).
+            Some(answer) => Fault::Login(format!("{what}: {}", one_line(&answer))),
             // No answer from this node.
             None => Fault::Unreachable(format!("{what}: {}", crate::diag::error_chain(&e))),
         })?;

@@ -21,7 +21,8 @@ pub(super) struct Config {
     /// TLS client certificate and key (PEM).
     pub(super) client_cert: Option<PathBuf>,
     pub(super) client_key: Option<PathBuf>,
-    /// Authentication: a token; or AppRole (`role_id` + `secret_id`); or Kubernetes (`kubernetes_role`).
+    /// Authentication: a token; or AppRole (`role_id` + `secret_id`); or Kubernetes (`kubernetes_role`); or AWS IAM
+    /// (`aws_role`).
     pub(super) token: Option<SecretRef>,
     pub(super) role_id: Option<String>,
     pub(super) secret_id: Option<SecretRef>,
@@ -32,6 +33,17 @@ pub(super) struct Config {
     pub(super) kubernetes_jwt_path: PathBuf,
     #[serde(default = "default_kubernetes_mount")]
     pub(super) kubernetes_mount: String,
+    /// AWS IAM login (Vault's `aws` auth method, IAM type) as this Vault role; `""`: no role sent (Vault takes the
+    /// IAM principal's friendly name). Credentials: the AWS SDK's default chain.
+    pub(super) aws_role: Option<String>,
+    #[serde(default = "default_aws_mount")]
+    pub(super) aws_mount: String,
+    /// The `X-Vault-AWS-IAM-Server-ID` header, signed with the request (the mount's `iam_server_id_header_value`).
+    pub(super) aws_header_value: Option<String>,
+    /// The STS region the request is signed for, and the URL it names (default: the region's STS endpoint).
+    #[serde(default = "default_aws_sts_region")]
+    pub(super) aws_sts_region: String,
+    pub(super) aws_sts_endpoint: Option<String>,
     /// With `discover = true` (`LIST <mount>/keys`): only the keys whose names start with this prefix.
     #[serde(default)]
     pub(super) prefix: String,
@@ -75,6 +87,14 @@ pub(super) fn default_kubernetes_mount() -> String {
     "kubernetes".into()
 }
 
+pub(super) fn default_aws_mount() -> String {
+    "aws".into()
+}
+
+pub(super) fn default_aws_sts_region() -> String {
+    "us-east-1".into()
+}
+
 pub(super) fn default_jwt_path() -> PathBuf {
     "/var/run/secrets/kubernetes.io/serviceaccount/token".into()
 }
@@ -110,6 +130,7 @@ impl VaultService {
             cfg.token.is_some(),
             cfg.role_id.is_some(),
             cfg.kubernetes_role.is_some(),
+            cfg.aws_role.is_some(),
         ]
         .iter()
         .filter(|b| **b)
@@ -117,8 +138,22 @@ impl VaultService {
         if methods != 1 {
             return Err(config_error(
                 name,
-                "token: give exactly one of token, role_id (+ secret_id) or kubernetes_role",
+                "token: give exactly one of token, role_id (+ secret_id), kubernetes_role or aws_role",
             ));
+        }
+        if cfg.aws_role.is_none()
+            && (cfg.aws_header_value.is_some() || cfg.aws_sts_endpoint.is_some())
+        {
+            return Err(config_error(
+                name,
+                "aws_role: aws_header_value and aws_sts_endpoint are for the AWS IAM login (aws_role = \"...\")",
+            ));
+        }
+        if cfg.aws_sts_region.is_empty() {
+            return Err(config_error(name, "aws_sts_region: empty"));
+        }
+        if let Some(e) = &cfg.aws_sts_endpoint {
+            settings::check_url(name, "aws_sts_endpoint", e)?;
         }
         if cfg.role_id.is_some() && cfg.secret_id.is_none() {
             return Err(config_error(

@@ -1,17 +1,18 @@
 //! The Vault / OpenBao transit backend (`kind = "vault-transit"`).
 //!
 //! Transit keys become objects of the unified token through the shared remote layer; this module only says how
-//! to talk to Vault: authentication (token, AppRole, Kubernetes; renewal before expiry and one re-login after a 403),
-//! several addresses (HA: the healthy ones in order, a circuit breaker and a background prober per address,
-//! standby redirects followed), key discovery, and the transit calls. vaultrs does the logins and token
+//! to talk to Vault: authentication (token, AppRole, Kubernetes, AWS IAM; renewal before expiry and one re-login
+//! after a 403), several addresses (HA: the healthy ones in order, a circuit breaker and a background prober per
+//! address, standby redirects followed), key discovery, and the transit calls. vaultrs does the logins and token
 //! renewal; the transit calls it cannot express (`salt_length`, `prehashed`, `marshaling_algorithm`) go through the
 //! same HTTP client as raw requests.
 //!
-//! Files: `config.rs` (the section's keys, checks and TLS client), `auth.rs` (login and renewal), `nodes.rs`
-//! (one request across the addresses, the prober, faults), `discovery.rs` (which keys, read and described); this
-//! file: the service and its transit operations.
+//! Files: `config.rs` (the section's keys, checks and TLS client), `auth.rs` (login and renewal), `aws_iam.rs` (the
+//! signed STS request of the AWS IAM login), `nodes.rs` (one request across the addresses, the prober, faults),
+//! `discovery.rs` (which keys, read and described); this file: the service and its transit operations.
 
 mod auth;
+mod aws_iam;
 mod config;
 mod discovery;
 mod nodes;

@@ -3,7 +3,7 @@
 
 // Each test binary uses some of these.
 #[allow(unused_imports)]
-pub use p11bridge_testkit::bao::{spawn, Bao, ROOT_TOKEN};
+pub use p11bridge_testkit::bao::{spawn, AwsAuthFront, Bao, ROOT_TOKEN};
 #[allow(unused_imports)]
 pub use p11bridge_testkit::free_port;
 use std::sync::OnceLock;

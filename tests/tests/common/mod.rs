@@ -145,14 +145,7 @@ pub fn slot_by_label(p: &Pkcs11, label: &str) -> Slot {
 
 /// A logged-in RW session on the unified token.
 pub fn user_session(p: &Pkcs11) -> Session {
-    let s = p.open_rw_session(unified_slot(p)).expect("open session");
-    match s.login(UserType::User, Some(&AuthPin::new(BRIDGE_PIN.into()))) {
-        Ok(())
-        | Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::UserAlreadyLoggedIn, _)) => {
-        }
-        Err(e) => panic!("login: {e}"),
-    }
-    s
+    session_on(p, "unified")
 }
 
 /// The one object with this label and class.
@@ -311,4 +304,87 @@ pub fn hsm_sign(s: &Session) {
         .sign(&cryptoki::mechanism::Mechanism::Ecdsa, k[0], &[3u8; 32])
         .unwrap();
     assert!(!sig.is_empty());
+}
+
+/// The template attribute `CKA_P11BRIDGE_BACKEND` = `b`: objects of that backend.
+pub fn backend(b: &str) -> Attribute {
+    Attribute::VendorDefined((
+        AttributeType::VendorDefined(p11bridge_vendor::CKA_P11BRIDGE_BACKEND),
+        b.as_bytes().to_vec(),
+    ))
+}
+
+/// The built module, for its vendor functions.
+pub fn lib() -> &'static libloading::Library {
+    static L: OnceLock<libloading::Library> = OnceLock::new();
+    // SAFETY: the module the cryptoki context already loaded (dlopen counts references).
+    L.get_or_init(|| unsafe { libloading::Library::new(bridge_so()) }.expect("dlopen"))
+}
+
+/// `C_P11BRIDGE_GetLastError` of the calling thread: (CK_RV, text).
+pub fn last_error() -> (u64, String) {
+    type F = unsafe extern "C" fn(*mut u64, *mut u8, *mut u64) -> u64;
+    // SAFETY: the signature of include/p11bridge.h (CK_ULONG is 64-bit here).
+    unsafe {
+        let f: libloading::Symbol<F> = lib().get(b"C_P11BRIDGE_GetLastError").unwrap();
+        let mut rv = 0u64;
+        let mut len = 0u64;
+        assert_eq!(f(&mut rv, std::ptr::null_mut(), &mut len), 0);
+        let mut buf = vec![0u8; len as usize];
+        assert_eq!(f(&mut rv, buf.as_mut_ptr(), &mut len), 0);
+        buf.truncate(len as usize);
+        (rv, String::from_utf8(buf).unwrap())
+    }
+}
+
+/// A logged-in RW session on the token labelled `label`.
+pub fn session_on(p: &Pkcs11, label: &str) -> Session {
+    let s = p.open_rw_session(slot_by_label(p, label)).unwrap();
+    match s.login(UserType::User, Some(&AuthPin::new(BRIDGE_PIN.into()))) {
+        Ok(())
+        | Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::UserAlreadyLoggedIn, _)) => {
+        }
+        Err(e) => panic!("login: {e}"),
+    }
+    s
+}
+
+/// The (public, private) key objects labelled `label` of backend `b`.
+pub fn key_pair(s: &Session, label: &str, b: &str) -> (ObjectHandle, ObjectHandle) {
+    use cryptoki::object::ObjectClass;
+    let one = |class| {
+        let v = s
+            .find_objects(&[
+                Attribute::Label(label.into()),
+                Attribute::Class(class),
+                backend(b),
+            ])
+            .unwrap();
+        assert_eq!(v.len(), 1, "{b}: {label} {class:?}");
+        v[0]
+    };
+    (one(ObjectClass::PUBLIC_KEY), one(ObjectClass::PRIVATE_KEY))
+}
+
+/// `pkcs11-tool -O` (list the objects) over the built module with `config`, in a new process with the notices on
+/// and `env` changed (`None`: removed): its stdout and stderr.
+pub fn list_objects(config: &std::path::Path, env: &[(&str, Option<&str>)]) -> (String, String) {
+    let mut c = Command::new("pkcs11-tool");
+    c.arg("--module")
+        .arg(bridge_so())
+        .arg("-O")
+        .env("P11BRIDGE_CONFIG", config)
+        .env_remove("P11BRIDGE_QUIET")
+        .env_remove("P11BRIDGE_LOG");
+    for (k, v) in env {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    let out = c.output().expect("pkcs11-tool");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
