@@ -6,12 +6,14 @@
 //! - [`bao`]: an OpenBao dev server, driven through the real `bao` command;
 //! - [`moto`]: moto's KMS behind the project's fidelity layer (`tests/kms/moto_fidelity.py`), with its side
 //!   channel (requests per KMS action, injected faults, key export for replicas) and boto3 for making keys;
+//! - [`tls`]: a private CA and the server and client certificates the TLS tests give those servers and the bridge;
 //! - [`process`]: how those servers are started (on free loopback ports, killed when this process exits).
 
 pub mod bao;
 pub mod moto;
 pub mod process;
 pub mod softhsm;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 

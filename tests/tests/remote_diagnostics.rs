@@ -15,8 +15,7 @@ use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error, RvError};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, CertificateType, ObjectClass, ObjectHandle};
-use cryptoki::session::{Session, UserType};
-use cryptoki::types::AuthPin;
+use cryptoki::session::Session;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
@@ -309,28 +308,6 @@ fn backend(b: &str) -> Attribute {
     ))
 }
 
-fn lib() -> &'static libloading::Library {
-    static L: OnceLock<libloading::Library> = OnceLock::new();
-    // SAFETY: the module the cryptoki context already loaded (dlopen counts references).
-    L.get_or_init(|| unsafe { libloading::Library::new(bridge_so()) }.expect("dlopen"))
-}
-
-/// `C_P11BRIDGE_GetLastError` of the calling thread: (CK_RV, text).
-fn last_error() -> (u64, String) {
-    type F = unsafe extern "C" fn(*mut u64, *mut u8, *mut u64) -> u64;
-    // SAFETY: the signature of include/p11bridge.h (CK_ULONG is 64-bit here).
-    unsafe {
-        let f: libloading::Symbol<F> = lib().get(b"C_P11BRIDGE_GetLastError").unwrap();
-        let mut rv = 0u64;
-        let mut len = 0u64;
-        assert_eq!(f(&mut rv, std::ptr::null_mut(), &mut len), 0);
-        let mut buf = vec![0u8; len as usize];
-        assert_eq!(f(&mut rv, buf.as_mut_ptr(), &mut len), 0);
-        buf.truncate(len as usize);
-        (rv, String::from_utf8(buf).unwrap())
-    }
-}
-
 /// `C_P11BRIDGE_Check`: the report as JSON.
 fn check_report() -> serde_json::Value {
     type F = unsafe extern "C" fn(*mut u8, *mut u64) -> u64;
@@ -364,26 +341,9 @@ fn check_backend(name: &str) -> serde_json::Value {
         .clone()
 }
 
-fn session_on(p: &Pkcs11, label: &str) -> Session {
-    let s = p.open_rw_session(slot_by_label(p, label)).unwrap();
-    match s.login(UserType::User, Some(&AuthPin::new(BRIDGE_PIN.into()))) {
-        Ok(()) | Err(Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
-        Err(e) => panic!("login: {e}"),
-    }
-    s
-}
-
 /// Searches a token whose only backend cannot serve, and returns the thread's last cause.
 fn search_cause(label: &str) -> String {
-    let p = p();
-    let s = session_on(p, label);
-    let found = s.find_objects(&[]);
-    assert!(
-        found.as_ref().map_or(true, |v| v.is_empty()),
-        "{label}: {found:?}"
-    );
-    let (_, text) = last_error();
-    text
+    common::search_cause(p(), label)
 }
 
 #[test]

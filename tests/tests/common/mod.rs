@@ -145,7 +145,14 @@ pub fn slot_by_label(p: &Pkcs11, label: &str) -> Slot {
 
 /// A logged-in RW session on the unified token.
 pub fn user_session(p: &Pkcs11) -> Session {
-    let s = p.open_rw_session(unified_slot(p)).expect("open session");
+    session_on(p, "unified")
+}
+
+/// A logged-in RW session on the token labelled `label`.
+pub fn session_on(p: &Pkcs11, label: &str) -> Session {
+    let s = p
+        .open_rw_session(slot_by_label(p, label))
+        .expect("open session");
     match s.login(UserType::User, Some(&AuthPin::new(BRIDGE_PIN.into()))) {
         Ok(())
         | Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::UserAlreadyLoggedIn, _)) => {
@@ -311,4 +318,39 @@ pub fn hsm_sign(s: &Session) {
         .sign(&cryptoki::mechanism::Mechanism::Ecdsa, k[0], &[3u8; 32])
         .unwrap();
     assert!(!sig.is_empty());
+}
+
+/// The bridge as a library, for its vendor functions (the cryptoki context loaded it already: dlopen counts
+/// references).
+pub fn lib() -> &'static libloading::Library {
+    static L: OnceLock<libloading::Library> = OnceLock::new();
+    // SAFETY: the module the cryptoki context already loaded.
+    L.get_or_init(|| unsafe { libloading::Library::new(bridge_so()) }.expect("dlopen"))
+}
+
+/// `C_P11BRIDGE_GetLastError` of the calling thread: (CK_RV, text).
+pub fn last_error() -> (u64, String) {
+    type F = unsafe extern "C" fn(*mut u64, *mut u8, *mut u64) -> u64;
+    // SAFETY: the signature of include/p11bridge.h (CK_ULONG is 64-bit here).
+    unsafe {
+        let f: libloading::Symbol<F> = lib().get(b"C_P11BRIDGE_GetLastError").unwrap();
+        let mut rv = 0u64;
+        let mut len = 0u64;
+        assert_eq!(f(&mut rv, std::ptr::null_mut(), &mut len), 0);
+        let mut buf = vec![0u8; len as usize];
+        assert_eq!(f(&mut rv, buf.as_mut_ptr(), &mut len), 0);
+        buf.truncate(len as usize);
+        (rv, String::from_utf8(buf).unwrap())
+    }
+}
+
+/// Searches the token labelled `label`, whose only backend cannot serve, and returns the thread's last cause.
+pub fn search_cause(p: &Pkcs11, label: &str) -> String {
+    let s = session_on(p, label);
+    let found = s.find_objects(&[]);
+    assert!(
+        found.as_ref().map_or(true, |v| v.is_empty()),
+        "{label}: {found:?}"
+    );
+    last_error().1
 }
