@@ -41,50 +41,43 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
+/// A new P-256 key, unencrypted (`openssl req` arguments).
+const NEW_P256_KEY: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:P-256",
+    "-nodes",
+];
+
 /// A P-256 key `name.key` and a request for `cn` (`name.csr`).
 fn key_and_request(dir: &Path, name: &str, cn: &str) {
-    let (key, csr) = (format!("{name}.key"), format!("{name}.csr"));
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            &format!("/CN={cn}"),
-        ],
+    let (key, csr, subject) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("/CN={cn}"),
     );
+    let mut args = vec!["req"];
+    args.extend(NEW_P256_KEY);
+    args.extend(["-keyout", &key, "-out", &csr, "-subj", &subject]);
+    openssl(dir, &args);
 }
 
-/// A self-signed CA `name.pem` (key `name.key`).
-fn ca(dir: &Path, name: &str) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.pem"),
-            "-subj",
-            &format!("/CN=p11bridge test {name}"),
-            "-days",
-            "2",
-        ],
+/// A self-signed CA certificate `dir/name.pem` (subject `CN=p11bridge test NAME`, valid two days) and its key
+/// `dir/name.key`: (certificate, key).
+pub fn self_signed_ca(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let (cert, key, subject) = (
+        format!("{name}.pem"),
+        format!("{name}.key"),
+        format!("/CN=p11bridge test {name}"),
     );
+    let mut args = vec!["req", "-x509"];
+    args.extend(NEW_P256_KEY);
+    args.extend([
+        "-keyout", &key, "-out", &cert, "-subj", &subject, "-days", "2",
+    ]);
+    openssl(dir, &args);
+    (dir.join(cert), dir.join(key))
 }
 
 /// `out.pem`: the request `csr.csr` signed by CA `ca`, valid for `days` (negative: expired that long ago), with
@@ -117,9 +110,9 @@ fn issue(dir: &Path, ca: &str, csr: &str, out: &str, days: i32, ext: &str) {
 /// Makes every file of [`Pki`] in `dir` (created).
 pub fn make(dir: &Path) -> Pki {
     std::fs::create_dir_all(dir).expect("the TLS material's directory");
-    ca(dir, "ca");
-    ca(dir, "other-ca");
-    ca(dir, "client-ca");
+    let (ca, _) = self_signed_ca(dir, "ca");
+    let (other_ca, _) = self_signed_ca(dir, "other-ca");
+    let (client_ca, _) = self_signed_ca(dir, "client-ca");
     key_and_request(dir, "server", "127.0.0.1");
     let here = "subjectAltName=IP:127.0.0.1,DNS:localhost";
     issue(dir, "ca", "server", "server", 2, here);
@@ -142,13 +135,13 @@ pub fn make(dir: &Path) -> Pki {
         "extendedKeyUsage=clientAuth",
     );
     Pki {
-        ca: dir.join("ca.pem"),
-        other_ca: dir.join("other-ca.pem"),
+        ca,
+        other_ca,
         server_key: dir.join("server.key"),
         server_cert: dir.join("server.pem"),
         expired_cert: dir.join("expired.pem"),
         wrong_host_cert: dir.join("wrong-host.pem"),
-        client_ca: dir.join("client-ca.pem"),
+        client_ca,
         client_cert: dir.join("client.pem"),
         client_key: dir.join("client.key"),
     }

@@ -35,27 +35,7 @@ struct Setup {
 /// `openssl s_server` with a self-signed certificate on a free port, killed with the test process.
 fn untrusted_tls_server(dir: &std::path::Path) -> String {
     use std::os::unix::process::CommandExt;
-    let (cert, key) = (dir.join("tls.pem"), dir.join("tls.key"));
-    openssl(
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &key.display().to_string(),
-            "-out",
-            &cert.display().to_string(),
-            "-subj",
-            "/CN=127.0.0.1",
-            "-days",
-            "2",
-        ],
-        None,
-    );
+    let (cert, key) = p11bridge_testkit::tls::self_signed_ca(dir, "tls");
     let port = free_port();
     // Spawned by a thread that lives as long as the process: PR_SET_PDEATHSIG fires when the spawning thread exits.
     std::thread::spawn(move || {

@@ -10,8 +10,6 @@ mod common;
 use common::bao::{free_port, Bao, ROOT_TOKEN};
 use common::*;
 use cryptoki::context::Pkcs11;
-use cryptoki::mechanism::Mechanism;
-use cryptoki::object::ObjectClass;
 use p11bridge_testkit::bao::TlsListener;
 use p11bridge_testkit::tls::{self, WRONG_HOST};
 use p11bridge_testkit::Launch;
@@ -117,21 +115,7 @@ fn p() -> &'static Pkcs11 {
 
 /// Signs with `tls-ec` on the token labelled `label` and verifies the signature with openssl.
 fn signs_on(label: &str) {
-    let s = session_on(p(), label);
-    let public = find_one(&s, "tls-ec", ObjectClass::PUBLIC_KEY);
-    let private = find_one(&s, "tls-ec", ObjectClass::PRIVATE_KEY);
-    let data = format!("signed over TLS on {label}").into_bytes();
-    let sig = s.sign(&Mechanism::EcdsaSha256, private, &data).unwrap();
-    assert!(
-        openssl_verify(
-            &spki(&s, public),
-            Some("sha256"),
-            &[],
-            &data,
-            &der::ecdsa_der(&sig)
-        ),
-        "{label}: the signature does not verify"
-    );
+    ecdsa_signs_on(p(), label, "tls-ec");
 }
 
 /// The cause of a failed search on `label`: it names the backend and `address`, and holds every one of `words`.
