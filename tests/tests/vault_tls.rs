@@ -1,6 +1,6 @@
 //! The Vault transit backend over TLS, against one OpenBao dev server with four TLS listeners (certificates made by
 //! the test, `p11bridge_testkit::tls`): a good certificate, an expired one, one for another host, and one that
-//! requires a client certificate. Signing works with `ca_cert` (and `client_cert`/`client_key`), signatures
+//! requires a client certificate (missing, or one its client CA did not issue, is refused). Signing works with `ca_cert` (and `client_cert`/`client_key`), signatures
 //! verified by openssl; every refusal names the certificate problem and the address, through
 //! `C_P11BRIDGE_GetLastError` and the stderr line of a process (pkcs11-tool); with two addresses, the second serves
 //! when the first is down.
@@ -84,6 +84,16 @@ fn setup() -> &'static Setup {
             section("vwronghost", &one(&wrong_host), &ca),
             section("vclient", &one(&client), &client_keys),
             section("vnoclient", &one(&client), &ca),
+            // A certificate the listener's client CA did not issue: the server's own.
+            section(
+                "vbadclient",
+                &one(&client),
+                &format!(
+                    "{ca}\nclient_cert = \"{}\"\nclient_key = \"{}\"",
+                    pki.server_cert.display(),
+                    pki.server_key.display()
+                ),
+            ),
             section("vha", &format!("addresses = [\"{down}\", \"{good}\"]"), &ca),
         ]
         .concat();
@@ -94,6 +104,7 @@ fn setup() -> &'static Setup {
             ("wronghost", "vwronghost"),
             ("client", "vclient"),
             ("noclient", "vnoclient"),
+            ("badclient", "vbadclient"),
             ("ha", "vha"),
         ] {
             sections += &slot(label, backend);
@@ -184,7 +195,7 @@ fn a_certificate_for_another_host_is_refused_naming_it() {
 }
 
 #[test]
-fn a_client_certificate_is_shown_when_configured_and_missed_when_not() {
+fn a_client_certificate_is_shown_when_configured_and_missed_or_refused_when_not() {
     let st = setup();
     signs_on("client");
     refused(
@@ -195,6 +206,12 @@ fn a_client_certificate_is_shown_when_configured_and_missed_when_not() {
             "CertificateRequired",
             "requires a client certificate (client_cert and client_key)",
         ],
+    );
+    refused(
+        "badclient",
+        "vbadclient",
+        &st.client,
+        &["the server refused the client certificate"],
     );
 }
 
