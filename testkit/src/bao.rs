@@ -184,6 +184,31 @@ impl Bao {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
+    /// Transit enabled and an ECDSA P-256 key `key` made with a plaintext backup allowed; returns that backup, for
+    /// [`Bao::restore_key`] on another node (the same key material on every node, as a cluster has it).
+    pub fn ec_key_with_backup(&self, key: &str) -> String {
+        self.ok(&["secrets", "enable", "transit"]);
+        self.ok(&[
+            "write",
+            "-f",
+            &format!("transit/keys/{key}"),
+            "type=ecdsa-p256",
+            "exportable=true",
+            "allow_plaintext_backup=true",
+        ]);
+        self.ok(&["read", "-field=backup", &format!("transit/backup/{key}")])
+    }
+
+    /// Transit enabled and `key` restored from `backup` ([`Bao::ec_key_with_backup`] of another node).
+    pub fn restore_key(&self, key: &str, backup: &str) {
+        self.ok(&["secrets", "enable", "transit"]);
+        self.ok(&[
+            "write",
+            &format!("transit/restore/{key}"),
+            &format!("backup={}", backup.trim()),
+        ]);
+    }
+
     /// Requests it answered whose path contains `path` (from its audit log).
     pub fn requests(&self, path: &str) -> usize {
         std::fs::read_to_string(&self.audit)

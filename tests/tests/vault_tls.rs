@@ -1,13 +1,13 @@
 //! The Vault transit backend over TLS, against one OpenBao dev server with four TLS listeners (certificates made by
 //! the test, `p11bridge_testkit::tls`): a good certificate, an expired one, one for another host, and one that
-//! requires a client certificate (missing, or one its client CA did not issue, is refused). Signing works with `ca_cert` (and `client_cert`/`client_key`), signatures
-//! verified by openssl; every refusal names the certificate problem and the address, through
-//! `C_P11BRIDGE_GetLastError` and the stderr line of a process (pkcs11-tool); with two addresses, the second serves
-//! when the first is down.
+//! requires a client certificate (a missing one, or one its client CA did not issue, is refused). Signing works with
+//! `ca_cert` (and `client_cert`/`client_key`), signatures verified by openssl; every refusal names the certificate
+//! problem and the address, through `C_P11BRIDGE_GetLastError` and the stderr line of a process (pkcs11-tool). Two
+//! more servers on TLS with the same key are the two nodes of a cluster: the second serves when the first is killed.
 
 mod common;
 
-use common::bao::{free_port, Bao, ROOT_TOKEN};
+use common::bao::{Bao, ROOT_TOKEN};
 use common::*;
 use cryptoki::context::Pkcs11;
 use p11bridge_testkit::bao::TlsListener;
@@ -22,6 +22,9 @@ struct Setup {
     expired: String,
     wrong_host: String,
     client: String,
+    /// Two more servers as the two nodes of a cluster, on TLS for the bridge, holding the same key.
+    node_a: Bao,
+    node_b: Bao,
 }
 
 /// A `vault-transit` section over key `tls-ec` with the root token; `extra`: its TLS keys.
@@ -64,7 +67,15 @@ fn setup() -> &'static Setup {
         b.ok(&["write", "-f", "transit/keys/tls-ec", "type=ecdsa-p256"]);
         std::env::set_var("VT_TOKEN", ROOT_TOKEN);
         let [good, expired, wrong_host, client] = b.tls_addrs.clone().try_into().unwrap();
-        let down = format!("https://127.0.0.1:{}", free_port());
+        let node = || {
+            Bao::launch_tls(
+                &Launch::default(),
+                true,
+                &[listener(&pki.server_cert, None)],
+            )
+        };
+        let (node_a, node_b) = (node(), node());
+        node_b.restore_key("tls-ec", &node_a.ec_key_with_backup("tls-ec"));
         let ca = format!("ca_cert = \"{}\"", pki.ca.display());
         let one = |a: &str| format!("address = \"{a}\"");
         let client_keys = format!(
@@ -94,7 +105,14 @@ fn setup() -> &'static Setup {
                     pki.server_key.display()
                 ),
             ),
-            section("vha", &format!("addresses = [\"{down}\", \"{good}\"]"), &ca),
+            section(
+                "vha",
+                &format!(
+                    "addresses = [\"{}\", \"{}\"]",
+                    node_a.tls_addrs[0], node_b.tls_addrs[0]
+                ),
+                &ca,
+            ),
         ]
         .concat();
         for (label, backend) in [
@@ -115,6 +133,8 @@ fn setup() -> &'static Setup {
             expired,
             wrong_host,
             client,
+            node_a,
+            node_b,
         }
     })
 }
@@ -216,9 +236,15 @@ fn a_client_certificate_is_shown_when_configured_and_missed_or_refused_when_not(
 }
 
 #[test]
-fn the_second_tls_address_serves_when_the_first_is_down() {
-    setup();
+fn the_second_tls_node_serves_when_the_first_is_down() {
+    let st = setup();
+    const SIGN: &str = "transit/sign/tls-ec";
     signs_on("ha");
+    assert!(st.node_a.requests(SIGN) > 0, "the first node signed");
+    st.node_a.kill();
+    let before = st.node_b.requests(SIGN);
+    signs_on("ha");
+    assert!(st.node_b.requests(SIGN) > before, "the second node signed");
 }
 
 #[test]
