@@ -9,6 +9,8 @@
 # found something (its log: target/conformance/fuzz/campaign-T.log; its input: artifacts/T-crash-* etc.).
 #
 # Example: nice -n 10 conformance/fuzz/campaign.sh 10000000     (the documented 10-million-execution campaign)
+# FUZZ_TIMEOUT=S (default 20): the per-input timeout; raise it on a loaded machine, where a starved SoftHSM2
+# C_Initialize alone can take 20 s (a "timeout" finding that is the machine, not the code).
 set -uo pipefail
 
 total=${1:?usage: campaign.sh TOTAL_EXECUTIONS [TARGET...]}
@@ -26,6 +28,16 @@ export HOSTILE_MODULE=$target_dir/hostile-module/release/libp11bridge_hostile_mo
 for t in $targets; do
     (cd "$here" && nice -n 10 cargo fuzz build -O -a --target-dir "$target_dir" "$t") || exit 1
 done
+
+# The targets' per-process work directories (a SoftHSM2 token, a hostile backend's configuration) end in the pid;
+# remove those whose process is gone — never another run's (a campaign beside CI's run lost its configuration so).
+sweep_work_dirs() {
+    local d
+    for d in "$root"/target/conformance/fuzz-token-* "${TMPDIR:-/tmp}"/p11bridge-hostile-*; do
+        [[ -e $d ]] || continue
+        kill -0 "${d##*-}" 2>/dev/null || rm -rf "$d"
+    done
+}
 
 host=$(rustc -vV | sed -n 's/^host: //p')
 work=$root/target/conformance/fuzz
@@ -59,12 +71,12 @@ for t in $targets; do
     t0=$(date +%s)
     (
         unset P11BRIDGE_CONFIG
-        exec "$bin" -runs="$share" "${limit[@]}" -timeout=20 -rss_limit_mb=4096 -print_final_stats=1 \
+        exec "$bin" -runs="$share" "${limit[@]}" -timeout="${FUZZ_TIMEOUT:-20}" -rss_limit_mb=4096 -print_final_stats=1 \
             -artifact_prefix="$work/artifacts/$t-" "$corpus"
     ) >"$log" 2>&1
     rc=$?
     secs=$(($(date +%s) - t0))
-    rm -rf "$root"/target/conformance/fuzz-token-* /tmp/p11bridge-hostile-*
+    sweep_work_dirs
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
     cov=$(grep -oE 'cov: [0-9]+' "$log" | tail -1 | cut -d' ' -f2)

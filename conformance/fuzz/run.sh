@@ -43,6 +43,16 @@ for t in $targets; do
 done
 echo "fuzz: build took $(($(date +%s) - t0)) s"
 
+# The targets' per-process work directories (a SoftHSM2 token, a hostile backend's configuration) end in the pid;
+# remove those whose process is gone — never another run's (a campaign beside CI's run lost its configuration so).
+sweep_work_dirs() {
+    local d
+    for d in "$root"/target/conformance/fuzz-token-* "${TMPDIR:-/tmp}"/p11bridge-hostile-*; do
+        [[ -e $d ]] || continue
+        kill -0 "${d##*-}" 2>/dev/null || rm -rf "$d"
+    done
+}
+
 host=$(rustc -vV | sed -n 's/^host: //p')
 work=$root/target/conformance/fuzz
 mkdir -p "$work/artifacts"
@@ -70,7 +80,7 @@ for t in $targets; do
             -artifact_prefix="$work/artifacts/$t-" "$corpus"
     ) >"$log" 2>&1
     rc=$?
-    rm -rf "$root"/target/conformance/fuzz-token-* /tmp/p11bridge-hostile-*
+    sweep_work_dirs
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
     cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+' "$log" | tail -1)

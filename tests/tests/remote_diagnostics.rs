@@ -827,7 +827,9 @@ fn child(mode: &str, vars: &[(&str, &str)]) -> (String, String) {
 
 /// [`child`], with variables removed from its environment.
 fn child_with(mode: &str, vars: &[(&str, &str)], remove: &[&str]) -> (String, String) {
-    setup();
+    // This process's bridge first: a child shares the SoftHSM2 token directory, and SoftHSM2 reading the token at
+    // its C_Initialize while another process writes it found no token "upstream" (seen once under load).
+    p();
     let mut c = Command::new(std::env::current_exe().unwrap());
     c.args([
         "child_process",
