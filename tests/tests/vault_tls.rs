@@ -250,6 +250,9 @@ fn the_second_tls_node_serves_when_the_first_is_down() {
 #[test]
 fn pkcs11_tool_shows_the_certificate_problem_on_stderr() {
     let st = setup();
+    // This process's bridge first: pkcs11-tool shares the SoftHSM2 token directory, and SoftHSM2 reading it at its
+    // C_Initialize while this process writes it may find no token (as remote_diagnostics' children).
+    p();
     let out = Command::new("pkcs11-tool")
         .arg("--module")
         .arg(bridge_so())
