@@ -127,11 +127,14 @@ pub fn take_last() -> Option<(CK_RV, String)> {
 
 /// An error with its sources, as one line for people: `a: b: c`. Repeated texts are dropped, and so is reqwest's
 /// `for url (...)` (the caller names the endpoint itself), so the innermost cause — `Connection refused (os error
-/// 111)`, a certificate error — is always there.
+/// 111)`, a certificate error — is always there. A TLS failure gets its meaning in words at the end
+/// ([`tls_meaning`]).
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();
+    let mut meaning = None;
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(x) = cur {
+        meaning = meaning.or_else(|| rustls_error(x).map(tls_meaning));
         let mut t = x.to_string();
         if let Some(i) = t.find(" for url (") {
             t.truncate(i);
@@ -142,7 +145,56 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         }
         cur = x.source();
     }
-    parts.join(": ")
+    let chain = parts.join(": ");
+    match meaning {
+        Some(m) => format!("{chain} (TLS: {m})"),
+        None => chain,
+    }
+}
+
+/// The rustls error `e` is, or carries as the payload of an `io::Error` (hyper-rustls nests it two `io::Error`s
+/// deep, where `source()` does not reach it).
+fn rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(r) = e.downcast_ref::<rustls::Error>() {
+        return Some(r);
+    }
+    let payload = e.downcast_ref::<std::io::Error>()?.get_ref()?;
+    rustls_error(payload)
+}
+
+/// What a TLS failure means, for the person who configures the backend.
+pub fn tls_meaning(e: &rustls::Error) -> &'static str {
+    use rustls::{AlertDescription as A, CertificateError as C, Error as E};
+    match e {
+        E::InvalidCertificate(C::UnknownIssuer) => {
+            "the server's certificate is not issued by a CA this backend trusts (ca_cert, for KMS also AWS_CA_BUNDLE; else the system's roots)"
+        }
+        E::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+            "the server's certificate has expired"
+        }
+        E::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
+            "the server's certificate is not valid yet (check the clocks)"
+        }
+        E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+            "the server's certificate is for another host name than the address's"
+        }
+        E::InvalidCertificate(C::Revoked) => "the server's certificate is revoked",
+        E::InvalidCertificate(_) => "the server's certificate was refused",
+        E::AlertReceived(A::CertificateRequired) => {
+            "the server requires a client certificate (client_cert and client_key)"
+        }
+        E::AlertReceived(
+            A::BadCertificate
+            | A::UnknownCA
+            | A::CertificateUnknown
+            | A::CertificateExpired
+            | A::CertificateRevoked
+            | A::UnsupportedCertificate
+            | A::AccessDenied,
+        ) => "the server refused the client certificate",
+        E::AlertReceived(_) => "the server ended the handshake",
+        _ => "the handshake failed",
+    }
 }
 
 /// Forgets the texts shown so far (tests).
@@ -188,5 +240,18 @@ mod tests {
         assert!(t.starts_with("error sending request: "), "{t}");
         assert!(t.contains("os error 111"), "{t}");
         assert!(!t.contains("url ("), "{t}");
+    }
+
+    #[test]
+    fn a_tls_failure_inside_an_io_error_is_explained() {
+        let e = std::io::Error::other(std::io::Error::other(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownIssuer,
+        )));
+        let t = error_chain(&e);
+        assert!(
+            t.starts_with("invalid peer certificate: UnknownIssuer"),
+            "{t}"
+        );
+        assert!(t.ends_with("(TLS: the server's certificate is not issued by a CA this backend trusts (ca_cert, for KMS also AWS_CA_BUNDLE; else the system's roots))"), "{t}");
     }
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 pub fn kms_client(rt: &tokio::runtime::Runtime, url: &str) -> aws_sdk_kms::Client {
     rt.block_on(async {
         let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .http_client(p11bridge_backends::kms::http_client())
+            .http_client(p11bridge_backends::kms::http_client(None))
             .region(aws_config::Region::new("us-east-1"))
             .load()
             .await;

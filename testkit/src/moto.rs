@@ -3,6 +3,7 @@
 //! exports/imports key material (to seed a replica region).
 
 use crate::process::{spawn_server, Launch, Process};
+use std::path::Path;
 use std::process::Command;
 
 pub struct Moto {
@@ -12,6 +13,8 @@ pub struct Moto {
     pub process: Process,
     /// The region boto3 talks to it in (moto keeps one key store per region).
     pub region: String,
+    /// `https://127.0.0.1:PORT` when started by [`Moto::launch_tls`]: the same server over TLS.
+    pub https_url: Option<String>,
 }
 
 /// Sets the AWS environment the bridge's SDK client and boto3 read: dummy credentials, region us-east-1, and no
@@ -43,21 +46,32 @@ pub fn spawn(port: u16, region: &str) -> Moto {
 impl Moto {
     /// Starts a server as `launch` says (also sets the AWS environment, [`set_aws_env`]).
     pub fn launch(region: &str, launch: &Launch) -> Moto {
+        Moto::launch_tls(region, launch, None)
+    }
+
+    /// [`Moto::launch`], serving HTTPS as well with `tls` (certificate and key, PEM) on a port of its own
+    /// ([`Moto::https_url`]); the helpers keep using plain HTTP.
+    pub fn launch_tls(region: &str, launch: &Launch, tls: Option<(&Path, &Path)>) -> Moto {
         set_aws_env();
         let script = crate::repo_root().join("tests/kms/moto_fidelity.py");
         let mut cmd = Command::new("python3");
         cmd.arg(&script)
             .args(["--host", "127.0.0.1", "--port", &launch.port.to_string()]);
+        if let Some((cert, key)) = tls {
+            cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
+        }
         let (pid, line) = spawn_server(cmd, launch, true);
-        let url = line
+        let mut urls = line
             .trim()
             .strip_prefix("READY ")
             .unwrap_or_else(|| {
                 panic!("moto_fidelity.py said {line:?} (pip install 'moto[server]')")
             })
-            .to_string();
+            .split(' ')
+            .map(str::to_string);
         Moto {
-            url,
+            url: urls.next().unwrap_or_default(),
+            https_url: urls.next(),
             process: Process::new(pid, launch),
             region: region.to_string(),
         }

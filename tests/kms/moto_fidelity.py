@@ -24,8 +24,11 @@ Reference documents, plus a small side channel for tests:
 See tests/kms/README.md for what each patch does and why.
 
 Usage: python3 tests/kms/moto_fidelity.py --host 127.0.0.1 --port 0
+          [--tls-cert CERT.pem --tls-key KEY.pem]
 Prints exactly one line "READY http://HOST:PORT" on stdout once it accepts
-requests.
+requests. With --tls-cert/--tls-key it also serves HTTPS (the same server:
+same keys, counters and faults) on a second free port, and the line is
+"READY http://HOST:PORT https://HOST:TLSPORT".
 """
 
 import argparse
@@ -495,7 +498,11 @@ def main(argv=None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    parser.add_argument("--tls-cert", help="also serve HTTPS with this certificate (PEM)")
+    parser.add_argument("--tls-key", help="the key of --tls-cert (PEM)")
     args = parser.parse_args(argv)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
 
     if not args.verbose:
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
@@ -504,7 +511,19 @@ def main(argv=None) -> None:
     server = make_server(args.host, args.port, app, threaded=True, request_handler=MotoRequestHandler)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     host, port = server.server_address[:2]
-    print(f"READY http://{host}:{port}", flush=True)
+    ready = f"READY http://{host}:{port}"
+    if args.tls_cert:
+        tls = make_server(
+            args.host,
+            0,
+            app,
+            threaded=True,
+            request_handler=MotoRequestHandler,
+            ssl_context=(args.tls_cert, args.tls_key),
+        )
+        threading.Thread(target=tls.serve_forever, daemon=True).start()
+        ready += f" https://{host}:{tls.server_address[1]}"
+    print(ready, flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

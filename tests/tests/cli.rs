@@ -1044,29 +1044,8 @@ fn help_describes_every_option() {
 /// A throwaway CA (made in `d`) and the certificate it issues for the public key in `public_pem` with subject
 /// CN=`cn`: (CA certificate, issued certificate).
 fn ca_issued(d: &Path, public_pem: &Path, cn: &str) -> (PathBuf, PathBuf) {
-    let (ca_key, ca, csr, cert) = (
-        d.join("ca.key"),
-        d.join("ca.pem"),
-        d.join("req.csr"),
-        d.join("issued.pem"),
-    );
-    assert!(openssl_ok(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        p(&ca_key),
-        "-out",
-        p(&ca),
-        "-subj",
-        "/CN=cli test CA",
-        "-days",
-        "2",
-    ]));
+    let (ca, ca_key) = p11bridge_testkit::tls::self_signed_ca(d, "ca");
+    let (csr, cert) = (d.join("req.csr"), d.join("issued.pem"));
     assert!(openssl_ok(&[
         "req",
         "-new",

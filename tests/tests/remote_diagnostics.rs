@@ -33,27 +33,7 @@ struct Setup {
 /// `openssl s_server` with a self-signed certificate on a free port, killed with the test process.
 fn untrusted_tls_server(dir: &std::path::Path) -> String {
     use std::os::unix::process::CommandExt;
-    let (cert, key) = (dir.join("tls.pem"), dir.join("tls.key"));
-    openssl(
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &key.display().to_string(),
-            "-out",
-            &cert.display().to_string(),
-            "-subj",
-            "/CN=127.0.0.1",
-            "-days",
-            "2",
-        ],
-        None,
-    );
+    let (cert, key) = p11bridge_testkit::tls::self_signed_ca(dir, "tls");
     let port = free_port();
     // Spawned by a thread that lives as long as the process: PR_SET_PDEATHSIG fires when the spawning thread exits.
     std::thread::spawn(move || {
@@ -334,15 +314,7 @@ fn check_backend(name: &str) -> serde_json::Value {
 
 /// Searches a token whose only backend cannot serve, and returns the thread's last cause.
 fn search_cause(label: &str) -> String {
-    let p = p();
-    let s = session_on(p, label);
-    let found = s.find_objects(&[]);
-    assert!(
-        found.as_ref().map_or(true, |v| v.is_empty()),
-        "{label}: {found:?}"
-    );
-    let (_, text) = last_error();
-    text
+    common::search_cause(p(), label)
 }
 
 #[test]

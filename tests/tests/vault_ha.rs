@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::bao::{spawn, Bao};
+use common::bao::spawn;
 use common::*;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
@@ -39,16 +39,6 @@ fn key(s: &Session, backend: &str, class: ObjectClass) -> ObjectHandle {
         .unwrap();
     assert_eq!(v.len(), 1, "{backend} {class:?}");
     v[0]
-}
-
-/// Transit on, and the key restored from `backup` (A's plaintext backup: same key material everywhere).
-fn seed(b: &Bao, backup: &str) {
-    b.ok(&["secrets", "enable", "transit"]);
-    b.ok(&[
-        "write",
-        "transit/restore/ha-ec",
-        &format!("backup={}", backup.trim()),
-    ]);
 }
 
 /// A standby as Vault runs one without request forwarding: every request is answered `307 Temporary Redirect`
@@ -140,22 +130,8 @@ fn sign_for(s: &Session, k: ObjectHandle, n: &mut u64, d: Duration, out: &mut Lo
 fn node_failover_return_and_standby_redirect() {
     let a = spawn(0);
     let b = spawn(0);
-    a.ok(&["secrets", "enable", "transit"]);
-    a.ok(&[
-        "write",
-        "-f",
-        "transit/keys/ha-ec",
-        "type=ecdsa-p256",
-        "exportable=true",
-        "allow_plaintext_backup=true",
-    ]);
-    let backup = a.ok(&["read", "-field=backup", "transit/backup/ha-ec"]);
-    b.ok(&["secrets", "enable", "transit"]);
-    b.ok(&[
-        "write",
-        "transit/restore/ha-ec",
-        &format!("backup={}", backup.trim()),
-    ]);
+    let backup = a.ec_key_with_backup("ha-ec");
+    b.restore_key("ha-ec", &backup);
     let (standby, redirected) = redirector(a.addr.clone());
     std::env::set_var("VAULT_HA_TOKEN", common::bao::ROOT_TOKEN);
     let dir = repo_root()
@@ -266,7 +242,7 @@ timeout_ms = {TIMEOUT_MS}
 
     // The primary comes back on the same port (set up again: a dev server forgets everything): calls return to it.
     let a = spawn(a.port());
-    seed(&a, &backup);
+    a.restore_key("ha-ec", &backup);
     let back = Instant::now();
     let mut returned = None;
     while back.elapsed() < Duration::from_secs(30) {

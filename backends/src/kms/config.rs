@@ -143,6 +143,8 @@ impl KmsService {
             return Err(config_error(name, "random: \"os\" or \"kms\""));
         }
         cfg.remote.check_certificates(name)?;
+        // `AWS_CA_BUNDLE` as the AWS CLI reads it: the trust roots when `ca_cert` is not set.
+        let ca = cfg.remote.ca_bundle(name, Some("AWS_CA_BUNDLE"))?;
         let p = &cfg.created_alias_prefix;
         let alias_chars = p
             .chars()
@@ -183,6 +185,7 @@ impl KmsService {
             cfg,
             regions,
             health,
+            ca,
             created: parking_lot::Mutex::new(Vec::new()),
             certs,
             resolved: parking_lot::Mutex::new(HashMap::new()),

@@ -11,7 +11,8 @@
 //!
 //! TLS: the SDK's default HTTPS client is not used (it brings aws-lc-rs as a second rustls provider next to the
 //! ring one the crate already uses, and rustls refuses to pick between two without a process-wide default). The
-//! backend builds the SDK's hyper client itself with rustls on ring, installing nothing global.
+//! backend builds the SDK's hyper client itself with rustls on ring, installing nothing global; its trust roots
+//! are `ca_cert`, else `AWS_CA_BUNDLE`, else the system's (`remote::tls`).
 //!
 //! Retries: the SDK's standard retry strategy (jittered exponential backoff; throttling and 5xx/transient errors)
 //! for the idempotent calls, within the per-call deadline; `CreateKey`, `CreateAlias`, `DeleteAlias` and
@@ -32,6 +33,7 @@ pub use regions::{http_client, KmsService};
 
 use crate::health::{self, Endpoints};
 use crate::remote::mech::{Hash, RsaPad, SignRequest};
+use crate::remote::tls::CaBundle;
 use crate::remote::{
     cert, der, Curve, GenerateKind, GenerateSpec, KeyMaterial, MechanismList, RemoteKey,
     RemoteService, Usage, EC_FLAGS,

@@ -181,6 +181,8 @@ pub struct KmsService {
     pub(super) regions: Vec<Region>,
     /// A circuit breaker per region.
     pub(super) health: Endpoints,
+    /// The CA bundle of `ca_cert` or `AWS_CA_BUNDLE` (`None`: the system's roots).
+    pub(super) ca: Option<CaBundle>,
     /// Keys created through the bridge while it runs (added to a configured `keys` list) when they get no alias
     /// under `created_alias_prefix`.
     pub(super) created: parking_lot::Mutex<Vec<String>>,
@@ -206,7 +208,13 @@ impl KmsService {
                 return c.clone();
             }
         }
-        let c = build_client(&self.cfg, r.name.as_deref(), r.endpoint.as_deref()).await;
+        let c = build_client(
+            &self.cfg,
+            self.ca.as_ref(),
+            r.name.as_deref(),
+            r.endpoint.as_deref(),
+        )
+        .await;
         *g = Some((me, c.clone()));
         c
     }
@@ -408,18 +416,30 @@ impl health::Probed for KmsService {
     }
 }
 
-/// An HTTPS-capable client for the SDK: hyper over rustls with the ring provider (nothing installed globally).
-pub fn http_client() -> aws_sdk_kms::config::SharedHttpClient {
+/// An HTTPS-capable client for the SDK: hyper over rustls with the ring provider (nothing installed globally),
+/// trusting `ca` (checked by `CaBundle::load`: the SDK's rustls glue panics on a certificate it cannot add) or else
+/// the system's roots.
+pub fn http_client(ca: Option<&CaBundle>) -> aws_sdk_kms::config::SharedHttpClient {
     use aws_smithy_http_client::tls;
-    aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::rustls(
-            tls::rustls_provider::CryptoMode::Ring,
-        ))
-        .build_https()
+    let trust = match ca {
+        Some(ca) => tls::TrustStore::empty().with_pem_certificate(ca.pem.clone()),
+        None => tls::TrustStore::default(),
+    };
+    let context = tls::TlsContext::builder().with_trust_store(trust).build();
+    let builder = aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::rustls(
+        tls::rustls_provider::CryptoMode::Ring,
+    ));
+    match context {
+        Ok(context) => builder.tls_context(context),
+        // Building a context cannot fail today (1.5); the default one is the SDK's own.
+        Err(_) => builder,
+    }
+    .build_https()
 }
 
 pub(super) async fn build_client(
     cfg: &Config,
+    ca: Option<&CaBundle>,
     region: Option<&str>,
     endpoint: Option<&str>,
 ) -> Client {
@@ -433,7 +453,7 @@ pub(super) async fn build_client(
         .with_initial_backoff(Duration::from_millis(50))
         .with_max_backoff(Duration::from_secs(1));
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .http_client(http_client())
+        .http_client(http_client(ca))
         .retry_config(retry)
         .timeout_config(timeouts);
     if let Some(r) = region {

@@ -8,6 +8,7 @@ pub mod der;
 pub mod mech;
 mod session;
 pub mod settings;
+pub mod tls;
 
 use crate::{vendor, Backend, BackendSession, Error, ObjRef, OpKind, Result, Token};
 use cryptoki_sys::*;

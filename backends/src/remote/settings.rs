@@ -1,5 +1,5 @@
 //! The keys every remote backend's section shares (`kind = "aws-kms"`, `kind = "vault-transit"`): which keys,
-//! deadlines, the key cache, certificates, deletion, circuit breakers. Parsed once here; each backend's own
+//! deadlines, the key cache, certificates, deletion, circuit breakers, the TLS trust roots. Parsed once here; each backend's own
 //! config struct holds the rest and embeds these as `remote`.
 //!
 //! Not `#[serde(flatten)]`: with `deny_unknown_fields` it would drop the list of accepted keys from the
@@ -8,6 +8,7 @@
 
 use crate::health::Endpoints;
 use crate::remote::cert::CertSource;
+use crate::remote::tls::CaBundle;
 use crate::{Error, Result};
 use cryptoki_sys::CKR_GENERAL_ERROR;
 use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
@@ -51,6 +52,8 @@ pub struct RemoteSettings {
     pub breaker_cooldown_ms: u64,
     #[serde(default = "default_probe_interval_ms")]
     pub probe_interval_ms: u64,
+    /// CA certificates (PEM) that the server's TLS certificate must chain to, in place of the system's roots.
+    pub ca_cert: Option<PathBuf>,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -88,6 +91,7 @@ impl Default for RemoteSettings {
             breaker_failures: default_breaker_failures(),
             breaker_cooldown_ms: default_breaker_cooldown_ms(),
             probe_interval_ms: default_probe_interval_ms(),
+            ca_cert: None,
         }
     }
 }
@@ -140,6 +144,22 @@ impl RemoteSettings {
             }
         }
         Ok(())
+    }
+
+    /// The CA bundle of `ca_cert`, else of the environment variable `env` (KMS: `AWS_CA_BUNDLE`) when set and not
+    /// empty, read and checked; `None`: the system's roots.
+    pub fn ca_bundle(&self, name: &str, env: Option<&str>) -> Result<Option<CaBundle>> {
+        let (path, from) = match (&self.ca_cert, env) {
+            (Some(p), _) => (p.clone(), String::new()),
+            (None, Some(var)) => match std::env::var_os(var).filter(|v| !v.is_empty()) {
+                Some(p) => (PathBuf::from(p), format!(" (from {var})")),
+                None => return Ok(None),
+            },
+            (None, None) => return Ok(None),
+        };
+        CaBundle::load(&path)
+            .map(Some)
+            .map_err(|e| config_error(name, format!("ca_cert{from}: {e}")))
     }
 
     /// The breaker settings are usable.
@@ -289,7 +309,8 @@ mod tests {
             Some(
                 "backend.b: unknown field `adress`, expected one of `kind`, `region`, `keys`, `discover`, \
                  `timeout_ms`, `connect_timeout_ms`, `cache_ttl_s`, `certificates`, `cert_cache_dir`, \
-                 `cert_store_dir`, `allow_destroy`, `breaker_failures`, `breaker_cooldown_ms`, `probe_interval_ms`"
+                 `cert_store_dir`, `allow_destroy`, `breaker_failures`, `breaker_cooldown_ms`, `probe_interval_ms`, \
+                 `ca_cert`"
             )
         );
         let t: toml::Table = toml::from_str("kind = \"x\"\ntimeout_ms = \"5\"").unwrap();
@@ -304,6 +325,6 @@ mod tests {
     fn field_names_are_serdes() {
         let names = field_names::<RemoteSettings>();
         assert!(names.contains(&"timeout_ms") && names.contains(&"probe_interval_ms"));
-        assert_eq!(names.len(), 12);
+        assert_eq!(names.len(), 13);
     }
 }

@@ -36,8 +36,10 @@ pub(super) fn sts_url(cfg: &Config) -> String {
 
 /// Loads credentials from the default chain and signs the request. `Err`: why not, in words (no secret in it).
 pub(super) async fn signed_login(cfg: &Config) -> std::result::Result<SignedLogin, String> {
+    // The chain's own endpoints (instance metadata, STS for web identity, SSO) are AWS's: the system's roots, not
+    // the Vault backend's ca_cert.
     let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .http_client(crate::kms::http_client())
+        .http_client(crate::kms::http_client(None))
         .region(aws_config::Region::new(cfg.aws_sts_region.clone()))
         .load()
         .await;

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::remote::settings::{self, config_error, RemoteSettings};
+use crate::remote::tls::{self, CaBundle};
 
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
@@ -16,9 +17,7 @@ pub(super) struct Config {
     pub(super) namespace: Option<String>,
     #[serde(default = "default_mount")]
     pub(super) mount: String,
-    /// CA certificate (PEM) for the server's TLS certificate; else the system's roots.
-    pub(super) ca_cert: Option<PathBuf>,
-    /// TLS client certificate and key (PEM).
+    /// TLS client certificate and key (PEM). (`ca_cert` is a shared key: `RemoteSettings`.)
     pub(super) client_cert: Option<PathBuf>,
     pub(super) client_key: Option<PathBuf>,
     /// Authentication: a token; or AppRole (`role_id` + `secret_id`); or Kubernetes (`kubernetes_role`); or AWS IAM
@@ -175,6 +174,7 @@ impl VaultService {
         }
         cfg.remote.check_certificates(name)?;
         cfg.remote.check_breakers(name)?;
+        let ca = cfg.remote.ca_bundle(name, None)?;
         if !cfg
             .created_prefix
             .chars()
@@ -199,6 +199,7 @@ impl VaultService {
             cfg,
             addresses,
             health,
+            ca,
             http: OnceLock::new(),
             token: RwLock::new(None),
             login: tokio::sync::Mutex::new(()),
@@ -209,22 +210,14 @@ impl VaultService {
     }
 }
 
-pub(super) fn build_http(cfg: &Config) -> std::result::Result<reqwest::Client, String> {
+/// The backend's HTTP client: rustls on the ring provider (nothing process-wide), trusting `ca` (else the system's
+/// roots), with the client certificate when configured.
+pub(super) fn build_http(
+    cfg: &Config,
+    ca: Option<&CaBundle>,
+) -> std::result::Result<reqwest::Client, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    if let Some(ca) = &cfg.ca_cert {
-        let pem = std::fs::read(ca).map_err(|e| format!("ca_cert {}: {e}", ca.display()))?;
-        for c in rustls_pemfile::certs(&mut &pem[..]) {
-            let c = c.map_err(|e| format!("ca_cert {}: {e}", ca.display()))?;
-            roots
-                .add(c)
-                .map_err(|e| format!("ca_cert {}: {e}", ca.display()))?;
-        }
-    } else {
-        for c in rustls_native_certs::load_native_certs().certs {
-            let _ = roots.add(c);
-        }
-    }
+    let roots = ca.map_or_else(tls::system_roots, CaBundle::root_store);
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
@@ -234,17 +227,23 @@ pub(super) fn build_http(cfg: &Config) -> std::result::Result<reqwest::Client, S
             let cpem =
                 std::fs::read(cp).map_err(|e| format!("client_cert {}: {e}", cp.display()))?;
             let certs: Vec<_> = rustls_pemfile::certs(&mut &cpem[..])
-                .filter_map(|c| c.ok())
-                .collect();
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| format!("client_cert {}: not PEM: {e}", cp.display()))?;
+            if certs.is_empty() {
+                return Err(format!(
+                    "client_cert {}: no certificate in it",
+                    cp.display()
+                ));
+            }
             let kpem = Zeroizing::new(
                 std::fs::read(kp).map_err(|e| format!("client_key {}: {e}", kp.display()))?,
             );
             let key = rustls_pemfile::private_key(&mut &kpem[..])
-                .map_err(|e| format!("client_key: {e}"))?
-                .ok_or("client_key: no private key")?;
+                .map_err(|e| format!("client_key {}: {e}", kp.display()))?
+                .ok_or_else(|| format!("client_key {}: no private key in it", kp.display()))?;
             builder
                 .with_client_auth_cert(certs, key)
-                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("client_cert/client_key: {e}"))?
         }
         _ => builder.with_no_client_auth(),
     };

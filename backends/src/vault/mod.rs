@@ -83,6 +83,8 @@ pub struct VaultService {
     addresses: Vec<String>,
     /// A circuit breaker per address (in `addresses` order).
     health: Endpoints,
+    /// The CA bundle of `ca_cert` (`None`: the system's roots).
+    ca: Option<crate::remote::tls::CaBundle>,
     http: OnceLock<std::result::Result<reqwest::Client, String>>,
     token: RwLock<Option<TokenState>>,
     login: tokio::sync::Mutex<()>,

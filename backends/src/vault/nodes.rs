@@ -93,7 +93,7 @@ impl VaultService {
     /// One HTTP client for the backend (connection pool shared by every session), made on first use.
     pub(super) fn http(&self) -> Result<reqwest::Client> {
         self.http
-            .get_or_init(|| build_http(&self.cfg))
+            .get_or_init(|| build_http(&self.cfg, self.ca.as_ref()))
             .clone()
             .map_err(|e| Error::with(CKR_DEVICE_ERROR, format!("cannot set up TLS: {e}")))
     }

@@ -388,3 +388,37 @@ pub fn list_objects(config: &std::path::Path, env: &[(&str, Option<&str>)]) -> (
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Searches the token labelled `label`, whose only backend cannot serve, and returns the thread's last cause.
+pub fn search_cause(p: &Pkcs11, label: &str) -> String {
+    let s = session_on(p, label);
+    let found = s.find_objects(&[]);
+    assert!(
+        found.as_ref().map_or(true, |v| v.is_empty()),
+        "{label}: {found:?}"
+    );
+    last_error().1
+}
+
+/// Signs with the EC key labelled `key` on the token labelled `label` (`CKM_ECDSA_SHA256`) and verifies the
+/// signature with openssl against the key's public key object.
+pub fn ecdsa_signs_on(p: &Pkcs11, label: &str, key: &str) {
+    use cryptoki::object::ObjectClass;
+    let s = session_on(p, label);
+    let public = find_one(&s, key, ObjectClass::PUBLIC_KEY);
+    let private = find_one(&s, key, ObjectClass::PRIVATE_KEY);
+    let data = format!("signed with {key} on {label}").into_bytes();
+    let sig = s
+        .sign(&cryptoki::mechanism::Mechanism::EcdsaSha256, private, &data)
+        .unwrap_or_else(|e| panic!("{label}: signing with {key}: {e}: {:?}", last_error()));
+    assert!(
+        openssl_verify(
+            &spki(&s, public),
+            Some("sha256"),
+            &[],
+            &data,
+            &der::ecdsa_der(&sig)
+        ),
+        "{label}: the signature does not verify"
+    );
+}
