@@ -15,6 +15,8 @@
 # cryptoki_calls process slows down ten-fold and more as its SoftHSM2 state and ASan's quarantine grow), a row each.
 # CORPUS_TAG=T: keep the corpora in corpus-T (cryptoki_calls) / corpus-TARGET-T instead of run.sh's, e.g. to start
 # from an empty corpus (short inputs, ~5,000 exec/s) rather than the grown one (long inputs, 150-400 exec/s).
+# MAX_LEN=N: libFuzzer's -max_len for cryptoki_calls (default: libFuzzer's, growing to 4096 bytes; longer inputs make
+# longer call sequences and fewer executions per second).
 set -uo pipefail
 
 total=${1:?usage: campaign.sh TOTAL_EXECUTIONS [TARGET...]}
@@ -59,6 +61,7 @@ run_round() { # TARGET RUNS CORPUS
     # The hostile targets' inputs are mostly the backend's script: no slow growth of the input length.
     [[ $t == hostile_* ]] && limit=(-len_control=0 -max_len=2048)
     [[ -n ${MAX_SECONDS:-} ]] && limit+=(-max_total_time="$MAX_SECONDS")
+    [[ $t == cryptoki_calls && -n ${MAX_LEN:-} ]] && limit+=(-max_len="$MAX_LEN")
     local before after t0 rc secs runs rate cov ft found
     before=$(ls "$work/artifacts" | grep -c "^$t-" || true)
     t0=$(date +%s)
