@@ -298,9 +298,48 @@ fn initialize(e: &mut Entry, ctx: &BuildContext) -> Result<()> {
     Ok(())
 }
 
+/// Runs `f` (loading or initializing an upstream module) with the calling thread's OpenSSL error queue kept as it
+/// was. Some modules leave errors there: SoftHSM2 2.6.1 under OpenSSL 3 asks for the "rdrand" engine in
+/// `C_Initialize`, and Debian's libcrypto, having no `rdrand.so`, queues "could not load the shared library". The
+/// thread is the application's: an OpenSSL application that reaches the bridge inside a TLS handshake (an nginx
+/// worker's first handshake after fork re-initializes the modules) then gets `SSL_ERROR_SSL` from those stale errors
+/// and drops the connection. `ERR_set_mark` / `ERR_pop_to_mark` are looked up in the process: the bridge does not
+/// link OpenSSL, and when no libcrypto is loaded globally there is no application queue to protect.
+fn keep_openssl_errors<T>(f: impl FnOnce() -> T) -> T {
+    type ErrFn = unsafe extern "C" fn() -> std::ffi::c_int;
+    // SAFETY: dlsym with RTLD_DEFAULT and NUL-terminated names.
+    let (mark, pop) = unsafe {
+        (
+            libc::dlsym(libc::RTLD_DEFAULT, c"ERR_set_mark".as_ptr()),
+            libc::dlsym(libc::RTLD_DEFAULT, c"ERR_pop_to_mark".as_ptr()),
+        )
+    };
+    if mark.is_null() || pop.is_null() {
+        return f();
+    }
+    // SAFETY: both are OpenSSL's `int f(void)` (1.1 and 3.x); they touch only the calling thread's error queue.
+    // ERR_set_mark on an empty queue sets no mark, and ERR_pop_to_mark then empties the queue: what we want.
+    let (mark, pop) = unsafe {
+        (
+            std::mem::transmute::<*mut std::ffi::c_void, ErrFn>(mark),
+            std::mem::transmute::<*mut std::ffi::c_void, ErrFn>(pop),
+        )
+    };
+    // SAFETY: see above.
+    unsafe { mark() };
+    let r = f();
+    // SAFETY: see above.
+    unsafe { pop() };
+    r
+}
+
 /// Loads (once) and initializes (once per process) the module at `path`.
 pub fn acquire(path: &Path, ctx: &BuildContext) -> Result<Arc<Lib>> {
     ForkGuard::install();
+    keep_openssl_errors(|| acquire_inner(path, ctx))
+}
+
+fn acquire_inner(path: &Path, ctx: &BuildContext) -> Result<Arc<Lib>> {
     let mut reg = REGISTRY.lock();
     let me = current_pid();
     if let Some(e) = reg.iter_mut().find(|e| e.lib.path == path) {
@@ -362,9 +401,11 @@ pub fn reinitialize(lib: &Lib, ctx: &BuildContext) -> Result<bool> {
         tracing::info!(module = %e.lib.path.display(), "re-initialization deferred: a call is still inside the module");
         return Ok(false);
     }
-    up!(f, C_Finalize(std::ptr::null_mut()));
-    let mut args = init_args(ctx);
-    let rv = up!(f, C_Initialize(&mut args as *mut _ as *mut _));
+    let rv = keep_openssl_errors(|| {
+        up!(f, C_Finalize(std::ptr::null_mut()));
+        let mut args = init_args(ctx);
+        up!(f, C_Initialize(&mut args as *mut _ as *mut _))
+    });
     match rv {
         CKR_OK | CKR_CRYPTOKI_ALREADY_INITIALIZED => Ok(true),
         rv => Err(Error::with(
