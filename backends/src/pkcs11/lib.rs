@@ -418,3 +418,75 @@ pub fn reinitialize(lib: &Lib, ctx: &BuildContext) -> Result<bool> {
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::keep_openssl_errors;
+    use std::ffi::{c_char, c_int, c_ulong, c_void};
+
+    /// The process's libcrypto (loaded globally, as in an OpenSSL application), or None where there is none.
+    fn libcrypto() -> Option<*mut c_void> {
+        // SAFETY: dlopen of a system library by name; RTLD_GLOBAL puts it in the scope RTLD_DEFAULT searches.
+        let h = unsafe {
+            libc::dlopen(
+                c"libcrypto.so.3".as_ptr(),
+                libc::RTLD_NOW | libc::RTLD_GLOBAL,
+            )
+        };
+        (!h.is_null()).then_some(h)
+    }
+
+    #[test]
+    fn an_upstream_modules_openssl_errors_do_not_reach_the_callers_queue() {
+        let Some(h) = libcrypto() else {
+            eprintln!("no libcrypto.so.3 on this machine: nothing to protect");
+            return;
+        };
+        type Clear = unsafe extern "C" fn();
+        type GetError = unsafe extern "C" fn() -> c_ulong;
+        type NewFile = unsafe extern "C" fn(*const c_char, *const c_char) -> *mut c_void;
+        // SAFETY: OpenSSL 3's signatures for these symbols.
+        let (clear, get, new_file) = unsafe {
+            let sym = |n: &std::ffi::CStr| {
+                let p = libc::dlsym(h, n.as_ptr());
+                assert!(!p.is_null(), "{n:?} not in libcrypto");
+                p
+            };
+            (
+                std::mem::transmute::<*mut c_void, Clear>(sym(c"ERR_clear_error")),
+                std::mem::transmute::<*mut c_void, GetError>(sym(c"ERR_get_error")),
+                std::mem::transmute::<*mut c_void, NewFile>(sym(c"BIO_new_file")),
+            )
+        };
+        // What SoftHSM2's C_Initialize does to the queue: a failed call that queues errors (here a missing file).
+        let fail = || {
+            // SAFETY: NUL-terminated strings; the call fails and returns NULL.
+            let bio = unsafe { new_file(c"/nonexistent/p11bridge-test".as_ptr(), c"r".as_ptr()) };
+            assert!(bio.is_null());
+        };
+        let drain = || {
+            let mut n: c_int = 0;
+            // SAFETY: OpenSSL's error queue of this thread.
+            while unsafe { get() } != 0 {
+                n += 1;
+            }
+            n
+        };
+        // An empty queue stays empty.
+        // SAFETY: this thread's queue.
+        unsafe { clear() };
+        keep_openssl_errors(fail);
+        assert_eq!(drain(), 0, "errors of the closure were left on the queue");
+        // The caller's own errors stay, and only they.
+        fail();
+        let mine = drain();
+        assert!(mine > 0);
+        fail();
+        keep_openssl_errors(fail);
+        assert_eq!(
+            drain(),
+            mine,
+            "the caller's errors were not kept as they were"
+        );
+    }
+}
