@@ -33,8 +33,13 @@ check token "OpenBao PKI: root pki, intermediate pki_int, roles (bao CLI)" pki_s
 [[ -s $PKI/ready ]] || exit 0
 
 # --- this consumer's bridge configuration and HSM token -------------------------------------------------------------
-sed -e 's/^token_label = "upstream"$/token_label = "signers"/' \
-    -e "s|^cert_cache_dir = .*|&\ncert_store_dir = \"$dir/imported\"|" "$P11BRIDGE_CONFIG" >p11bridge.toml
+own_config() { # run.sh's configuration with the HSM on token "signers" and a cert_store_dir per remote backend
+    sed -e 's/^token_label = "upstream"$/token_label = "signers"/' \
+        -e "s|^cert_cache_dir = .*|&\ncert_store_dir = \"$dir/imported\"|" "$P11BRIDGE_CONFIG" >p11bridge.toml &&
+        grep -q '^token_label = "signers"$' p11bridge.toml &&
+        [[ $(grep -c '^cert_store_dir = ' p11bridge.toml) -eq $(wc -w <<<"${BACKENDS/hsm/}") ]] && cat p11bridge.toml
+}
+check token "this consumer's bridge configuration (HSM token \"signers\", own cert_store_dir)" own_config
 export P11BRIDGE_CONFIG=$dir/p11bridge.toml
 signers_token() {
     softhsm2-util --show-slots | grep -qE 'Label: +signers *$' && return 0
