@@ -19,6 +19,9 @@ CONSUMERS = {
     "openssh": "OpenSSH 9.2",
     "p11-kit": "p11-kit 0.24 / GnuTLS 3.7 (p11tool)",
     "vault-seal": "Vault/OpenBao pkcs11 seal call sequence (PyKCS11)",
+    "nginx": "nginx 1.22 (libp11 engine), certificates from OpenBao PKI",
+    "osslsigncode": "osslsigncode 2.9 (libp11 engine): Authenticode, certificates from OpenBao PKI",
+    "jarsigner": "jarsigner (JDK 17 SunPKCS11), certificates from OpenBao PKI",
 }
 
 

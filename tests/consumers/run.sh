@@ -3,7 +3,8 @@
 # tests/consumers/run.sh BRIDGE_SO [CONSUMER...]
 #
 # The consumer matrix: real PKCS#11 consumers (pkcs11-tool, OpenSSL engine and provider, Java SunPKCS11, OpenSSH,
-# p11-kit/GnuTLS, the Vault/OpenBao pkcs11 seal's call sequence) against p11bridge's unified token, with keys in
+# p11-kit/GnuTLS, the Vault/OpenBao pkcs11 seal's call sequence; nginx, jarsigner and osslsigncode with certificates
+# issued by OpenBao's PKI, pki.sh) against p11bridge's unified token, with keys in
 # each backend: the upstream HSM (SoftHSM2), Vault transit (an OpenBao dev server) and AWS KMS (moto + the fidelity
 # layer) when the bridge has the KMS backend. One environment is set up, then each consumer script runs in turn
 # (all of them, or those named). Every check prints PASS/FAIL/N/A; docs/consumers-results.md is written from the
@@ -29,7 +30,7 @@ cleanup() {
 trap cleanup EXIT
 start=$SECONDS
 
-consumers=(pkcs11-tool openssl java openssh p11-kit vault-seal)
+consumers=(pkcs11-tool openssl java openssh p11-kit vault-seal nginx osslsigncode jarsigner)
 (($#)) && consumers=("$@")
 
 log() { printf 'consumers: %s\n' "$*" >&2; }

@@ -298,9 +298,48 @@ fn initialize(e: &mut Entry, ctx: &BuildContext) -> Result<()> {
     Ok(())
 }
 
+/// Runs `f` (loading or initializing an upstream module) with the calling thread's OpenSSL error queue kept as it
+/// was. Some modules leave errors there: SoftHSM2 2.6.1 under OpenSSL 3 asks for the "rdrand" engine in
+/// `C_Initialize`, and Debian's libcrypto, having no `rdrand.so`, queues "could not load the shared library". The
+/// thread is the application's: an OpenSSL application that reaches the bridge inside a TLS handshake (an nginx
+/// worker's first handshake after fork re-initializes the modules) then gets `SSL_ERROR_SSL` from those stale errors
+/// and drops the connection. `ERR_set_mark` / `ERR_pop_to_mark` are looked up in the process: the bridge does not
+/// link OpenSSL, and when no libcrypto is loaded globally there is no application queue to protect.
+fn keep_openssl_errors<T>(f: impl FnOnce() -> T) -> T {
+    type ErrFn = unsafe extern "C" fn() -> std::ffi::c_int;
+    // SAFETY: dlsym with RTLD_DEFAULT and NUL-terminated names.
+    let (mark, pop) = unsafe {
+        (
+            libc::dlsym(libc::RTLD_DEFAULT, c"ERR_set_mark".as_ptr()),
+            libc::dlsym(libc::RTLD_DEFAULT, c"ERR_pop_to_mark".as_ptr()),
+        )
+    };
+    if mark.is_null() || pop.is_null() {
+        return f();
+    }
+    // SAFETY: both are OpenSSL's `int f(void)` (1.1 and 3.x); they touch only the calling thread's error queue.
+    // ERR_set_mark on an empty queue sets no mark, and ERR_pop_to_mark then empties the queue: what we want.
+    let (mark, pop) = unsafe {
+        (
+            std::mem::transmute::<*mut std::ffi::c_void, ErrFn>(mark),
+            std::mem::transmute::<*mut std::ffi::c_void, ErrFn>(pop),
+        )
+    };
+    // SAFETY: see above.
+    unsafe { mark() };
+    let r = f();
+    // SAFETY: see above.
+    unsafe { pop() };
+    r
+}
+
 /// Loads (once) and initializes (once per process) the module at `path`.
 pub fn acquire(path: &Path, ctx: &BuildContext) -> Result<Arc<Lib>> {
     ForkGuard::install();
+    keep_openssl_errors(|| acquire_inner(path, ctx))
+}
+
+fn acquire_inner(path: &Path, ctx: &BuildContext) -> Result<Arc<Lib>> {
     let mut reg = REGISTRY.lock();
     let me = current_pid();
     if let Some(e) = reg.iter_mut().find(|e| e.lib.path == path) {
@@ -362,9 +401,11 @@ pub fn reinitialize(lib: &Lib, ctx: &BuildContext) -> Result<bool> {
         tracing::info!(module = %e.lib.path.display(), "re-initialization deferred: a call is still inside the module");
         return Ok(false);
     }
-    up!(f, C_Finalize(std::ptr::null_mut()));
-    let mut args = init_args(ctx);
-    let rv = up!(f, C_Initialize(&mut args as *mut _ as *mut _));
+    let rv = keep_openssl_errors(|| {
+        up!(f, C_Finalize(std::ptr::null_mut()));
+        let mut args = init_args(ctx);
+        up!(f, C_Initialize(&mut args as *mut _ as *mut _))
+    });
     match rv {
         CKR_OK | CKR_CRYPTOKI_ALREADY_INITIALIZED => Ok(true),
         rv => Err(Error::with(
@@ -375,5 +416,77 @@ pub fn reinitialize(lib: &Lib, ctx: &BuildContext) -> Result<bool> {
                 crate::rv_name(rv)
             ),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keep_openssl_errors;
+    use std::ffi::{c_char, c_int, c_ulong, c_void};
+
+    /// The process's libcrypto (loaded globally, as in an OpenSSL application), or None where there is none.
+    fn libcrypto() -> Option<*mut c_void> {
+        // SAFETY: dlopen of a system library by name; RTLD_GLOBAL puts it in the scope RTLD_DEFAULT searches.
+        let h = unsafe {
+            libc::dlopen(
+                c"libcrypto.so.3".as_ptr(),
+                libc::RTLD_NOW | libc::RTLD_GLOBAL,
+            )
+        };
+        (!h.is_null()).then_some(h)
+    }
+
+    #[test]
+    fn an_upstream_modules_openssl_errors_do_not_reach_the_callers_queue() {
+        let Some(h) = libcrypto() else {
+            eprintln!("no libcrypto.so.3 on this machine: nothing to protect");
+            return;
+        };
+        type Clear = unsafe extern "C" fn();
+        type GetError = unsafe extern "C" fn() -> c_ulong;
+        type NewFile = unsafe extern "C" fn(*const c_char, *const c_char) -> *mut c_void;
+        // SAFETY: OpenSSL 3's signatures for these symbols.
+        let (clear, get, new_file) = unsafe {
+            let sym = |n: &std::ffi::CStr| {
+                let p = libc::dlsym(h, n.as_ptr());
+                assert!(!p.is_null(), "{n:?} not in libcrypto");
+                p
+            };
+            (
+                std::mem::transmute::<*mut c_void, Clear>(sym(c"ERR_clear_error")),
+                std::mem::transmute::<*mut c_void, GetError>(sym(c"ERR_get_error")),
+                std::mem::transmute::<*mut c_void, NewFile>(sym(c"BIO_new_file")),
+            )
+        };
+        // What SoftHSM2's C_Initialize does to the queue: a failed call that queues errors (here a missing file).
+        let fail = || {
+            // SAFETY: NUL-terminated strings; the call fails and returns NULL.
+            let bio = unsafe { new_file(c"/nonexistent/p11bridge-test".as_ptr(), c"r".as_ptr()) };
+            assert!(bio.is_null());
+        };
+        let drain = || {
+            let mut n: c_int = 0;
+            // SAFETY: OpenSSL's error queue of this thread.
+            while unsafe { get() } != 0 {
+                n += 1;
+            }
+            n
+        };
+        // An empty queue stays empty.
+        // SAFETY: this thread's queue.
+        unsafe { clear() };
+        keep_openssl_errors(fail);
+        assert_eq!(drain(), 0, "errors of the closure were left on the queue");
+        // The caller's own errors stay, and only they.
+        fail();
+        let mine = drain();
+        assert!(mine > 0);
+        fail();
+        keep_openssl_errors(fail);
+        assert_eq!(
+            drain(),
+            mine,
+            "the caller's errors were not kept as they were"
+        );
     }
 }
