@@ -29,10 +29,11 @@ mod regions;
 
 use config::*;
 use regions::*;
-pub use regions::{http_client, KmsService};
+pub use regions::{http_client, http_client_via, KmsService};
 
 use crate::health::{self, Endpoints};
 use crate::remote::mech::{Hash, RsaPad, SignRequest};
+use crate::remote::proxy::Proxies;
 use crate::remote::tls::CaBundle;
 use crate::remote::{
     cert, der, Curve, GenerateKind, GenerateSpec, KeyMaterial, MechanismList, RemoteKey,

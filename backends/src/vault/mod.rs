@@ -85,6 +85,8 @@ pub struct VaultService {
     health: Endpoints,
     /// The CA bundle of `ca_cert` (`None`: the system's roots).
     ca: Option<crate::remote::tls::CaBundle>,
+    /// The proxies its requests go through (`proxy`, else the environment), decided when it is built.
+    proxies: crate::remote::proxy::Proxies,
     http: OnceLock<std::result::Result<reqwest::Client, String>>,
     token: RwLock<Option<TokenState>>,
     login: tokio::sync::Mutex<()>,
