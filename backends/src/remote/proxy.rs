@@ -136,7 +136,17 @@ impl Proxies {
             None => {
                 // As curl: a CGI program's HTTP_PROXY may come from a request header ("httpoxy"): ignored there.
                 let cgi = std::env::var_os("REQUEST_METHOD").is_some();
-                let all = first_env(&["ALL_PROXY", "all_proxy"]);
+                // ALL_PROXY is often a SOCKS proxy for other programs: one that is not an HTTP proxy is not
+                // used (said once), rather than failing the backend.
+                let all = first_env(&["ALL_PROXY", "all_proxy"]).filter(|v| match check_url(v) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        crate::diag::notice(&format!(
+                            "ALL_PROXY is not used by the remote backends: {e}"
+                        ));
+                        false
+                    }
+                });
                 let https = first_env(&["HTTPS_PROXY", "https_proxy"]).or(all.clone());
                 let http = if cgi {
                     None

@@ -579,4 +579,28 @@ mod tests {
             .iter()
             .all(|x| x.as_ref().unwrap_err().rv() == CKR_DEVICE_ERROR));
     }
+
+    #[test]
+    fn the_http_client_with_a_proxy_installs_nothing_process_wide() {
+        let t: toml::Table = toml::from_str(
+            "kind = \"vault-transit\"\naddress = \"https://127.0.0.1:1\"\ntoken = \"x\"\nkeys = [\"k\"]\nproxy = \"http://u:pw@127.0.0.1:2\"",
+        )
+        .unwrap();
+        let v = VaultService::from_config("v", &t, &BuildContext::default()).unwrap();
+        assert!(v.http().is_ok());
+        assert_eq!(
+            v.proxies.via("https://127.0.0.1:1"),
+            " via proxy http://127.0.0.1:2"
+        );
+        assert!(rustls::crypto::CryptoProvider::get_default().is_none());
+        let t: toml::Table = toml::from_str(
+            "kind = \"vault-transit\"\naddress = \"https://127.0.0.1:1\"\ntoken = \"x\"\nkeys = [\"k\"]\nproxy = \"socks5://u:pw@h:1\"",
+        )
+        .unwrap();
+        let e = VaultService::from_config("v", &t, &BuildContext::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("backend.v.proxy: ") && !e.contains("pw"), "{e}");
+    }
 }
