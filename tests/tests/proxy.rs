@@ -267,6 +267,21 @@ fn cause_names(
     }
 }
 
+/// `C_P11BRIDGE_Check`: the report as JSON.
+fn check_report() -> serde_json::Value {
+    type F = unsafe extern "C" fn(*mut u8, *mut u64) -> u64;
+    // SAFETY: the signature of include/p11bridge.h.
+    unsafe {
+        let f: libloading::Symbol<F> = lib().get(b"C_P11BRIDGE_Check").unwrap();
+        let mut len = 0u64;
+        assert_eq!(f(std::ptr::null_mut(), &mut len), 0);
+        let mut buf = vec![0u8; len as usize];
+        assert_eq!(f(buf.as_mut_ptr(), &mut len), 0);
+        buf.truncate(len as usize);
+        serde_json::from_slice(&buf).unwrap()
+    }
+}
+
 /// Not a test of its own: the body of a child process (does nothing unless `PX_CASE` is set).
 #[test]
 fn child_process() {
@@ -346,6 +361,16 @@ fn child_process() {
             assert!(px.tunnels(&vt) >= 1 && px.tunnels(&kt) >= 1);
             let right = format!("Basic {}", base64(format!("{USER}:{RIGHT}").as_bytes()));
             assert!(px.sent_auth().contains(&right), "the credentials were sent");
+            // `p11bridge check` (C_P11BRIDGE_Check) names the proxy next to each endpoint, without credentials.
+            let report = check_report().to_string();
+            println!("PX check: {report}");
+            let via = format!("{vault} via proxy {}", px.url());
+            assert!(report.contains(&via), "{via} missing from {report}");
+            assert!(report.contains(&format!("{kms} (region us-east-1) via proxy {}", px.url())));
+            assert!(
+                !report.contains(RIGHT) && !report.contains(WRONG),
+                "{report}"
+            );
             let proxy = px.url();
             let words = ["the proxy answered 407 Proxy Authentication Required"];
             cause_names(&p, "badv", "vbad", &vault, &proxy, &words);
@@ -403,8 +428,10 @@ fn hang(vault: &str, kms: &str) {
         + &kms_section("kx", "")
         + &vault_section("vh", "")
         + &kms_section("kh", "")
+        + &vault_section("vdirect", "proxy = \"none\"")
         + &slot("hv", "\"hsm\", \"vh\"")
-        + &slot("hk", "\"hsm\", \"kh\"");
+        + &slot("hk", "\"hsm\", \"kh\"")
+        + &slot("direct", "\"vdirect\"");
     let p = init(&["vx", "kx"], &sections);
     let limit = Duration::from_millis(TIMEOUT_MS + SLACK_MS);
     // Keys found while the proxy passes; then it hangs (the pooled tunnels go silent, new CONNECTs get no answer).
@@ -455,6 +482,8 @@ fn hang(vault: &str, kms: &str) {
         }
         hsm_sign(&s);
     }
+    // A remote backend that does not use the proxy keeps working meanwhile.
+    ecdsa_signs_on(&p, "direct", "px-vec");
 }
 
 /// Part of "no process-wide TLS state": the bridge over TLS, then this process's own rustls with another default

@@ -468,8 +468,14 @@ impl RemoteService for Vault {
         Ok(name)
     }
 
+    /// The addresses, each with the proxy its requests go through (`https://n1:8200 via proxy http://p:3128`).
     fn endpoint(&self) -> String {
-        self.0.endpoint()
+        let s = &self.0;
+        s.addresses
+            .iter()
+            .map(|a| format!("{a}{}", s.proxies.via(a)))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     fn check_login(&self) -> Result<String> {
