@@ -8,7 +8,8 @@ have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok ins
 # p11-kit + p11-kit-modules: `p11-kit server` and p11-kit-client.so, the killable HSM member of tests/tests/hsm_ha.rs.
 # help2man: p11bridge(1) is generated from the command's --help (scripts/package.sh); man-db: the package suite
 # checks that `man -w p11bridge` resolves.
-for p in softhsm2 opensc openssl procps p11-kit p11-kit-modules help2man man-db; do
+# binutils: `nm -D` (tests/tests/proxy.rs checks that the module exports no rustls symbol).
+for p in softhsm2 opensc openssl procps p11-kit p11-kit-modules help2man man-db binutils; do
     have "$p" || need_pkgs+=("$p")
 done
 # A C++ compiler: libfuzzer-sys builds libFuzzer for the fuzz suite (conformance/fuzz/).

@@ -8,12 +8,15 @@
 //! - [`moto`]: moto's KMS behind the project's fidelity layer (`tests/kms/moto_fidelity.py`), with its side
 //!   channel (requests per KMS action, injected faults, key export for replicas) and boto3 for making keys;
 //! - [`tls`]: a private CA and the server and client certificates the TLS tests give those servers and the bridge;
+//! - [`proxy`]: an HTTP `CONNECT` proxy (in-process threads) that counts its tunnels per target, can require
+//!   credentials, refuse or hang;
 //! - [`process`]: how those servers are started (on free loopback ports, killed when this process exits), and the
 //!   plain HTTP request their side channels answer.
 
 pub mod bao;
 pub mod moto;
 pub mod process;
+pub mod proxy;
 pub mod softhsm;
 pub mod tls;
 

@@ -145,6 +145,7 @@ impl KmsService {
         cfg.remote.check_certificates(name)?;
         // `AWS_CA_BUNDLE` as the AWS CLI reads it: the trust roots when `ca_cert` is not set.
         let ca = cfg.remote.ca_bundle(name, Some("AWS_CA_BUNDLE"))?;
+        let proxies = cfg.remote.proxies(name)?;
         let p = &cfg.created_alias_prefix;
         let alias_chars = p
             .chars()
@@ -186,6 +187,7 @@ impl KmsService {
             regions,
             health,
             ca,
+            proxies,
             created: parking_lot::Mutex::new(Vec::new()),
             certs,
             resolved: parking_lot::Mutex::new(HashMap::new()),

@@ -29,10 +29,11 @@ mod regions;
 
 use config::*;
 use regions::*;
-pub use regions::{http_client, KmsService};
+pub use regions::{http_client, http_client_via, KmsService};
 
 use crate::health::{self, Endpoints};
 use crate::remote::mech::{Hash, RsaPad, SignRequest};
+use crate::remote::proxy::Proxies;
 use crate::remote::tls::CaBundle;
 use crate::remote::{
     cert, der, Curve, GenerateKind, GenerateSpec, KeyMaterial, MechanismList, RemoteKey,
@@ -454,8 +455,13 @@ impl RemoteService for Kms {
         self.create_key(spec)
     }
 
+    /// Each region and URL, with the proxy its requests go through (`… (region x) via proxy http://p:3128`).
     fn endpoint(&self) -> String {
-        self.0.endpoint()
+        let s = &self.0;
+        (0..s.regions.len())
+            .map(|i| format!("{}{}", s.region_at(i), s.proxies.via(&s.region_url(i))))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     fn check_login(&self) -> Result<String> {

@@ -183,6 +183,8 @@ pub struct KmsService {
     pub(super) health: Endpoints,
     /// The CA bundle of `ca_cert` or `AWS_CA_BUNDLE` (`None`: the system's roots).
     pub(super) ca: Option<CaBundle>,
+    /// The proxies its requests go through (`proxy`, else the environment), decided when it is built.
+    pub(super) proxies: Proxies,
     /// Keys created through the bridge while it runs (added to a configured `keys` list) when they get no alias
     /// under `created_alias_prefix`.
     pub(super) created: parking_lot::Mutex<Vec<String>>,
@@ -211,6 +213,7 @@ impl KmsService {
         let c = build_client(
             &self.cfg,
             self.ca.as_ref(),
+            &self.proxies,
             r.name.as_deref(),
             r.endpoint.as_deref(),
         )
@@ -226,20 +229,41 @@ impl KmsService {
             .unwrap_or("default")
     }
 
+    /// The region of region `i`'s calls: configured, else `AWS_REGION` / `AWS_DEFAULT_REGION`.
+    fn region_of(&self, i: usize) -> Option<String> {
+        self.regions
+            .get(i)
+            .and_then(|r| r.name.clone())
+            .or_else(|| {
+                ["AWS_REGION", "AWS_DEFAULT_REGION"]
+                    .iter()
+                    .find_map(|v| std::env::var(v).ok().filter(|x| !x.is_empty()))
+            })
+    }
+
+    /// The URL region `i`'s calls go to: the configured endpoint, else the regional default (else the default
+    /// endpoint, taken as `https://kms.amazonaws.com` for the proxy decision).
+    pub(super) fn region_url(&self, i: usize) -> String {
+        self.regions
+            .get(i)
+            .and_then(|r| r.endpoint.clone())
+            .unwrap_or_else(|| match self.region_of(i) {
+                Some(x) => format!("https://kms.{x}.amazonaws.com"),
+                None => "https://kms.amazonaws.com".into(),
+            })
+    }
+
     /// Region `i` and the URL its calls go to (the configured endpoint, else the regional default), for people.
     pub(super) fn region_at(&self, i: usize) -> String {
-        let r = self.regions.get(i);
-        let region = r.and_then(|r| r.name.clone()).or_else(|| {
-            ["AWS_REGION", "AWS_DEFAULT_REGION"]
-                .iter()
-                .find_map(|v| std::env::var(v).ok().filter(|x| !x.is_empty()))
-        });
-        let url = r
-            .and_then(|r| r.endpoint.clone())
-            .unwrap_or_else(|| match &region {
-                Some(x) => format!("https://kms.{x}.amazonaws.com"),
-                None => "the default KMS endpoint".into(),
-            });
+        let region = self.region_of(i);
+        let url = match (
+            &region,
+            self.regions.get(i).and_then(|r| r.endpoint.clone()),
+        ) {
+            (_, Some(e)) => e,
+            (Some(_), None) => self.region_url(i),
+            (None, None) => "the default KMS endpoint".into(),
+        };
         match region {
             Some(x) => format!("{url} (region {x})"),
             None => format!("{url} (region from the AWS profile)"),
@@ -341,14 +365,25 @@ impl KmsService {
                     share.as_millis()
                 ))),
             };
-            // Say where: the endpoint URL and region, or the credential chain that failed.
-            let out = out.map_err(|f| match f {
-                Fault::Unreachable(m) => Fault::Unreachable(format!("{}: {m}", self.region_at(i))),
-                Fault::Credentials(m) => {
-                    Fault::Credentials(format!("{}: {m}", self.credential_chain()))
+            // Say where: the endpoint URL and region (and the proxy, with what it did), or the credential chain
+            // that failed.
+            let out = match out {
+                Err(Fault::Unreachable(m)) => {
+                    let url = self.region_url(i);
+                    let left = end.saturating_duration_since(tokio::time::Instant::now());
+                    let why = self.proxies.explain(&url, &m, left).await;
+                    Err(Fault::Unreachable(format!(
+                        "{}{}: {why}",
+                        self.region_at(i),
+                        self.proxies.via(&url)
+                    )))
                 }
+                Err(Fault::Credentials(m)) => Err(Fault::Credentials(format!(
+                    "{}: {m}",
+                    self.credential_chain()
+                ))),
                 other => other,
-            });
+            };
             match out {
                 Ok(v) => {
                     if self.health.answered(i) {
@@ -418,28 +453,48 @@ impl health::Probed for KmsService {
 
 /// An HTTPS-capable client for the SDK: hyper over rustls with the ring provider (nothing installed globally),
 /// trusting `ca` (checked by `CaBundle::load`: the SDK's rustls glue panics on a certificate it cannot add) or else
-/// the system's roots.
+/// the system's roots; no proxy.
 pub fn http_client(ca: Option<&CaBundle>) -> aws_sdk_kms::config::SharedHttpClient {
-    use aws_smithy_http_client::tls;
+    http_client_via(ca, &Proxies::none())
+}
+
+/// [`http_client`] through `proxies` (a `CONNECT` tunnel for `https://`, TLS end to end with the same rustls
+/// configuration; `Proxy-Authorization` from the proxy URL's credentials).
+pub fn http_client_via(
+    ca: Option<&CaBundle>,
+    proxies: &Proxies,
+) -> aws_sdk_kms::config::SharedHttpClient {
+    use aws_smithy_http_client::{tls, Connector};
     let trust = match ca {
         Some(ca) => tls::TrustStore::empty().with_pem_certificate(ca.pem.clone()),
         None => tls::TrustStore::default(),
     };
-    let context = tls::TlsContext::builder().with_trust_store(trust).build();
-    let builder = aws_smithy_http_client::Builder::new().tls_provider(tls::Provider::rustls(
-        tls::rustls_provider::CryptoMode::Ring,
-    ));
-    match context {
-        Ok(context) => builder.tls_context(context),
-        // Building a context cannot fail today (1.5); the default one is the SDK's own.
-        Err(_) => builder,
-    }
-    .build_https()
+    // Building a context cannot fail today (1.5); else the SDK's default one.
+    let context = tls::TlsContext::builder()
+        .with_trust_store(trust)
+        .build()
+        .unwrap_or_default();
+    let proxy = proxies.aws_config();
+    // `Builder::build_https` has no proxy setting: the connector is made here as it would make it (the SDK's
+    // connect/read timeouts and sleep), with the proxy.
+    aws_smithy_http_client::Builder::new().build_with_connector_fn(move |settings, components| {
+        let mut b = Connector::builder().proxy_config(proxy.clone());
+        b.set_connector_settings(settings.cloned());
+        if let Some(c) = components {
+            b.set_sleep_impl(c.sleep_impl());
+        }
+        b.tls_provider(tls::Provider::rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .tls_context(context.clone())
+        .build()
+    })
 }
 
 pub(super) async fn build_client(
     cfg: &Config,
     ca: Option<&CaBundle>,
+    proxies: &Proxies,
     region: Option<&str>,
     endpoint: Option<&str>,
 ) -> Client {
@@ -453,7 +508,7 @@ pub(super) async fn build_client(
         .with_initial_backoff(Duration::from_millis(50))
         .with_max_backoff(Duration::from_secs(1));
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .http_client(http_client(ca))
+        .http_client(http_client_via(ca, proxies))
         .retry_config(retry)
         .timeout_config(timeouts);
     if let Some(r) = region {

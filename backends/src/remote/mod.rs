@@ -6,6 +6,7 @@
 pub mod cert;
 pub mod der;
 pub mod mech;
+pub mod proxy;
 mod session;
 pub mod settings;
 pub mod tls;

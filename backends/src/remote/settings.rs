@@ -8,6 +8,7 @@
 
 use crate::health::Endpoints;
 use crate::remote::cert::CertSource;
+use crate::remote::proxy::{Proxies, ProxyKey};
 use crate::remote::tls::CaBundle;
 use crate::{Error, Result};
 use cryptoki_sys::CKR_GENERAL_ERROR;
@@ -54,6 +55,10 @@ pub struct RemoteSettings {
     pub probe_interval_ms: u64,
     /// CA certificates (PEM) that the server's TLS certificate must chain to, in place of the system's roots.
     pub ca_cert: Option<PathBuf>,
+    /// The HTTP proxy (`http://[user:password@]host:port`; `""` or `"none"`: none, whatever the environment says);
+    /// unset: `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` as curl reads them (`remote::proxy`).
+    #[serde(default)]
+    pub proxy: ProxyKey,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -92,6 +97,7 @@ impl Default for RemoteSettings {
             breaker_cooldown_ms: default_breaker_cooldown_ms(),
             probe_interval_ms: default_probe_interval_ms(),
             ca_cert: None,
+            proxy: ProxyKey::default(),
         }
     }
 }
@@ -160,6 +166,11 @@ impl RemoteSettings {
         CaBundle::load(&path)
             .map(Some)
             .map_err(|e| config_error(name, format!("ca_cert{from}: {e}")))
+    }
+
+    /// The proxies of `proxy`, else of the environment, checked; `Err` names the key (`backend.NAME.proxy ...`).
+    pub fn proxies(&self, name: &str) -> Result<Proxies> {
+        Proxies::resolve(&self.proxy).map_err(|e| config_error(name, e))
     }
 
     /// The breaker settings are usable.
@@ -310,7 +321,7 @@ mod tests {
                 "backend.b: unknown field `adress`, expected one of `kind`, `region`, `keys`, `discover`, \
                  `timeout_ms`, `connect_timeout_ms`, `cache_ttl_s`, `certificates`, `cert_cache_dir`, \
                  `cert_store_dir`, `allow_destroy`, `breaker_failures`, `breaker_cooldown_ms`, `probe_interval_ms`, \
-                 `ca_cert`"
+                 `ca_cert`, `proxy`"
             )
         );
         let t: toml::Table = toml::from_str("kind = \"x\"\ntimeout_ms = \"5\"").unwrap();
@@ -325,6 +336,6 @@ mod tests {
     fn field_names_are_serdes() {
         let names = field_names::<RemoteSettings>();
         assert!(names.contains(&"timeout_ms") && names.contains(&"probe_interval_ms"));
-        assert_eq!(names.len(), 13);
+        assert_eq!(names.len(), 14);
     }
 }

@@ -123,8 +123,19 @@ impl VaultService {
             // Vault answered: the login was refused (on one line: an AWS refusal quotes STS's XML answer).
             Some(answer) => Fault::Login(format!("{what}: {}", one_line(&answer))),
             // No answer from this node.
-            None => Fault::Unreachable(format!("{what}: {}", crate::diag::error_chain(&e))),
-        })?;
+            None => Fault::Unreachable(crate::diag::error_chain(&e)),
+        });
+        let info = match info {
+            Ok(i) => i,
+            Err(Fault::Unreachable(chain)) => {
+                let why = self.proxies.explain(base, &chain, self.deadline()).await;
+                return Err(Fault::Unreachable(format!(
+                    "{what}{}: {why}",
+                    self.proxies.via(base)
+                )));
+            }
+            Err(f) => return Err(f),
+        };
         tracing::info!(backend = %self.name, lease_s = info.lease_duration, "logged in to vault");
         Ok(TokenState {
             token: Zeroizing::new(info.client_token),

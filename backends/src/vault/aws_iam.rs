@@ -37,9 +37,12 @@ pub(super) fn sts_url(cfg: &Config) -> String {
 /// Loads credentials from the default chain and signs the request. `Err`: why not, in words (no secret in it).
 pub(super) async fn signed_login(cfg: &Config) -> std::result::Result<SignedLogin, String> {
     // The chain's own endpoints (instance metadata, STS for web identity, SSO) are AWS's: the system's roots, not
-    // the Vault backend's ca_cert.
+    // the Vault backend's ca_cert, and the environment's proxies (HTTPS_PROXY, NO_PROXY...), as the AWS SDKs use
+    // them — not the Vault backend's `proxy` key.
+    let proxies = crate::remote::proxy::Proxies::resolve(&Default::default())
+        .unwrap_or_else(|_| crate::remote::proxy::Proxies::none());
     let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .http_client(crate::kms::http_client(None))
+        .http_client(crate::kms::http_client_via(None, &proxies))
         .region(aws_config::Region::new(cfg.aws_sts_region.clone()))
         .load()
         .await;

@@ -175,6 +175,7 @@ impl VaultService {
         cfg.remote.check_certificates(name)?;
         cfg.remote.check_breakers(name)?;
         let ca = cfg.remote.ca_bundle(name, None)?;
+        let proxies = cfg.remote.proxies(name)?;
         if !cfg
             .created_prefix
             .chars()
@@ -200,6 +201,7 @@ impl VaultService {
             addresses,
             health,
             ca,
+            proxies,
             http: OnceLock::new(),
             token: RwLock::new(None),
             login: tokio::sync::Mutex::new(()),
@@ -215,6 +217,7 @@ impl VaultService {
 pub(super) fn build_http(
     cfg: &Config,
     ca: Option<&CaBundle>,
+    proxies: &crate::remote::proxy::Proxies,
 ) -> std::result::Result<reqwest::Client, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let roots = ca.map_or_else(tls::system_roots, CaBundle::root_store);
@@ -247,7 +250,9 @@ pub(super) fn build_http(
         }
         _ => builder.with_no_client_auth(),
     };
-    reqwest::Client::builder()
+    // The proxies are given explicitly (reqwest would read the environment itself otherwise).
+    proxies
+        .apply_reqwest(reqwest::Client::builder())?
         .tls_backend_preconfigured(tls)
         .connect_timeout(cfg.remote.connect_timeout())
         .timeout(cfg.remote.deadline())

@@ -85,6 +85,8 @@ pub struct VaultService {
     health: Endpoints,
     /// The CA bundle of `ca_cert` (`None`: the system's roots).
     ca: Option<crate::remote::tls::CaBundle>,
+    /// The proxies its requests go through (`proxy`, else the environment), decided when it is built.
+    proxies: crate::remote::proxy::Proxies,
     http: OnceLock<std::result::Result<reqwest::Client, String>>,
     token: RwLock<Option<TokenState>>,
     login: tokio::sync::Mutex<()>,
@@ -466,8 +468,14 @@ impl RemoteService for Vault {
         Ok(name)
     }
 
+    /// The addresses, each with the proxy its requests go through (`https://n1:8200 via proxy http://p:3128`).
     fn endpoint(&self) -> String {
-        self.0.endpoint()
+        let s = &self.0;
+        s.addresses
+            .iter()
+            .map(|a| format!("{a}{}", s.proxies.via(a)))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     fn check_login(&self) -> Result<String> {
@@ -576,5 +584,29 @@ mod tests {
         assert!(r
             .iter()
             .all(|x| x.as_ref().unwrap_err().rv() == CKR_DEVICE_ERROR));
+    }
+
+    #[test]
+    fn the_http_client_with_a_proxy_installs_nothing_process_wide() {
+        let t: toml::Table = toml::from_str(
+            "kind = \"vault-transit\"\naddress = \"https://127.0.0.1:1\"\ntoken = \"x\"\nkeys = [\"k\"]\nproxy = \"http://u:pw@127.0.0.1:2\"",
+        )
+        .unwrap();
+        let v = VaultService::from_config("v", &t, &BuildContext::default()).unwrap();
+        assert!(v.http().is_ok());
+        assert_eq!(
+            v.proxies.via("https://127.0.0.1:1"),
+            " via proxy http://127.0.0.1:2"
+        );
+        assert!(rustls::crypto::CryptoProvider::get_default().is_none());
+        let t: toml::Table = toml::from_str(
+            "kind = \"vault-transit\"\naddress = \"https://127.0.0.1:1\"\ntoken = \"x\"\nkeys = [\"k\"]\nproxy = \"socks5://u:pw@h:1\"",
+        )
+        .unwrap();
+        let e = VaultService::from_config("v", &t, &BuildContext::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("backend.v.proxy: ") && !e.contains("pw"), "{e}");
     }
 }

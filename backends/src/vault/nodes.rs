@@ -93,7 +93,7 @@ impl VaultService {
     /// One HTTP client for the backend (connection pool shared by every session), made on first use.
     pub(super) fn http(&self) -> Result<reqwest::Client> {
         self.http
-            .get_or_init(|| build_http(&self.cfg, self.ca.as_ref()))
+            .get_or_init(|| build_http(&self.cfg, self.ca.as_ref(), &self.proxies))
             .clone()
             .map_err(|e| Error::with(CKR_DEVICE_ERROR, format!("cannot set up TLS: {e}")))
     }
@@ -173,13 +173,19 @@ impl VaultService {
                 let (status, text) = match tokio::time::timeout_at(node_end, exchange).await {
                     Ok(Ok(r)) => r,
                     Ok(Err(e)) => {
-                        // Connection-level failure (refused, reset, TLS): try the next node.
-                        last = unwell(format!("{addr}: {}", crate::diag::error_chain(&e)));
+                        // Connection-level failure (refused, reset, TLS, a proxy's refusal): try the next node.
+                        let left = end.saturating_duration_since(tokio::time::Instant::now());
+                        let why = self
+                            .proxies
+                            .explain(addr, &crate::diag::error_chain(&e), left)
+                            .await;
+                        last = unwell(format!("{addr}{}: {why}", self.proxies.via(addr)));
                         continue 'nodes;
                     }
                     Err(_) => {
                         last = unwell(format!(
-                            "{addr}: no answer within {} ms (timeout)",
+                            "{addr}{}: no answer within {} ms (timeout)",
+                            self.proxies.via(addr),
                             share.as_millis()
                         ));
                         if !idempotent {
