@@ -15,6 +15,8 @@
 # cryptoki_calls process slows down ten-fold and more as its SoftHSM2 state and ASan's quarantine grow), a row each.
 # CORPUS_TAG=T: keep the corpora in corpus-T (cryptoki_calls) / corpus-TARGET-T instead of run.sh's, e.g. to start
 # from an empty corpus (short inputs, ~5,000 exec/s) rather than the grown one (long inputs, 150-400 exec/s).
+# KEEP_GOING=1: with ROUND_RUNS, a round that ends on a finding is followed by the next one (the finding keeps its
+# row, artifact and log) instead of ending the target's share.
 # MAX_LEN=N: libFuzzer's -max_len for cryptoki_calls (default: libFuzzer's, growing to 4096 bytes; longer inputs make
 # longer call sequences and fewer executions per second).
 set -uo pipefail
@@ -102,9 +104,14 @@ for t in $targets; do
         [[ -n ${ROUND_RUNS:-} ]] && ((round > ROUND_RUNS)) && round=$ROUND_RUNS
         last_runs=0
         run_round "$t" "$round" "$corpus"
-        # A round that stopped short (a finding, MAX_SECONDS, a signal) ends the target's share.
-        ((last_runs < round * 9 / 10)) && break
-        left=$((left - round))
+        # A round that stopped short (a finding, MAX_SECONDS, a signal) ends the target's share, unless
+        # KEEP_GOING=1: then only its executions count and the next round starts (each finding keeps its row).
+        if ((last_runs < round * 9 / 10)); then
+            [[ ${KEEP_GOING:-} == 1 && $last_runs -gt 0 ]] || break
+            left=$((left - last_runs))
+        else
+            left=$((left - round))
+        fi
     done
 done
 echo >>"$results"

@@ -75,6 +75,47 @@ fn lists() -> &'static Lists {
     })
 }
 
+/// With `P11BRIDGE_FUZZ_SHOW_KEYS` set: the key a sign/verify init is about to use, as the bridge reads it, on
+/// stderr (to find which key an upstream crash came from when replaying a corpus).
+fn show_key(f: &CK_FUNCTION_LIST, s: CK_SESSION_HANDLE, m: *mut CK_MECHANISM, o: CK_OBJECT_HANDLE) {
+    static ON: OnceLock<bool> = OnceLock::new();
+    if !*ON.get_or_init(|| std::env::var_os("P11BRIDGE_FUZZ_SHOW_KEYS").is_some()) {
+        return;
+    }
+    let mut vals = [[0u8; 1024]; 7];
+    let types = [
+        CKA_CLASS,
+        CKA_KEY_TYPE,
+        CKA_TOKEN,
+        CKA_PRIVATE,
+        CKA_EC_PARAMS,
+        CKA_EC_POINT,
+        CKA_LABEL,
+    ];
+    let mut t: Vec<CK_ATTRIBUTE> = types
+        .iter()
+        .zip(vals.iter_mut())
+        .map(|(ty, v)| CK_ATTRIBUTE {
+            type_: *ty,
+            pValue: v.as_mut_ptr() as *mut c_void,
+            ulValueLen: v.len() as CK_ULONG,
+        })
+        .collect();
+    let rv = call!(f, C_GetAttributeValue(s, o, t.as_mut_ptr(), t.len() as CK_ULONG));
+    let mech = if m.is_null() { 0 } else { unsafe { (*m).mechanism } };
+    let mut line = format!("show_key session {s} object {o} mech {mech:#x} rv {rv:#x}:");
+    for (a, v) in t.iter().zip(vals.iter()) {
+        let n = a.ulValueLen;
+        if n == CK_UNAVAILABLE_INFORMATION || n as usize > v.len() {
+            line += &format!(" {:#x}=?", a.type_);
+        } else {
+            let hex: String = v[..n as usize].iter().map(|b| format!("{b:02x}")).collect();
+            line += &format!(" {:#x}={hex}", a.type_);
+        }
+    }
+    eprintln!("{line}");
+}
+
 /// Reads the input; zeros when it runs out.
 struct R<'a>(&'a [u8]);
 
@@ -565,6 +606,9 @@ fuzz_target!(|data: &[u8]| {
                 let s = st.session(&mut r);
                 let m = st.mechanism(&mut r);
                 let o = st.object(&mut r);
+                if which < 2 {
+                    show_key(f, s, m, o);
+                }
                 match which {
                     0 => call!(f, C_SignInit(s, m, o)),
                     1 => call!(f, C_VerifyInit(s, m, o)),

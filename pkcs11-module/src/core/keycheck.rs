@@ -171,14 +171,17 @@ pub fn uses_ec_curve(mech: CK_MECHANISM_TYPE) -> bool {
     (CKM_ECDSA..=CKM_ECDH_AES_KEY_WRAP).contains(&mech)
 }
 
-/// Checks, before a key is used with an EC mechanism, the curve its backend stores for it: a key that names no
-/// usable curve is `CKR_KEY_TYPE_INCONSISTENT` (§5.13: not a key for this mechanism). The creation checks above keep
-/// such keys out; this is the second fence, for keys that got in another way (SoftHSM2 2.6.1 dies in
-/// `EC_POINT_oct2point` on them: the fuzzer still found one, state-dependent, after every creation path was
-/// checked). A key whose attributes cannot be read is left to the backend.
+/// Checks, before a key is used with an EC mechanism `mech`, the key's type and the curve its backend stores for
+/// it: ECDSA needs a `CKK_EC` key, ECDH and ECMQV a `CKK_EC` or (3.0) `CKK_EC_MONTGOMERY` one; any other type is
+/// `CKR_KEY_TYPE_INCONSISTENT` (§5.13), and so is a `CKK_EC` key that names no usable curve. SoftHSM2 2.6.1 does not
+/// check the type itself: ECDSA with an Ed25519 key ("edwards25519" as its CKA_EC_PARAMS) dies in
+/// `EC_POINT_oct2point` — the fuzzer's state-dependent crash (the bridge's handle for that key varied from run to
+/// run). The creation checks keep malformed curves out; this is the second fence. A key whose attributes cannot be
+/// read is left to the backend.
 pub fn usable_ec_key(
     bs: &mut dyn p11bridge_backends::BackendSession,
     obj: p11bridge_backends::ObjRef,
+    mech: CK_MECHANISM_TYPE,
 ) -> Result<()> {
     let mut kt: CK_KEY_TYPE = CK_UNAVAILABLE_INFORMATION;
     let mut params = [0u8; 1024];
@@ -188,8 +191,30 @@ pub fn usable_ec_key(
     ];
     // A failed read (a concurrent C_Logout hid the private key, a value longer than the buffer, ...) leaves the
     // lengths unreliable: the backend decides then, as it would without the fence.
-    if bs.get_attributes(obj, &mut t) != CKR_OK
-        || kt != CKK_EC
+    let rv = bs.get_attributes(obj, &mut t);
+    if kt == CK_UNAVAILABLE_INFORMATION || t[0].ulValueLen == CK_UNAVAILABLE_INFORMATION {
+        return Ok(());
+    }
+    let ecdsa = (CKM_ECDSA..=CKM_ECDSA_SHA3_512).contains(&mech);
+    match kt {
+        CKK_EC => {}
+        CKK_EC_MONTGOMERY if !ecdsa => return Ok(()),
+        _ => {
+            return Err(Error::with(
+                CKR_KEY_TYPE_INCONSISTENT,
+                format!(
+                    "{} needs {} key; this key's CKA_KEY_TYPE is {kt:#x}",
+                    super::audit::mechanism_name(mech),
+                    if ecdsa {
+                        "an EC (CKK_EC)"
+                    } else {
+                        "an EC or Montgomery (CKK_EC, CKK_EC_MONTGOMERY)"
+                    }
+                ),
+            ))
+        }
+    }
+    if rv != CKR_OK
         || t[1].ulValueLen == CK_UNAVAILABLE_INFORMATION
         || t[1].ulValueLen as usize > params.len()
     {

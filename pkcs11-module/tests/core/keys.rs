@@ -108,6 +108,21 @@ fn the_service_refuses_parameters_it_cannot_do_at_init() {
 }
 
 #[test]
+fn ecdsa_needs_an_ec_key_and_says_so() {
+    // SoftHSM2 2.6.1 dies on ECDSA with an Ed25519 key; the core refuses it for every backend.
+    let _b = Bridge::new(THREE);
+    let h = user_session();
+    let ed = key(h, "b-ed", CKO_PRIVATE_KEY);
+    for m in [CKM_ECDSA, CKM_ECDSA_SHA256, CKM_ECDSA_SHA3_512] {
+        assert_eq!(sign_init(h, &mech(m), ed), CKR_KEY_TYPE_INCONSISTENT);
+    }
+    let (_, cause) = last_error();
+    assert!(cause.contains("needs an EC (CKK_EC) key"), "{cause}");
+    // The refused init started nothing; the key signs with its own mechanism.
+    assert_eq!(sign_init(h, &mech(CKM_EDDSA), ed), CKR_OK);
+}
+
+#[test]
 fn attributes_of_remote_keys_are_read_only() {
     let _b = Bridge::new(THREE);
     let h = user_session();
