@@ -54,6 +54,8 @@ pub struct RemoteSettings {
     pub probe_interval_ms: u64,
     /// CA certificates (PEM) that the server's TLS certificate must chain to, in place of the system's roots.
     pub ca_cert: Option<PathBuf>,
+    /// Certificates from Vault PKI for the keys (`pki::PkiConfig`, read and checked by `pki::Pki::from_section`).
+    pub pki: Option<toml::Table>,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -92,6 +94,7 @@ impl Default for RemoteSettings {
             breaker_cooldown_ms: default_breaker_cooldown_ms(),
             probe_interval_ms: default_probe_interval_ms(),
             ca_cert: None,
+            pki: None,
         }
     }
 }
@@ -310,7 +313,7 @@ mod tests {
                 "backend.b: unknown field `adress`, expected one of `kind`, `region`, `keys`, `discover`, \
                  `timeout_ms`, `connect_timeout_ms`, `cache_ttl_s`, `certificates`, `cert_cache_dir`, \
                  `cert_store_dir`, `allow_destroy`, `breaker_failures`, `breaker_cooldown_ms`, `probe_interval_ms`, \
-                 `ca_cert`"
+                 `ca_cert`, `pki`"
             )
         );
         let t: toml::Table = toml::from_str("kind = \"x\"\ntimeout_ms = \"5\"").unwrap();
@@ -325,6 +328,6 @@ mod tests {
     fn field_names_are_serdes() {
         let names = field_names::<RemoteSettings>();
         assert!(names.contains(&"timeout_ms") && names.contains(&"probe_interval_ms"));
-        assert_eq!(names.len(), 13);
+        assert_eq!(names.len(), 14);
     }
 }
