@@ -419,9 +419,9 @@ pub fn build_with(
             )
         })?;
     match kind {
-        "pkcs11" => Ok(Arc::new(pkcs11::UpstreamBackend::from_config(
-            name, section, ctx,
-        )?)),
+        "pkcs11" => Ok(Arc::new(
+            pkcs11::UpstreamBackend::from_config(name, section, ctx)?.with_pki(section, all, ctx)?,
+        )),
         "pkcs11-ha" => Ok(Arc::new(pkcs11::ha::HaBackend::from_config(
             name, section, all, ctx,
         )?)),

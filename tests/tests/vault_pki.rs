@@ -132,11 +132,20 @@ endpoint = "{kms}"
 keys = ["alias/kms-pki-ec", "alias/kms-pki-rsa"]
 cert_cache_dir = "{certs}"
 pki = {{ vault = "vault", mount = "pki_int", role = "server", ttl = "1h", common_name = "{{label}}.kms.example" }}
+
+# The HSM's section is the harness's; its pki table goes here (every signing key: rsa-2048, ec-p256, ed25519).
+[backend.hsm.pki]
+vault = "vault"
+mount = "pki_int"
+role = "server"
+ttl = "1h"
 "#,
             addr = b.addr,
             kms = m.url,
             certs = certs.display()
         );
+        // The HSM section has no cert_cache_dir: its copies go to $XDG_CACHE_HOME/p11bridge/pki.
+        std::env::set_var("XDG_CACHE_HOME", dir.join("xdg-cache"));
         env_with(&["vault", "vshort", "kms"], &section);
         Setup { dir, root_pem }
     })
@@ -330,6 +339,36 @@ fn kms_keys_get_certificates_that_chain_to_the_root() {
 }
 
 #[test]
+fn hsm_keys_get_certificates_stored_in_the_token() {
+    for k in ["ec-p256", "rsa-2048", "ed25519"] {
+        check_one("hsm", k);
+    }
+    // In the token itself: the mirror slot (the upstream as it is) holds the certificate and the CA certificates.
+    let s = p().open_ro_session(slot_by_label(p(), "upstream")).unwrap();
+    let certs = s
+        .find_objects(&[Attribute::Class(ObjectClass::CERTIFICATE)])
+        .unwrap();
+    let values: Vec<Vec<u8>> = certs
+        .iter()
+        .map(|c| bytes(&s, *c, AttributeType::Value))
+        .collect();
+    let u = session_on(p(), "unified");
+    let leaf = issued_cert(&u, "hsm", "ec-p256", Duration::from_secs(60));
+    assert!(
+        values.contains(&leaf),
+        "the certificate is a token object of the HSM"
+    );
+    // One certificate per key: the previous one was replaced.
+    let per_key = s
+        .find_objects(&[
+            Attribute::Class(ObjectClass::CERTIFICATE),
+            Attribute::Id(vec![2]),
+        ])
+        .unwrap();
+    assert_eq!(per_key.len(), 1);
+}
+
+#[test]
 fn a_new_process_serves_the_cached_certificates_without_asking_vault() {
     let s = session_on(p(), "unified");
     let vault_leaf = issued_cert(&s, "vault", "pki-ec", Duration::from_secs(60));
@@ -338,10 +377,15 @@ fn a_new_process_serves_the_cached_certificates_without_asking_vault() {
         issued_cert(&s, "vault", k, Duration::from_secs(60));
     }
     issued_cert(&s, "kms", "kms-pki-rsa", Duration::from_secs(60));
+    let hsm_leaf = issued_cert(&s, "hsm", "ec-p256", Duration::from_secs(60));
+    for k in ["rsa-2048", "ed25519"] {
+        issued_cert(&s, "hsm", k, Duration::from_secs(60));
+    }
     let before = b().requests(SIGN_SERVER);
     let (out, _) = child("restart", &[]);
     assert_eq!(field(&out, "vault").unwrap(), hex(&vault_leaf), "{out}");
     assert_eq!(field(&out, "kms").unwrap(), hex(&kms_leaf), "{out}");
+    assert_eq!(field(&out, "hsm").unwrap(), hex(&hsm_leaf), "{out}");
     assert_eq!(
         field(&out, "authorities").unwrap(),
         authorities(&s, "vault").len().to_string(),
@@ -541,6 +585,8 @@ fn child_process() {
             let k = issued_cert(&s, "kms", "kms-pki-ec", Duration::ZERO);
             println!("PKI vault {}", hex(&v));
             println!("PKI kms {}", hex(&k));
+            let h = issued_cert(&s, "hsm", "ec-p256", Duration::ZERO);
+            println!("PKI hsm {}", hex(&h));
             println!("PKI authorities {}", authorities(&s, "vault").len());
             // This process's renewal task has looked at the keys: none is due.
             std::thread::sleep(Duration::from_secs(2));

@@ -653,6 +653,19 @@ impl Pki {
             .collect()
     }
 
+    /// Adds the statuses of `keys` to a check report, and their failures to its problems.
+    pub fn report_into(&self, r: &mut crate::CheckReport, keys: &[PkiKey]) {
+        r.pki = self.statuses(keys);
+        for s in &r.pki {
+            if let Some(e) = &s.last_error {
+                r.problems.push(format!(
+                    "key \"{}\": certificate from Vault PKI {}: {e}",
+                    s.key, s.vault
+                ));
+            }
+        }
+    }
+
     /// Ends the renewal task (`C_Finalize`), waiting at most 15 s for a renewal in progress.
     pub fn stop(&self) {
         self.stopped.store(true, Ordering::Release);

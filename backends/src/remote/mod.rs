@@ -916,15 +916,7 @@ impl Token for RemoteToken {
                     sel.sort_by(|a, b| a.label.cmp(&b.label));
                     let pks: Vec<crate::pki::PkiKey> =
                         sel.iter().filter_map(|k| self.shared.pki_key(k)).collect();
-                    r.pki = pki.statuses(&pks);
-                    for s in &r.pki {
-                        if let Some(e) = &s.last_error {
-                            r.problems.push(format!(
-                                "key \"{}\": certificate from Vault PKI {}: {e}",
-                                s.key, s.vault
-                            ));
-                        }
-                    }
+                    pki.report_into(&mut r, &pks);
                 }
             }
             Err(e) => r.problems.push(format!("cannot list its keys: {e}")),
