@@ -32,10 +32,13 @@ pub struct HsmPki {
     pub(super) slot: CK_SLOT_ID,
     pub(super) configured: Arc<Configured>,
     pub(super) pki: Arc<Pki>,
-    keys: Mutex<Option<(Instant, Vec<(PkiKey, Vec<u8>)>)>>,
+    keys: Mutex<Option<(Instant, Vec<Selected>)>>,
     /// Keys whose cached certificate was found in (or put back into) the token by this process.
     present: Mutex<Vec<String>>,
 }
+
+/// A selected key and its `CKA_ID`.
+type Selected = (PkiKey, Vec<u8>);
 
 /// One upstream session, closed when dropped.
 struct Sess<'a> {
@@ -207,7 +210,7 @@ impl HsmPki {
 
     /// The token's signing keys the configuration selects, with their `CKA_ID`: private keys with `CKA_SIGN` (seen
     /// while logged in), their material from the public key of the same `CKA_ID`.
-    pub(super) fn scan(&self) -> Result<Vec<(PkiKey, Vec<u8>)>> {
+    pub(super) fn scan(&self) -> Result<Vec<Selected>> {
         let s = self.session(false)?;
         let class = ul(CKO_PRIVATE_KEY);
         let yes = [CK_TRUE];
@@ -349,7 +352,7 @@ impl Host for HsmPki {
                 }
             }
         }
-        let keys: Vec<(PkiKey, Vec<u8>)> = self
+        let keys: Vec<Selected> = self
             .keys
             .lock()
             .as_ref()

@@ -669,7 +669,7 @@ impl Pki {
     /// Ends the renewal task (`C_Finalize`), waiting at most 15 s for a renewal in progress.
     pub fn stop(&self) {
         self.stopped.store(true, Ordering::Release);
-        let _ = self.busy.try_lock_for(Duration::from_secs(15));
+        drop(self.busy.try_lock_for(Duration::from_secs(15)));
     }
 }
 
