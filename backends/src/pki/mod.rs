@@ -449,6 +449,13 @@ impl Pki {
     pub fn current(&self, key: &PkiKey) -> Option<Arc<Issued>> {
         let mut st = self.state.lock();
         let s = st.entry(key.name.clone()).or_default();
+        // A key whose public key changed (a rotated transit key) starts over: its certificate is another file.
+        if s.issued
+            .as_ref()
+            .is_some_and(|i| !crate::remote::cert::carries(&i.leaf.der, &key.material))
+        {
+            *s = KeyState::default();
+        }
         if !s.loaded {
             s.loaded = true;
             let (issued, err) = self.load(key);
@@ -566,7 +573,7 @@ impl Pki {
                     }
                 );
                 crate::diag::notice(&text);
-                self.save_error(key, &text);
+                self.save_error(key, &e.to_string());
                 let mut st = self.state.lock();
                 let s = st.entry(key.name.clone()).or_default();
                 s.failures = s.failures.saturating_add(1);
@@ -1005,6 +1012,20 @@ mod tests {
             .is_none());
         // Valid until 9999: not due.
         assert!(!fresh.due(&key));
+        // The same key name with another public key (a rotated key): not this certificate.
+        let rotated = PkiKey {
+            material: KeyMaterial::Ec {
+                curve: Curve::P256,
+                point: p256::ecdsa::SigningKey::random(&mut rand_core::OsRng)
+                    .verifying_key()
+                    .to_encoded_point(false)
+                    .as_bytes()
+                    .to_vec(),
+            },
+            ..key.clone()
+        };
+        assert!(fresh.current(&rotated).is_none());
+        assert!(fresh.due(&rotated));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
