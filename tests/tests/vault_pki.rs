@@ -495,6 +495,37 @@ fn short_lived_certificates_are_renewed_in_the_background_and_a_failure_keeps_th
         assert!(line.contains(w), "{w:?} missing from {line}");
     }
     eprintln!("notice: {line}");
+    // `p11bridge check` (text) shows each certificate with its expiry, and the failure.
+    let cli = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("p11bridge");
+    let out = Command::new(&cli)
+        .arg("--module")
+        .arg(bridge_so())
+        .arg("check")
+        .env("P11BRIDGE_QUIET", "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let short = text
+        .lines()
+        .find(|l| l.contains("certificate:  pki-short from Vault PKI"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        short.contains("pki_int/sign/short") && short.contains("last renewal failed"),
+        "{short}"
+    );
+    let ec = text
+        .lines()
+        .find(|l| l.contains("certificate:  ec-p256 from Vault PKI"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(ec.contains("serial ") && ec.contains("expires "), "{ec}");
+    eprintln!("check: {short}\ncheck: {ec}");
     // The role back: the next retry succeeds and the error is cleared.
     b().ok(&[
         "write",
