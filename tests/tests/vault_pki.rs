@@ -45,6 +45,7 @@ fn setup() -> &'static Setup {
             ("pki-p384", "ecdsa-p384"),
             ("pki-short", "ecdsa-p256"),
             ("pki-fin", "ecdsa-p256"),
+            ("pki-fork", "ecdsa-p256"),
         ] {
             b.ok(&["write", "-f", &format!("transit/keys/{k}"), &format!("type={t}")]);
         }
@@ -96,7 +97,12 @@ fn setup() -> &'static Setup {
             "pki_int/intermediate/set-signed",
             &format!("certificate=@{}", int_file.display()),
         ]);
-        for (role, max) in [("server", "72h"), ("short", "5m"), ("fin", "5m")] {
+        for (role, max) in [
+            ("server", "72h"),
+            ("short", "5m"),
+            ("fin", "5m"),
+            ("forkr", "5m"),
+        ] {
             b.ok(&[
                 "write",
                 &format!("pki_int/roles/{role}"),
@@ -589,6 +595,76 @@ fn c_finalize_ends_the_renewal_task() {
     );
 }
 
+#[test]
+fn forked_children_start_afresh_while_the_parent_renews() {
+    // A process of its own renewing a 6 s certificate (role `forkr`) forks 5 times at moments spread over the
+    // renewals; each child re-initializes, is served the certificate at once, finalizes and exits — within 30 s,
+    // none hangs on state its parent's renewal task held.
+    let st = setup();
+    let config = st.dir.join("fork.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[slot]]\nlabel = \"fork\"\nuser_pin = \"env:P11BRIDGE_PIN\"\nbackends = [\"vfork\"]\n\n\
+             [backend.vfork]\nkind = \"vault-transit\"\naddress = \"{}\"\ntoken = \"env:VAULT_TEST_TOKEN\"\n\
+             keys = [\"pki-fork\"]\ncert_cache_dir = \"{}\"\n\
+             pki = {{ mount = \"pki_int\", role = \"forkr\", ttl = \"6s\", renew_before = \"4s\" }}\n",
+            b().addr,
+            st.dir.join("fork-certs").display()
+        ),
+    )
+    .unwrap();
+    let (out, err) = child("fork", &[("P11BRIDGE_CONFIG", config.to_str().unwrap())]);
+    assert_eq!(field(&out, "forks").unwrap(), "5 of 5", "{out}\n{err}");
+    eprintln!("fork: {}", field(&out, "fork_ms").unwrap());
+}
+
+/// Forks; the child re-initializes the bridge, reads the certificate of `pki-fork` (served at once), finalizes and
+/// exits 0 (1 on a failure); the parent waits at most 30 s. The child's time in ms, or why it failed.
+fn fork_child() -> Result<u128, String> {
+    let t = Instant::now();
+    // SAFETY: the child calls the module and then _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let ok = std::panic::catch_unwind(|| {
+            let p = Pkcs11::new(bridge_so()).unwrap();
+            p.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+                .unwrap();
+            {
+                let s = session_on(&p, "fork");
+                issued_cert(&s, "vfork", "pki-fork", Duration::ZERO);
+            }
+            p.finalize().unwrap();
+        })
+        .is_ok();
+        // SAFETY: leaves the child at once.
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+    }
+    let mut status = 0;
+    loop {
+        // SAFETY: our own child.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            // SAFETY: our own child.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            return Err("hung (killed after 30 s)".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+        Ok(t.elapsed().as_millis())
+    } else {
+        Err(format!("exit status {status}"))
+    }
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -662,6 +738,26 @@ fn child_process() {
     let p = Pkcs11::new(bridge_so()).unwrap();
     p.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
         .unwrap();
+    if mode == "fork" {
+        let s = session_on(&p, "fork");
+        issued_cert(&s, "vfork", "pki-fork", Duration::from_secs(60));
+        let mut ok = 0;
+        let mut times = Vec::new();
+        for i in 0..5u64 {
+            std::thread::sleep(Duration::from_millis(300 + 370 * i));
+            match fork_child() {
+                Ok(ms) => {
+                    ok += 1;
+                    times.push(ms.to_string());
+                }
+                Err(e) => eprintln!("fork {i}: {e}"),
+            }
+        }
+        // The parent kept renewing.
+        println!("PKI forks {ok} of 5");
+        println!("PKI fork_ms children took {} ms", times.join(", "));
+        return;
+    }
     if mode == "finalize" {
         let s = session_on(&p, "fin");
         let _ = s.find_objects(&[]);
