@@ -16,6 +16,7 @@ pub mod health;
 pub mod kms;
 pub mod pidlock;
 pub mod pkcs11;
+pub mod pki;
 pub mod remote;
 pub mod runtime;
 pub mod secret;
@@ -111,6 +112,26 @@ pub struct CheckReport {
     pub problems: Vec<String>,
     /// How long the check of this backend took.
     pub latency_ms: f64,
+    /// Certificates from Vault PKI (`pki = {...}`): one per selected key.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pki: Vec<PkiStatus>,
+}
+
+/// One key's certificate from Vault PKI, for `p11bridge check`.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct PkiStatus {
+    /// The key's label.
+    pub key: String,
+    /// Where it is issued: the Vault address(es) and `mount/sign/role`.
+    pub vault: String,
+    /// The certificate served now (`None`: none issued yet; the key shows its generated certificate or none).
+    pub serial: Option<String>,
+    pub not_after: Option<String>,
+    pub expires_in_s: Option<i64>,
+    /// How many CA certificates of its chain are served.
+    pub chain: usize,
+    /// The last failure to issue or renew it, in Vault's words (`None` after a success).
+    pub last_error: Option<String>,
 }
 
 /// The check every token gets unless it has its own: a login with the configured credentials, then one search.
@@ -398,28 +419,32 @@ pub fn build_with(
             )
         })?;
     match kind {
-        "pkcs11" => Ok(Arc::new(pkcs11::UpstreamBackend::from_config(
-            name, section, ctx,
-        )?)),
+        "pkcs11" => Ok(Arc::new(
+            pkcs11::UpstreamBackend::from_config(name, section, ctx)?.with_pki(section, all, ctx)?,
+        )),
         "pkcs11-ha" => Ok(Arc::new(pkcs11::ha::HaBackend::from_config(
             name, section, all, ctx,
         )?)),
         "aws-kms" => {
             runtime::set_cant_create_threads(ctx.cant_create_threads);
             let svc = kms::Kms::new(kms::KmsService::from_config(name, section, ctx)?);
+            let pki = remote_pki(name, "aws-kms", section, all, ctx)?;
             Ok(Arc::new(remote::RemoteBackend::new(
                 name,
                 "aws-kms",
                 Arc::new(svc),
+                pki,
             )))
         }
         "vault-transit" => {
             runtime::set_cant_create_threads(ctx.cant_create_threads);
             let svc = vault::Vault::new(vault::VaultService::from_config(name, section, ctx)?);
+            let pki = remote_pki(name, "vault-transit", section, all, ctx)?;
             Ok(Arc::new(remote::RemoteBackend::new(
                 name,
                 "vault-transit",
                 Arc::new(svc),
+                pki,
             )))
         }
         // Tests only: compiled in with the `test-backends` feature, and even then unknown unless
@@ -441,6 +466,22 @@ pub fn build_with(
             ),
         )),
     }
+}
+
+/// The `pki = {...}` of a remote backend's section (its certificate cache: `cert_cache_dir`).
+fn remote_pki(
+    name: &str,
+    kind: &'static str,
+    section: &toml::Table,
+    all: &std::collections::BTreeMap<String, toml::Table>,
+    ctx: &BuildContext,
+) -> Result<Option<Arc<pki::Pki>>> {
+    let cache = section
+        .get("cert_cache_dir")
+        .and_then(|v| v.as_str())
+        .map(std::path::PathBuf::from);
+    let cache = remote::cert::CertSource::new(kind, cache, None).cache_dir;
+    pki::Pki::from_section(name, kind, section, all, ctx, cache)
 }
 
 /// Reads a `[backend.NAME]` section into a backend's config struct; errors name the section and the problem.

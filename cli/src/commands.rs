@@ -218,6 +218,36 @@ fn check(module: &Option<PathBuf>, json: bool) -> R<()> {
             if !missing.is_empty() {
                 outln!("      keys missing: {}", missing.join(", "))?;
             }
+            // Certificates from Vault PKI: serial and expiry, or none yet; the last failure is among the problems.
+            for c in b.get("pki").and_then(Value::as_array).unwrap_or(&empty) {
+                let state = match (
+                    c.get("serial").and_then(Value::as_str),
+                    c.get("not_after").and_then(Value::as_str),
+                ) {
+                    (Some(serial), Some(until)) => format!(
+                        "serial {serial}, expires {until}{}",
+                        c.get("expires_in_s")
+                            .and_then(Value::as_i64)
+                            .map(|t| if t > 0 {
+                                format!(" (in {t} s)")
+                            } else {
+                                " (expired)".into()
+                            })
+                            .unwrap_or_default()
+                    ),
+                    _ => "none issued yet".into(),
+                };
+                let failing = if c.get("last_error").is_some_and(|e| !e.is_null()) {
+                    "; last renewal failed"
+                } else {
+                    ""
+                };
+                outln!(
+                    "      certificate:  {} from Vault PKI {}: {state}{failing}",
+                    s(c, "key"),
+                    s(c, "vault")
+                )?;
+            }
             if let Some(ms) = b.get("latency_ms").and_then(Value::as_f64) {
                 outln!("      latency:      {ms:.1} ms")?;
             }

@@ -51,6 +51,23 @@ fn backend_error(kind: &str) -> String {
     }
 }
 
+/// The keys of a `pki = {...}` table (in a `vault-transit` section that is otherwise valid).
+fn pki_error() -> String {
+    let section: toml::Table = toml::from_str(&format!(
+        "kind = \"vault-transit\"\naddress = \"http://127.0.0.1:1\"\ntoken = \"t\"\nkeys = [\"k\"]\npki = {{ role = \"r\", {BOGUS} = 1 }}"
+    ))
+    .unwrap();
+    let mut all = BTreeMap::new();
+    all.insert("b".to_string(), section.clone());
+    let ctx = p11bridge_backends::BuildContext {
+        cant_create_threads: false,
+    };
+    match p11bridge_backends::build_with("b", &section, &all, &ctx) {
+        Ok(_) => panic!("pki: accepted a bogus key"),
+        Err(e) => e.cause().unwrap_or_default().to_string(),
+    }
+}
+
 /// The manual page's text of one section: from the `.SH`/`.SS` line whose title starts with `title` to the next
 /// heading.
 fn man_section<'a>(man: &'a str, title: &str) -> &'a str {
@@ -121,6 +138,7 @@ fn every_configuration_key_is_in_the_manual_page() {
             ".SS kind = \"aws-kms\"",
             backend_error("aws-kms"),
         ),
+        ("pki = {...}", ".SH PKI CERTIFICATES", pki_error()),
     ];
 
     let backends_intro = described(man_section(&man, ".SH BACKENDS"));

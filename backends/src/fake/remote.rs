@@ -143,7 +143,7 @@ pub fn build(name: &str, section: &toml::Table) -> Result<RemoteBackend> {
         })?;
         svc.keys.lock().push(Arc::new(key));
     }
-    Ok(RemoteBackend::new(name, "test-fake", Arc::new(svc)))
+    Ok(RemoteBackend::new(name, "test-fake", Arc::new(svc), None))
 }
 
 impl FakeService {

@@ -5,6 +5,7 @@
 
 pub mod ha;
 pub mod lib;
+mod pki;
 
 use crate::{
     up, Backend, BackendSession, BuildContext, DualKind, Error, Mechanism, ObjRef, OpKind, Out,
@@ -34,6 +35,11 @@ struct Config {
     pin: Option<SecretRef>,
     /// The SO PIN, for SO logins on the unified token (optional).
     so_pin: Option<SecretRef>,
+    /// Certificates from Vault PKI for the token's keys (`crate::pki`), and where their copies are kept (default
+    /// `$XDG_CACHE_HOME/p11bridge` or `~/.cache/p11bridge`; the files go in its `pki` directory).
+    #[allow(dead_code)] // read by `crate::pki::Pki::from_section` from the section itself
+    pki: Option<toml::Table>,
+    cert_cache_dir: Option<PathBuf>,
 }
 
 pub struct UpstreamBackend {
@@ -43,6 +49,9 @@ pub struct UpstreamBackend {
     released: Mutex<bool>,
     /// The login state of each upstream slot a unified slot uses (shared by all such slots).
     configured: Mutex<std::collections::HashMap<CK_SLOT_ID, Arc<Configured>>>,
+    /// Certificates from Vault PKI (`pki = {...}`), and their host per upstream slot.
+    pki: Option<Arc<crate::pki::Pki>>,
+    pki_hosts: Mutex<std::collections::HashMap<CK_SLOT_ID, Arc<pki::HsmPki>>>,
 }
 
 impl UpstreamBackend {
@@ -79,7 +88,23 @@ impl UpstreamBackend {
             cfg,
             released: Mutex::new(false),
             configured: Mutex::new(std::collections::HashMap::new()),
+            pki: None,
+            pki_hosts: Mutex::new(std::collections::HashMap::new()),
         })
+    }
+
+    /// Reads the section's `pki = {...}` (its `vault` names the `vault-transit` section whose login is used).
+    pub fn with_pki(
+        mut self,
+        section: &toml::Table,
+        all: &std::collections::BTreeMap<String, toml::Table>,
+        ctx: &BuildContext,
+    ) -> Result<Self> {
+        let cache =
+            crate::remote::cert::CertSource::new("pkcs11", self.cfg.cert_cache_dir.clone(), None)
+                .cache_dir;
+        self.pki = crate::pki::Pki::from_section(&self.name, "pkcs11", section, all, ctx, cache)?;
+        Ok(self)
     }
 
     /// Forgets every login this backend holds without calling the upstream (its module was re-initialized, or the
@@ -172,10 +197,26 @@ impl Backend for UpstreamBackend {
                 })
             })
             .clone();
+        let pki = self.pki.as_ref().map(|p| {
+            self.pki_hosts
+                .lock()
+                .entry(slot)
+                .or_insert_with(|| {
+                    Arc::new(pki::HsmPki::new(
+                        &self.name,
+                        self.lib.clone(),
+                        slot,
+                        configured.clone(),
+                        p.clone(),
+                    ))
+                })
+                .clone()
+        });
         Ok(Arc::new(UpstreamToken {
             lib: self.lib.clone(),
             slot,
             configured: Some(configured),
+            pki,
         }))
     }
     fn mirror_tokens(&self) -> Result<Vec<Arc<dyn Token>>> {
@@ -187,6 +228,7 @@ impl Backend for UpstreamBackend {
                     lib: self.lib.clone(),
                     slot,
                     configured: None,
+                    pki: None,
                 }) as Arc<dyn Token>
             })
             .collect())
@@ -198,6 +240,10 @@ impl Backend for UpstreamBackend {
         Ok(unsafe { info.assume_init() })
     }
     fn finalize(&self) {
+        // A renewal signing in the upstream ends before the module is released.
+        if let Some(p) = &self.pki {
+            p.stop();
+        }
         let mut r = self.released.lock();
         if !*r {
             *r = true;
@@ -226,6 +272,8 @@ pub struct UpstreamToken {
     slot: CK_SLOT_ID,
     /// Set for the unified view, `None` for a mirror slot (whose logins use the caller's PIN).
     configured: Option<Arc<Configured>>,
+    /// Certificates from Vault PKI for its keys (unified view only).
+    pki: Option<Arc<pki::HsmPki>>,
 }
 
 /// The most items an upstream list (slots, mechanisms) may hold, and the most objects one search may return: a
@@ -398,6 +446,10 @@ impl Token for UpstreamToken {
         Ok(())
     }
     fn open_session(&self, rw: bool) -> Result<Box<dyn BackendSession>> {
+        // Certificates from Vault PKI: the background task starts with the first use of the token.
+        if let Some(p) = &self.pki {
+            crate::pki::ensure_task(p);
+        }
         let mut flags = CKF_SERIAL_SESSION;
         if rw {
             flags |= CKF_RW_SESSION;
@@ -415,6 +467,27 @@ impl Token for UpstreamToken {
     }
     fn has_rng(&self) -> bool {
         self.token_info().is_ok_and(|t| t.flags & CKF_RNG != 0)
+    }
+    fn check(&self) -> crate::CheckReport {
+        let mut r = crate::default_check(self);
+        if let Some(h) = &self.pki {
+            // The keys are read while logged in with the configured PIN (private keys are private objects).
+            let logged_in = self.login_configured(CKU_USER).is_ok();
+            let keys = h.scan();
+            if logged_in {
+                let _ = self.logout_configured();
+            }
+            match keys {
+                Ok(k) => {
+                    let keys: Vec<_> = k.into_iter().map(|x| x.0).collect();
+                    h.pki.report_into(&mut r, &keys);
+                }
+                Err(e) => r
+                    .problems
+                    .push(format!("cannot read the keys to certify by Vault PKI: {e}")),
+            }
+        }
+        r
     }
     fn endpoint(&self) -> String {
         let label = self

@@ -19,7 +19,7 @@ fn name(cn: &str) -> Vec<u8> {
 }
 
 /// Signature algorithm identifier and what to ask the signer, for a key.
-fn algorithm(m: &KeyMaterial, tbs: &[u8]) -> Option<(Vec<u8>, SignRequest)> {
+pub(crate) fn algorithm(m: &KeyMaterial, tbs: &[u8]) -> Option<(Vec<u8>, SignRequest)> {
     Some(match m {
         KeyMaterial::Rsa { .. } => (
             seq(&[

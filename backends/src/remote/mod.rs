@@ -397,10 +397,17 @@ pub struct Shared {
     /// Serializes fetches so that concurrent first searches make one enumeration.
     fetching: Mutex<()>,
     refreshing: AtomicBool,
+    /// Certificates from Vault PKI for the keys (`pki = {...}`).
+    pub pki: Option<Arc<crate::pki::Pki>>,
 }
 
 impl Shared {
-    pub fn new(name: &str, kind: &'static str, service: Arc<dyn RemoteService>) -> Arc<Shared> {
+    pub fn new(
+        name: &str,
+        kind: &'static str,
+        service: Arc<dyn RemoteService>,
+        pki: Option<Arc<crate::pki::Pki>>,
+    ) -> Arc<Shared> {
         Arc::new(Shared {
             name: name.to_string(),
             kind,
@@ -409,13 +416,32 @@ impl Shared {
             cache: RwLock::new(Cache::default()),
             fetching: Mutex::new(()),
             refreshing: AtomicBool::new(false),
+            pki,
         })
+    }
+
+    /// The key as the PKI layer sees it, if `pki` selects it.
+    fn pki_key(&self, k: &RemoteKey) -> Option<crate::pki::PkiKey> {
+        let pki = self.pki.as_ref()?;
+        pki.selects(&k.name, &k.label, k.usage.sign, &k.material)
+            .then(|| crate::pki::PkiKey {
+                name: k.name.clone(),
+                label: k.label.clone(),
+                material: k.material.clone(),
+            })
     }
 
     fn install(&self, fresh: Vec<RemoteKey>) {
         let mut c = self.cache.write();
         let mut keys = HashMap::new();
-        for k in fresh {
+        for mut k in fresh {
+            // A certificate issued by Vault PKI (in memory or in the cache: no network) replaces the generated or
+            // imported one.
+            if let (Some(pki), Some(pk)) = (&self.pki, self.pki_key(&k)) {
+                if let Some(i) = pki.current(&pk) {
+                    k.cert = Some(i.leaf.clone());
+                }
+            }
             let n = match c.numbers.get(&k.name) {
                 Some(n) => *n,
                 None => {
@@ -446,6 +472,8 @@ impl Shared {
             Some(t) if t.elapsed() > self.service.ttl() => self.refresh_in_background(),
             Some(_) => {}
         }
+        // Certificates from Vault PKI are issued and renewed by a background task, started with the first use.
+        crate::pki::ensure_task(self);
         let c = self.cache.read();
         let mut v: Vec<(u64, Arc<RemoteKey>)> =
             c.keys.iter().map(|(n, k)| (*n, k.clone())).collect();
@@ -539,6 +567,77 @@ impl Shared {
             .get(name)
             .map(|n| (n << 2) | class)
     }
+}
+
+/// Certificates from Vault PKI: the keys `pki` selects, signed through the service; a new certificate replaces the
+/// key's in the cache at once.
+impl crate::pki::Host for Shared {
+    fn pki(&self) -> Option<&Arc<crate::pki::Pki>> {
+        self.pki.as_ref()
+    }
+
+    fn pki_keys(&self) -> Vec<crate::pki::PkiKey> {
+        let c = self.cache.read();
+        let mut keys: Vec<(u64, crate::pki::PkiKey)> = c
+            .keys
+            .iter()
+            .filter_map(|(n, k)| self.pki_key(k).map(|p| (*n, p)))
+            .collect();
+        keys.sort_by_key(|x| x.0);
+        keys.into_iter().map(|x| x.1).collect()
+    }
+
+    fn pki_sign(&self, key: &crate::pki::PkiKey, req: &SignRequest) -> Result<Vec<u8>> {
+        let k = self
+            .cache
+            .read()
+            .keys
+            .values()
+            .find(|k| k.name == key.name)
+            .cloned()
+            .ok_or_else(|| Error::with(CKR_KEY_HANDLE_INVALID, "the key is gone"))?;
+        self.service.sign(&k, req)
+    }
+
+    fn pki_installed(
+        &self,
+        key: &crate::pki::PkiKey,
+        issued: &Arc<crate::pki::Issued>,
+    ) -> Result<()> {
+        self.set_cert(&key.name, issued.leaf.clone())
+            .map(|_| ())
+            .ok_or_else(|| Error::with(CKR_KEY_HANDLE_INVALID, "the key is gone"))
+    }
+}
+
+/// Object references of CA certificates from Vault PKI: this bit and the certificate's number.
+pub const AUTHORITY: ObjRef = 1 << 60;
+
+/// The value of one attribute of a CA certificate from Vault PKI (category authority, not trusted).
+pub fn authority_attribute(backend: &str, der: &[u8], t: CK_ATTRIBUTE_TYPE) -> AttrValue {
+    use AttrValue::*;
+    let Some(c) = cert::parse(der) else {
+        return Invalid;
+    };
+    Value(match t {
+        CKA_CLASS => ul(CKO_CERTIFICATE),
+        CKA_TOKEN => b(true),
+        CKA_PRIVATE | CKA_MODIFIABLE | CKA_COPYABLE | CKA_DESTROYABLE | CKA_TRUSTED => b(false),
+        CKA_LABEL => crate::pki::csr::facts(der)
+            .and_then(|f| f.common_name)
+            .unwrap_or_else(|| "CA certificate".into())
+            .into_bytes(),
+        CKA_ID => vec![],
+        CKA_CERTIFICATE_TYPE => ul(CKC_X_509),
+        CKA_CERTIFICATE_CATEGORY => ul(CK_CERTIFICATE_CATEGORY_AUTHORITY),
+        CKA_VALUE => c.der,
+        CKA_SUBJECT => c.subject,
+        CKA_ISSUER => c.issuer,
+        CKA_SERIAL_NUMBER => c.serial,
+        CKA_START_DATE | CKA_END_DATE => vec![],
+        vendor::CKA_P11BRIDGE_BACKEND => backend.as_bytes().to_vec(),
+        _ => return Invalid,
+    })
 }
 
 /// The class codes of the objects a key shows: a secret key; or a private and a public key, and a certificate when
@@ -689,9 +788,14 @@ pub struct RemoteBackend {
 }
 
 impl RemoteBackend {
-    pub fn new(name: &str, kind: &'static str, service: Arc<dyn RemoteService>) -> Self {
+    pub fn new(
+        name: &str,
+        kind: &'static str,
+        service: Arc<dyn RemoteService>,
+        pki: Option<Arc<crate::pki::Pki>>,
+    ) -> Self {
         RemoteBackend {
-            shared: Shared::new(name, kind, service),
+            shared: Shared::new(name, kind, service, pki),
             kind,
         }
     }
@@ -711,7 +815,11 @@ impl Backend for RemoteBackend {
             logged_in: Arc::new(AtomicBool::new(false)),
         }))
     }
-    fn finalize(&self) {}
+    fn finalize(&self) {
+        if let Some(p) = &self.shared.pki {
+            p.stop();
+        }
+    }
 }
 
 pub struct RemoteToken {
@@ -804,6 +912,13 @@ impl Token for RemoteToken {
                 }
                 r.keys_found = found;
                 r.keys_missing = missing;
+                if let Some(pki) = &self.shared.pki {
+                    let mut sel: Vec<&Arc<RemoteKey>> = keys.iter().collect();
+                    sel.sort_by(|a, b| a.label.cmp(&b.label));
+                    let pks: Vec<crate::pki::PkiKey> =
+                        sel.iter().filter_map(|k| self.shared.pki_key(k)).collect();
+                    pki.report_into(&mut r, &pks);
+                }
             }
             Err(e) => r.problems.push(format!("cannot list its keys: {e}")),
         }

@@ -299,6 +299,29 @@ impl RemoteSession {
     }
 }
 
+/// Fills `template` from one attribute function, by the rules of `C_GetAttributeValue`.
+fn fill_all(
+    template: &mut [CK_ATTRIBUTE],
+    value: impl Fn(CK_ATTRIBUTE_TYPE) -> AttrValue,
+) -> CK_RV {
+    let mut rv = CKR_OK;
+    for a in template.iter_mut() {
+        let r = match value(a.type_) {
+            AttrValue::Value(v) => fill_attr(a, &v),
+            AttrValue::Sensitive => {
+                a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
+                CKR_ATTRIBUTE_SENSITIVE
+            }
+            AttrValue::Invalid => {
+                a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
+                CKR_ATTRIBUTE_TYPE_INVALID
+            }
+        };
+        rv = crate::combine_attr_rv(rv, r);
+    }
+    rv
+}
+
 impl BackendSession for RemoteSession {
     fn find(&mut self, template: Template) -> Result<Vec<ObjRef>> {
         let logged_in = self.logged_in();
@@ -318,10 +341,35 @@ impl BackendSession for RemoteSession {
                 }
             }
         }
+        // The CA certificates of certificates from Vault PKI (public objects).
+        if let Some(pki) = &self.shared.pki {
+            for (i, der) in pki.authorities() {
+                let matches = template.raw().iter().all(|a| {
+                    let want = crate::attr_bytes(a).unwrap_or(&[]);
+                    matches!(super::authority_attribute(&self.shared.name, &der, a.type_), AttrValue::Value(v) if v == want)
+                });
+                if matches {
+                    out.push(super::AUTHORITY | i as ObjRef);
+                }
+            }
+        }
         Ok(out)
     }
 
     fn get_attributes(&mut self, obj: ObjRef, template: &mut [CK_ATTRIBUTE]) -> CK_RV {
+        if obj & super::AUTHORITY != 0 {
+            let der = self
+                .shared
+                .pki
+                .as_ref()
+                .and_then(|p| p.authority((obj & !super::AUTHORITY) as usize));
+            let Some(der) = der else {
+                return CKR_OBJECT_HANDLE_INVALID;
+            };
+            return fill_all(template, |t| {
+                super::authority_attribute(&self.shared.name, &der, t)
+            });
+        }
         let Ok((k, class)) = self.shared.key(obj) else {
             return CKR_OBJECT_HANDLE_INVALID;
         };
@@ -417,6 +465,12 @@ impl BackendSession for RemoteSession {
     }
 
     fn destroy_object(&mut self, obj: ObjRef) -> Result<()> {
+        if obj & super::AUTHORITY != 0 {
+            return Err(Error::with(
+                CKR_ACTION_PROHIBITED,
+                "a CA certificate from Vault PKI goes with the certificates it issued",
+            ));
+        }
         let (k, class) = self.shared.key(obj)?;
         if !k.destroyable {
             return Err(Error::with(

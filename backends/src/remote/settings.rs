@@ -59,6 +59,8 @@ pub struct RemoteSettings {
     /// unset: `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` as curl reads them (`remote::proxy`).
     #[serde(default)]
     pub proxy: ProxyKey,
+    /// Certificates from Vault PKI for the keys (`pki::PkiConfig`, read and checked by `pki::Pki::from_section`).
+    pub pki: Option<toml::Table>,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -98,6 +100,7 @@ impl Default for RemoteSettings {
             probe_interval_ms: default_probe_interval_ms(),
             ca_cert: None,
             proxy: ProxyKey::default(),
+            pki: None,
         }
     }
 }
@@ -321,7 +324,7 @@ mod tests {
                 "backend.b: unknown field `adress`, expected one of `kind`, `region`, `keys`, `discover`, \
                  `timeout_ms`, `connect_timeout_ms`, `cache_ttl_s`, `certificates`, `cert_cache_dir`, \
                  `cert_store_dir`, `allow_destroy`, `breaker_failures`, `breaker_cooldown_ms`, `probe_interval_ms`, \
-                 `ca_cert`, `proxy`"
+                 `ca_cert`, `proxy`, `pki`"
             )
         );
         let t: toml::Table = toml::from_str("kind = \"x\"\ntimeout_ms = \"5\"").unwrap();

@@ -201,6 +201,38 @@ impl Vault {
     }
 }
 
+/// Vault PKI requests (`pki = { vault = "NAME", ... }` of any backend) go through the `vault-transit` section NAME:
+/// its addresses (failover), TLS settings and login. A client of its own, built from that section.
+struct PkiIssuer(Arc<VaultService>);
+
+impl crate::pki::Issuer for PkiIssuer {
+    fn post(&self, path: &str, body: Value) -> Result<Value> {
+        // Not repeated after a timeout: a request Vault may have served would issue a second certificate.
+        self.0.op(
+            reqwest::Method::POST,
+            path.to_string(),
+            Some(body),
+            false,
+            CKR_DEVICE_ERROR,
+        )
+    }
+
+    fn endpoint(&self) -> String {
+        self.0.endpoint()
+    }
+}
+
+/// The Vault PKI client of the `vault-transit` section `name`.
+pub fn pki_issuer(
+    name: &str,
+    section: &toml::Table,
+    ctx: &BuildContext,
+) -> Result<Arc<dyn crate::pki::Issuer>> {
+    Ok(Arc::new(PkiIssuer(Arc::new(VaultService::from_config(
+        name, section, ctx,
+    )?))))
+}
+
 impl RemoteService for Vault {
     fn mechanisms(&self) -> Vec<(CK_MECHANISM_TYPE, CK_MECHANISM_INFO)> {
         let sv = CKF_SIGN | CKF_VERIFY;

@@ -129,6 +129,13 @@ impl HaBackend {
                 return Err(err(format!("{m} is the group itself")));
             }
             let sec = member_section(all, name, m)?;
+            if sec.contains_key("pki") {
+                members.iter().for_each(|x| x.backend.finalize());
+                return Err(Error::with(
+                    CKR_GENERAL_ERROR,
+                    format!("backend.{m}.pki: not for a member of a pkcs11-ha group (certificates from Vault PKI are for kind = \"pkcs11\" backends a slot lists)"),
+                ));
+            }
             let backend = match UpstreamBackend::from_config(m, sec, ctx) {
                 Ok(b) => b,
                 Err(e) => {
