@@ -339,6 +339,6 @@ mod tests {
     fn field_names_are_serdes() {
         let names = field_names::<RemoteSettings>();
         assert!(names.contains(&"timeout_ms") && names.contains(&"probe_interval_ms"));
-        assert_eq!(names.len(), 14);
+        assert_eq!(names.len(), 15);
     }
 }
