@@ -313,6 +313,45 @@ fn two_call_list<T: Copy + Default>(
     ))
 }
 
+/// Every object of session `h` matching the template (`C_FindObjectsInit`, `C_FindObjects` in batches,
+/// `C_FindObjectsFinal`); more than `MAX_UPSTREAM_OBJECTS` is an error, not a silent cut.
+pub(super) fn find_all(
+    lib: &Lib,
+    h: CK_SESSION_HANDLE,
+    t: *mut CK_ATTRIBUTE,
+    tn: CK_ULONG,
+) -> Result<Vec<CK_OBJECT_HANDLE>> {
+    let f = lib.f();
+    Error::check(up!(f, C_FindObjectsInit(h, t, tn)))?;
+    let mut all = Vec::new();
+    let mut buf = [0 as CK_OBJECT_HANDLE; 256];
+    let res = loop {
+        let mut n: CK_ULONG = 0;
+        let rv = up!(
+            f,
+            C_FindObjects(h, buf.as_mut_ptr(), buf.len() as CK_ULONG, &mut n)
+        );
+        if rv != CKR_OK {
+            break Err(Error::new(rv));
+        }
+        let n = (n as usize).min(buf.len());
+        all.extend_from_slice(&buf[..n]);
+        if n < buf.len() {
+            break Ok(all);
+        }
+        if all.len() >= MAX_UPSTREAM_OBJECTS {
+            break Err(Error::with(
+                CKR_DEVICE_ERROR,
+                format!("the upstream module's search returned more than {MAX_UPSTREAM_OBJECTS} objects"),
+            ));
+        }
+    };
+    let rv = up!(f, C_FindObjectsFinal(h));
+    let all = res?;
+    Error::check(rv)?;
+    Ok(all)
+}
+
 fn pin_ptr(pin: Option<&[u8]>) -> (*mut u8, CK_ULONG) {
     match pin {
         Some(p) => (p.as_ptr() as *mut u8, p.len() as CK_ULONG),
@@ -624,36 +663,11 @@ impl BackendSession for UpstreamSession {
     }
 
     fn find(&mut self, template: Template) -> Result<Vec<ObjRef>> {
-        let f = self.lib.f();
         let (t, tn) = template_ptr(&template);
-        Error::check(up!(f, C_FindObjectsInit(self.h, t, tn)))?;
-        let mut all = Vec::new();
-        let mut buf = [0 as CK_OBJECT_HANDLE; 256];
-        let res = loop {
-            let mut n: CK_ULONG = 0;
-            let rv = up!(
-                f,
-                C_FindObjects(self.h, buf.as_mut_ptr(), buf.len() as CK_ULONG, &mut n)
-            );
-            if rv != CKR_OK {
-                break Err(Error::new(rv));
-            }
-            let n = (n as usize).min(buf.len());
-            all.extend(buf[..n].iter().map(|h| *h as ObjRef));
-            if n < buf.len() {
-                break Ok(all);
-            }
-            if all.len() >= MAX_UPSTREAM_OBJECTS {
-                break Err(Error::with(
-                    CKR_DEVICE_ERROR,
-                    format!("the upstream module's search returned more than {MAX_UPSTREAM_OBJECTS} objects"),
-                ));
-            }
-        };
-        let rv = up!(f, C_FindObjectsFinal(self.h));
-        let all = res?;
-        Error::check(rv)?;
-        Ok(all)
+        Ok(find_all(&self.lib, self.h, t, tn)?
+            .into_iter()
+            .map(|h| h as ObjRef)
+            .collect())
     }
     fn get_attributes(&mut self, obj: ObjRef, template: &mut [CK_ATTRIBUTE]) -> CK_RV {
         let given: Vec<(bool, CK_ULONG)> = template

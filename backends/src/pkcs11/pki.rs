@@ -70,34 +70,12 @@ fn hex(b: &[u8]) -> String {
 
 impl Sess<'_> {
     fn find(&self, template: &[CK_ATTRIBUTE]) -> Result<Vec<CK_OBJECT_HANDLE>> {
-        let f = self.lib.f();
-        Error::check(up!(
-            f,
-            C_FindObjectsInit(
-                self.h,
-                template.as_ptr() as *mut CK_ATTRIBUTE,
-                template.len() as CK_ULONG
-            )
-        ))?;
-        let mut out = Vec::new();
-        let mut buf = [0 as CK_OBJECT_HANDLE; 64];
-        let res = loop {
-            let mut n: CK_ULONG = 0;
-            let rv = up!(
-                f,
-                C_FindObjects(self.h, buf.as_mut_ptr(), buf.len() as CK_ULONG, &mut n)
-            );
-            if rv != CKR_OK {
-                break Err(Error::new(rv));
-            }
-            let n = (n as usize).min(buf.len());
-            out.extend_from_slice(&buf[..n]);
-            if n < buf.len() || out.len() > 4096 {
-                break Ok(out);
-            }
-        };
-        up!(f, C_FindObjectsFinal(self.h));
-        res
+        super::find_all(
+            self.lib,
+            self.h,
+            template.as_ptr() as *mut CK_ATTRIBUTE,
+            template.len() as CK_ULONG,
+        )
     }
 
     /// One attribute's bytes (`None`: absent or unreadable).

@@ -418,15 +418,7 @@ impl Pki {
         for c in &issued.chain {
             text += &pem(c);
         }
-        let write = || -> std::io::Result<()> {
-            if let Some(d) = path.parent() {
-                std::fs::create_dir_all(d)?;
-            }
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, text)?;
-            std::fs::rename(&tmp, &path)
-        };
-        if let Err(e) = write() {
+        if let Err(e) = crate::remote::cert::write_atomic(&path, text) {
             crate::diag::notice(&format!(
                 "backend \"{}\": cannot keep the certificate issued by Vault PKI in {}: {e}; a restart will ask for a new one",
                 self.backend,

@@ -277,15 +277,7 @@ impl CertSource {
                 "no certificate store: set cert_store_dir (or HOME / XDG_CACHE_HOME)",
             )
         })?;
-        let write = || -> std::io::Result<()> {
-            if let Some(d) = path.parent() {
-                std::fs::create_dir_all(d)?;
-            }
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, der)?;
-            std::fs::rename(&tmp, &path)
-        };
-        write().map_err(|e| {
+        write_atomic(&path, der).map_err(|e| {
             crate::Error::with(
                 CKR_DEVICE_ERROR,
                 format!("cannot store the certificate in {}: {e}", path.display()),
@@ -386,13 +378,18 @@ pub fn load_cached(path: &Path, material: &KeyMaterial) -> Option<Certificate> {
 }
 
 pub fn store_cached(path: &Path, c: &Certificate) {
+    let _ = write_atomic(path, &c.der);
+}
+
+/// Writes `bytes` to `path` as a whole or not at all (a temporary file beside it, renamed), creating its folder:
+/// another process reading the cache never sees half a file.
+pub fn write_atomic(path: &Path, bytes: impl AsRef<[u8]>) -> std::io::Result<()> {
     if let Some(d) = path.parent() {
-        let _ = std::fs::create_dir_all(d);
+        std::fs::create_dir_all(d)?;
     }
     let tmp = path.with_extension("tmp");
-    if std::fs::write(&tmp, &c.der).is_ok() {
-        let _ = std::fs::rename(&tmp, path);
-    }
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]

@@ -377,22 +377,7 @@ impl BackendSession for RemoteSession {
         if private && !self.logged_in() {
             return CKR_OBJECT_HANDLE_INVALID;
         }
-        let mut rv = CKR_OK;
-        for a in template.iter_mut() {
-            let r = match attribute(&self.shared.name, &k, class, a.type_) {
-                AttrValue::Value(v) => fill_attr(a, &v),
-                AttrValue::Sensitive => {
-                    a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
-                    CKR_ATTRIBUTE_SENSITIVE
-                }
-                AttrValue::Invalid => {
-                    a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
-                    CKR_ATTRIBUTE_TYPE_INVALID
-                }
-            };
-            rv = crate::combine_attr_rv(rv, r);
-        }
-        rv
+        fill_all(template, |t| attribute(&self.shared.name, &k, class, t))
     }
 
     fn object_size(&mut self, obj: ObjRef) -> Result<CK_ULONG> {
