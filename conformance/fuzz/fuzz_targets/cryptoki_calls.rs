@@ -6,8 +6,8 @@
 //! (those are built well-formed).
 //!
 //! Left out on purpose: C_InitToken, C_InitPIN and C_SetPIN (they would change the token the rest of the run
-//! uses), CKA_TOKEN and the *_TEMPLATE attributes in templates (no token objects are created; templates inside
-//! templates are pointers), RSA key-pair generation (slow) and a blocking C_WaitForSlotEvent.
+//! uses), CKA_TOKEN and the *_TEMPLATE attributes in templates (no token objects are created; a copy gets CKA_TOKEN
+//! false; templates inside templates are pointers), RSA key-pair generation (slow) and a blocking C_WaitForSlotEvent.
 #![no_main]
 
 use cryptoki_sys::*;
@@ -578,6 +578,25 @@ fuzz_target!(|data: &[u8]| {
                 let s = st.session(&mut r);
                 let o = st.object(&mut r);
                 let (t, tn) = st.template(&mut r, false);
+                // A copy of a token object is a token object unless the template says otherwise: always say it,
+                // or the token fills up run after run (SoftHSM2 slows down with every file in its token).
+                let mut no = CK_FALSE;
+                let mut with_token: Vec<CK_ATTRIBUTE> = if t.is_null() {
+                    vec![]
+                } else {
+                    // SAFETY: `template` returned `tn` (at most NATTR) entries of `st.tmpl`.
+                    unsafe { std::slice::from_raw_parts(t, tn as usize) }.to_vec()
+                };
+                with_token.push(CK_ATTRIBUTE {
+                    type_: CKA_TOKEN,
+                    pValue: &mut no as *mut _ as *mut c_void,
+                    ulValueLen: 1,
+                });
+                let (t, tn) = if t.is_null() {
+                    (t, tn)
+                } else {
+                    (with_token.as_mut_ptr(), with_token.len() as CK_ULONG)
+                };
                 let hp = St::ulong_ptr(&mut r, &mut h);
                 if call!(f, C_CopyObject(s, o, t, tn, hp)) == CKR_OK {
                     st.objects.push(h);
