@@ -8,22 +8,7 @@ hsm_certs() {
     local d=$WORK/hsm-certs kind label id
     mkdir -p "$d"
     printf '%s\n' "$HSM_PIN" >"$d/pin"
-    cat >"$d/openssl.cnf" <<CNF
-openssl_conf = openssl_init
-[openssl_init]
-providers = provider_sect
-[provider_sect]
-default = default_sect
-pkcs11 = pkcs11_sect
-[default_sect]
-activate = 1
-[pkcs11_sect]
-module = $PKCS11_PROVIDER
-pkcs11-module-path = $SOFTHSM_MODULE
-pkcs11-module-token-pin = file:$d/pin
-pkcs11-module-quirks = no-deinit
-activate = 1
-CNF
+    provider_cnf "$SOFTHSM_MODULE" "$d/pin" >"$d/openssl.cnf"
     for kind in rsa ec ed25519; do
         label=$(key_label hsm "$kind") id=$(key_id hsm "$kind")
         if ! OPENSSL_CONF=$d/openssl.cnf timeout 60 openssl req -x509 -new -days 3650 -subj "/O=p11bridge/CN=$label" \

@@ -49,6 +49,28 @@ has_key() { [[ -n $(key_label "$1" "$2") ]]; }
 t() { timeout -k 5 "${T:-60}" "$@"; }
 
 # A free TCP port on 127.0.0.1.
+# An OPENSSL_CONF that loads pkcs11-provider over MODULE with the token PIN from PINFILE, on stdout. no-deinit:
+# without it, OpenSSL's exit handler finalizes the module after SoftHSM2's own destructors ran, and SoftHSM2 crashes
+# in C_CloseSession (the same happens with SoftHSM2 directly).
+provider_cnf() { # module pinfile
+    cat <<CNF
+openssl_conf = openssl_init
+[openssl_init]
+providers = provider_sect
+[provider_sect]
+default = default_sect
+pkcs11 = pkcs11_sect
+[default_sect]
+activate = 1
+[pkcs11_sect]
+module = $PKCS11_PROVIDER
+pkcs11-module-path = $1
+pkcs11-module-token-pin = file:$2
+pkcs11-module-quirks = no-deinit
+activate = 1
+CNF
+}
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # Waits (at most $2 seconds, default 10) until something listens on 127.0.0.1:$1.

@@ -18,25 +18,8 @@ cd "$dir" || exit 2
 sslv() { OPENSSL_CONF=/dev/null openssl "$@"; }
 printf '%s\n' "$P11BRIDGE_PIN" >pin.txt
 
-# The provider: module path and the token PIN (from a file) in the provider section. no-deinit: without it, OpenSSL's
-# exit handler finalizes the module after SoftHSM2's own destructors ran, and SoftHSM2 crashes in C_CloseSession
-# (the same happens with SoftHSM2 directly).
-cat >provider.cnf <<CNF
-openssl_conf = openssl_init
-[openssl_init]
-providers = provider_sect
-[provider_sect]
-default = default_sect
-pkcs11 = pkcs11_sect
-[default_sect]
-activate = 1
-[pkcs11_sect]
-module = $PKCS11_PROVIDER
-pkcs11-module-path = $SO
-pkcs11-module-token-pin = file:$dir/pin.txt
-pkcs11-module-quirks = no-deinit
-activate = 1
-CNF
+# The provider: module path and the token PIN (from a file) in the provider section (lib.sh).
+provider_cnf "$SO" "$dir/pin.txt" >provider.cnf
 engine_so=$(openssl version -e | sed -n 's/^ENGINESDIR: "\(.*\)"/\1/p')/pkcs11.so
 cat >engine.cnf <<CNF
 openssl_conf = openssl_init

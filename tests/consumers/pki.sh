@@ -55,22 +55,7 @@ engine_id = pkcs11
 dynamic_path = $ENGINE_SO
 MODULE_PATH = $SO
 CNF
-        cat >provider.cnf <<CNF
-openssl_conf = openssl_init
-[openssl_init]
-providers = provider_sect
-[provider_sect]
-default = default_sect
-pkcs11 = pkcs11_sect
-[default_sect]
-activate = 1
-[pkcs11_sect]
-module = $PKCS11_PROVIDER
-pkcs11-module-path = $SO
-pkcs11-module-token-pin = file:$PKI/pin.txt
-pkcs11-module-quirks = no-deinit
-activate = 1
-CNF
+        provider_cnf "$SO" "$PKI/pin.txt" >provider.cnf
     ) >"$PKI/setup.log" 2>&1 || {
         echo "consumers: the OpenBao PKI could not be set up:" >&2
         tail -5 "$PKI/setup.log" >&2
