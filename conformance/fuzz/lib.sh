@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Shared by run.sh and campaign.sh (sourced; needs $root).
 
+# Leaks inside the upstream module's OpenSSL are SoftHSM2's, not the bridge's (lsan.supp says why).
+export LSAN_OPTIONS="suppressions=$root/conformance/fuzz/lsan.supp${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
+
 # The targets' per-process work directories (a SoftHSM2 token, a hostile backend's configuration) end in the pid;
 # remove those whose process is gone — never another run's (a campaign beside CI's run lost its configuration so).
 sweep_work_dirs() {
