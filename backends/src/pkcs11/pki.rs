@@ -325,7 +325,13 @@ impl Host for HsmPki {
             match self.scan() {
                 Ok(v) => *self.keys.lock() = Some((Instant::now(), v)),
                 Err(e) => {
-                    tracing::debug!(backend = %self.backend, error = %e, "cannot list the token's keys for Vault PKI");
+                    // Said once per cause, like the other PKI failures: without the list no HSM key is certified.
+                    crate::diag::notice(&format!(
+                        "backend \"{}\" (pkcs11): cannot list the token's signing keys for Vault PKI {}: {e}; no \
+                         certificate is issued or renewed for its keys until it can; retrying",
+                        self.backend,
+                        self.pki.endpoint()
+                    ));
                     return Vec::new();
                 }
             }
