@@ -352,6 +352,24 @@ pub(super) fn find_all(
     Ok(all)
 }
 
+/// A new serial session (`rw`: read/write) of the upstream module on `slot`.
+pub(super) fn open_upstream_session(
+    lib: &Lib,
+    slot: CK_SLOT_ID,
+    rw: bool,
+) -> Result<CK_SESSION_HANDLE> {
+    let mut flags = CKF_SERIAL_SESSION;
+    if rw {
+        flags |= CKF_RW_SESSION;
+    }
+    let mut h: CK_SESSION_HANDLE = 0;
+    Error::check(up!(
+        lib.f(),
+        C_OpenSession(slot, flags, null_mut(), None, &mut h)
+    ))?;
+    Ok(h)
+}
+
 fn pin_ptr(pin: Option<&[u8]>) -> (*mut u8, CK_ULONG) {
     match pin {
         Some(p) => (p.as_ptr() as *mut u8, p.len() as CK_ULONG),
@@ -489,15 +507,7 @@ impl Token for UpstreamToken {
         if let Some(p) = &self.pki {
             crate::pki::ensure_task(p);
         }
-        let mut flags = CKF_SERIAL_SESSION;
-        if rw {
-            flags |= CKF_RW_SESSION;
-        }
-        let mut h: CK_SESSION_HANDLE = 0;
-        Error::check(up!(
-            self.lib.f(),
-            C_OpenSession(self.slot, flags, null_mut(), None, &mut h)
-        ))?;
+        let h = open_upstream_session(&self.lib, self.slot, rw)?;
         Ok(Box::new(UpstreamSession {
             lib: self.lib.clone(),
             h,

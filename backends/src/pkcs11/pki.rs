@@ -174,15 +174,7 @@ impl HsmPki {
     }
 
     fn session(&self, rw: bool) -> Result<Sess<'_>> {
-        let mut flags = CKF_SERIAL_SESSION;
-        if rw {
-            flags |= CKF_RW_SESSION;
-        }
-        let mut h: CK_SESSION_HANDLE = 0;
-        Error::check(up!(
-            self.lib.f(),
-            C_OpenSession(self.slot, flags, null_mut(), None, &mut h)
-        ))?;
+        let h = super::open_upstream_session(&self.lib, self.slot, rw)?;
         Ok(Sess { lib: &self.lib, h })
     }
 

@@ -21,7 +21,6 @@ use cryptoki_sys::*;
 use parking_lot::{Mutex, RwLock};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use sha2::Digest;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -359,18 +358,8 @@ impl Pki {
 
     /// The file of a key's certificate and chain (PEM), named by the backend kind, the key's name and public key.
     fn path(&self, key: &PkiKey) -> Option<PathBuf> {
-        let spki = key.material.spki()?;
-        let mut h = sha2::Sha256::new();
-        h.update(self.kind.as_bytes());
-        h.update([0]);
-        h.update(key.name.as_bytes());
-        h.update([0]);
-        h.update(&spki);
-        let hex: String = h.finalize()[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        Some(self.dir.as_ref()?.join(format!("{hex}.pem")))
+        let stem = crate::remote::cert::cache_stem(self.kind, &key.name, &key.material)?;
+        Some(self.dir.as_ref()?.join(format!("{stem}.pem")))
     }
 
     /// Reads a cached certificate and chain: the leaf must carry the key's public key.

@@ -354,6 +354,15 @@ pub fn cache_path(
     key_name: &str,
     material: &KeyMaterial,
 ) -> Option<PathBuf> {
+    Some(dir.join(format!(
+        "{}.der",
+        cache_stem(backend_kind, key_name, material)?
+    )))
+}
+
+/// The name of a key's files in a certificate cache: a hash of the backend kind, the key's name and its public key
+/// (a new public key, a new name).
+pub fn cache_stem(backend_kind: &str, key_name: &str, material: &KeyMaterial) -> Option<String> {
     let spki = material.spki()?;
     let mut h = sha2::Sha256::new();
     h.update(backend_kind.as_bytes());
@@ -361,11 +370,12 @@ pub fn cache_path(
     h.update(key_name.as_bytes());
     h.update([0]);
     h.update(&spki);
-    let hex: String = h.finalize()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Some(dir.join(format!("{hex}.der")))
+    Some(
+        h.finalize()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    )
 }
 
 /// A cached certificate, if present and still for this public key.
