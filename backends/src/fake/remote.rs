@@ -5,7 +5,7 @@
 //! cipher — SHA-256 keystream and tag — good for round trips and tamper detection, nothing else.
 
 use super::{Script, ScriptConfig};
-use crate::remote::mech::{digest_info, Hash, RsaPad, SignRequest};
+use crate::remote::mech::{digest_info, Hash, RsaPad, SignRequest, ECDSA_MECHS, RSA_MECHS};
 use crate::remote::{
     Curve, GenerateKind, GenerateSpec, KeyMaterial, RemoteBackend, RemoteKey, RemoteService, Usage,
 };
@@ -67,29 +67,7 @@ struct FakeKey {
 /// The built-in RSA key pair every `rsa-2048` key of a fake backend uses (generating one per test is slow).
 const RSA_PEM: &str = include_str!("rsa-2048.pem");
 
-const EC_MECHS: &[CK_MECHANISM_TYPE] = &[
-    CKM_ECDSA,
-    CKM_ECDSA_SHA1,
-    CKM_ECDSA_SHA224,
-    CKM_ECDSA_SHA256,
-    CKM_ECDSA_SHA384,
-    CKM_ECDSA_SHA512,
-];
-const RSA_MECHS: &[CK_MECHANISM_TYPE] = &[
-    CKM_RSA_PKCS,
-    CKM_SHA1_RSA_PKCS,
-    CKM_SHA224_RSA_PKCS,
-    CKM_SHA256_RSA_PKCS,
-    CKM_SHA384_RSA_PKCS,
-    CKM_SHA512_RSA_PKCS,
-    CKM_RSA_PKCS_PSS,
-    CKM_SHA1_RSA_PKCS_PSS,
-    CKM_SHA224_RSA_PKCS_PSS,
-    CKM_SHA256_RSA_PKCS_PSS,
-    CKM_SHA384_RSA_PKCS_PSS,
-    CKM_SHA512_RSA_PKCS_PSS,
-    CKM_RSA_PKCS_OAEP,
-];
+const EC_MECHS: &[CK_MECHANISM_TYPE] = &ECDSA_MECHS;
 const HMAC_MECHS: &[CK_MECHANISM_TYPE] = &[CKM_SHA256_HMAC, CKM_SHA384_HMAC, CKM_SHA512_HMAC];
 /// Mechanisms that hash their input themselves (left out with `hash_and_sign = false`).
 fn is_hash_and_sign(m: CK_MECHANISM_TYPE) -> bool {
@@ -183,7 +161,7 @@ impl FakeService {
                 (
                     Private::Rsa(Box::new(sk)),
                     material,
-                    RSA_MECHS,
+                    &RSA_MECHS[..],
                     Usage {
                         sign: true,
                         decrypt: true,
@@ -326,7 +304,7 @@ impl RemoteService for FakeService {
         for m in EC_MECHS {
             v.push((*m, info(256, 384, sv | ec)));
         }
-        for m in RSA_MECHS {
+        for m in &RSA_MECHS {
             let flags = if *m == CKM_RSA_PKCS_OAEP {
                 CKF_ENCRYPT | CKF_DECRYPT
             } else {

@@ -6,6 +6,33 @@ pub use crate::digest::{digest_info, mechanism_hash, parse_digest_info, Hash, Ha
 use crate::{Error, Mechanism, Result};
 use cryptoki_sys::*;
 
+/// The RSA mechanisms a remote service offers for RSA keys (the first and the last are not hash-and-sign).
+pub const RSA_MECHS: [CK_MECHANISM_TYPE; 13] = [
+    CKM_RSA_PKCS,
+    CKM_SHA1_RSA_PKCS,
+    CKM_SHA224_RSA_PKCS,
+    CKM_SHA256_RSA_PKCS,
+    CKM_SHA384_RSA_PKCS,
+    CKM_SHA512_RSA_PKCS,
+    CKM_RSA_PKCS_PSS,
+    CKM_SHA1_RSA_PKCS_PSS,
+    CKM_SHA224_RSA_PKCS_PSS,
+    CKM_SHA256_RSA_PKCS_PSS,
+    CKM_SHA384_RSA_PKCS_PSS,
+    CKM_SHA512_RSA_PKCS_PSS,
+    CKM_RSA_PKCS_OAEP,
+];
+
+/// The ECDSA mechanisms of a remote EC key (the first is not hash-and-sign).
+pub const ECDSA_MECHS: [CK_MECHANISM_TYPE; 6] = [
+    CKM_ECDSA,
+    CKM_ECDSA_SHA1,
+    CKM_ECDSA_SHA224,
+    CKM_ECDSA_SHA256,
+    CKM_ECDSA_SHA384,
+    CKM_ECDSA_SHA512,
+];
+
 /// RSA signature padding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RsaPad {

@@ -23,7 +23,7 @@ use nodes::*;
 
 use crate::batch::GroupCommit;
 use crate::health::{self, Endpoints};
-use crate::remote::mech::{Hash, RsaPad, SignRequest};
+use crate::remote::mech::{Hash, RsaPad, SignRequest, ECDSA_MECHS, RSA_MECHS};
 use crate::remote::{
     cert, Curve, GenerateKind, GenerateSpec, KeyMaterial, MechanismList, RemoteKey, RemoteService,
     Usage, EC_FLAGS,
@@ -42,32 +42,6 @@ use zeroize::Zeroizing;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 const B64URL: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-
-/// RSA mechanisms of transit RSA keys (the first and the last are not hash-and-sign).
-const RSA_MECHS: [CK_MECHANISM_TYPE; 13] = [
-    CKM_RSA_PKCS,
-    CKM_SHA1_RSA_PKCS,
-    CKM_SHA224_RSA_PKCS,
-    CKM_SHA256_RSA_PKCS,
-    CKM_SHA384_RSA_PKCS,
-    CKM_SHA512_RSA_PKCS,
-    CKM_RSA_PKCS_PSS,
-    CKM_SHA1_RSA_PKCS_PSS,
-    CKM_SHA224_RSA_PKCS_PSS,
-    CKM_SHA256_RSA_PKCS_PSS,
-    CKM_SHA384_RSA_PKCS_PSS,
-    CKM_SHA512_RSA_PKCS_PSS,
-    CKM_RSA_PKCS_OAEP,
-];
-
-const ECDSA_MECHS: [CK_MECHANISM_TYPE; 6] = [
-    CKM_ECDSA,
-    CKM_ECDSA_SHA1,
-    CKM_ECDSA_SHA224,
-    CKM_ECDSA_SHA256,
-    CKM_ECDSA_SHA384,
-    CKM_ECDSA_SHA512,
-];
 
 const HMAC_MECHS: [CK_MECHANISM_TYPE; 5] = [
     CKM_SHA_1_HMAC,

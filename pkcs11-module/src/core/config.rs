@@ -478,23 +478,6 @@ module = "/x.so"
 
     #[test]
     fn errors_name_file_key_and_problem() {
-        // A problem inside a `pki = {...}` table points at its line.
-        let pki = "[[slot]]\nlabel = \"u\"\nuser_pin = \"1\"\nbackends = [\"k\"]\n\n\
-                   [backend.k]\nkind = \"aws-kms\"\nkeys = [\"alias/a\"]\npki = { vault = \"w\", role = \"r\" }\n";
-        assert_eq!(
-            locate(
-                pki,
-                "slot[0].backends: k: CKR_GENERAL_ERROR: backend.k.pki.vault: no [backend.w] section"
-            ),
-            Some(9)
-        );
-        assert_eq!(
-            locate(
-                pki,
-                "backend.k.pki: unknown field `rol`, expected one of ..."
-            ),
-            Some(9)
-        );
         let e =
             p("[[slot]]\nlabel = \"u\"\nuser_pin = \"1\"\nbackends = [\"nope\"]\n").unwrap_err();
         assert!(
