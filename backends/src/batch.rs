@@ -2,9 +2,15 @@
 //! request.
 //!
 //! - Nothing in flight for the key: the caller sends its own item at once (no added latency for a lone caller).
-//! - Something in flight: the caller queues and waits. When a request finishes, its sender hands the queue (up to
-//!   `max` items) to the first waiter, who sends it as the next request. A queue that reaches `max` is sent at once
-//!   by the caller that filled it, so one slow request does not cap throughput at `max` per round trip.
+//! - Something in flight: the caller queues and waits. When a request finishes, its sender makes the first waiter
+//!   the next sender, who takes the queue (up to `max` items) as the next request. A queue that reaches `max` is
+//!   sent at once by the caller that filled it, so one slow request does not cap throughput at `max` per round trip.
+//! - Linger (`policy.linger`): the callers of the request that just ended are on their way back for their next
+//!   item. Without waiting for them, callers split into two groups that alternate (8 callers: two requests of about
+//!   4 per cycle instead of one of 8). So a new sender — made by the hand-off, or the first caller back after a
+//!   request that carried several — waits, at most `linger`, until as many callers are queued as the key expects
+//!   (the last request's plus those queued behind it); a linger that ends short lowers the expectation to what
+//!   came. A caller alone (the last request carried one item) never waits.
 //! - Each item gets its own result: one bad item fails only its caller.
 //! - A waiter gives up at its deadline (it leaves the queue, or — if it was just made the sender — sends anyway).
 //!   A panic while sending fails that request's items and still hands the queue on.
@@ -18,25 +24,25 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-enum State<I, O> {
+enum State<O> {
     Waiting,
     Done(Result<O>),
-    /// This waiter sends the given batch (it is the first of them).
-    Lead(Vec<Arc<Waiter<I, O>>>),
+    /// This waiter sends the next request (it gathers the queue behind it).
+    Lead,
 }
 
 struct Waiter<I, O> {
     item: Mutex<Option<I>>,
-    state: Mutex<State<I, O>>,
+    state: Mutex<State<O>>,
     cv: Condvar,
 }
 
 impl<I, O> Waiter<I, O> {
-    fn finish(&self, s: State<I, O>) {
+    fn finish(&self, s: State<O>) {
         *self.state.lock() = s;
         self.cv.notify_one();
     }
-    fn take(&self) -> Option<State<I, O>> {
+    fn take(&self) -> Option<State<O>> {
         match std::mem::replace(&mut *self.state.lock(), State::Waiting) {
             State::Waiting => None,
             s => Some(s),
@@ -47,18 +53,39 @@ impl<I, O> Waiter<I, O> {
 struct Queue<I, O> {
     in_flight: usize,
     pending: VecDeque<Arc<Waiter<I, O>>>,
+    /// How many callers the next request may expect: those of the request that ended last (on their way back for
+    /// their next signature) and those that were queued behind it. 1 when callers come one at a time.
+    expect: usize,
+    /// When the last request ended.
+    ended: Instant,
+}
+
+/// How a [`GroupCommit`] forms its requests.
+#[derive(Clone, Copy, Debug)]
+pub struct Policy {
+    /// Items per request at most.
+    pub max: usize,
+    /// How long a new sender may wait for callers expected back (those of the last request), only while fewer
+    /// than them are queued. Zero: never.
+    pub linger: Duration,
 }
 
 pub struct GroupCommit<I, O> {
-    max: usize,
+    policy: Policy,
     queues: Mutex<HashMap<String, Queue<I, O>>>,
+    /// Signalled when a caller queues (a lingering sender waits on it).
+    arrivals: Condvar,
 }
 
 impl<I: Send, O: Send> GroupCommit<I, O> {
-    pub fn new(max: usize) -> Self {
+    pub fn new(policy: Policy) -> Self {
         GroupCommit {
-            max: max.max(1),
+            policy: Policy {
+                max: policy.max.max(1),
+                linger: policy.linger,
+            },
             queues: Mutex::new(HashMap::new()),
+            arrivals: Condvar::new(),
         }
     }
 
@@ -79,26 +106,38 @@ impl<I: Send, O: Send> GroupCommit<I, O> {
             let q = qs.entry(key.to_string()).or_insert_with(|| Queue {
                 in_flight: 0,
                 pending: VecDeque::new(),
+                expect: 1,
+                ended: Instant::now(),
             });
             if q.in_flight == 0 {
                 q.in_flight = 1;
-                vec![me.clone()]
+                if q.expect > 1 && q.ended.elapsed() < self.policy.linger {
+                    // Several callers were served together a moment ago: the others are on their way back.
+                    self.gather(&mut qs, key, &me, true)
+                } else {
+                    // A lone caller sends at once.
+                    vec![me.clone()]
+                }
+            } else if q.pending.len() + 1 >= self.policy.max {
+                // A full queue: this caller sends it at once, beside the request in flight.
+                q.in_flight += 1;
+                self.gather(&mut qs, key, &me, false)
             } else {
                 q.pending.push_back(me.clone());
-                if q.pending.len() >= self.max {
-                    q.in_flight += 1;
-                    q.pending.drain(..self.max).collect()
-                } else {
-                    drop(qs);
-                    match self.wait(key, &me, wait) {
-                        Some(State::Done(r)) => return r,
-                        Some(State::Lead(b)) => b,
-                        _ => {
-                            return Err(Error::with(
-                                CKR_DEVICE_ERROR,
-                                format!("no answer within {wait:?} (queued behind a batch)"),
-                            ))
-                        }
+                self.arrivals.notify_all();
+                drop(qs);
+                match self.wait(key, &me, wait) {
+                    Some(State::Done(r)) => return r,
+                    Some(State::Lead) => {
+                        // Made the sender by the request that just ended (in_flight already counts it).
+                        let mut qs = self.queues.lock();
+                        self.gather(&mut qs, key, &me, true)
+                    }
+                    _ => {
+                        return Err(Error::with(
+                            CKR_DEVICE_ERROR,
+                            format!("no answer within {wait:?} (queued behind a batch)"),
+                        ))
                     }
                 }
             }
@@ -106,8 +145,42 @@ impl<I: Send, O: Send> GroupCommit<I, O> {
         self.lead(key, batch, &me, &send)
     }
 
+    /// The next request's items: its sender `me` first, then up to `max - 1` of the queue, in order. With `linger`
+    /// (a sender made by the hand-off, or right after a shared request) it first waits, at most `policy.linger`,
+    /// while fewer callers are queued than the key's `expect` (the others are on their way back); a linger that
+    /// ends short lowers `expect` to what came (callers that stopped are not waited for again).
+    fn gather(
+        &self,
+        qs: &mut parking_lot::MutexGuard<'_, HashMap<String, Queue<I, O>>>,
+        key: &str,
+        me: &Arc<Waiter<I, O>>,
+        linger: bool,
+    ) -> Vec<Arc<Waiter<I, O>>> {
+        let p = self.policy;
+        if linger && !p.linger.is_zero() {
+            let until = Instant::now() + p.linger;
+            while let Some(q) = qs.get(key) {
+                if q.pending.len() + 1 >= q.expect.min(p.max) {
+                    break;
+                }
+                if self.arrivals.wait_until(qs, until).timed_out() {
+                    if let Some(q) = qs.get_mut(key) {
+                        q.expect = q.pending.len() + 1;
+                    }
+                    break;
+                }
+            }
+        }
+        let mut batch = vec![me.clone()];
+        if let Some(q) = qs.get_mut(key) {
+            let k = q.pending.len().min(p.max - 1);
+            batch.extend(q.pending.drain(..k));
+        }
+        batch
+    }
+
     /// Waits for a result or the lead; at the deadline leaves the queue (`None`) unless one of them came.
-    fn wait(&self, key: &str, me: &Arc<Waiter<I, O>>, wait: Duration) -> Option<State<I, O>> {
+    fn wait(&self, key: &str, me: &Arc<Waiter<I, O>>, wait: Duration) -> Option<State<O>> {
         let deadline = Instant::now() + wait;
         {
             let mut st = me.state.lock();
@@ -164,12 +237,13 @@ impl<I: Send, O: Send> GroupCommit<I, O> {
             let mut qs = self.queues.lock();
             if let Some(q) = qs.get_mut(key) {
                 q.in_flight = q.in_flight.saturating_sub(1);
-                if !q.pending.is_empty() {
-                    let k = q.pending.len().min(self.max);
-                    let next: Vec<_> = q.pending.drain(..k).collect();
+                q.expect = (n + q.pending.len()).min(self.policy.max);
+                q.ended = Instant::now();
+                if let Some(next) = q.pending.pop_front() {
+                    // The first waiter sends the next request; it gathers the queue itself.
                     q.in_flight += 1;
-                    next[0].finish(State::Lead(next.clone()));
-                } else if q.in_flight == 0 {
+                    next.finish(State::Lead);
+                } else if q.in_flight == 0 && q.expect <= 1 {
                     qs.remove(key);
                 }
             }
@@ -203,9 +277,26 @@ mod tests {
     use cryptoki_sys::CKR_DATA_INVALID;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    impl<I: Send, O: Send> GroupCommit<I, O> {
+        /// Nothing queued or in flight for any key.
+        fn idle(&self) -> bool {
+            self.queues
+                .lock()
+                .values()
+                .all(|q| q.in_flight == 0 && q.pending.is_empty())
+        }
+    }
+
+    fn policy(max: usize) -> Policy {
+        Policy {
+            max,
+            linger: Duration::ZERO,
+        }
+    }
+
     #[test]
     fn lone_caller_sends_alone_and_concurrent_callers_share_requests() {
-        let g = Arc::new(GroupCommit::<u32, u32>::new(8));
+        let g = Arc::new(GroupCommit::<u32, u32>::new(policy(8)));
         let requests = Arc::new(AtomicUsize::new(0));
         let biggest = Arc::new(AtomicUsize::new(0));
         let send = {
@@ -246,12 +337,62 @@ mod tests {
         let n = requests.load(Ordering::SeqCst);
         assert!(n < 32, "{n} requests for 33 items");
         assert!(biggest.load(Ordering::SeqCst) <= 8);
-        assert!(g.queues.lock().is_empty());
+        assert!(g.idle());
+    }
+
+    #[test]
+    fn returning_callers_are_waited_for_and_a_lone_caller_is_not() {
+        // A long linger, so that the test does not depend on the machine's speed.
+        let g = Arc::new(GroupCommit::<u32, u32>::new(Policy {
+            max: 32,
+            linger: Duration::from_millis(500),
+        }));
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let send = {
+            let sizes = sizes.clone();
+            move |items: Vec<u32>| -> Result<Vec<Result<u32>>> {
+                sizes.lock().push(items.len());
+                std::thread::sleep(Duration::from_millis(5));
+                Ok(items.into_iter().map(Ok).collect())
+            }
+        };
+        // One caller alone: sent at once every time (no linger: nobody else was served with it).
+        let t = Instant::now();
+        for i in 0..5 {
+            assert_eq!(g.submit("k", i, Duration::from_secs(10), &send).unwrap(), i);
+        }
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        assert_eq!(*sizes.lock(), vec![1; 5]);
+        sizes.lock().clear();
+        // Eight callers, 20 items each: after the first rounds every request carries all eight.
+        let hs: Vec<_> = (0..8u32)
+            .map(|t| {
+                let (g, send) = (g.clone(), send.clone());
+                std::thread::spawn(move || {
+                    for i in 0..20 {
+                        let v = t * 100 + i;
+                        assert_eq!(g.submit("k", v, Duration::from_secs(30), &send).unwrap(), v);
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        let sizes = sizes.lock().clone();
+        assert_eq!(sizes.iter().sum::<usize>(), 160);
+        let full = sizes.iter().filter(|&&n| n == 8).count();
+        assert!(
+            full >= 15,
+            "requests of 8: {full} of {}: {sizes:?}",
+            sizes.len()
+        );
+        assert!(g.idle());
     }
 
     #[test]
     fn whole_request_failure_and_panics_reach_every_item_and_the_queue_moves_on() {
-        let g = Arc::new(GroupCommit::<u32, u32>::new(4));
+        let g = Arc::new(GroupCommit::<u32, u32>::new(policy(4)));
         let calls = Arc::new(AtomicUsize::new(0));
         let send = {
             let calls = calls.clone();
@@ -277,12 +418,12 @@ mod tests {
                 Err(e) => assert!(e.rv() == CKR_DEVICE_ERROR || e.rv() == CKR_GENERAL_ERROR),
             }
         }
-        assert!(g.queues.lock().is_empty());
+        assert!(g.idle());
     }
 
     #[test]
     fn a_queued_caller_gives_up_at_its_deadline() {
-        let g = Arc::new(GroupCommit::<u32, u32>::new(8));
+        let g = Arc::new(GroupCommit::<u32, u32>::new(policy(8)));
         let slow = |items: Vec<u32>| -> Result<Vec<Result<u32>>> {
             std::thread::sleep(Duration::from_millis(300));
             Ok(items.into_iter().map(Ok).collect())
@@ -295,6 +436,6 @@ mod tests {
         assert_eq!(r.unwrap_err().rv(), CKR_DEVICE_ERROR);
         assert!(t.elapsed() < Duration::from_millis(250));
         assert_eq!(h.join().unwrap().unwrap(), 1);
-        assert!(g.queues.lock().is_empty());
+        assert!(g.idle());
     }
 }

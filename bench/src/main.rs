@@ -156,6 +156,9 @@ fn main() {
         hsm::rows(&b);
     }
     if b.opts.want("vault") {
+        if args.iter().any(|a| a == "--vault-batch-probe") {
+            vault::batch_probe(&b, servers.bao_addr, servers.bao_token);
+        }
         vault::rows(&b, servers.bao_addr, servers.bao_token);
     }
     let kms_client = kms::kms_client(b.runtime, &servers.moto.url);

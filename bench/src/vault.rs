@@ -245,3 +245,39 @@ pub fn rows(b: &Bench, addr: &'static str, token: &'static str) {
         }
     }
 }
+
+/// `--vault-batch-probe`: what one `batch_input` request of N items costs OpenBao (one raw client, one thread): the
+/// ceiling of coalescing at N callers.
+pub fn batch_probe(b: &Bench, addr: &'static str, token: &'static str) {
+    let item = r#"{"input":"BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc="}"#;
+    println!("| batch_input items | requests/s | signatures/s | p50 µs | p99 µs |");
+    println!("|---|---|---|---|---|");
+    for n in [1usize, 2, 4, 8, 16, 32] {
+        let body: &'static str = Box::leak(
+            format!(
+                r#"{{"batch_input":[{}],"prehashed":true,"marshaling_algorithm":"jws","key_version":1}}"#,
+                vec![item; n].join(",")
+            )
+            .into_boxed_str(),
+        );
+        let mut st = crate::measure::Stats::default();
+        for _ in 0..b.opts.rounds {
+            st.add(round(
+                1,
+                b.opts.iters(100),
+                Arc::new(move |_| Http::connect(addr)),
+                Arc::new(move |h: &mut Http| {
+                    let r = h.post("/v1/transit/sign/b-ec/sha2-256", token, body);
+                    assert!(r.contains("signature"), "{r}");
+                }),
+            ));
+        }
+        let rate = st.rate();
+        println!(
+            "| {n} | {rate:.0} | {:.0} | {:.1} | {:.1} |",
+            rate * n as f64,
+            st.pct(0.5).as_secs_f64() * 1e6,
+            st.pct(0.99).as_secs_f64() * 1e6
+        );
+    }
+}

@@ -57,6 +57,10 @@ pub(super) struct Config {
     pub(super) batch: bool,
     #[serde(default = "default_batch_max")]
     pub(super) batch_max: usize,
+    /// How long, in µs, the sender of a batch may wait for the callers of the previous batch to come back (only
+    /// while fewer of them are queued; a lone caller never waits). 0: never.
+    #[serde(default = "default_batch_linger_us")]
+    pub(super) batch_linger_us: u64,
     /// The keys every remote backend shares (parsed by `remote::settings::parse_section`).
     #[serde(skip)]
     pub(super) remote: RemoteSettings,
@@ -64,6 +68,10 @@ pub(super) struct Config {
 
 pub(super) fn default_batch() -> bool {
     true
+}
+
+pub(super) fn default_batch_linger_us() -> u64 {
+    200
 }
 
 pub(super) fn default_batch_max() -> usize {
@@ -192,7 +200,10 @@ impl VaultService {
         if cfg.batch_max == 0 || cfg.batch_max > 1000 {
             return Err(config_error(name, "batch_max: between 1 and 1000"));
         }
-        let cfg_batch_max = cfg.batch_max;
+        if cfg.batch_linger_us > 10_000 {
+            return Err(config_error(name, "batch_linger_us: between 0 and 10000"));
+        }
+        let (cfg_batch_max, cfg_batch_linger_us) = (cfg.batch_max, cfg.batch_linger_us);
         let certs = cfg.remote.cert_source("vault-transit");
         let health = cfg.remote.endpoints(addresses.len());
         Ok(VaultService {
@@ -207,7 +218,10 @@ impl VaultService {
             login: tokio::sync::Mutex::new(()),
             certs,
             created: parking_lot::Mutex::new(Vec::new()),
-            signer: GroupCommit::new(cfg_batch_max),
+            signer: GroupCommit::new(crate::batch::Policy {
+                max: cfg_batch_max,
+                linger: Duration::from_micros(cfg_batch_linger_us),
+            }),
         })
     }
 }
