@@ -372,6 +372,69 @@ mod tests {
     }
 
     #[test]
+    fn a_forked_child_never_reuses_the_parents_connection() {
+        use std::sync::atomic::AtomicUsize;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/v1/x", l.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let n = accepted.clone();
+        std::thread::spawn(move || {
+            for c in l.incoming().flatten() {
+                n.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    let mut r = BufReader::new(c.try_clone().unwrap());
+                    let mut w = c;
+                    let mut line = String::new();
+                    while r.read_line(&mut line).unwrap_or(0) > 0 {
+                        if line == "\r\n" {
+                            let _ = w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
+                        }
+                        line.clear();
+                    }
+                });
+            }
+        });
+        let c = Client::new(&[], Duration::from_secs(2));
+        let get = || {
+            c.exchange(
+                &http::Method::GET,
+                &url,
+                &[],
+                None,
+                Duration::from_secs(5),
+                true,
+            )
+        };
+        assert_eq!(get().unwrap().0, 200);
+        assert_eq!(get().unwrap().0, 200);
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "one kept-alive connection"
+        );
+        // SAFETY: the child only runs this thread's code and leaves with _exit.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let ok = matches!(get(), Ok((200, _)));
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child forked above.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "child: {status}"
+        );
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "the child made its own connection"
+        );
+        assert_eq!(get().unwrap().0, 200, "the parent's connection still works");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
     fn a_server_that_does_not_answer_is_a_timeout_within_the_time_given() {
         let (url, _rx) = server(vec![String::new()]);
         let c = Client::new(&[], Duration::from_secs(2));
