@@ -8,6 +8,9 @@
 //!   workers drive I/O and timers); a caller inside a runtime (where a nested `block_on` would panic) has the
 //!   future run on our workers and waits on a channel. Either way the deadline bounds the wait.
 //! - With `CKF_LIBRARY_CANT_CREATE_OS_THREADS`, a current-thread runtime is driven on the caller's thread instead.
+//! - While a caller's thread drives its own call, [`may_block`] says so: a request may then be sent with the
+//!   blocking client of `remote::blocking` on that thread (its own timeout bounds it, since the runtime's timer
+//!   cannot interrupt blocking code). Workers never block.
 
 use crate::{Error, Result};
 use cryptoki_sys::CKR_DEVICE_ERROR;
@@ -27,6 +30,38 @@ struct Rt {
 }
 
 static RUNTIME: Mutex<Option<Arc<Rt>>> = Mutex::new(None);
+
+thread_local! {
+    /// Set while this thread drives a remote call itself (see [`may_block`]).
+    static DRIVING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the code running now may block its thread: it is a caller's own thread driving its remote call (outside
+/// any tokio runtime, or on the caller-thread runtime), not one of the runtime's workers. Requests may then be
+/// written and read on this thread with a blocking client (`remote::blocking`), bounded by their own timeout.
+pub fn may_block() -> bool {
+    DRIVING.with(|d| d.get())
+}
+
+/// `fut` within `deadline`, with [`may_block`] true while it is polled (only then: tasks it spawns, which a
+/// current-thread runtime polls on this same thread between its polls, never block).
+async fn driven<F: Future>(deadline: Duration, fut: F) -> Option<F::Output> {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            let was = self.0;
+            DRIVING.with(|d| d.set(was));
+        }
+    }
+    let mut fut = std::pin::pin!(tokio::time::timeout(deadline, fut));
+    std::future::poll_fn(move |cx| {
+        let _reset = Reset(DRIVING.with(|d| d.replace(true)));
+        fut.as_mut().poll(cx)
+    })
+    .await
+    .ok()
+}
+
 static CANT_CREATE_THREADS: OnceLock<bool> = OnceLock::new();
 
 /// Records the application's `CKF_LIBRARY_CANT_CREATE_OS_THREADS` (first setting wins for the process).
@@ -83,9 +118,9 @@ where
         Kind::Workers(r) if tokio::runtime::Handle::try_current().is_err() => {
             // The caller's thread runs the future (saves a wakeup of a worker and one of the caller); our workers
             // keep driving I/O and timers, so the timeout fires even while the caller is parked.
-            match r.block_on(async move { tokio::time::timeout(deadline, fut).await }) {
-                Ok(r) => r,
-                Err(_) => Err(timed_out(deadline)),
+            match r.block_on(driven(deadline, fut)) {
+                Some(r) => r,
+                None => Err(timed_out(deadline)),
             }
         }
         Kind::Workers(r) => {
@@ -104,9 +139,9 @@ where
             let r = m
                 .try_lock_for(deadline)
                 .ok_or_else(|| timed_out(deadline))?;
-            match r.block_on(async move { tokio::time::timeout(deadline, fut).await }) {
-                Ok(r) => r,
-                Err(_) => Err(timed_out(deadline)),
+            match r.block_on(driven(deadline, fut)) {
+                Some(r) => r,
+                None => Err(timed_out(deadline)),
             }
         }
     }

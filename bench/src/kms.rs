@@ -1,6 +1,6 @@
-//! The AWS KMS rows: `C_Sign` ECDSA P-256 through the bridge vs a direct aws-sdk-kms `Sign` (with the bridge's
-//! HTTPS client) to the same moto endpoint, 1 and 8 threads; and the direct client's side of the KMS
-//! enumeration row.
+//! The AWS KMS rows: `C_Sign` ECDSA P-256 through the bridge vs a direct `Sign` to the same moto endpoint (by
+//! default the lean blocking client of `lean.rs`, SigV4-signed; `--kms-baseline sdk` aws-sdk-kms with the bridge's
+//! HTTPS client), 1 and 8 threads; and the direct client's side of the KMS enumeration row.
 
 use crate::measure::round;
 use crate::pkcs11::{find, Op};
@@ -71,31 +71,49 @@ pub async fn direct_kms_enum(c: aws_sdk_kms::Client) {
     }
 }
 
-pub fn rows(b: &Bench, kc: &aws_sdk_kms::Client) {
+pub fn rows(b: &Bench, kc: &aws_sdk_kms::Client, endpoint: &'static str) {
     let krt = b.runtime;
     for threads in [1, 8] {
         let n = b.opts.iters(if threads == 1 { 50 } else { 12 });
         let mut row = Row::new("KMS C_Sign ECDSA P-256", threads);
         for _ in 0..b.opts.rounds {
-            let c = kc.clone();
-            let st = round(
-                threads,
-                n,
-                Arc::new(move |_| c.clone()),
-                Arc::new(move |c: &mut aws_sdk_kms::Client| {
-                    let r = krt.block_on(
-                        c.sign()
-                            .key_id("alias/k-ec")
-                            .message(aws_sdk_kms::primitives::Blob::new(vec![7u8; 32]))
-                            .message_type(aws_sdk_kms::types::MessageType::Digest)
-                            .signing_algorithm(
-                                aws_sdk_kms::types::SigningAlgorithmSpec::EcdsaSha256,
-                            )
-                            .send(),
-                    );
-                    assert!(r.expect("kms sign").signature().is_some());
-                }),
-            );
+            let st = if b.opts.kms_sdk_baseline {
+                let c = kc.clone();
+                round(
+                    threads,
+                    n,
+                    Arc::new(move |_| c.clone()),
+                    Arc::new(move |c: &mut aws_sdk_kms::Client| {
+                        let r = krt.block_on(
+                            c.sign()
+                                .key_id("alias/k-ec")
+                                .message(aws_sdk_kms::primitives::Blob::new(vec![7u8; 32]))
+                                .message_type(aws_sdk_kms::types::MessageType::Digest)
+                                .signing_algorithm(
+                                    aws_sdk_kms::types::SigningAlgorithmSpec::EcdsaSha256,
+                                )
+                                .send(),
+                        );
+                        assert!(r.expect("kms sign").signature().is_some());
+                    }),
+                )
+            } else {
+                round(
+                    threads,
+                    n,
+                    Arc::new(move |_| crate::lean::agent()),
+                    Arc::new(move |a: &mut ureq::Agent| {
+                        // 32 bytes of 7, as the SDK baseline sends.
+                        let r = crate::lean::kms_sign(
+                            a,
+                            endpoint,
+                            "alias/k-ec",
+                            "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=",
+                        );
+                        assert!(r.contains("\"Signature\""), "{r}");
+                    }),
+                )
+            };
             row.direct.add(st);
             row.bridge.add(b.op_round(
                 b.bridge_side(),

@@ -7,8 +7,8 @@
 //!   token, both through raw PKCS#11 calls), 1 and 2 threads on separate sessions;
 //! - Vault transit (an OpenBao dev server started here): `C_Sign` through the bridge vs the same transit request
 //!   sent directly over a kept-alive HTTP/1.1 connection per thread, 1, 8 and 32 threads;
-//! - AWS KMS (moto): `C_Sign` ECDSA P-256 through the bridge vs a direct aws-sdk-kms `Sign` to the same endpoint,
-//!   1 and 8 threads;
+//! - AWS KMS (moto): `C_Sign` ECDSA P-256 through the bridge vs a direct `Sign` to the same endpoint (a lean
+//!   SigV4-signed blocking client, or aws-sdk-kms with `--kms-baseline sdk`), 1 and 8 threads;
 //! - enumeration of N KMS keys and N transit keys: the first `C_FindObjects` after `C_Initialize` (cold, with and
 //!   without generated certificates cached on disk) and repeated ones (warm), with the backend requests each made,
 //!   against a sequential direct client issuing the requests the search needs;
@@ -27,6 +27,7 @@
 mod enumeration;
 mod hsm;
 mod kms;
+mod lean;
 mod measure;
 mod opts;
 mod pkcs11;
@@ -163,14 +164,23 @@ fn main() {
     }
     let kms_client = kms::kms_client(b.runtime, &servers.moto.url);
     if b.opts.want("kms") {
-        kms::rows(&b, &kms_client);
+        let url: &'static str = Box::leak(servers.moto.url.clone().into_boxed_str());
+        kms::rows(&b, &kms_client, url);
     }
     println!(
-        "(direct = SoftHSM2's own function list; {} to OpenBao; aws-sdk-kms with the bridge's HTTPS client to the same moto endpoint)",
-        if b.opts.raw_vault_baseline {
-            "a hand-written HTTP/1.1 exchange on a kept-alive blocking socket per thread"
+        "(direct = SoftHSM2's own function list; {} to OpenBao; {} to the same moto endpoint)",
+        match b.opts.vault_baseline {
+            opts::VaultBaseline::Raw =>
+                "a hand-written HTTP/1.1 exchange on a kept-alive blocking socket per thread",
+            opts::VaultBaseline::Reqwest =>
+                "a reqwest client per thread (one kept-alive connection each) on a 2-worker tokio runtime",
+            opts::VaultBaseline::Lean =>
+                "a blocking ureq client per thread (one kept-alive connection each)",
+        },
+        if b.opts.kms_sdk_baseline {
+            "aws-sdk-kms with the bridge's HTTPS client"
         } else {
-            "a reqwest client per thread (one kept-alive connection each) on a 2-worker tokio runtime"
+            "the same Sign request SigV4-signed (aws-sigv4) and sent by a blocking ureq client per thread"
         }
     );
 

@@ -2,6 +2,17 @@
 
 use std::path::PathBuf;
 
+/// The direct client of the Vault rows.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum VaultBaseline {
+    /// A blocking `ureq` client per thread, one kept-alive connection each (issue #17 item 5a).
+    Lean,
+    /// A reqwest client per thread on a 2-worker tokio runtime.
+    Reqwest,
+    /// A hand-written HTTP/1.1 exchange on a blocking socket.
+    Raw,
+}
+
 pub struct Opts {
     /// "smoke", "quick" or "full".
     pub mode: &'static str,
@@ -14,8 +25,10 @@ pub struct Opts {
     pub so: PathBuf,
     /// The Vault backend's `batch` setting (`--vault-batch N`), if any.
     pub vault_batch: Option<String>,
-    /// The Vault baseline is a hand-written HTTP/1.1 exchange (`--vault-baseline raw`), not reqwest.
-    pub raw_vault_baseline: bool,
+    /// The Vault rows' baseline (`--vault-baseline lean|reqwest|raw`; lean by default).
+    pub vault_baseline: VaultBaseline,
+    /// The KMS rows' baseline is aws-sdk-kms (`--kms-baseline sdk`), not the lean SigV4 client.
+    pub kms_sdk_baseline: bool,
     /// `--only hsm,vault,kms,enum`: a subset of the sections (all by default).
     only: Option<String>,
 }
@@ -50,7 +63,12 @@ impl Opts {
                 .unwrap_or(enum_keys),
             so,
             vault_batch: value("--vault-batch"),
-            raw_vault_baseline: value("--vault-baseline").is_some_and(|v| v == "raw"),
+            vault_baseline: match value("--vault-baseline").as_deref() {
+                Some("reqwest") => VaultBaseline::Reqwest,
+                Some("raw") => VaultBaseline::Raw,
+                _ => VaultBaseline::Lean,
+            },
+            kms_sdk_baseline: value("--kms-baseline").is_some_and(|v| v == "sdk"),
             only: value("--only"),
         }
     }

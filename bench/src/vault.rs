@@ -1,9 +1,10 @@
 //! The Vault transit rows: `C_Sign` through the bridge vs the same transit request sent directly over a
-//! kept-alive connection per thread (reqwest, or with `--vault-baseline raw` a hand-written HTTP/1.1 exchange on a
-//! blocking socket, the leanest possible client), 1, 8 and 32 threads; and the proxy that counts Vault's requests
-//! for the enumeration rows.
+//! kept-alive connection per thread (by default the lean blocking `ureq` client of `lean.rs`; `--vault-baseline
+//! reqwest` a reqwest client on a tokio runtime, `--vault-baseline raw` a hand-written HTTP/1.1 exchange on a
+//! blocking socket), 1, 8 and 32 threads; and the proxy that counts Vault's requests for the enumeration rows.
 
 use crate::measure::round;
+use crate::opts::VaultBaseline;
 use crate::pkcs11::{find, Op};
 use crate::table::{print_row, Row};
 use crate::Bench;
@@ -200,8 +201,18 @@ pub fn rows(b: &Bench, addr: &'static str, token: &'static str) {
             let n = b.opts.iters(if threads == 1 { 100 } else { 25 });
             let mut row = Row::new(name, threads);
             for _ in 0..b.opts.rounds {
-                let st = if b.opts.raw_vault_baseline {
-                    round(
+                let url: &'static str = Box::leak(format!("{addr}{path}").into_boxed_str());
+                let st = match b.opts.vault_baseline {
+                    VaultBaseline::Lean => round(
+                        threads,
+                        n,
+                        Arc::new(move |_| crate::lean::agent()),
+                        Arc::new(move |a: &mut ureq::Agent| {
+                            let r = crate::lean::vault_post(a, url, token, body);
+                            assert!(r.contains("signature"), "{r}");
+                        }),
+                    ),
+                    VaultBaseline::Raw => round(
                         threads,
                         n,
                         Arc::new(move |_| Http::connect(addr)),
@@ -209,10 +220,8 @@ pub fn rows(b: &Bench, addr: &'static str, token: &'static str) {
                             let r = h.post(path, token, body);
                             assert!(r.contains("signature"), "{r}");
                         }),
-                    )
-                } else {
-                    let url: &'static str = Box::leak(format!("{addr}{path}").into_boxed_str());
-                    round(
+                    ),
+                    VaultBaseline::Reqwest => round(
                         threads,
                         n,
                         Arc::new(move |_| reqwest_client()),
@@ -231,7 +240,7 @@ pub fn rows(b: &Bench, addr: &'static str, token: &'static str) {
                                 .expect("vault");
                             assert!(r.contains("signature"), "{r}");
                         }),
-                    )
+                    ),
                 };
                 row.direct.add(st);
                 row.bridge.add(b.op_round(

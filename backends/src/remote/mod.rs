@@ -3,6 +3,7 @@
 //! certificates, and one `BackendSession` that runs every operation. A remote service only says how to list keys
 //! and how to sign/decrypt/MAC/encrypt with one ([`RemoteService`]).
 
+pub mod blocking;
 pub mod cert;
 pub mod der;
 pub mod mech;

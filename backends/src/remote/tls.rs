@@ -59,8 +59,13 @@ impl CaBundle {
 /// The system's trust roots (those that parse).
 pub fn system_roots() -> rustls::RootCertStore {
     let mut roots = rustls::RootCertStore::empty();
-    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    roots.add_parsable_certificates(system_root_certs());
     roots
+}
+
+/// The system's CA certificates as found (for a client that takes certificates, not a store).
+pub fn system_root_certs() -> Vec<CertificateDer<'static>> {
+    rustls_native_certs::load_native_certs().certs
 }
 
 #[cfg(test)]

@@ -214,6 +214,7 @@ impl VaultService {
             ca,
             proxies,
             http: OnceLock::new(),
+            lean: OnceLock::new(),
             token: RwLock::new(None),
             login: tokio::sync::Mutex::new(()),
             certs,

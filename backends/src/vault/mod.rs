@@ -62,6 +62,9 @@ pub struct VaultService {
     /// The proxies its requests go through (`proxy`, else the environment), decided when it is built.
     proxies: crate::remote::proxy::Proxies,
     http: OnceLock<std::result::Result<reqwest::Client, String>>,
+    /// The caller-thread client (`remote::blocking`), made on first use; `None` with a client certificate (its key
+    /// stays with rustls in the async client only).
+    lean: OnceLock<Option<crate::remote::blocking::Client>>,
     token: RwLock<Option<TokenState>>,
     login: tokio::sync::Mutex<()>,
     /// Configured, imported, cached and generated certificates.

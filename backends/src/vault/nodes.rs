@@ -3,6 +3,7 @@
 //! and faults become (`CK_RV`s, one-line messages).
 
 use super::*;
+use crate::remote::blocking::Failure;
 
 /// What went wrong with one request, before it becomes a `CK_RV` for the operation at hand. Every text names
 /// the node (its URL) or the request (`HTTP 403 on GET /v1/transit/keys/x: permission denied`).
@@ -98,6 +99,44 @@ impl VaultService {
             .map_err(|e| Error::with(CKR_DEVICE_ERROR, format!("cannot set up TLS: {e}")))
     }
 
+    /// The caller-thread client for a request to `addr`, if this request may use it: the caller's own thread
+    /// drives the call (`runtime::may_block`), no proxy stands in the way (proxied requests keep the async client,
+    /// which tunnels and explains refusals), no client certificate is configured, and the method is a standard one
+    /// (Vault's `LIST` is not: the async client sends it).
+    fn lean(
+        &self,
+        addr: &str,
+        method: &reqwest::Method,
+    ) -> Option<&crate::remote::blocking::Client> {
+        let standard = [
+            reqwest::Method::GET,
+            reqwest::Method::POST,
+            reqwest::Method::PUT,
+            reqwest::Method::DELETE,
+        ];
+        if !runtime::may_block()
+            || !standard.contains(method)
+            || self.proxies.for_url(addr).is_some()
+        {
+            return None;
+        }
+        self.lean
+            .get_or_init(|| {
+                if self.cfg.client_cert.is_some() || self.cfg.client_key.is_some() {
+                    return None;
+                }
+                let roots = match self.ca.as_ref() {
+                    Some(ca) => ca.certs.clone(),
+                    None => crate::remote::tls::system_root_certs(),
+                };
+                Some(crate::remote::blocking::Client::new(
+                    &roots,
+                    self.cfg.remote.connect_timeout(),
+                ))
+            })
+            .as_ref()
+    }
+
     /// Starts the background prober of this process if there are several addresses. `true` if one runs (callers
     /// then never probe an open address themselves).
     pub(super) fn background(self: &Arc<Self>) -> bool {
@@ -155,34 +194,65 @@ impl VaultService {
                     }
                 };
                 let url = format!("{}/v1/{}", addr.trim_end_matches('/'), path);
-                let mut rb = http
-                    .request(method.clone(), &url)
-                    .header("X-Vault-Token", token.as_str());
+                let mut headers = vec![("X-Vault-Token", token.as_str())];
                 if let Some(ns) = &self.cfg.namespace {
-                    rb = rb.header("X-Vault-Namespace", ns);
+                    headers.push(("X-Vault-Namespace", ns));
                 }
-                if let Some(b) = &body {
-                    rb = rb.json(b);
-                }
-                // The node's share of the deadline covers the request and reading the answer.
-                let exchange = async {
-                    let resp = rb.send().await?;
-                    let status = resp.status().as_u16();
-                    Ok::<_, reqwest::Error>((status, resp.text().await.unwrap_or_default()))
+                let answer = match self.lean(addr, &method) {
+                    // The caller's thread writes the request and reads the answer itself, within the node's share.
+                    Some(lean) => {
+                        let json =
+                            match &body {
+                                Some(b) => Some(serde_json::to_vec(b).map_err(|e| {
+                                    Fault::Unreachable(format!("request body: {e}"))
+                                })?),
+                                None => None,
+                            };
+                        let left = node_end.saturating_duration_since(tokio::time::Instant::now());
+                        match lean.exchange(
+                            &method,
+                            &url,
+                            &headers,
+                            json.as_deref(),
+                            left,
+                            idempotent,
+                        ) {
+                            Ok(r) => Ok(r),
+                            Err(Failure::Timeout) => Err(None),
+                            Err(f) => Err(Some(f.describe())),
+                        }
+                    }
+                    None => {
+                        let mut rb = http.request(method.clone(), &url);
+                        for (k, v) in &headers {
+                            rb = rb.header(*k, *v);
+                        }
+                        if let Some(b) = &body {
+                            rb = rb.json(b);
+                        }
+                        // The node's share of the deadline covers the request and reading the answer.
+                        let exchange = async {
+                            let resp = rb.send().await?;
+                            let status = resp.status().as_u16();
+                            Ok::<_, reqwest::Error>((status, resp.text().await.unwrap_or_default()))
+                        };
+                        match tokio::time::timeout_at(node_end, exchange).await {
+                            Ok(Ok(r)) => Ok(r),
+                            Ok(Err(e)) => Err(Some(crate::diag::error_chain(&e))),
+                            Err(_) => Err(None),
+                        }
+                    }
                 };
-                let (status, text) = match tokio::time::timeout_at(node_end, exchange).await {
-                    Ok(Ok(r)) => r,
-                    Ok(Err(e)) => {
+                let (status, text) = match answer {
+                    Ok(r) => r,
+                    Err(Some(chain)) => {
                         // Connection-level failure (refused, reset, TLS, a proxy's refusal): try the next node.
                         let left = end.saturating_duration_since(tokio::time::Instant::now());
-                        let why = self
-                            .proxies
-                            .explain(addr, &crate::diag::error_chain(&e), left)
-                            .await;
+                        let why = self.proxies.explain(addr, &chain, left).await;
                         last = unwell(format!("{addr}{}: {why}", self.proxies.via(addr)));
                         continue 'nodes;
                     }
-                    Err(_) => {
+                    Err(None) => {
                         last = unwell(format!(
                             "{addr}{}: no answer within {} ms (timeout)",
                             self.proxies.via(addr),
