@@ -98,22 +98,48 @@ fn module_slot(key: usize, claim: bool) -> Option<usize> {
     None
 }
 
-/// Waits, at most `max`, until no thread is inside the module whose function list is at `key`.
-pub fn wait_module_idle(key: usize, max: std::time::Duration) -> bool {
-    let Some(i) = module_slot(key, false) else {
-        return true;
+/// A module closed to new calls while it is re-initialized ([`close_module`]); reopened when dropped.
+pub struct ModuleClosed(Option<usize>);
+
+static MODULE_CLOSING: [std::sync::atomic::AtomicBool; MODULE_SLOTS] =
+    [const { std::sync::atomic::AtomicBool::new(false) }; MODULE_SLOTS];
+
+thread_local! {
+    /// The modules (a bit per counter slot) this thread closed to re-initialize them: its own calls pass the gate.
+    static REINITIALIZING: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Closes the module whose function list is at `key` to new calls and waits, at most `max`, until no call is
+/// inside it. `None` (and the module open again) if a call is still inside after `max`. Closing first and then
+/// counting (both sequentially consistent, as `enter_module` counts first and then looks at the gate) leaves no
+/// moment in which a thread can slip in between the check and the re-initialization.
+pub fn close_module(key: usize, max: std::time::Duration) -> Option<ModuleClosed> {
+    use std::sync::atomic::Ordering::SeqCst;
+    let Some(i) = module_slot(key, true) else {
+        return Some(ModuleClosed(None));
     };
+    MODULE_CLOSING[i].store(true, SeqCst);
+    let closed = ModuleClosed(Some(i));
     let start = std::time::Instant::now();
-    loop {
-        if MODULE_CALLS[i].load(std::sync::atomic::Ordering::SeqCst) == 0 {
-            return true;
-        }
+    while MODULE_CALLS[i].load(SeqCst) > 0 {
         if start.elapsed() >= max {
-            return false;
+            return None;
         }
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
+    REINITIALIZING.with(|r| r.set(r.get() | 1 << i));
+    Some(closed)
 }
+
+impl Drop for ModuleClosed {
+    fn drop(&mut self) {
+        if let Some(i) = self.0 {
+            REINITIALIZING.with(|r| r.set(r.get() & !(1 << i)));
+            MODULE_CLOSING[i].store(false, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
 static FORKING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 static ATFORK: std::sync::Once = std::sync::Once::new();
 
@@ -128,10 +154,21 @@ impl ForkGuard {
             INSIDE.fetch_add(1, SeqCst);
             if !FORKING.load(SeqCst) {
                 let slot = module_slot(key, true);
-                if let Some(i) = slot {
-                    MODULE_CALLS[i].fetch_add(1, SeqCst);
+                let Some(i) = slot else {
+                    return ForkGuard(None);
+                };
+                MODULE_CALLS[i].fetch_add(1, SeqCst);
+                if !MODULE_CLOSING[i].load(SeqCst) || REINITIALIZING.with(|r| r.get() & 1 << i != 0)
+                {
+                    return ForkGuard(slot);
                 }
-                return ForkGuard(slot);
+                // The module is being re-initialized: wait until it is open again (no call starts meanwhile).
+                MODULE_CALLS[i].fetch_sub(1, SeqCst);
+                INSIDE.fetch_sub(1, SeqCst);
+                while MODULE_CLOSING[i].load(SeqCst) {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                continue;
             }
             INSIDE.fetch_sub(1, SeqCst);
         }
@@ -396,11 +433,23 @@ pub fn reinitialize(lib: &Lib, ctx: &BuildContext) -> Result<bool> {
     // Never finalize a module under a thread inside it: p11-kit-client.so finalized under a call leaves that thread
     // waiting forever. Calls to a dead member fail fast; one still inside after 3 s (a loaded machine) means not
     // now: the member stays down and the next probe round tries again.
-    let idle = |key: usize| wait_module_idle(key, std::time::Duration::from_secs(3));
-    if !idle(f as *const _ as usize) || !e.lib.f3().is_none_or(|f3| idle(f3 as *const _ as usize)) {
+    // Closed to new calls first, then waited on: a call that started between a check and the finalize would be
+    // such a thread (seen: tests/tests/hsm_ha.rs hung in p11-kit-client's C_GetAttributeValue).
+    let close = |key: usize| close_module(key, std::time::Duration::from_secs(3));
+    let Some(_closed) = close(f as *const _ as usize) else {
         tracing::info!(module = %e.lib.path.display(), "re-initialization deferred: a call is still inside the module");
         return Ok(false);
-    }
+    };
+    let _closed3 = match e.lib.f3() {
+        Some(f3) => match close(f3 as *const _ as usize) {
+            Some(c) => Some(c),
+            None => {
+                tracing::info!(module = %e.lib.path.display(), "re-initialization deferred: a call is still inside the module");
+                return Ok(false);
+            }
+        },
+        None => None,
+    };
     let rv = keep_openssl_errors(|| {
         up!(f, C_Finalize(std::ptr::null_mut()));
         let mut args = init_args(ctx);
