@@ -117,6 +117,15 @@ fn main() {
         servers::footprint_child(Path::new(&args[2]));
         return;
     }
+    if let (Some("--search-child"), Some(so), Some(config), Some(label)) = (
+        args.get(1).map(String::as_str),
+        args.get(2),
+        args.get(3),
+        args.get(4),
+    ) {
+        enumeration::search_child(Path::new(so), Path::new(config), label);
+        return;
+    }
     let opts = Opts::parse(&args);
     let servers = servers::start(&opts);
     // Footprint first, in a fresh process.

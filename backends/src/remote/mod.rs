@@ -5,6 +5,7 @@
 
 pub mod cert;
 pub mod der;
+pub mod hostcache;
 pub mod mech;
 pub mod proxy;
 mod session;
@@ -399,6 +400,8 @@ pub struct Shared {
     refreshing: AtomicBool,
     /// Certificates from Vault PKI for the keys (`pki = {...}`).
     pub pki: Option<Arc<crate::pki::Pki>>,
+    /// The host-wide cache of this configuration's keys (`key_cache`).
+    host: Option<hostcache::HostCache>,
 }
 
 impl Shared {
@@ -407,6 +410,7 @@ impl Shared {
         kind: &'static str,
         service: Arc<dyn RemoteService>,
         pki: Option<Arc<crate::pki::Pki>>,
+        host: Option<hostcache::HostCache>,
     ) -> Arc<Shared> {
         Arc::new(Shared {
             name: name.to_string(),
@@ -417,6 +421,7 @@ impl Shared {
             fetching: Mutex::new(()),
             refreshing: AtomicBool::new(false),
             pki,
+            host,
         })
     }
 
@@ -431,7 +436,8 @@ impl Shared {
             })
     }
 
-    fn install(&self, fresh: Vec<RemoteKey>) {
+    /// Installs fetched keys, `age` old (read from the host-wide cache: as old as its file).
+    fn install(&self, fresh: Vec<RemoteKey>, age: Duration) {
         let mut c = self.cache.write();
         let mut keys = HashMap::new();
         for mut k in fresh {
@@ -454,7 +460,32 @@ impl Shared {
             keys.insert(n, Arc::new(k));
         }
         c.keys = keys;
-        c.fetched = Some(Instant::now());
+        let now = Instant::now();
+        c.fetched = Some(now.checked_sub(age).unwrap_or(now));
+    }
+
+    /// The keys, and how old they are: from the host-wide cache while it is fresh (unless `force`), else from the
+    /// service and written to the cache. Of many processes missing the cache at once, one fetches while the others
+    /// wait (at most the fetch's deadline) and read its result.
+    fn fetch(&self, force: bool) -> Result<(Vec<RemoteKey>, Duration)> {
+        let Some(h) = &self.host else {
+            return Ok((self.service.fetch_keys()?, Duration::ZERO));
+        };
+        if !force {
+            if let Some(x) = h.load() {
+                return Ok(x);
+            }
+        }
+        let _lock = h.lock();
+        if !force {
+            if let Some(x) = h.load() {
+                tracing::debug!(backend = %self.name, "keys read from the host cache another process wrote");
+                return Ok(x);
+            }
+        }
+        let fresh = self.service.fetch_keys()?;
+        h.store(&self.name, &fresh);
+        Ok((fresh, Duration::ZERO))
     }
 
     /// The cached keys: fetched on first use; when stale, served as they are while a refresh runs in the
@@ -465,8 +496,8 @@ impl Shared {
             None => {
                 let _g = self.fetching.lock();
                 if self.cache.read().fetched.is_none() {
-                    let fresh = self.service.fetch_keys()?;
-                    self.install(fresh);
+                    let (fresh, age) = self.fetch(false)?;
+                    self.install(fresh, age);
                 }
             }
             Some(t) if t.elapsed() > self.service.ttl() => self.refresh_in_background(),
@@ -481,11 +512,11 @@ impl Shared {
         Ok(v)
     }
 
-    /// Re-reads the keys now (after a key was created or destroyed through the bridge).
+    /// Re-reads the keys from the service now (after a key was created or destroyed through the bridge; `check`).
     pub fn refresh_now(&self) -> Result<()> {
         let _g = self.fetching.lock();
-        let fresh = self.service.fetch_keys()?;
-        self.install(fresh);
+        let (fresh, age) = self.fetch(true)?;
+        self.install(fresh, age);
         Ok(())
     }
 
@@ -495,8 +526,8 @@ impl Shared {
         }
         let me = self.clone();
         let spawned = crate::runtime::spawn_blocking(move || {
-            match me.service.fetch_keys() {
-                Ok(fresh) => me.install(fresh),
+            match me.fetch(false) {
+                Ok((fresh, age)) => me.install(fresh, age),
                 Err(e) => {
                     tracing::warn!(backend = %me.name, error = %e, "key refresh failed; serving cached keys")
                 }
@@ -505,10 +536,17 @@ impl Shared {
         });
         if !spawned {
             // No worker threads (CKF_LIBRARY_CANT_CREATE_OS_THREADS): refresh on the caller's time.
-            if let Ok(fresh) = self.service.fetch_keys() {
-                self.install(fresh);
+            if let Ok((fresh, age)) = self.fetch(false) {
+                self.install(fresh, age);
             }
             self.refreshing.store(false, Ordering::Release);
+        }
+    }
+
+    /// Drops the host-wide cache file (a certificate was imported: other processes read the keys again).
+    pub fn forget_host_cache(&self) {
+        if let Some(h) = &self.host {
+            h.invalidate();
         }
     }
 
@@ -793,9 +831,10 @@ impl RemoteBackend {
         kind: &'static str,
         service: Arc<dyn RemoteService>,
         pki: Option<Arc<crate::pki::Pki>>,
+        host: Option<hostcache::HostCache>,
     ) -> Self {
         RemoteBackend {
-            shared: Shared::new(name, kind, service, pki),
+            shared: Shared::new(name, kind, service, pki, host),
             kind,
         }
     }

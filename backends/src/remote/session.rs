@@ -444,6 +444,7 @@ impl BackendSession for RemoteSession {
             })?;
         let cert = self.shared.service.import_certificate(&key, der)?;
         tracing::info!(backend = %self.shared.name, key = %key.name, "certificate imported");
+        self.shared.forget_host_cache();
         self.shared
             .set_cert(&key.name, cert)
             .ok_or(Error::new(CKR_GENERAL_ERROR))
