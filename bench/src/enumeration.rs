@@ -184,7 +184,7 @@ pub fn rows(b: &Bench, servers: &Servers, kc: &aws_sdk_kms::Client) {
         std::fs::write(&config, format!("{slot}{cached}")).unwrap();
         for note in [
             "first process, host key cache cold",
-            "second process on the host (host key cache warm)",
+            "second process on the host, host key cache warm",
         ] {
             let s = reinit(bridge, &config);
             if backend == "kms" {
