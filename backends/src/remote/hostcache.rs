@@ -15,7 +15,7 @@
 //!   takes an `flock` on the file's lock file first, so that of a fleet starting together one fetches and the
 //!   others wait (at most the fetch's deadline, then they fetch themselves) and read its result.
 
-use super::{cert, Certificate, KeyMaterial, RemoteKey, Usage};
+use super::{cert, Certificate, Fetched, KeyMaterial, Listed, RemoteKey, Usage};
 use crate::remote::settings::RemoteSettings;
 use base64::Engine;
 use cryptoki_sys::CK_KEY_TYPE;
@@ -63,7 +63,24 @@ struct File {
     identity: String,
     /// Seconds since the epoch.
     written: u64,
+    /// Keys read.
     keys: Vec<CachedKey>,
+    /// Keys listed, not read yet.
+    #[serde(default)]
+    listed: Vec<CachedListed>,
+    /// The notices the fetch gave (keys named in `keys` that are missing, ...): every process reading the file
+    /// gives them too.
+    #[serde(default)]
+    notices: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CachedListed {
+    name: String,
+    label: String,
+    id: String,
+    #[serde(default)]
+    aliases: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -162,6 +179,7 @@ impl HostCache {
     /// no cache directory (no `cert_cache_dir`, `HOME` or `XDG_CACHE_HOME`). `wait`: how long a process waits for
     /// another one's fetch (the fetch's own deadline).
     pub fn new(
+        name: &str,
         kind: &str,
         section: &toml::Table,
         settings: &RemoteSettings,
@@ -171,7 +189,7 @@ impl HostCache {
             return None;
         }
         let dir = cert::cache_dir(settings.cert_cache_dir.clone())?.join("keys");
-        let identity = identity(kind, section);
+        let identity = identity(name, kind, section);
         Some(HostCache {
             path: dir.join(format!("{identity}.json")),
             lock: dir.join(format!("{identity}.lock")),
@@ -189,7 +207,13 @@ impl HostCache {
         section: &toml::Table,
     ) -> crate::Result<Option<HostCache>> {
         let settings = crate::remote::settings::shared_of(name, section)?;
-        Ok(Self::new(kind, section, &settings, settings.deadline() * 5))
+        Ok(Self::new(
+            name,
+            kind,
+            section,
+            &settings,
+            settings.deadline() * 5,
+        ))
     }
 
     /// The file (for messages and tests).
@@ -197,8 +221,9 @@ impl HostCache {
         &self.path
     }
 
-    /// The keys in the file and how old they are, if the file is there, fresh, this configuration's and sound.
-    pub fn load(&self) -> Option<(Vec<RemoteKey>, Duration)> {
+    /// The keys in the file (read and listed) and how old they are, if the file is there, fresh, this
+    /// configuration's and sound.
+    pub fn load(&self) -> Option<Fetched> {
         let meta = std::fs::metadata(&self.path).ok()?;
         // The user's own file, not writable by anyone else.
         // SAFETY: geteuid has no preconditions and cannot fail.
@@ -222,25 +247,54 @@ impl HostCache {
         if age >= self.ttl {
             return None;
         }
-        let n = f.keys.len();
+        let n = f.keys.len() + f.listed.len();
         let keys: Vec<RemoteKey> = f.keys.into_iter().filter_map(CachedKey::key).collect();
-        if keys.len() != n {
+        let pending: Vec<Listed> = f
+            .listed
+            .into_iter()
+            .filter_map(|l| {
+                Some(Listed {
+                    name: l.name,
+                    label: l.label,
+                    id: B64.decode(&l.id).ok()?,
+                    aliases: l.aliases,
+                })
+            })
+            .filter(|l| !l.name.is_empty())
+            .collect();
+        if keys.len() + pending.len() != n {
             tracing::debug!(path = %self.path.display(), "host key cache has unsound entries: ignored");
             return None;
         }
-        Some((keys, age))
+        Some(Fetched {
+            keys,
+            pending,
+            age,
+            notices: f.notices,
+        })
     }
 
-    /// Replaces the file with `keys` (atomically; files 0600, the directory 0700). A failure is said once (the
-    /// keys are served all the same; the next process fetches them itself).
-    pub fn store(&self, backend: &str, keys: &[RemoteKey]) {
-        let f = File {
+    /// Replaces the file with `keys` read and `pending` listed, `age` old (atomically; files 0600, the directory
+    /// 0700). A failure is said once (the keys are served all the same; the next process fetches them itself).
+    pub fn store(&self, backend: &str, f: &Fetched) {
+        let (keys, pending, age) = (&f.keys, &f.pending, f.age);
+        let file = File {
             format: FORMAT,
             identity: self.identity.clone(),
-            written: now_s(),
+            written: now_s().saturating_sub(age.as_secs()),
             keys: keys.iter().filter_map(CachedKey::of).collect(),
+            listed: pending
+                .iter()
+                .map(|l| CachedListed {
+                    name: l.name.clone(),
+                    label: l.label.clone(),
+                    id: B64.encode(&l.id),
+                    aliases: l.aliases.clone(),
+                })
+                .collect(),
+            notices: f.notices.clone(),
         };
-        let r = serde_json::to_vec(&f)
+        let r = serde_json::to_vec(&file)
             .map_err(std::io::Error::other)
             .and_then(|b| cert::write_atomic(&self.path, b));
         if let Err(e) = r {
@@ -294,10 +348,12 @@ impl HostCache {
 }
 
 /// The hash naming one configuration's cache file (see the module's documentation).
-fn identity(kind: &str, section: &toml::Table) -> String {
+fn identity(name: &str, kind: &str, section: &toml::Table) -> String {
     let mut h = sha2::Sha256::new();
     h.update(b"p11bridge host key cache\0");
     h.update(env!("CARGO_PKG_VERSION").as_bytes());
+    h.update([0]);
+    h.update(name.as_bytes());
     h.update([0]);
     h.update(kind.as_bytes());
     h.update([0]);
@@ -386,6 +442,24 @@ mod tests {
         }
     }
 
+    fn fetched(keys: Vec<RemoteKey>, pending: Vec<Listed>) -> Fetched {
+        Fetched {
+            keys,
+            pending,
+            age: Duration::ZERO,
+            notices: vec!["a notice".into()],
+        }
+    }
+
+    fn listed(name: &str) -> Listed {
+        Listed {
+            name: name.into(),
+            label: name.into(),
+            id: vec![9],
+            aliases: vec!["alias/x".into()],
+        }
+    }
+
     fn tmp(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("p11b-hostcache-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
@@ -396,6 +470,7 @@ mod tests {
     fn round_trip_and_configurations_kept_apart() {
         let d = tmp("rt");
         let a = HostCache::new(
+            "b",
             "vault-transit",
             &section("address = \"http://a\"\nkeys = [\"k\"]"),
             &settings(&d, 300),
@@ -411,9 +486,16 @@ mod tests {
             ..key("s")
         };
         let k = key("k");
-        a.store("b", &[k.clone(), secret]);
-        let (keys, age) = a.load().unwrap();
+        a.store("b", &fetched(vec![k.clone(), secret], vec![listed("l")]));
+        let Fetched {
+            keys,
+            pending,
+            age,
+            notices,
+        } = a.load().unwrap();
+        assert_eq!(notices, vec!["a notice".to_string()]);
         assert!(age < Duration::from_secs(5));
+        assert_eq!(pending, vec![listed("l")]);
         assert_eq!(keys.len(), 2);
         assert_eq!(keys[0].name, "k");
         assert_eq!(keys[0].version, Some(3));
@@ -427,6 +509,7 @@ mod tests {
         assert_eq!(mode, 0o600);
         // Another filter, another file.
         let b = HostCache::new(
+            "b",
             "vault-transit",
             &section("address = \"http://a\"\nkeys = [\"k2\"]"),
             &settings(&d, 300),
@@ -441,7 +524,7 @@ mod tests {
         // Off.
         let mut off = settings(&d, 300);
         off.key_cache = false;
-        assert!(HostCache::new("x", &section(""), &off, Duration::ZERO).is_none());
+        assert!(HostCache::new("b", "x", &section(""), &off, Duration::ZERO).is_none());
         let _ = std::fs::remove_dir_all(&d);
     }
 
@@ -449,13 +532,14 @@ mod tests {
     fn corrupt_stale_or_foreign_files_are_ignored() {
         let d = tmp("bad");
         let c = HostCache::new(
+            "b",
             "aws-kms",
             &section("region = \"r\""),
             &settings(&d, 300),
             Duration::from_secs(1),
         )
         .unwrap();
-        c.store("b", &[key("k")]);
+        c.store("b", &fetched(vec![key("k")], vec![]));
         let good = std::fs::read(c.path()).unwrap();
         for bad in [
             b"".to_vec(),
@@ -487,7 +571,7 @@ mod tests {
         std::fs::set_permissions(c.path(), std::fs::Permissions::from_mode(0o666)).unwrap();
         assert!(c.load().is_none());
         // Replaced by the next store.
-        c.store("b", &[key("k")]);
+        c.store("b", &fetched(vec![key("k")], vec![]));
         assert!(c.load().is_some());
         let _ = std::fs::remove_dir_all(&d);
     }
@@ -496,6 +580,7 @@ mod tests {
     fn the_lock_is_exclusive_and_bounded() {
         let d = tmp("lock");
         let c = HostCache::new(
+            "b",
             "aws-kms",
             &section("region = \"r\""),
             &settings(&d, 300),
@@ -516,6 +601,7 @@ mod tests {
     fn concurrent_writers_leave_a_readable_file() {
         let d = tmp("race");
         let c = HostCache::new(
+            "b",
             "aws-kms",
             &section("region = \"r\""),
             &settings(&d, 300),
@@ -527,15 +613,15 @@ mod tests {
             for _ in 0..8 {
                 s.spawn(|| {
                     for _ in 0..10 {
-                        c.store("b", &keys);
-                        if let Some((k, _)) = c.load() {
-                            assert_eq!(k.len(), 50);
+                        c.store("b", &fetched(keys.clone(), vec![]));
+                        if let Some(f) = c.load() {
+                            assert_eq!(f.keys.len(), 50);
                         }
                     }
                 });
             }
         });
-        assert_eq!(c.load().unwrap().0.len(), 50);
+        assert_eq!(c.load().unwrap().keys.len(), 50);
         let _ = std::fs::remove_dir_all(&d);
     }
 }
