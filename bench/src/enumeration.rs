@@ -1,9 +1,11 @@
-//! The enumeration rows: N KMS keys and N transit keys, the first `C_FindObjects` after `C_Initialize` (cold,
-//! with and without generated certificates cached on disk) and repeated ones (warm), with the backend requests
-//! each made, against a sequential direct client issuing the requests the search needs.
+//! The enumeration rows: N KMS keys and N transit keys, the first `C_FindObjects` by class after `C_Initialize` (cold,
+//! every key read; with and without generated certificates cached on disk) and repeated ones by label (warm), with
+//! the backend requests each made, against a sequential direct client issuing the requests the search needs; then,
+//! with the host-wide key cache, the first search by label of a process (the listing and the matching key only), of
+//! a second process (nothing), and of N processes starting at once.
 
 use crate::kms::direct_kms_enum;
-use crate::pkcs11::{call, find_label, initialize, ok, session, slot_by_label, Module};
+use crate::pkcs11::{call, find_class, find_label, initialize, ok, session, slot_by_label, Module};
 use crate::servers::{create_kms_keys, Servers};
 use crate::table::{diff, fmt_counts, print_enum, EnumRow};
 use crate::vault::{CountingProxy, Http};
@@ -107,12 +109,12 @@ pub fn rows(b: &Bench, servers: &Servers, kc: &aws_sdk_kms::Client) {
             }
             let before = counts();
             let t = Instant::now();
-            let found = find_label(bridge, s, label);
+            let found = find_class(bridge, s, CKO_PRIVATE_KEY);
             let ms = t.elapsed().as_secs_f64() * 1e3;
-            assert!(found >= 2, "{backend}: {label} found {found} objects");
+            assert!(found >= 1, "{backend}: found {found} private keys");
             let req = diff(&counts(), &before);
             print_enum(&EnumRow {
-                name: format!("{what} {n} keys: first C_FindObjects ({note})"),
+                name: format!("{what} {n} keys: first C_FindObjects by class ({note})"),
                 ms,
                 requests: fmt_counts(&req),
             });
@@ -202,64 +204,67 @@ pub fn rows(b: &Bench, servers: &Servers, kc: &aws_sdk_kms::Client) {
             });
         }
 
-        // A fleet: processes starting at once, each loading the module, C_Initialize, one search by label; the host
-        // key cache cold when they start (another folder), so one of them lists the keys and the others wait for it.
+        // A fleet: processes starting at once, each loading the module, C_Initialize, one search (by label: the
+        // listing and one key; by class: every key); the host key cache cold when they start (a folder of its own),
+        // so one of them asks the service and the others wait for its result.
         let procs = if b.opts.mode == "smoke" { 10 } else { 100 };
-        let fleet_certs = dir.join(format!("enum-fleet-{backend}"));
-        let _ = std::fs::remove_dir_all(&fleet_certs);
-        copy_dir(&certs, &fleet_certs);
-        let fleet = section
-            .replace(
-                &certs.display().to_string(),
-                &fleet_certs.display().to_string(),
-            )
-            .replace("key_cache = false\n", "");
-        let config = dir.join(format!("enum-fleet-{backend}.toml"));
-        std::fs::write(&config, format!("{slot}{fleet}")).unwrap();
-        if backend == "kms" {
-            moto.reset();
-        }
-        let before = counts();
-        let exe = std::env::current_exe().expect("the bench's own path");
-        let t = Instant::now();
-        let children: Vec<_> = (0..procs)
-            .map(|_| {
-                std::process::Command::new(&exe)
-                    .arg("--search-child")
-                    .arg(&servers.so)
-                    .arg(&config)
-                    .arg(label)
-                    .stdout(std::process::Stdio::piped())
-                    .spawn()
-                    .expect("spawn a search process")
-            })
-            .collect();
-        let mut failed = 0;
-        for c in children {
-            let out = c.wait_with_output().expect("a search process");
-            let found: usize = String::from_utf8_lossy(&out.stdout)
-                .trim()
-                .parse()
-                .unwrap_or(0);
-            if !out.status.success() || found < 2 {
-                failed += 1;
+        for (by, arg) in [("label", label), ("class", "--class")] {
+            let fleet_certs = dir.join(format!("enum-fleet-{backend}-{by}"));
+            let _ = std::fs::remove_dir_all(&fleet_certs);
+            copy_dir(&certs, &fleet_certs);
+            let fleet = section
+                .replace(
+                    &certs.display().to_string(),
+                    &fleet_certs.display().to_string(),
+                )
+                .replace("key_cache = false\n", "");
+            let config = dir.join(format!("enum-fleet-{backend}-{by}.toml"));
+            std::fs::write(&config, format!("{slot}{fleet}")).unwrap();
+            if backend == "kms" {
+                moto.reset();
             }
-        }
-        let ms = t.elapsed().as_secs_f64() * 1e3;
-        let req = diff(&counts(), &before);
-        let total: u64 = req.iter().map(|(_, v)| *v).sum();
-        print_enum(&EnumRow {
-            name: format!(
-                "{what} {n} keys: {procs} processes starting at once (wall time; {total} requests in all{})",
-                if failed > 0 {
-                    format!("; {failed} FAILED")
-                } else {
-                    String::new()
+            let before = counts();
+            let exe = std::env::current_exe().expect("the bench's own path");
+            let t = Instant::now();
+            let children: Vec<_> = (0..procs)
+                .map(|_| {
+                    std::process::Command::new(&exe)
+                        .arg("--search-child")
+                        .arg(&servers.so)
+                        .arg(&config)
+                        .arg(arg)
+                        .stdout(std::process::Stdio::piped())
+                        .spawn()
+                        .expect("spawn a search process")
+                })
+                .collect();
+            let mut failed = 0;
+            for c in children {
+                let out = c.wait_with_output().expect("a search process");
+                let found: usize = String::from_utf8_lossy(&out.stdout)
+                    .trim()
+                    .parse()
+                    .unwrap_or(0);
+                if !out.status.success() || found < 1 {
+                    failed += 1;
                 }
-            ),
-            ms,
-            requests: fmt_counts(&req),
-        });
+            }
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            let req = diff(&counts(), &before);
+            let total: u64 = req.iter().map(|(_, v)| *v).sum();
+            print_enum(&EnumRow {
+                name: format!(
+                    "{what} {n} keys: {procs} processes starting at once, search by {by} (wall time; {total} requests in all{})",
+                    if failed > 0 {
+                        format!("; {failed} FAILED")
+                    } else {
+                        String::new()
+                    }
+                ),
+                ms,
+                requests: fmt_counts(&req),
+            });
+        }
     }
 }
 
@@ -273,13 +278,18 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// One process of the fleet row (`--search-child SO CONFIG LABEL`): loads the module, `C_Initialize`, logs in on
-/// the token "enum", searches by label and prints how many objects it found.
+/// One process of the fleet rows (`--search-child SO CONFIG LABEL`, or `--class` for a search of the private keys):
+/// loads the module, `C_Initialize`, logs in on the token "enum", searches and prints how many objects it found.
 pub fn search_child(so: &Path, config: &Path, label: &str) {
     std::env::set_var("P11BRIDGE_CONFIG", config);
     let m = crate::pkcs11::load(so);
     initialize(&m);
     let slot = slot_by_label(&m, "enum");
     let s = session(&m, slot, "bench-pin");
-    println!("{}", find_label(&m, s, label));
+    let found = if label == "--class" {
+        find_class(&m, s, CKO_PRIVATE_KEY)
+    } else {
+        find_label(&m, s, label)
+    };
+    println!("{found}");
 }

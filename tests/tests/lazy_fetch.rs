@@ -109,10 +109,11 @@ fn a_search_by_label_reads_only_the_keys_with_that_label() {
     // Its attributes, and a signature openssl verifies: no request to read the key again.
     m.reset();
     let public = find_one(&s, "lz-k2", ObjectClass::PUBLIC_KEY);
-    let point = s
-        .get_attributes(public, &[AttributeType::EcPoint])
-        .unwrap();
-    assert!(matches!(&point[..], [Attribute::EcPoint(p)] if p.len() == 67), "{point:?}");
+    let point = s.get_attributes(public, &[AttributeType::EcPoint]).unwrap();
+    assert!(
+        matches!(&point[..], [Attribute::EcPoint(p)] if p.len() == 67),
+        "{point:?}"
+    );
     ecdsa_signs_on(p, "unified", "lz-k2");
     assert_eq!(m.count("GetPublicKey"), 0, "{:?}", m.stats());
     assert_eq!(m.count("ListKeys"), 0, "{:?}", m.stats());
