@@ -9,9 +9,11 @@
 //!   sent directly over a kept-alive HTTP/1.1 connection per thread, 1, 8 and 32 threads;
 //! - AWS KMS (moto): `C_Sign` ECDSA P-256 through the bridge vs a direct aws-sdk-kms `Sign` to the same endpoint,
 //!   1 and 8 threads;
-//! - enumeration of N KMS keys and N transit keys: the first `C_FindObjects` after `C_Initialize` (cold, with and
-//!   without generated certificates cached on disk) and repeated ones (warm), with the backend requests each made,
-//!   against a sequential direct client issuing the requests the search needs;
+//! - enumeration of N KMS keys and N transit keys: the first `C_FindObjects` by class after `C_Initialize` (cold,
+//!   with and without generated certificates cached on disk) and repeated ones (warm), with the backend requests each
+//!   made, against a sequential direct client issuing the requests the search needs; with the host-wide key cache,
+//!   the first search by label of a process and of a second process, and 100 processes (smoke: 10) starting at once
+//!   searching by label and by class (requests counted at the servers);
 //! - footprint: `C_Initialize` time, RSS after initialize (all three backends configured), size of the `.so`.
 //!
 //! The `.so` under test is copied to a private directory first (`--so PATH` to choose it; default
