@@ -762,6 +762,11 @@ impl Shared {
         }
     }
 
+    /// The host-wide cache's lock (`None`: no cache, or not taken within its wait).
+    pub fn host_lock(&self) -> Option<hostcache::Lock> {
+        self.host.as_ref().and_then(|h| h.lock())
+    }
+
     /// Drops the host-wide cache file (a certificate was imported: other processes read the keys again).
     pub fn forget_host_cache(&self) {
         if let Some(h) = &self.host {
@@ -1182,5 +1187,192 @@ impl Token for RemoteToken {
         }
         r.latency_ms = start.elapsed().as_secs_f64() * 1000.0;
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A service of `n` secret keys named `k0`.. that lists them and counts what it is asked.
+    struct Listing {
+        n: usize,
+        lists: AtomicUsize,
+        reads: Mutex<Vec<String>>,
+        full: AtomicUsize,
+        /// Reading this key fails.
+        broken: Option<String>,
+    }
+
+    fn key(name: &str) -> RemoteKey {
+        RemoteKey {
+            name: name.into(),
+            label: format!("label-{name}"),
+            id: name.as_bytes().to_vec(),
+            material: KeyMaterial::Secret {
+                key_type: CKK_AES,
+                bits: 256,
+            },
+            usage: Usage::default(),
+            version: None,
+            mechanisms: vec![],
+            cert: None,
+            destroyable: false,
+        }
+    }
+
+    impl RemoteService for Listing {
+        fn mechanisms(&self) -> Vec<(CK_MECHANISM_TYPE, CK_MECHANISM_INFO)> {
+            Vec::new()
+        }
+        fn fetch_keys(&self) -> Result<Vec<RemoteKey>> {
+            self.full.fetch_add(1, Ordering::SeqCst);
+            Ok((0..self.n).map(|i| key(&format!("k{i}"))).collect())
+        }
+        fn list_keys(&self) -> Result<Option<Vec<Listed>>> {
+            self.lists.fetch_add(1, Ordering::SeqCst);
+            Ok(Some(
+                (0..self.n)
+                    .map(|i| {
+                        let k = key(&format!("k{i}"));
+                        Listed {
+                            name: k.name,
+                            label: k.label,
+                            id: k.id,
+                            aliases: vec![],
+                        }
+                    })
+                    .collect(),
+            ))
+        }
+        fn fetch_listed(&self, keys: &[Listed]) -> Result<Vec<RemoteKey>> {
+            for l in keys {
+                if Some(&l.name) == self.broken.as_ref() {
+                    return Err(Error::with(
+                        CKR_DEVICE_ERROR,
+                        format!("key {}: the service said no", l.name),
+                    ));
+                }
+            }
+            self.reads
+                .lock()
+                .extend(keys.iter().map(|l| l.name.clone()));
+            Ok(keys.iter().map(|l| key(&l.name)).collect())
+        }
+        fn ttl(&self) -> Duration {
+            Duration::from_secs(300)
+        }
+        fn sign(&self, _: &RemoteKey, _: &SignRequest) -> Result<Vec<u8>> {
+            Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED))
+        }
+        fn decrypt_oaep(&self, _: &RemoteKey, _: Hash, _: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+            Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED))
+        }
+        fn mac(&self, _: &RemoteKey, _: Hash, _: &[u8]) -> Result<Vec<u8>> {
+            Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED))
+        }
+        fn encrypt(
+            &self,
+            _: &RemoteKey,
+            _: CK_MECHANISM_TYPE,
+            _: &[u8],
+            _: &[u8],
+        ) -> Result<Vec<u8>> {
+            Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED))
+        }
+        fn decrypt(
+            &self,
+            _: &RemoteKey,
+            _: CK_MECHANISM_TYPE,
+            _: &[u8],
+            _: &[u8],
+        ) -> Result<Zeroizing<Vec<u8>>> {
+            Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED))
+        }
+        fn encrypt_len(&self, _: &RemoteKey, _: CK_MECHANISM_TYPE, n: usize) -> usize {
+            n
+        }
+    }
+
+    fn listing(n: usize, broken: Option<&str>) -> Arc<Listing> {
+        Arc::new(Listing {
+            n,
+            lists: AtomicUsize::new(0),
+            reads: Mutex::new(Vec::new()),
+            full: AtomicUsize::new(0),
+            broken: broken.map(str::to_owned),
+        })
+    }
+
+    fn host(dir: &std::path::Path) -> Option<hostcache::HostCache> {
+        let settings = settings::RemoteSettings {
+            cert_cache_dir: Some(dir.to_path_buf()),
+            ..Default::default()
+        };
+        hostcache::HostCache::new(
+            "b",
+            "test",
+            &toml::Table::new(),
+            &settings,
+            Duration::from_secs(2),
+        )
+    }
+
+    #[test]
+    fn a_search_by_label_reads_only_its_keys_and_handles_stay() {
+        let svc = listing(50, None);
+        let shared = Shared::new("b", "test", svc.clone(), None, None);
+        let found = shared.keys_for(Some(b"label-k7"), None).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].1.name, "k7");
+        assert_eq!(svc.lists.load(Ordering::SeqCst), 1);
+        assert_eq!(*svc.reads.lock(), vec!["k7".to_string()]);
+        // Another label, an id: only those; a label no key has: nothing.
+        shared.keys_for(None, Some(b"k9")).unwrap();
+        assert!(shared.keys_for(Some(b"nobody"), None).unwrap().len() == 2);
+        assert_eq!(svc.reads.lock().len(), 2);
+        // Everything: the other 48, the handles of the first ones unchanged.
+        let all = shared.keys().unwrap();
+        assert_eq!(all.len(), 50);
+        assert!(all.iter().any(|(n, k)| *n == found[0].0 && k.name == "k7"));
+        assert_eq!(svc.reads.lock().len(), 50);
+        assert_eq!(svc.full.load(Ordering::SeqCst), 0);
+        assert_eq!(svc.lists.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_key_that_cannot_be_read_fails_the_search_with_the_cause() {
+        let svc = listing(5, Some("k3"));
+        let shared = Shared::new("b", "test", svc.clone(), None, None);
+        let e = shared.keys_for(Some(b"label-k3"), None).unwrap_err();
+        assert_eq!(e.rv(), CKR_DEVICE_ERROR);
+        assert!(e.cause().unwrap().contains("k3: the service said no"));
+        // The other keys are still served.
+        assert_eq!(shared.keys_for(Some(b"label-k1"), None).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_second_instance_reads_the_host_cache_and_asks_nothing() {
+        let dir = std::env::temp_dir().join(format!("p11b-shared-host-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let first = listing(20, None);
+        let a = Shared::new("b", "test", first.clone(), None, host(&dir));
+        assert_eq!(a.keys_for(Some(b"label-k4"), None).unwrap().len(), 1);
+        let second = listing(20, None);
+        let b = Shared::new("b", "test", second.clone(), None, host(&dir));
+        let found = b.keys_for(Some(b"label-k4"), None).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(second.lists.load(Ordering::SeqCst), 0);
+        assert!(second.reads.lock().is_empty());
+        // A key the first did not read: read once, and written for the next instance.
+        assert_eq!(b.keys_for(Some(b"label-k5"), None).unwrap().len(), 2);
+        assert_eq!(*second.reads.lock(), vec!["k5".to_string()]);
+        let third = listing(20, None);
+        let c = Shared::new("b", "test", third.clone(), None, host(&dir));
+        assert_eq!(c.keys_for(Some(b"label-k5"), None).unwrap().len(), 2);
+        assert!(third.reads.lock().is_empty());
+        assert_eq!(third.lists.load(Ordering::SeqCst), 0);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

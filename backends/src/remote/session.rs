@@ -450,12 +450,17 @@ impl BackendSession for RemoteSession {
                     ),
                 )
             })?;
+        // Under the host cache's lock: no other process writes keys it read before the import after the file is
+        // gone.
+        let _lock = self.shared.host_lock();
         let cert = self.shared.service.import_certificate(&key, der)?;
         tracing::info!(backend = %self.shared.name, key = %key.name, "certificate imported");
-        self.shared.forget_host_cache();
-        self.shared
+        let r = self
+            .shared
             .set_cert(&key.name, cert)
-            .ok_or(Error::new(CKR_GENERAL_ERROR))
+            .ok_or(Error::new(CKR_GENERAL_ERROR));
+        self.shared.forget_host_cache();
+        r
     }
 
     fn destroy_object(&mut self, obj: ObjRef) -> Result<()> {
