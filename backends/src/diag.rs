@@ -60,9 +60,40 @@ pub fn enabled() -> bool {
     CONFIGURED.load(Ordering::Relaxed) != 2
 }
 
+/// Every notice of this process, in order, with a sequence number (the last [`RECENT_MAX`]): what
+/// [`notices_since`] reads.
+static RECENT: Mutex<(u64, std::collections::VecDeque<(u64, String)>)> =
+    Mutex::new((0, std::collections::VecDeque::new()));
+const RECENT_MAX: usize = 1000;
+
+/// The sequence number the next notice will get.
+pub fn notice_mark() -> u64 {
+    RECENT.lock().0
+}
+
+/// The notices given since `mark` (repeats included) that start with `prefix`.
+pub fn notices_since(mark: u64, prefix: &str) -> Vec<String> {
+    RECENT
+        .lock()
+        .1
+        .iter()
+        .filter(|(n, t)| *n >= mark && t.starts_with(prefix))
+        .map(|(_, t)| t.clone())
+        .collect()
+}
+
 /// Shows `text` once per process: on stderr as `p11bridge: TEXT` (unless silenced), and in the log at `warn`.
 /// Returns whether it was new.
 pub fn notice(text: &str) -> bool {
+    {
+        let mut r = RECENT.lock();
+        let n = r.0;
+        r.0 += 1;
+        r.1.push_back((n, text.to_string()));
+        if r.1.len() > RECENT_MAX {
+            r.1.pop_front();
+        }
+    }
     let pid = std::process::id();
     let (new, shown) = {
         let mut g = SEEN.lock();

@@ -429,22 +429,26 @@ pub fn build_with(
             runtime::set_cant_create_threads(ctx.cant_create_threads);
             let svc = kms::Kms::new(kms::KmsService::from_config(name, section, ctx)?);
             let pki = remote_pki(name, "aws-kms", section, all, ctx)?;
+            let host = remote::hostcache::HostCache::of_section(name, "aws-kms", section)?;
             Ok(Arc::new(remote::RemoteBackend::new(
                 name,
                 "aws-kms",
                 Arc::new(svc),
                 pki,
+                host,
             )))
         }
         "vault-transit" => {
             runtime::set_cant_create_threads(ctx.cant_create_threads);
             let svc = vault::Vault::new(vault::VaultService::from_config(name, section, ctx)?);
             let pki = remote_pki(name, "vault-transit", section, all, ctx)?;
+            let host = remote::hostcache::HostCache::of_section(name, "vault-transit", section)?;
             Ok(Arc::new(remote::RemoteBackend::new(
                 name,
                 "vault-transit",
                 Arc::new(svc),
                 pki,
+                host,
             )))
         }
         // Tests only: compiled in with the `test-backends` feature, and even then unknown unless

@@ -1,9 +1,11 @@
-//! The enumeration rows: N KMS keys and N transit keys, the first `C_FindObjects` after `C_Initialize` (cold,
-//! with and without generated certificates cached on disk) and repeated ones (warm), with the backend requests
-//! each made, against a sequential direct client issuing the requests the search needs.
+//! The enumeration rows: N KMS keys and N transit keys, the first `C_FindObjects` by class after `C_Initialize` (cold,
+//! every key read; with and without generated certificates cached on disk) and repeated ones by label (warm), with
+//! the backend requests each made, against a sequential direct client issuing the requests the search needs; then,
+//! with the host-wide key cache, the first search by label of a process (the listing and the matching key only), of
+//! a second process (nothing), and of N processes starting at once.
 
 use crate::kms::direct_kms_enum;
-use crate::pkcs11::{call, find_label, initialize, ok, session, slot_by_label, Module};
+use crate::pkcs11::{call, find_class, find_label, initialize, ok, session, slot_by_label, Module};
 use crate::servers::{create_kms_keys, Servers};
 use crate::table::{diff, fmt_counts, print_enum, EnumRow};
 use crate::vault::{CountingProxy, Http};
@@ -72,22 +74,19 @@ pub fn rows(b: &Bench, servers: &Servers, kc: &aws_sdk_kms::Client) {
         let certs = dir.join(format!("enum-certs-{backend}"));
         let section = if backend == "kms" {
             format!(
-                "[backend.kms]\nkind = \"aws-kms\"\nregion = \"us-east-1\"\nendpoint = \"{}\"\ndiscover = true\ncert_cache_dir = \"{}\"\n",
+                "[backend.kms]\nkind = \"aws-kms\"\nregion = \"us-east-1\"\nendpoint = \"{}\"\ndiscover = true\ncert_cache_dir = \"{}\"\nkey_cache = false\n",
                 moto.url,
                 certs.display()
             )
         } else {
             format!(
-                "[backend.vault]\nkind = \"vault-transit\"\naddress = \"{paddr}\"\ntoken = \"env:BENCH_BAO_TOKEN\"\ndiscover = true\nprefix = \"enum-\"\ncert_cache_dir = \"{}\"\n",
+                "[backend.vault]\nkind = \"vault-transit\"\naddress = \"{paddr}\"\ntoken = \"env:BENCH_BAO_TOKEN\"\ndiscover = true\nprefix = \"enum-\"\ncert_cache_dir = \"{}\"\nkey_cache = false\n",
                 certs.display()
             )
         };
+        let slot = format!("[[slot]]\nlabel = \"enum\"\nuser_pin = \"env:P11BRIDGE_PIN\"\nbackends = [\"{backend}\"]\n\n");
         let config = dir.join(format!("enum-{backend}.toml"));
-        std::fs::write(
-            &config,
-            format!("[[slot]]\nlabel = \"enum\"\nuser_pin = \"env:P11BRIDGE_PIN\"\nbackends = [\"{backend}\"]\n\n{section}"),
-        )
-        .unwrap();
+        std::fs::write(&config, format!("{slot}{section}")).unwrap();
         let counts = || {
             if backend == "kms" {
                 moto.stats()
@@ -110,12 +109,12 @@ pub fn rows(b: &Bench, servers: &Servers, kc: &aws_sdk_kms::Client) {
             }
             let before = counts();
             let t = Instant::now();
-            let found = find_label(bridge, s, label);
+            let found = find_class(bridge, s, CKO_PRIVATE_KEY);
             let ms = t.elapsed().as_secs_f64() * 1e3;
-            assert!(found >= 2, "{backend}: {label} found {found} objects");
+            assert!(found >= 1, "{backend}: found {found} private keys");
             let req = diff(&counts(), &before);
             print_enum(&EnumRow {
-                name: format!("{what} {n} keys: first C_FindObjects ({note})"),
+                name: format!("{what} {n} keys: first C_FindObjects by class ({note})"),
                 ms,
                 requests: fmt_counts(&req),
             });
@@ -171,5 +170,126 @@ pub fn rows(b: &Bench, servers: &Servers, kc: &aws_sdk_kms::Client) {
             ms,
             requests: fmt_counts(&req),
         });
+
+        // The host-wide key cache (`key_cache = true`, the default), in a cache folder of its own (certificates
+        // already generated: copied from the rows above).
+        let host_certs = dir.join(format!("enum-host-{backend}"));
+        let _ = std::fs::remove_dir_all(&host_certs);
+        copy_dir(&certs, &host_certs);
+        let cached = section
+            .replace(
+                &certs.display().to_string(),
+                &host_certs.display().to_string(),
+            )
+            .replace("key_cache = false\n", "");
+        let config = dir.join(format!("enum-host-{backend}.toml"));
+        std::fs::write(&config, format!("{slot}{cached}")).unwrap();
+        for note in [
+            "first process, host key cache cold",
+            "second process on the host, host key cache warm",
+        ] {
+            let s = reinit(bridge, &config);
+            if backend == "kms" {
+                moto.reset();
+            }
+            let before = counts();
+            let t = Instant::now();
+            let found = find_label(bridge, s, label);
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            assert!(found >= 2, "{backend}: {label} found {found} objects");
+            print_enum(&EnumRow {
+                name: format!("{what} {n} keys: first C_FindObjects by label ({note})"),
+                ms,
+                requests: fmt_counts(&diff(&counts(), &before)),
+            });
+        }
+
+        // A fleet: processes starting at once, each loading the module, C_Initialize, one search (by label: the
+        // listing and one key; by class: every key); the host key cache cold when they start (a folder of its own),
+        // so one of them asks the service and the others wait for its result.
+        let procs = if b.opts.mode == "smoke" { 10 } else { 100 };
+        for (by, arg) in [("label", label), ("class", "--class")] {
+            let fleet_certs = dir.join(format!("enum-fleet-{backend}-{by}"));
+            let _ = std::fs::remove_dir_all(&fleet_certs);
+            copy_dir(&certs, &fleet_certs);
+            let fleet = section
+                .replace(
+                    &certs.display().to_string(),
+                    &fleet_certs.display().to_string(),
+                )
+                .replace("key_cache = false\n", "");
+            let config = dir.join(format!("enum-fleet-{backend}-{by}.toml"));
+            std::fs::write(&config, format!("{slot}{fleet}")).unwrap();
+            if backend == "kms" {
+                moto.reset();
+            }
+            let before = counts();
+            let exe = std::env::current_exe().expect("the bench's own path");
+            let t = Instant::now();
+            let children: Vec<_> = (0..procs)
+                .map(|_| {
+                    std::process::Command::new(&exe)
+                        .arg("--search-child")
+                        .arg(&servers.so)
+                        .arg(&config)
+                        .arg(arg)
+                        .stdout(std::process::Stdio::piped())
+                        .spawn()
+                        .expect("spawn a search process")
+                })
+                .collect();
+            let mut failed = 0;
+            for c in children {
+                let out = c.wait_with_output().expect("a search process");
+                let found: usize = String::from_utf8_lossy(&out.stdout)
+                    .trim()
+                    .parse()
+                    .unwrap_or(0);
+                if !out.status.success() || found < 1 {
+                    failed += 1;
+                }
+            }
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            let req = diff(&counts(), &before);
+            let total: u64 = req.iter().map(|(_, v)| *v).sum();
+            print_enum(&EnumRow {
+                name: format!(
+                    "{what} {n} keys: {procs} processes starting at once, search by {by} (wall time; {total} requests in all{})",
+                    if failed > 0 {
+                        format!("; {failed} FAILED")
+                    } else {
+                        String::new()
+                    }
+                ),
+                ms,
+                requests: fmt_counts(&req),
+            });
+        }
     }
+}
+
+/// Copies the files of a folder (generated certificates) into a new one.
+fn copy_dir(from: &Path, to: &Path) {
+    let _ = std::fs::create_dir_all(to);
+    for e in std::fs::read_dir(from).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = std::fs::copy(e.path(), to.join(e.file_name()));
+        }
+    }
+}
+
+/// One process of the fleet rows (`--search-child SO CONFIG LABEL`, or `--class` for a search of the private keys):
+/// loads the module, `C_Initialize`, logs in on the token "enum", searches and prints how many objects it found.
+pub fn search_child(so: &Path, config: &Path, label: &str) {
+    std::env::set_var("P11BRIDGE_CONFIG", config);
+    let m = crate::pkcs11::load(so);
+    initialize(&m);
+    let slot = slot_by_label(&m, "enum");
+    let s = session(&m, slot, "bench-pin");
+    let found = if label == "--class" {
+        find_class(&m, s, CKO_PRIVATE_KEY)
+    } else {
+        find_label(&m, s, label)
+    };
+    println!("{found}");
 }

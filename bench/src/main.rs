@@ -9,9 +9,11 @@
 //!   sent directly over a kept-alive HTTP/1.1 connection per thread, 1, 8 and 32 threads;
 //! - AWS KMS (moto): `C_Sign` ECDSA P-256 through the bridge vs a direct `Sign` to the same endpoint (a lean
 //!   SigV4-signed blocking client, or aws-sdk-kms with `--kms-baseline sdk`), 1 and 8 threads;
-//! - enumeration of N KMS keys and N transit keys: the first `C_FindObjects` after `C_Initialize` (cold, with and
-//!   without generated certificates cached on disk) and repeated ones (warm), with the backend requests each made,
-//!   against a sequential direct client issuing the requests the search needs;
+//! - enumeration of N KMS keys and N transit keys: the first `C_FindObjects` by class after `C_Initialize` (cold,
+//!   with and without generated certificates cached on disk) and repeated ones (warm), with the backend requests each
+//!   made, against a sequential direct client issuing the requests the search needs; with the host-wide key cache,
+//!   the first search by label of a process and of a second process, and 100 processes (smoke: 10) starting at once
+//!   searching by label and by class (requests counted at the servers);
 //! - footprint: `C_Initialize` time, RSS after initialize (all three backends configured), size of the `.so`.
 //!
 //! The `.so` under test is copied to a private directory first (`--so PATH` to choose it; default
@@ -116,6 +118,15 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--footprint-child") {
         servers::footprint_child(Path::new(&args[2]));
+        return;
+    }
+    if let (Some("--search-child"), Some(so), Some(config), Some(label)) = (
+        args.get(1).map(String::as_str),
+        args.get(2),
+        args.get(3),
+        args.get(4),
+    ) {
+        enumeration::search_child(Path::new(so), Path::new(config), label);
         return;
     }
     let opts = Opts::parse(&args);

@@ -139,6 +139,17 @@ pub fn find(
     found[0]
 }
 
+/// One search by class (every key must be read to know its class); the number of objects found (at most 8).
+pub fn find_class(m: &Module, s: CK_SESSION_HANDLE, class: CK_OBJECT_CLASS) -> usize {
+    let mut class = class;
+    let mut t = [CK_ATTRIBUTE {
+        type_: CKA_CLASS,
+        pValue: &mut class as *mut _ as *mut c_void,
+        ulValueLen: std::mem::size_of::<CK_OBJECT_CLASS>() as CK_ULONG,
+    }];
+    search(m, s, &mut t).1
+}
+
 /// One search by label; the number of objects found.
 pub fn find_label(m: &Module, s: CK_SESSION_HANDLE, label: &str) -> usize {
     search(m, s, &mut [label_attribute(label)]).1

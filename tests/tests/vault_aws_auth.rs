@@ -4,6 +4,9 @@
 //! refusal reaches the person in Vault's words (`C_P11BRIDGE_GetLastError`, the stderr line of a new process). The
 //! token is renewed, and obtained again once it has expired.
 //!
+//! Every process logs in itself (`key_cache = false`: the host-wide key cache would spare later processes the
+//! login these tests look at).
+//!
 //! Servers: a real OpenBao dev server (transit, tokens, policies) and moto (IAM user, its access key, STS
 //! GetCallerIdentity, with moto's request authentication on: the SigV4 signature is checked and the user's policy
 //! must allow `sts:GetCallerIdentity`). OpenBao 2.x has no `aws` auth method built in, and its plugin is not
@@ -97,7 +100,7 @@ fn setup() -> &'static Setup {
             ),
         ] {
             section.push_str(&format!(
-                "\n[backend.{name}]\nkind = \"vault-transit\"\naddress = \"{}\"\n{keys}\nkeys = [\"{KEY}\"]\ncert_cache_dir = \"{}\"\ntimeout_ms = 5000\n",
+                "\n[backend.{name}]\nkind = \"vault-transit\"\naddress = \"{}\"\n{keys}\nkeys = [\"{KEY}\"]\ncert_cache_dir = \"{}\"\ntimeout_ms = 5000\nkey_cache = false\n",
                 front.addr,
                 dir.join("certs").display()
             ));
@@ -221,7 +224,7 @@ fn config_as(role: &str) -> std::path::PathBuf {
         &config,
         format!(
             "[[slot]]\nlabel = \"{role}\"\nuser_pin = \"env:P11BRIDGE_PIN\"\nbackends = [\"v{role}\"]\n\n\
-             [backend.v{role}]\nkind = \"vault-transit\"\naddress = \"{}\"\naws_role = \"{role}\"\nkeys = [\"{KEY}\"]\ntimeout_ms = 5000\ncert_cache_dir = \"{}\"\n",
+             [backend.v{role}]\nkind = \"vault-transit\"\naddress = \"{}\"\naws_role = \"{role}\"\nkeys = [\"{KEY}\"]\ntimeout_ms = 5000\ncert_cache_dir = \"{}\"\nkey_cache = false\n",
             st.front.addr,
             st.dir.join("certs").display()
         ),

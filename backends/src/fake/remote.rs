@@ -121,7 +121,13 @@ pub fn build(name: &str, section: &toml::Table) -> Result<RemoteBackend> {
         })?;
         svc.keys.lock().push(Arc::new(key));
     }
-    Ok(RemoteBackend::new(name, "test-fake", Arc::new(svc), None))
+    Ok(RemoteBackend::new(
+        name,
+        "test-fake",
+        Arc::new(svc),
+        None,
+        None,
+    ))
 }
 
 impl FakeService {

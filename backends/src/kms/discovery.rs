@@ -71,6 +71,102 @@ pub(super) fn from_public_key(
 impl Kms {
     /// Every key of the token, read in the first healthy region.
     pub(super) fn fetch(&self) -> Result<Vec<RemoteKey>> {
+        self.read_keys(None)
+    }
+
+    /// The keys of the token as `ListKeys` and `ListAliases` name them (`RemoteService::list_keys`), with labels
+    /// and ids and nothing else. Only for `discover = true` without `tags` or `keys`, in one region: a tag filter
+    /// needs each key's tags, and a configured alias or ARN is resolved by reading the key.
+    pub(super) fn list(&self) -> Result<Option<Vec<Listed>>> {
+        let s = self.0.clone();
+        if !s.cfg.remote.discover
+            || !s.cfg.tags.is_empty()
+            || !s.cfg.remote.keys.is_empty()
+            || s.regions.len() != 1
+        {
+            return Ok(None);
+        }
+        let name = s.name.clone();
+        let background = s.background();
+        let regions = s.candidates(Target::Any);
+        let deadline = s.deadline() * 2;
+        let me = s.clone();
+        let (aliases, keys) = runtime::run(deadline, async move {
+            me.failover(
+                regions,
+                background,
+                deadline,
+                move |c, _region| async move {
+                    let aliases = Self::aliases(&c).await?;
+                    let mut keys: Vec<(Option<String>, Option<String>)> = Vec::new();
+                    let mut marker = None;
+                    loop {
+                        let r = c
+                            .list_keys()
+                            .limit(1000)
+                            .set_marker(marker.take())
+                            .send()
+                            .await
+                            .map_err(fault)?;
+                        for k in r.keys() {
+                            keys.push((
+                                k.key_arn().map(str::to_owned),
+                                k.key_id().map(str::to_owned),
+                            ));
+                        }
+                        match (r.truncated(), r.next_marker()) {
+                            (true, Some(m)) => marker = Some(m.to_string()),
+                            _ => break,
+                        }
+                    }
+                    Ok((aliases, keys))
+                },
+            )
+            .await
+            .map_err(|f| map_fault(&name, f, CKR_DEVICE_ERROR))
+        })?;
+        let mut out: Vec<Listed> = Vec::new();
+        for (arn, key_id) in keys {
+            // Without the ARN (the name a read key gets) the keys are read in full instead.
+            let Some(arn) = arn else { return Ok(None) };
+            let key_id = key_id.unwrap_or_else(|| {
+                arn.rsplit_once(":key/")
+                    .map_or(arn.clone(), |x| x.1.to_string())
+            });
+            let names = aliases.get(&key_id).cloned().unwrap_or_default();
+            if out.iter().any(|l| l.name == arn) {
+                continue;
+            }
+            out.push(Listed {
+                label: self.label_of(names.first().map(String::as_str), &key_id),
+                id: key_id_bytes(&key_id),
+                name: arn,
+                aliases: names,
+            });
+        }
+        Ok(Some(out))
+    }
+
+    /// Reads listed keys (`RemoteService::fetch_listed`): as a first enumeration reads each key.
+    pub(super) fn read_listed(&self, keys: &[Listed]) -> Result<Vec<RemoteKey>> {
+        self.read_keys(Some(keys.to_vec()))
+    }
+
+    /// `CKA_LABEL`: the alias without `alias/` (under `created_alias_prefix`: without the prefix), else the key id.
+    pub(super) fn label_of(&self, alias: Option<&str>, key_id: &str) -> String {
+        let created = self.0.cfg.created_alias_prefix.as_str();
+        alias
+            .map(|a| match a.strip_prefix(created) {
+                Some(l) if !created.is_empty() && !l.is_empty() => l.to_string(),
+                _ => a.trim_start_matches("alias/").to_string(),
+            })
+            .unwrap_or_else(|| key_id.to_string())
+    }
+
+    /// Reads the selected keys (`None`: the configuration's selection, with `ListAliases` and `ListKeys`; else
+    /// these listed keys), in the first healthy region.
+    fn read_keys(&self, listed: Option<Vec<Listed>>) -> Result<Vec<RemoteKey>> {
+        let lazy = listed.is_some();
         let me = self.0.clone();
         let name = me.name.clone();
         let background = me.background();
@@ -83,11 +179,27 @@ impl Kms {
             let name = me.name.clone();
             me.failover(regions, background, deadline, move |c, region| {
                 let me = s.clone();
+                let listed = listed.clone();
                 async move {
-                    let aliases = Self::aliases(&c).await?;
+                    let (aliases, sel) = match listed {
+                        // Listed keys: their aliases came with the listing.
+                        Some(l) => (
+                            l.iter()
+                                .filter_map(|l| {
+                                    let (_, id) = l.name.rsplit_once(":key/")?;
+                                    Some((id.to_string(), l.aliases.clone()))
+                                })
+                                .collect(),
+                            l.into_iter().map(|l| l.name).collect(),
+                        ),
+                        None => {
+                            let aliases = Self::aliases(&c).await?;
+                            let sel = Self::selection(&me, &c, &aliases).await?;
+                            (aliases, sel)
+                        }
+                    };
                     // ARNs as they are named in this region (multi-Region keys: same id everywhere).
-                    let sel: Vec<String> = Self::selection(&me, &c, &aliases)
-                        .await?
+                    let sel: Vec<String> = sel
                         .iter()
                         .map(|k| in_region(k, region.as_deref()))
                         .collect();
@@ -173,7 +285,9 @@ impl Kms {
                 s.key_missing(c, &why);
             }
         }
-        *s.resolved.lock() = resolved;
+        if !lazy {
+            *s.resolved.lock() = resolved;
+        }
         tracing::debug!(backend = %name, n = keys.len(), "kms keys fetched");
         Ok(keys)
     }
@@ -372,14 +486,7 @@ impl Kms {
             .clone()
             .or_else(|| aliases.get(&key_id).and_then(|v| v.first().cloned()));
         // A key created through the bridge shows the label it was created with.
-        let created = s.cfg.created_alias_prefix.as_str();
-        let label = alias
-            .as_deref()
-            .map(|a| match a.strip_prefix(created) {
-                Some(l) if !created.is_empty() && !l.is_empty() => l.to_string(),
-                _ => a.trim_start_matches("alias/").to_string(),
-            })
-            .unwrap_or_else(|| key_id.clone());
+        let label = self.label_of(alias.as_deref(), &key_id);
         let usage = m
             .key_usage()
             .cloned()

@@ -36,7 +36,7 @@ use crate::remote::mech::{Hash, RsaPad, SignRequest};
 use crate::remote::proxy::Proxies;
 use crate::remote::tls::CaBundle;
 use crate::remote::{
-    cert, der, Curve, GenerateKind, GenerateSpec, KeyMaterial, MechanismList, RemoteKey,
+    cert, der, Curve, GenerateKind, GenerateSpec, KeyMaterial, Listed, MechanismList, RemoteKey,
     RemoteService, Usage, EC_FLAGS,
 };
 use crate::{runtime, vendor, BuildContext, Error, OpKind, Result};
@@ -226,6 +226,14 @@ impl RemoteService for Kms {
 
     fn fetch_keys(&self) -> Result<Vec<RemoteKey>> {
         self.fetch()
+    }
+
+    fn list_keys(&self) -> Result<Option<Vec<Listed>>> {
+        self.list()
+    }
+
+    fn fetch_listed(&self, keys: &[Listed]) -> Result<Vec<RemoteKey>> {
+        self.read_listed(keys)
     }
 
     fn check_init(

@@ -202,12 +202,7 @@ impl CertSource {
     /// `cert_cache_dir` and `cert_store_dir` of a backend's configuration; defaults: `$XDG_CACHE_HOME/p11bridge`
     /// (or `~/.cache/p11bridge`) and its `imported` directory.
     pub fn new(kind: &'static str, cache_dir: Option<PathBuf>, store_dir: Option<PathBuf>) -> Self {
-        let cache_dir = cache_dir.or_else(|| {
-            std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-                .map(|d| d.join("p11bridge"))
-        });
+        let cache_dir = self::cache_dir(cache_dir);
         let store_dir = store_dir.or_else(|| cache_dir.as_ref().map(|d| d.join("imported")));
         CertSource {
             kind,
@@ -391,15 +386,56 @@ pub fn store_cached(path: &Path, c: &Certificate) {
     let _ = write_atomic(path, &c.der);
 }
 
-/// Writes `bytes` to `path` as a whole or not at all (a temporary file beside it, renamed), creating its folder:
-/// another process reading the cache never sees half a file.
+/// Writes `bytes` to `path` as a whole or not at all (a temporary file of this process and thread beside it,
+/// renamed), creating its folder (0700) and the file 0600: another process reading the cache never sees half a file,
+/// and two writers never write into the same temporary file.
 pub fn write_atomic(path: &Path, bytes: impl AsRef<[u8]>) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
     if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d)?;
+        create_private_dir(d)?;
     }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(
+        ".{}.{}.tmp",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let tmp = path.with_file_name(name);
+    let r = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(bytes.as_ref()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
+}
+
+/// Creates a folder and its parents, those it creates readable by the user only (0700); existing ones are left
+/// as they are.
+pub fn create_private_dir(d: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(d)
+}
+
+/// The default cache folder: `$XDG_CACHE_HOME/p11bridge`, else `~/.cache/p11bridge`; `configured` wins.
+pub fn cache_dir(configured: Option<PathBuf>) -> Option<PathBuf> {
+    configured.or_else(|| {
+        std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .map(|d| d.join("p11bridge"))
+    })
 }
 
 #[cfg(test)]

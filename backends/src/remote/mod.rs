@@ -6,6 +6,7 @@
 pub mod blocking;
 pub mod cert;
 pub mod der;
+pub mod hostcache;
 pub mod mech;
 pub mod proxy;
 mod session;
@@ -263,6 +264,25 @@ pub struct RemoteKey {
     pub destroyable: bool,
 }
 
+/// A key as the service's listing names it, before it is read: what `CKA_LABEL` and `CKA_ID` are made of, and
+/// nothing else (no type, class or public key: those take a request per key).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    /// The service's name for it, as [`RemoteKey::name`] will be.
+    pub name: String,
+    pub label: String,
+    pub id: Vec<u8>,
+    /// The service's other names for it that reading it needs again (KMS: its aliases).
+    pub aliases: Vec<String>,
+}
+
+impl Listed {
+    /// Whether a search for this label and id (each `None`: any) may find the key.
+    fn matches(&self, label: Option<&[u8]>, id: Option<&[u8]>) -> bool {
+        label.is_none_or(|l| l == self.label.as_bytes()) && id.is_none_or(|i| i == self.id)
+    }
+}
+
 /// What a remote service does; everything else is shared. Calls may block on the network (each within its
 /// deadline) and are never made for a length query or an attribute read.
 pub trait RemoteService: Send + Sync + 'static {
@@ -270,6 +290,17 @@ pub trait RemoteService: Send + Sync + 'static {
     fn mechanisms(&self) -> Vec<(CK_MECHANISM_TYPE, CK_MECHANISM_INFO)>;
     /// Every selected key, fresh from the service (with public keys and certificates).
     fn fetch_keys(&self) -> Result<Vec<RemoteKey>>;
+    /// The selected keys as one listing names them, without a request per key, so that a search by label or id
+    /// reads only the keys it may find ([`RemoteService::fetch_listed`]); `None` (the default) when every key must
+    /// be read to know which are selected.
+    fn list_keys(&self) -> Result<Option<Vec<Listed>>> {
+        Ok(None)
+    }
+    /// Reads listed keys in full (with public keys and certificates); keys that turn out not to be exposed are left
+    /// out. A failure names the key and the service's answer.
+    fn fetch_listed(&self, _keys: &[Listed]) -> Result<Vec<RemoteKey>> {
+        Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED))
+    }
     /// How long fetched keys stay fresh.
     fn ttl(&self) -> Duration;
     /// A signature in PKCS#11 format (RSA: the bytes; ECDSA: r || s; EdDSA: 64 bytes).
@@ -380,10 +411,22 @@ pub const CLASS_SECRET: u64 = 3;
 #[derive(Default)]
 struct Cache {
     keys: HashMap<u64, Arc<RemoteKey>>,
+    /// Keys listed but not read yet: a search reads those it may find (by label or id), any other search all.
+    pending: HashMap<u64, Listed>,
     /// Key numbers, stable for the life of the backend (never reused), by service name.
     numbers: HashMap<String, u64>,
     next: u64,
     fetched: Option<Instant>,
+}
+
+/// What one fetch gave: keys read, keys only listed, and how old it is.
+pub struct Fetched {
+    pub keys: Vec<RemoteKey>,
+    pub pending: Vec<Listed>,
+    pub age: Duration,
+    /// The notices fetching gave (this backend's), kept with the keys in the host-wide cache and given again by
+    /// every process that reads them there.
+    pub notices: Vec<String>,
 }
 
 /// State shared by the backend, its token and its sessions.
@@ -400,6 +443,8 @@ pub struct Shared {
     refreshing: AtomicBool,
     /// Certificates from Vault PKI for the keys (`pki = {...}`).
     pub pki: Option<Arc<crate::pki::Pki>>,
+    /// The host-wide cache of this configuration's keys (`key_cache`).
+    host: Option<hostcache::HostCache>,
 }
 
 impl Shared {
@@ -408,6 +453,7 @@ impl Shared {
         kind: &'static str,
         service: Arc<dyn RemoteService>,
         pki: Option<Arc<crate::pki::Pki>>,
+        host: Option<hostcache::HostCache>,
     ) -> Arc<Shared> {
         Arc::new(Shared {
             name: name.to_string(),
@@ -418,6 +464,7 @@ impl Shared {
             fetching: Mutex::new(()),
             refreshing: AtomicBool::new(false),
             pki,
+            host,
         })
     }
 
@@ -432,47 +479,152 @@ impl Shared {
             })
     }
 
-    fn install(&self, fresh: Vec<RemoteKey>) {
-        let mut c = self.cache.write();
-        let mut keys = HashMap::new();
-        for mut k in fresh {
-            // A certificate issued by Vault PKI (in memory or in the cache: no network) replaces the generated or
-            // imported one.
-            if let (Some(pki), Some(pk)) = (&self.pki, self.pki_key(&k)) {
-                if let Some(i) = pki.current(&pk) {
-                    k.cert = Some(i.leaf.clone());
-                }
+    /// The key number of a service name (stable for the life of the backend).
+    fn number(c: &mut Cache, name: &str) -> u64 {
+        match c.numbers.get(name) {
+            Some(n) => *n,
+            None => {
+                let n = c.next;
+                c.next += 1;
+                c.numbers.insert(name.to_string(), n);
+                n
             }
-            let n = match c.numbers.get(&k.name) {
-                Some(n) => *n,
-                None => {
-                    let n = c.next;
-                    c.next += 1;
-                    c.numbers.insert(k.name.clone(), n);
-                    n
-                }
-            };
-            keys.insert(n, Arc::new(k));
         }
-        c.keys = keys;
-        c.fetched = Some(Instant::now());
     }
 
-    /// The cached keys: fetched on first use; when stale, served as they are while a refresh runs in the
-    /// background (so only the first enumeration waits on the network).
+    /// A read key as it is served: a certificate issued by Vault PKI (in memory or in its cache: no network)
+    /// replaces the generated or imported one.
+    fn served(&self, mut k: RemoteKey) -> Arc<RemoteKey> {
+        if let (Some(pki), Some(pk)) = (&self.pki, self.pki_key(&k)) {
+            if let Some(i) = pki.current(&pk) {
+                k.cert = Some(i.leaf.clone());
+            }
+        }
+        Arc::new(k)
+    }
+
+    /// Installs what a fetch gave, `age` old (read from the host-wide cache: as old as its file).
+    fn install(&self, f: Fetched) {
+        let mut c = self.cache.write();
+        let mut keys = HashMap::new();
+        for k in f.keys {
+            let n = Self::number(&mut c, &k.name);
+            keys.insert(n, self.served(k));
+        }
+        let mut pending = HashMap::new();
+        for l in f.pending {
+            let n = Self::number(&mut c, &l.name);
+            if !keys.contains_key(&n) {
+                pending.insert(n, l);
+            }
+        }
+        c.keys = keys;
+        c.pending = pending;
+        let now = Instant::now();
+        c.fetched = Some(now.checked_sub(f.age).unwrap_or(now));
+    }
+
+    /// The keys, and how old they are: from the host-wide cache while it is fresh (unless `force`), else from the
+    /// service and written to the cache. Of many processes missing the cache at once, one fetches while the others
+    /// wait (at most the fetch's deadline) and read its result. `lazy`: a listing is enough where the service
+    /// gives one, with the keys already read before (`reread`) read again.
+    fn fetch(&self, force: bool, lazy: bool, reread: &[String]) -> Result<Fetched> {
+        let Some(h) = &self.host else {
+            return self.fetch_from_service(lazy, reread);
+        };
+        let replay = |f: Fetched| {
+            for n in &f.notices {
+                crate::diag::report(CKR_OK, n.clone());
+            }
+            f
+        };
+        if !force {
+            if let Some(x) = h.load() {
+                return Ok(replay(x));
+            }
+        }
+        let _lock = h.lock();
+        if !force {
+            if let Some(x) = h.load() {
+                tracing::debug!(backend = %self.name, "keys read from the host cache another process wrote");
+                return Ok(replay(x));
+            }
+        }
+        let mark = crate::diag::notice_mark();
+        let mut f = self.fetch_from_service(lazy, reread)?;
+        f.notices = self.notices_since(mark);
+        h.store(&self.name, &f);
+        Ok(f)
+    }
+
+    /// This backend's notices since `mark` (each once).
+    fn notices_since(&self, mark: u64) -> Vec<String> {
+        let mut v = crate::diag::notices_since(mark, &format!("backend \"{}\"", self.name));
+        v.dedup();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    fn fetch_from_service(&self, lazy: bool, reread: &[String]) -> Result<Fetched> {
+        if lazy {
+            if let Some(listed) = self.service.list_keys()? {
+                let (again, pending): (Vec<Listed>, Vec<Listed>) =
+                    listed.into_iter().partition(|l| reread.contains(&l.name));
+                let keys = if again.is_empty() {
+                    Vec::new()
+                } else {
+                    self.service.fetch_listed(&again)?
+                };
+                return Ok(Fetched {
+                    keys,
+                    pending,
+                    age: Duration::ZERO,
+                    notices: Vec::new(),
+                });
+            }
+        }
+        Ok(Fetched {
+            keys: self.service.fetch_keys()?,
+            pending: Vec::new(),
+            age: Duration::ZERO,
+            notices: Vec::new(),
+        })
+    }
+
+    /// Whether keys may be listed first and read on demand: not with Vault PKI certificates, which are issued for
+    /// every key the PKI settings select.
+    fn lazy(&self) -> bool {
+        self.pki.is_none()
+    }
+
+    /// Every key, read: fetched on first use; when stale, served as they are while a refresh runs in the background
+    /// (so only the first enumeration waits on the network).
     pub fn keys(self: &Arc<Self>) -> Result<Vec<(u64, Arc<RemoteKey>)>> {
+        self.keys_for(None, None)
+    }
+
+    /// The keys a search for this label and id (each `None`: any) may find, and every key read before: on first use
+    /// the service's listing (where it has one) and then only the listed keys that match are read.
+    pub fn keys_for(
+        self: &Arc<Self>,
+        label: Option<&[u8]>,
+        id: Option<&[u8]>,
+    ) -> Result<Vec<(u64, Arc<RemoteKey>)>> {
         let fetched = self.cache.read().fetched;
         match fetched {
             None => {
                 let _g = self.fetching.lock();
                 if self.cache.read().fetched.is_none() {
-                    let fresh = self.service.fetch_keys()?;
-                    self.install(fresh);
+                    let lazy = self.lazy() && (label.is_some() || id.is_some());
+                    let f = self.fetch(false, lazy, &[])?;
+                    self.install(f);
                 }
             }
             Some(t) if t.elapsed() > self.service.ttl() => self.refresh_in_background(),
             Some(_) => {}
         }
+        self.read_pending(|l| l.matches(label, id))?;
         // Certificates from Vault PKI are issued and renewed by a background task, started with the first use.
         crate::pki::ensure_task(self);
         let c = self.cache.read();
@@ -482,12 +634,115 @@ impl Shared {
         Ok(v)
     }
 
-    /// Re-reads the keys now (after a key was created or destroyed through the bridge).
+    /// Reads the listed keys `pick` chooses, and writes the host-wide cache again with them.
+    fn read_pending(&self, pick: impl Fn(&Listed) -> bool) -> Result<()> {
+        let wanted = |c: &Cache| -> Vec<(u64, Listed)> {
+            let mut v: Vec<(u64, Listed)> = c
+                .pending
+                .iter()
+                .filter(|(_, l)| pick(l))
+                .map(|(n, l)| (*n, l.clone()))
+                .collect();
+            v.sort_by_key(|x| x.0);
+            v
+        };
+        if wanted(&self.cache.read()).is_empty() {
+            return Ok(());
+        }
+        let _g = self.fetching.lock();
+        if wanted(&self.cache.read()).is_empty() {
+            return Ok(());
+        }
+        // Of processes reading the same keys at once, one reads them and the others take them from its file.
+        let _lock = self.host.as_ref().and_then(|h| h.lock());
+        if let Some(f) = self.host.as_ref().and_then(|h| h.load()) {
+            let mut c = self.cache.write();
+            for k in f.keys {
+                let Some(n) = c.numbers.get(&k.name).copied() else {
+                    continue;
+                };
+                if c.pending.remove(&n).is_some() {
+                    let k = self.served(k);
+                    c.keys.insert(n, k);
+                }
+            }
+        }
+        let want = wanted(&self.cache.read());
+        if want.is_empty() {
+            return Ok(());
+        }
+        let listed: Vec<Listed> = want.iter().map(|x| x.1.clone()).collect();
+        let mark = crate::diag::notice_mark();
+        let read = self.service.fetch_listed(&listed)?;
+        let mut notices = self.notices_since(mark);
+        let (keys, pending, age) = {
+            let mut c = self.cache.write();
+            for (n, _) in &want {
+                c.pending.remove(n);
+            }
+            for k in read {
+                let n = Self::number(&mut c, &k.name);
+                c.pending.remove(&n);
+                let k = self.served(k);
+                c.keys.insert(n, k);
+            }
+            let age = c.fetched.map_or(Duration::ZERO, |t| t.elapsed());
+            let mut keys: Vec<(u64, RemoteKey)> =
+                c.keys.iter().map(|(n, k)| (*n, (**k).clone())).collect();
+            keys.sort_by_key(|x| x.0);
+            let mut pending: Vec<(u64, Listed)> =
+                c.pending.iter().map(|(n, l)| (*n, l.clone())).collect();
+            pending.sort_by_key(|x| x.0);
+            (
+                keys.into_iter().map(|x| x.1).collect::<Vec<_>>(),
+                pending.into_iter().map(|x| x.1).collect::<Vec<_>>(),
+                age,
+            )
+        };
+        if let Some(h) = &self.host {
+            if age < self.service.ttl() {
+                // The notices of the file's fetch stay with it.
+                if let Some(old) = h.load() {
+                    notices.extend(old.notices);
+                    notices.sort();
+                    notices.dedup();
+                }
+                h.store(
+                    &self.name,
+                    &Fetched {
+                        keys,
+                        pending,
+                        age,
+                        notices,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-reads every key from the service now (after a key was created or destroyed through the bridge; `check`).
     pub fn refresh_now(&self) -> Result<()> {
         let _g = self.fetching.lock();
-        let fresh = self.service.fetch_keys()?;
-        self.install(fresh);
+        let f = self.fetch(true, false, &[])?;
+        self.install(f);
         Ok(())
+    }
+
+    /// A refresh after the TTL: the listing again and the keys read so far, or every key when they were all read.
+    fn refresh(&self) -> Result<()> {
+        let (lazy, reread) = {
+            let c = self.cache.read();
+            let names: Vec<String> = c.keys.values().map(|k| k.name.clone()).collect();
+            (self.lazy() && !c.pending.is_empty(), names)
+        };
+        let f = self.fetch(false, lazy, &reread)?;
+        {
+            let _g = self.fetching.lock();
+            self.install(f);
+        }
+        // Keys read here that another process's file has only listed: read again, so that their handles stay valid.
+        self.read_pending(|l| reread.contains(&l.name))
     }
 
     fn refresh_in_background(self: &Arc<Self>) {
@@ -496,20 +751,27 @@ impl Shared {
         }
         let me = self.clone();
         let spawned = crate::runtime::spawn_blocking(move || {
-            match me.service.fetch_keys() {
-                Ok(fresh) => me.install(fresh),
-                Err(e) => {
-                    tracing::warn!(backend = %me.name, error = %e, "key refresh failed; serving cached keys")
-                }
+            if let Err(e) = me.refresh() {
+                tracing::warn!(backend = %me.name, error = %e, "key refresh failed; serving cached keys")
             }
             me.refreshing.store(false, Ordering::Release);
         });
         if !spawned {
             // No worker threads (CKF_LIBRARY_CANT_CREATE_OS_THREADS): refresh on the caller's time.
-            if let Ok(fresh) = self.service.fetch_keys() {
-                self.install(fresh);
-            }
+            let _ = self.refresh();
             self.refreshing.store(false, Ordering::Release);
+        }
+    }
+
+    /// The host-wide cache's lock (`None`: no cache, or not taken within its wait).
+    pub fn host_lock(&self) -> Option<hostcache::Lock> {
+        self.host.as_ref().and_then(|h| h.lock())
+    }
+
+    /// Drops the host-wide cache file (a certificate was imported: other processes read the keys again).
+    pub fn forget_host_cache(&self) {
+        if let Some(h) = &self.host {
+            h.invalidate();
         }
     }
 
@@ -794,9 +1056,10 @@ impl RemoteBackend {
         kind: &'static str,
         service: Arc<dyn RemoteService>,
         pki: Option<Arc<crate::pki::Pki>>,
+        host: Option<hostcache::HostCache>,
     ) -> Self {
         RemoteBackend {
-            shared: Shared::new(name, kind, service, pki),
+            shared: Shared::new(name, kind, service, pki, host),
             kind,
         }
     }
@@ -925,5 +1188,192 @@ impl Token for RemoteToken {
         }
         r.latency_ms = start.elapsed().as_secs_f64() * 1000.0;
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A service of `n` secret keys named `k0`.. that lists them and counts what it is asked.
+    struct Listing {
+        n: usize,
+        lists: AtomicUsize,
+        reads: Mutex<Vec<String>>,
+        full: AtomicUsize,
+        /// Reading this key fails.
+        broken: Option<String>,
+    }
+
+    fn key(name: &str) -> RemoteKey {
+        RemoteKey {
+            name: name.into(),
+            label: format!("label-{name}"),
+            id: name.as_bytes().to_vec(),
+            material: KeyMaterial::Secret {
+                key_type: CKK_AES,
+                bits: 256,
+            },
+            usage: Usage::default(),
+            version: None,
+            mechanisms: vec![],
+            cert: None,
+            destroyable: false,
+        }
+    }
+
+    impl RemoteService for Listing {
+        fn mechanisms(&self) -> Vec<(CK_MECHANISM_TYPE, CK_MECHANISM_INFO)> {
+            Vec::new()
+        }
+        fn fetch_keys(&self) -> Result<Vec<RemoteKey>> {
+            self.full.fetch_add(1, Ordering::SeqCst);
+            Ok((0..self.n).map(|i| key(&format!("k{i}"))).collect())
+        }
+        fn list_keys(&self) -> Result<Option<Vec<Listed>>> {
+            self.lists.fetch_add(1, Ordering::SeqCst);
+            Ok(Some(
+                (0..self.n)
+                    .map(|i| {
+                        let k = key(&format!("k{i}"));
+                        Listed {
+                            name: k.name,
+                            label: k.label,
+                            id: k.id,
+                            aliases: vec![],
+                        }
+                    })
+                    .collect(),
+            ))
+        }
+        fn fetch_listed(&self, keys: &[Listed]) -> Result<Vec<RemoteKey>> {
+            for l in keys {
+                if Some(&l.name) == self.broken.as_ref() {
+                    return Err(Error::with(
+                        CKR_DEVICE_ERROR,
+                        format!("key {}: the service said no", l.name),
+                    ));
+                }
+            }
+            self.reads
+                .lock()
+                .extend(keys.iter().map(|l| l.name.clone()));
+            Ok(keys.iter().map(|l| key(&l.name)).collect())
+        }
+        fn ttl(&self) -> Duration {
+            Duration::from_secs(300)
+        }
+        fn sign(&self, _: &RemoteKey, _: &SignRequest) -> Result<Vec<u8>> {
+            Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED))
+        }
+        fn decrypt_oaep(&self, _: &RemoteKey, _: Hash, _: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+            Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED))
+        }
+        fn mac(&self, _: &RemoteKey, _: Hash, _: &[u8]) -> Result<Vec<u8>> {
+            Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED))
+        }
+        fn encrypt(
+            &self,
+            _: &RemoteKey,
+            _: CK_MECHANISM_TYPE,
+            _: &[u8],
+            _: &[u8],
+        ) -> Result<Vec<u8>> {
+            Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED))
+        }
+        fn decrypt(
+            &self,
+            _: &RemoteKey,
+            _: CK_MECHANISM_TYPE,
+            _: &[u8],
+            _: &[u8],
+        ) -> Result<Zeroizing<Vec<u8>>> {
+            Err(Error::new(CKR_FUNCTION_NOT_SUPPORTED))
+        }
+        fn encrypt_len(&self, _: &RemoteKey, _: CK_MECHANISM_TYPE, n: usize) -> usize {
+            n
+        }
+    }
+
+    fn listing(n: usize, broken: Option<&str>) -> Arc<Listing> {
+        Arc::new(Listing {
+            n,
+            lists: AtomicUsize::new(0),
+            reads: Mutex::new(Vec::new()),
+            full: AtomicUsize::new(0),
+            broken: broken.map(str::to_owned),
+        })
+    }
+
+    fn host(dir: &std::path::Path) -> Option<hostcache::HostCache> {
+        let settings = settings::RemoteSettings {
+            cert_cache_dir: Some(dir.to_path_buf()),
+            ..Default::default()
+        };
+        hostcache::HostCache::new(
+            "b",
+            "test",
+            &toml::Table::new(),
+            &settings,
+            Duration::from_secs(2),
+        )
+    }
+
+    #[test]
+    fn a_search_by_label_reads_only_its_keys_and_handles_stay() {
+        let svc = listing(50, None);
+        let shared = Shared::new("b", "test", svc.clone(), None, None);
+        let found = shared.keys_for(Some(b"label-k7"), None).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].1.name, "k7");
+        assert_eq!(svc.lists.load(Ordering::SeqCst), 1);
+        assert_eq!(*svc.reads.lock(), vec!["k7".to_string()]);
+        // Another label, an id: only those; a label no key has: nothing.
+        shared.keys_for(None, Some(b"k9")).unwrap();
+        assert!(shared.keys_for(Some(b"nobody"), None).unwrap().len() == 2);
+        assert_eq!(svc.reads.lock().len(), 2);
+        // Everything: the other 48, the handles of the first ones unchanged.
+        let all = shared.keys().unwrap();
+        assert_eq!(all.len(), 50);
+        assert!(all.iter().any(|(n, k)| *n == found[0].0 && k.name == "k7"));
+        assert_eq!(svc.reads.lock().len(), 50);
+        assert_eq!(svc.full.load(Ordering::SeqCst), 0);
+        assert_eq!(svc.lists.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_key_that_cannot_be_read_fails_the_search_with_the_cause() {
+        let svc = listing(5, Some("k3"));
+        let shared = Shared::new("b", "test", svc.clone(), None, None);
+        let e = shared.keys_for(Some(b"label-k3"), None).unwrap_err();
+        assert_eq!(e.rv(), CKR_DEVICE_ERROR);
+        assert!(e.cause().unwrap().contains("k3: the service said no"));
+        // The other keys are still served.
+        assert_eq!(shared.keys_for(Some(b"label-k1"), None).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_second_instance_reads_the_host_cache_and_asks_nothing() {
+        let dir = std::env::temp_dir().join(format!("p11b-shared-host-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let first = listing(20, None);
+        let a = Shared::new("b", "test", first.clone(), None, host(&dir));
+        assert_eq!(a.keys_for(Some(b"label-k4"), None).unwrap().len(), 1);
+        let second = listing(20, None);
+        let b = Shared::new("b", "test", second.clone(), None, host(&dir));
+        let found = b.keys_for(Some(b"label-k4"), None).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(second.lists.load(Ordering::SeqCst), 0);
+        assert!(second.reads.lock().is_empty());
+        // A key the first did not read: read once, and written for the next instance.
+        assert_eq!(b.keys_for(Some(b"label-k5"), None).unwrap().len(), 2);
+        assert_eq!(*second.reads.lock(), vec!["k5".to_string()]);
+        let third = listing(20, None);
+        let c = Shared::new("b", "test", third.clone(), None, host(&dir));
+        assert_eq!(c.keys_for(Some(b"label-k5"), None).unwrap().len(), 2);
+        assert!(third.reads.lock().is_empty());
+        assert_eq!(third.lists.load(Ordering::SeqCst), 0);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

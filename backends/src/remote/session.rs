@@ -326,7 +326,15 @@ impl BackendSession for RemoteSession {
     fn find(&mut self, template: Template) -> Result<Vec<ObjRef>> {
         let logged_in = self.logged_in();
         let mut out = Vec::new();
-        for (n, k) in self.shared.keys()? {
+        // A search by label or id reads only the listed keys it may find.
+        let wanted = |t: CK_ATTRIBUTE_TYPE| {
+            template
+                .raw()
+                .iter()
+                .find(|a| a.type_ == t)
+                .map(|a| crate::attr_bytes(a).unwrap_or(&[]))
+        };
+        for (n, k) in self.shared.keys_for(wanted(CKA_LABEL), wanted(CKA_ID))? {
             for class in objects_of(&k) {
                 let private = class == CLASS_PRIVATE || class == CLASS_SECRET;
                 if private && !logged_in {
@@ -442,11 +450,17 @@ impl BackendSession for RemoteSession {
                     ),
                 )
             })?;
+        // Under the host cache's lock: no other process writes keys it read before the import after the file is
+        // gone.
+        let _lock = self.shared.host_lock();
         let cert = self.shared.service.import_certificate(&key, der)?;
         tracing::info!(backend = %self.shared.name, key = %key.name, "certificate imported");
-        self.shared
+        let r = self
+            .shared
             .set_cert(&key.name, cert)
-            .ok_or(Error::new(CKR_GENERAL_ERROR))
+            .ok_or(Error::new(CKR_GENERAL_ERROR));
+        self.shared.forget_host_cache();
+        r
     }
 
     fn destroy_object(&mut self, obj: ObjRef) -> Result<()> {

@@ -39,6 +39,11 @@ pub struct RemoteSettings {
     pub certificates: BTreeMap<String, PathBuf>,
     /// Where generated certificates are cached (default `$XDG_CACHE_HOME/p11bridge` or `~/.cache/p11bridge`).
     pub cert_cache_dir: Option<PathBuf>,
+    /// Keep the keys read from the service in a host-wide cache beside the certificate cache
+    /// (`cert_cache_dir/keys/`, fresh for `cache_ttl_s`), so that other processes of the same configuration start
+    /// without per-key requests (`remote::hostcache`).
+    #[serde(default = "default_key_cache")]
+    pub key_cache: bool,
     /// Where certificates imported for keys (`C_CreateObject`, `p11bridge cert import`) are kept (default: the
     /// `imported` directory of the certificate cache).
     pub cert_store_dir: Option<PathBuf>,
@@ -72,6 +77,9 @@ fn default_connect_timeout_ms() -> u64 {
 fn default_ttl() -> u64 {
     300
 }
+fn default_key_cache() -> bool {
+    true
+}
 fn default_breaker_failures() -> u32 {
     3
 }
@@ -93,6 +101,7 @@ impl Default for RemoteSettings {
             cache_ttl_s: default_ttl(),
             certificates: BTreeMap::new(),
             cert_cache_dir: None,
+            key_cache: default_key_cache(),
             cert_store_dir: None,
             allow_destroy: false,
             breaker_failures: default_breaker_failures(),
@@ -218,11 +227,12 @@ pub fn check_url(name: &str, key: &str, url: &str) -> Result<()> {
 /// and the problem as [`crate::parse_section`] does; an unknown key's error lists every accepted key.
 pub fn parse_section<C: RemoteConfig>(name: &str, section: &toml::Table) -> Result<C> {
     let shared = field_names::<RemoteSettings>();
-    let (common, own): (toml::Table, toml::Table) = section
+    let own: toml::Table = section
         .clone()
         .into_iter()
-        .partition(|(k, _)| shared.contains(&k.as_str()));
-    let remote: RemoteSettings = crate::parse_section(name, &common)?;
+        .filter(|(k, _)| !shared.contains(&k.as_str()))
+        .collect();
+    let remote = shared_of(name, section)?;
     let mut cfg: C = toml::Value::Table(own.clone())
         .try_into()
         .map_err(|e: toml::de::Error| {
@@ -239,6 +249,17 @@ pub fn parse_section<C: RemoteConfig>(name: &str, section: &toml::Table) -> Resu
         })?;
     cfg.set_remote(remote);
     Ok(cfg)
+}
+
+/// The shared keys of a remote backend's section, parsed (the backend's own keys are left to [`parse_section`]).
+pub fn shared_of(name: &str, section: &toml::Table) -> Result<RemoteSettings> {
+    let shared = field_names::<RemoteSettings>();
+    let common: toml::Table = section
+        .iter()
+        .filter(|(k, _)| shared.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    crate::parse_section(name, &common)
 }
 
 /// serde's message for an unknown field (`unknown field `x`, expected one of `a`, `b``).
@@ -323,8 +344,8 @@ mod tests {
             Some(
                 "backend.b: unknown field `adress`, expected one of `kind`, `region`, `keys`, `discover`, \
                  `timeout_ms`, `connect_timeout_ms`, `cache_ttl_s`, `certificates`, `cert_cache_dir`, \
-                 `cert_store_dir`, `allow_destroy`, `breaker_failures`, `breaker_cooldown_ms`, `probe_interval_ms`, \
-                 `ca_cert`, `proxy`, `pki`"
+                 `key_cache`, `cert_store_dir`, `allow_destroy`, `breaker_failures`, `breaker_cooldown_ms`, \
+                 `probe_interval_ms`, `ca_cert`, `proxy`, `pki`"
             )
         );
         let t: toml::Table = toml::from_str("kind = \"x\"\ntimeout_ms = \"5\"").unwrap();
@@ -339,6 +360,6 @@ mod tests {
     fn field_names_are_serdes() {
         let names = field_names::<RemoteSettings>();
         assert!(names.contains(&"timeout_ms") && names.contains(&"probe_interval_ms"));
-        assert_eq!(names.len(), 15);
+        assert_eq!(names.len(), 16);
     }
 }

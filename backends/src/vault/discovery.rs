@@ -13,6 +13,15 @@ impl VaultService {
         h.finalize()[..16].to_vec()
     }
 
+    /// `CKA_LABEL` of a transit key: its name; a key created through the bridge shows the label it was created with.
+    pub(super) fn label_of(&self, name: &str) -> String {
+        match name.strip_prefix(self.cfg.created_prefix.as_str()) {
+            Some(l) if !self.cfg.created_prefix.is_empty() && !l.is_empty() => l,
+            _ => name,
+        }
+        .to_string()
+    }
+
     /// Reads one key and turns it into a `RemoteKey` (`None` for types the bridge does not expose).
     pub(super) fn describe(self: &Arc<Self>, name: &str, data: &Value) -> Option<RemoteKey> {
         let ty = data.get("type")?.as_str()?;
@@ -98,14 +107,9 @@ impl VaultService {
             ),
             _ => return None,
         };
-        // A key created through the bridge shows the label it was created with.
-        let label = match name.strip_prefix(self.cfg.created_prefix.as_str()) {
-            Some(l) if !self.cfg.created_prefix.is_empty() && !l.is_empty() => l,
-            _ => name,
-        };
         let mut key = RemoteKey {
             name: name.to_string(),
-            label: label.to_string(),
+            label: self.label_of(name),
             id: self.key_id(name),
             material,
             usage,
@@ -260,8 +264,48 @@ pub(super) fn public_key(pk: &str) -> Option<KeyMaterial> {
 impl Vault {
     /// Every key of the token (`RemoteService::fetch_keys`).
     pub(super) fn fetch(&self) -> Result<Vec<RemoteKey>> {
-        let me = self.0.clone();
+        let (names, list_refused) = self.0.key_names()?;
+        let keys = self.read(names)?;
+        if let Some(why) = list_refused {
+            let me = &self.0;
+            crate::diag::report(
+                CKR_OK,
+                format!(
+                    "backend \"{}\" (vault-transit, {}): cannot list the keys created through the bridge (created_prefix \"{}\"): {why}; they are not on the token unless named in keys",
+                    me.name,
+                    me.endpoint(),
+                    me.cfg.created_prefix,
+                ),
+            );
+        }
+        Ok(keys)
+    }
+
+    /// The keys of the token as named by the configuration and one `LIST` (`RemoteService::list_keys`): the label
+    /// and id come from the name. `None` when the `LIST` was refused (the full read says why, once the configured
+    /// keys could be read).
+    pub(super) fn list(&self) -> Result<Option<Vec<Listed>>> {
+        let me = &self.0;
         let (names, list_refused) = me.key_names()?;
+        if list_refused.is_some() {
+            return Ok(None);
+        }
+        Ok(Some(
+            names
+                .into_iter()
+                .map(|n| Listed {
+                    label: me.label_of(&n),
+                    id: me.key_id(&n),
+                    name: n,
+                    aliases: Vec::new(),
+                })
+                .collect(),
+        ))
+    }
+
+    /// Reads these keys (`GET <mount>/keys/NAME`, at most 16 at a time) and describes them.
+    pub(super) fn read(&self, names: Vec<String>) -> Result<Vec<RemoteKey>> {
+        let me = self.0.clone();
         // Read every key, at most 16 requests at a time.
         let reader = me.clone();
         let datas: Vec<(String, Result<Value>)> = runtime::run(me.deadline() * 4, async move {
@@ -317,17 +361,6 @@ impl Vault {
                     me.key_missing(&name, e.cause().unwrap_or("permission denied"));
                 }
             }
-        }
-        if let Some(why) = list_refused {
-            crate::diag::report(
-                CKR_OK,
-                format!(
-                    "backend \"{}\" (vault-transit, {}): cannot list the keys created through the bridge (created_prefix \"{}\"): {why}; they are not on the token unless named in keys",
-                    me.name,
-                    me.endpoint(),
-                    me.cfg.created_prefix,
-                ),
-            );
         }
         // Describing reads (or, the first time, generates) each key's certificate: 8 at a time.
         let described = runtime::par_map(found, 8, |(name, v)| {

@@ -25,8 +25,8 @@ use crate::batch::GroupCommit;
 use crate::health::{self, Endpoints};
 use crate::remote::mech::{Hash, RsaPad, SignRequest, ECDSA_MECHS, RSA_MECHS};
 use crate::remote::{
-    cert, Curve, GenerateKind, GenerateSpec, KeyMaterial, MechanismList, RemoteKey, RemoteService,
-    Usage, EC_FLAGS,
+    cert, Curve, GenerateKind, GenerateSpec, KeyMaterial, Listed, MechanismList, RemoteKey,
+    RemoteService, Usage, EC_FLAGS,
 };
 use crate::{runtime, vendor, BuildContext, Error, Result, SecretRef};
 use base64::Engine;
@@ -245,6 +245,14 @@ impl RemoteService for Vault {
 
     fn fetch_keys(&self) -> Result<Vec<RemoteKey>> {
         self.fetch()
+    }
+
+    fn list_keys(&self) -> Result<Option<Vec<Listed>>> {
+        self.list()
+    }
+
+    fn fetch_listed(&self, keys: &[Listed]) -> Result<Vec<RemoteKey>> {
+        self.read(keys.iter().map(|l| l.name.clone()).collect())
     }
 
     fn sign(&self, key: &RemoteKey, req: &SignRequest) -> Result<Vec<u8>> {
