@@ -191,6 +191,7 @@ impl KmsService {
             created: parking_lot::Mutex::new(Vec::new()),
             certs,
             resolved: parking_lot::Mutex::new(HashMap::new()),
+            lean: Default::default(),
         })
     }
 }

@@ -158,8 +158,26 @@ pub(super) struct Region {
     /// `None`: the standard chain's region (a single-region configuration without `region`).
     pub(super) name: Option<String>,
     pub(super) endpoint: Option<String>,
-    /// Its client, made on first use (and again in a forked child: its pool is the parent's).
-    pub(super) client: tokio::sync::Mutex<Option<(u32, Client)>>,
+    /// Its client, made on first use (and again in a forked child: its pool is the parent's), with where the caller-thread path sends its requests (`lean::Target`), if known.
+    pub(super) client: tokio::sync::Mutex<Option<(u32, Client, Option<lean::Target>)>>,
+}
+
+tokio::task_local! {
+    /// The region attempt of `failover` a call's future runs in.
+    static ATTEMPT: Attempt;
+}
+
+/// One region attempt of `failover`: which region, and when its share of the deadline ends (a request written on
+/// the caller's thread bounds itself by it; the runtime's timer cannot interrupt it).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Attempt {
+    pub(super) index: usize,
+    pub(super) end: std::time::Instant,
+}
+
+/// The attempt the running future belongs to (`None` outside `failover`).
+pub(super) fn attempt() -> Option<Attempt> {
+    ATTEMPT.try_with(|a| *a).ok()
 }
 
 /// Where a call may go.
@@ -193,6 +211,8 @@ pub struct KmsService {
     /// The last enumeration: each key of `keys` that was found, by the name the configuration gives, with the
     /// name of its key (its ARN).
     pub(super) resolved: parking_lot::Mutex<HashMap<String, String>>,
+    /// The caller-thread path of `Sign` (`lean.rs`).
+    pub(super) lean: lean::Lean,
 }
 
 impl KmsService {
@@ -205,12 +225,12 @@ impl KmsService {
         let me = std::process::id();
         let r = &self.regions[i.min(self.regions.len() - 1)];
         let mut g = r.client.lock().await;
-        if let Some((pid, c)) = g.as_ref() {
+        if let Some((pid, c, _)) = g.as_ref() {
             if *pid == me {
                 return c.clone();
             }
         }
-        let c = build_client(
+        let (c, target) = build_client(
             &self.cfg,
             self.ca.as_ref(),
             &self.proxies,
@@ -218,7 +238,7 @@ impl KmsService {
             r.endpoint.as_deref(),
         )
         .await;
-        *g = Some((me, c.clone()));
+        *g = Some((me, c.clone(), target));
         c
     }
 
@@ -358,7 +378,12 @@ impl KmsService {
             let share = turn.share(left);
             let c = self.client(i).await;
             let region = self.regions[i].name.clone();
-            let out = match tokio::time::timeout(share, f(c, region)).await {
+            let attempt = Attempt {
+                index: i,
+                end: std::time::Instant::now() + share,
+            };
+            let out = match tokio::time::timeout(share, ATTEMPT.scope(attempt, f(c, region))).await
+            {
                 Ok(r) => r,
                 Err(_) => Err(Fault::Unreachable(format!(
                     "no answer within {} ms (timeout)",
@@ -497,7 +522,7 @@ pub(super) async fn build_client(
     proxies: &Proxies,
     region: Option<&str>,
     endpoint: Option<&str>,
-) -> Client {
+) -> (Client, Option<lean::Target>) {
     let timeouts = TimeoutConfig::builder()
         .connect_timeout(cfg.remote.connect_timeout())
         .operation_timeout(cfg.remote.deadline())
@@ -518,6 +543,12 @@ pub(super) async fn build_client(
         loader = loader.profile_name(p);
     }
     let conf = loader.load().await;
+    let mut target = lean::target(
+        endpoint.or(conf.endpoint_url()),
+        conf.region().map(|r| r.as_ref()),
+        conf.use_fips() == Some(true) || conf.use_dual_stack() == Some(true),
+    );
+    let mut provider = conf.credentials_provider();
     let mut b = aws_sdk_kms::config::Builder::from(&conf);
     if let Some(e) = endpoint {
         b = b.endpoint_url(e);
@@ -528,9 +559,14 @@ pub(super) async fn build_client(
             .configure(&conf)
             .build()
             .await;
+        let p = aws_credential_types::provider::SharedCredentialsProvider::new(p);
+        provider = Some(p.clone());
         b = b.credentials_provider(p);
     }
-    Client::from_conf(b.build())
+    if let Some(t) = target.as_mut() {
+        t.provider = provider;
+    }
+    (Client::from_conf(b.build()), target)
 }
 
 /// Per-call config for calls that must not be repeated (they create or delete something).

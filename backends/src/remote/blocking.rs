@@ -121,7 +121,7 @@ impl Client {
     }
 
     /// One request within `timeout` (connecting, sending, reading the answer and following redirects): the
-    /// status and the body as text.
+    /// status and the body as text. A body is sent as `application/json` unless `headers` give its type.
     pub fn exchange(
         &self,
         method: &http::Method,
@@ -153,9 +153,16 @@ impl Client {
             for (k, v) in headers {
                 req = req.header(*k, *v);
             }
+            let typed = headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
             let sent = match body {
-                Some(b) => req
+                Some(b) if !typed => req
                     .header("content-type", "application/json")
+                    .body(b)
+                    .map_err(|e| Failure::Other(e.into()))
+                    .and_then(|r| run(&agent, r, left)),
+                Some(b) => req
                     .body(b)
                     .map_err(|e| Failure::Other(e.into()))
                     .and_then(|r| run(&agent, r, left)),
