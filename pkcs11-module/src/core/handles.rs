@@ -1,15 +1,25 @@
 //! Object handles of one token: stable for the life of the object, never reused while the module is initialized.
+//! With them, what the core has learnt of an object that cannot change while its handle lives (the EC keys whose
+//! type and curve passed `keycheck::usable_ec_key`).
 
 use cryptoki_sys::{CK_OBJECT_HANDLE, CK_RV};
 use p11bridge_backends::{Error, ObjRef, Result};
 use parking_lot::RwLock;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Which backend of the token holds an object (its position in the slot's backend list) and its reference there.
 pub type Located = (usize, ObjRef);
 
-pub enum Handles {
+pub struct Handles {
+    map: Map,
+    /// Objects known to be `CKK_EC` keys with a usable curve (`CKA_KEY_TYPE` and `CKA_EC_PARAMS` cannot be
+    /// changed once an object exists: spec §4.1.2 / the EC key tables), so an EC mechanism's init reads them once
+    /// per object, not once per call. Forgotten with the handle.
+    ec_keys: RwLock<HashSet<Located>>,
+}
+
+enum Map {
     /// A mirror slot: the upstream's handles, unchanged (so handles inside mechanism parameters stay valid).
     Identity,
     /// A unified slot: bridge handles from a counter, mapped both ways.
@@ -30,23 +40,43 @@ struct Maps {
 
 impl Handles {
     pub fn table() -> Self {
-        Handles::Table(Table {
-            maps: RwLock::default(),
-            next: AtomicU64::new(1),
-        })
+        Handles {
+            map: Map::Table(Table {
+                maps: RwLock::default(),
+                next: AtomicU64::new(1),
+            }),
+            ec_keys: RwLock::default(),
+        }
+    }
+
+    pub fn identity() -> Self {
+        Handles {
+            map: Map::Identity,
+            ec_keys: RwLock::default(),
+        }
     }
 
     /// Whether these are the bridge's own handles (a table), which the core translates to the backends' — also
     /// inside mechanism parameters — and forgets with their session objects.
     pub fn translated(&self) -> bool {
-        matches!(self, Handles::Table(_))
+        matches!(self.map, Map::Table(_))
     }
 
     pub fn resolve(&self, h: CK_OBJECT_HANDLE) -> Option<Located> {
-        match self {
-            Handles::Identity => (h != 0).then_some((0, h as ObjRef)),
-            Handles::Table(t) => t.maps.read().fwd.get(&h).copied(),
+        match &self.map {
+            Map::Identity => (h != 0).then_some((0, h as ObjRef)),
+            Map::Table(t) => t.maps.read().fwd.get(&h).copied(),
         }
+    }
+
+    /// Whether the object was found to be an EC key with a usable curve.
+    pub fn ec_key_checked(&self, loc: Located) -> bool {
+        self.ec_keys.read().contains(&loc)
+    }
+
+    /// Remembers that the object is an EC key with a usable curve.
+    pub fn ec_key_passed(&self, loc: Located) {
+        self.ec_keys.write().insert(loc);
     }
 
     /// Where the object of handle `h` lives, or the error `invalid` (`CKR_OBJECT_HANDLE_INVALID`,
@@ -57,9 +87,9 @@ impl Handles {
 
     /// The bridge handle of a backend object, allocating one the first time it is seen.
     pub fn intern(&self, loc: Located) -> CK_OBJECT_HANDLE {
-        match self {
-            Handles::Identity => loc.1 as CK_OBJECT_HANDLE,
-            Handles::Table(t) => {
+        match &self.map {
+            Map::Identity => loc.1 as CK_OBJECT_HANDLE,
+            Map::Table(t) => {
                 if let Some(h) = t.maps.read().rev.get(&loc) {
                     return *h;
                 }
@@ -77,10 +107,20 @@ impl Handles {
 
     /// Forgets a handle whose object is gone (destroyed, or a session object whose session closed).
     pub fn forget(&self, h: CK_OBJECT_HANDLE) {
-        if let Handles::Table(t) = self {
-            let mut m = t.maps.write();
-            if let Some(loc) = m.fwd.remove(&h) {
-                m.rev.remove(&loc);
+        let loc = match &self.map {
+            Map::Identity => Some((0, h as ObjRef)),
+            Map::Table(t) => {
+                let mut m = t.maps.write();
+                let loc = m.fwd.remove(&h);
+                if let Some(loc) = loc {
+                    m.rev.remove(&loc);
+                }
+                loc
+            }
+        };
+        if let Some(loc) = loc {
+            if self.ec_key_checked(loc) {
+                self.ec_keys.write().remove(&loc);
             }
         }
     }
@@ -102,5 +142,18 @@ mod tests {
         let c = t.intern((0, 7));
         assert!(c != a && c != b);
         assert_eq!(t.resolve(c), Some((0, 7)));
+    }
+
+    #[test]
+    fn an_ec_verdict_goes_with_its_handle() {
+        for t in [Handles::table(), Handles::identity()] {
+            let h = t.intern((0, 9));
+            let loc = t.resolve(h).unwrap();
+            assert!(!t.ec_key_checked(loc));
+            t.ec_key_passed(loc);
+            assert!(t.ec_key_checked(loc));
+            t.forget(h);
+            assert!(!t.ec_key_checked(loc));
+        }
     }
 }

@@ -177,12 +177,31 @@ pub fn uses_ec_curve(mech: CK_MECHANISM_TYPE) -> bool {
 /// check the type itself: ECDSA with an Ed25519 key ("edwards25519" as its CKA_EC_PARAMS) dies in
 /// `EC_POINT_oct2point` — the fuzzer's state-dependent crash (the bridge's handle for that key varied from run to
 /// run). The creation checks keep malformed curves out; this is the second fence. A key whose attributes cannot be
-/// read is left to the backend.
+/// read is left to the backend. A `CKK_EC` key with a usable curve passes for every EC mechanism and its handle
+/// remembers it (`Handles::ec_key_passed`): the attributes are read once per object, not on every init (≈ 30 µs on
+/// SoftHSM2 per `C_SignInit`).
 pub fn usable_ec_key(
+    handles: &super::handles::Handles,
+    bs: &mut dyn p11bridge_backends::BackendSession,
+    loc: super::handles::Located,
+    mech: CK_MECHANISM_TYPE,
+) -> Result<()> {
+    if handles.ec_key_checked(loc) {
+        return Ok(());
+    }
+    if ec_key_verdict(bs, loc.1, mech)? {
+        handles.ec_key_passed(loc);
+    }
+    Ok(())
+}
+
+/// `usable_ec_key` without the memory: `true` when the key is `CKK_EC` with a usable curve (a verdict that holds for
+/// the object's life), `false` when it passes for this mechanism only or its attributes could not be read.
+fn ec_key_verdict(
     bs: &mut dyn p11bridge_backends::BackendSession,
     obj: p11bridge_backends::ObjRef,
     mech: CK_MECHANISM_TYPE,
-) -> Result<()> {
+) -> Result<bool> {
     let mut kt: CK_KEY_TYPE = CK_UNAVAILABLE_INFORMATION;
     let mut params = [0u8; 1024];
     let mut t = [
@@ -193,12 +212,12 @@ pub fn usable_ec_key(
     // lengths unreliable: the backend decides then, as it would without the fence.
     let rv = bs.get_attributes(obj, &mut t);
     if kt == CK_UNAVAILABLE_INFORMATION || t[0].ulValueLen == CK_UNAVAILABLE_INFORMATION {
-        return Ok(());
+        return Ok(false);
     }
     let ecdsa = (CKM_ECDSA..=CKM_ECDSA_SHA3_512).contains(&mech);
     match kt {
         CKK_EC => {}
-        CKK_EC_MONTGOMERY if !ecdsa => return Ok(()),
+        CKK_EC_MONTGOMERY if !ecdsa => return Ok(false),
         _ => {
             return Err(Error::with(
                 CKR_KEY_TYPE_INCONSISTENT,
@@ -218,14 +237,14 @@ pub fn usable_ec_key(
         || t[1].ulValueLen == CK_UNAVAILABLE_INFORMATION
         || t[1].ulValueLen as usize > params.len()
     {
-        return Ok(());
+        return Ok(false);
     }
     let v = &params[..t[1].ulValueLen as usize];
     if known_curve(v) {
-        return Ok(());
+        return Ok(true);
     }
     match super::ecparams::check(v) {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(true),
         Err(why) => Err(Error::with(
             CKR_KEY_TYPE_INCONSISTENT,
             format!(

@@ -349,7 +349,9 @@ impl Module {
             }
         }
         let handle = slot.handles.intern((pos, obj));
-        if session_object && slot.handles.translated() {
+        // Forgotten when the session closes (a mirror slot's handles are the upstream's: what the core remembers of
+        // the object goes with it; a unified slot's handle goes too).
+        if session_object {
             inner.session_objects.push(handle);
         }
         handle

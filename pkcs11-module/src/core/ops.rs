@@ -201,7 +201,12 @@ impl Module {
             None => (slot.backend_for_mechanism(mech.mech_type())?, None),
         };
         if let Some(o) = obj.filter(|_| super::keycheck::uses_ec_curve(mech.mech_type())) {
-            super::keycheck::usable_ec_key(inner.backend(slot, s.rw, pos)?, o, mech.mech_type())?;
+            super::keycheck::usable_ec_key(
+                &slot.handles,
+                inner.backend(slot, s.rw, pos)?,
+                (pos, o),
+                mech.mech_type(),
+            )?;
         }
         let started = std::time::Instant::now();
         // A hash-and-sign mechanism this key's backend lacks, while it has the raw one: hash here, sign there.
@@ -655,7 +660,12 @@ impl Module {
         let st = for_backend.get();
         let mut inner = s.lock();
         if super::keycheck::uses_ec_curve(mech.mech_type()) {
-            super::keycheck::usable_ec_key(inner.backend(slot, s.rw, pos)?, bo, mech.mech_type())?;
+            super::keycheck::usable_ec_key(
+                &slot.handles,
+                inner.backend(slot, s.rw, pos)?,
+                (pos, bo),
+                mech.mech_type(),
+            )?;
         }
         let o = key_handle_rv(
             inner.backend(slot, s.rw, pos)?.derive_key(&mech, bo, st),

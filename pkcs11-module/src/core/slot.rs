@@ -156,7 +156,7 @@ impl Slot {
                             kind,
                             token,
                         }],
-                        handles: Handles::Identity,
+                        handles: Handles::identity(),
                         state: Mutex::new(TokenState::default()),
                     }
                 })
