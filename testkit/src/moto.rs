@@ -112,6 +112,24 @@ impl Moto {
         out
     }
 
+    /// Requests since the last reset by action and sender: `"Sign sdk"` (the AWS SDK for Rust) or `"Sign other"`
+    /// (any other client, e.g. the bridge's caller-thread `Sign`).
+    pub fn clients(&self) -> Vec<(String, u64)> {
+        let v: serde_json::Value =
+            serde_json::from_str(&self.http("GET", "/_fidelity/clients", ""))
+                .expect("the fidelity layer's client counts are JSON");
+        let mut out: Vec<(String, u64)> = v
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
     /// Requests of one KMS action since the last reset.
     pub fn count(&self, action: &str) -> u64 {
         self.stats()

@@ -6,6 +6,8 @@ Sign/Verify/Encrypt/Decrypt/GetPublicKey patched to behave as the AWS KMS API
 Reference documents, plus a small side channel for tests:
 
   GET  /_fidelity/stats   -> {"Sign": 3, ...}   requests per KMS action
+  GET  /_fidelity/clients -> {"Sign other": 1, "ListKeys sdk": 2, ...}   the same, by sender (the AWS SDK for
+                             Rust, or another client such as the bridge's caller-thread Sign)
   POST /_fidelity/reset   -> clears the counters and all pending faults
   POST /_fidelity/fault   {"action": "Sign", "mode": "throttle"|"500"|"delay",
                            "count": N, "delay_ms": M}
@@ -338,6 +340,9 @@ class Fidelity:
         self.app = app
         self.lock = threading.Lock()
         self.counts: Counter = Counter()
+        # "Action sdk" / "Action other": who sent it (the AWS SDK for Rust names itself in its user agent; the bridge's
+        # caller-thread Sign does not), so tests can tell which path a request took.
+        self.clients: Counter = Counter()
         self.faults: list = []  # dicts: action, mode, count (remaining), delay_ms
 
     def __call__(self, environ, start_response):
@@ -348,8 +353,10 @@ class Fidelity:
         if not target.startswith("TrentService."):
             return self.app(environ, start_response)
         action = target.split(".", 1)[1]
+        sdk = "aws-sdk-rust" in environ.get("HTTP_USER_AGENT", "") + environ.get("HTTP_X_AMZ_USER_AGENT", "")
         with self.lock:
             self.counts[action] += 1
+            self.clients[f"{action} {'sdk' if sdk else 'other'}"] += 1
             fault = self._take_fault(action)
 
         if fault is not None:
@@ -382,9 +389,13 @@ class Fidelity:
         if path == "/_fidelity/stats" and method == "GET":
             with self.lock:
                 return _json(200, dict(self.counts))
+        if path == "/_fidelity/clients" and method == "GET":
+            with self.lock:
+                return _json(200, dict(self.clients))
         if path == "/_fidelity/reset" and method == "POST":
             with self.lock:
                 self.counts.clear()
+                self.clients.clear()
                 self.faults.clear()
             return _json(200, {})
         if path == "/_fidelity/fault" and method == "POST":

@@ -593,6 +593,74 @@ fn keygen_export_sign_openssl_verify_kms() {
     generated_key_signs("kms", "p256", "ECDSA-SHA256");
 }
 
+/// A KMS section without `endpoint`, the endpoint in `AWS_ENDPOINT_URL_KMS` (as in the package's service test):
+/// found by the SDK's calls and by the caller-thread `Sign` alike (kms/lean.rs looks it up as the SDK does); the
+/// signature verifies with openssl, and the Sign request was the bridge's own, not the SDK's.
+#[test]
+fn kms_endpoint_from_the_environment() {
+    let _s = serial();
+    let e = fixture();
+    let m = common::moto::moto();
+    let good = std::fs::read_to_string(&e.config).unwrap();
+    let alt = good.replace(&format!("endpoint = \"{}\"\n", m.url), "");
+    assert_ne!(alt, good, "the fixture's KMS section names its endpoint");
+    let cfg = tmp("kms-endpoint-from-env.toml");
+    std::fs::write(&cfg, alt).unwrap();
+    let with_env = |args: &[&str]| {
+        let out = cli()
+            .arg("--config")
+            .arg(&cfg)
+            .env("AWS_ENDPOINT_URL_KMS", &m.url)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "p11bridge {args:?}: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    };
+    let pem = tmp("kms-env.pem");
+    with_env(&[
+        "export",
+        "--uri",
+        "pkcs11:token=unified;object=kms-ec;type=public",
+        "-o",
+        p(&pem),
+    ]);
+    let msg = tmp("kms-env.msg");
+    std::fs::write(&msg, b"KMS endpoint from AWS_ENDPOINT_URL_KMS").unwrap();
+    let sig = tmp("kms-env.sig");
+    m.reset();
+    with_env(&[
+        "sign",
+        "--uri",
+        "pkcs11:token=unified;object=kms-ec;type=private",
+        "-m",
+        "ECDSA-SHA256",
+        "-i",
+        p(&msg),
+        "-o",
+        p(&sig),
+    ]);
+    assert!(openssl_ok(&[
+        "dgst",
+        "-sha256",
+        "-verify",
+        p(&pem),
+        "-signature",
+        p(&sig),
+        p(&msg),
+    ]));
+    let signs: Vec<(String, u64)> = m
+        .clients()
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("Sign "))
+        .collect();
+    assert_eq!(signs, vec![("Sign other".to_string(), 1)]);
+}
+
 #[test]
 fn keygen_in_a_backend_that_does_not_exist() {
     let _g = serial();

@@ -125,6 +125,8 @@ fn searches_attributes_and_length_queries_make_no_request() {
     // The cryptoki crate's sign() asks for the length first (NULL buffer), then signs: one Sign.
     let sig = s.sign(&Mechanism::Ecdsa, key, &[7u8; 32]).unwrap();
     assert_eq!(m.stats(), vec![("Sign".to_string(), 1)]);
+    // From the application's thread, Sign is written by the bridge on that thread (kms/lean.rs), not by the SDK.
+    assert_eq!(m.clients(), vec![("Sign other".to_string(), 1)]);
     // Verification is local.
     s.verify(&Mechanism::Ecdsa, public, &[7u8; 32], &sig)
         .unwrap();
@@ -152,6 +154,8 @@ fn throttling_and_5xx_are_retried_for_idempotent_calls() {
         3,
         "two throttled attempts and the one that served"
     );
+    // Retried by the caller-thread path itself (the SDK's policy, kms/lean.rs), not by falling back to the SDK.
+    assert_eq!(m.clients(), vec![("Sign other".to_string(), 3)]);
     m.reset();
     m.fault("Sign", "500", 1, 0);
     s.sign(&Mechanism::Sha256RsaPkcs, key, b"retried").unwrap();

@@ -5,7 +5,8 @@
 //! Used for `Sign`, the call an application makes per TLS handshake or signature, when:
 //! - the caller's own thread drives the call (`runtime::may_block`), inside a region attempt of `failover` (which
 //!   still walks the regions, keeps the breakers and says where a failure happened);
-//! - the region's URL is known exactly: the configured `endpoint`, else the SDK's `endpoint_url`, else
+//! - the region's URL is known exactly: the configured `endpoint`, else the SDK's (`AWS_ENDPOINT_URL_KMS`,
+//!   `AWS_ENDPOINT_URL`, a profile's `endpoint_url`, found as the SDK finds it), else
 //!   `https://kms.<region>.amazonaws.com` when neither FIPS nor dual-stack endpoints are asked for and the region is
 //!   in the `aws` partition (other partitions, FIPS and dual-stack keep the SDK, which resolves them);
 //! - no proxy stands in the way (proxied requests keep the SDK's client, which tunnels and explains refusals).
@@ -76,6 +77,23 @@ pub(super) fn target(
         region,
         provider: None,
     })
+}
+
+/// The endpoint URL the SDK's KMS client takes from `conf`, found as `aws_sdk_kms::config::Builder::from` finds it:
+/// one set on the loader, else the service-specific setting (`AWS_ENDPOINT_URL_KMS`, a profile's `services`
+/// section), else the global one (`AWS_ENDPOINT_URL`, a profile's `endpoint_url`).
+pub(super) fn sdk_endpoint_url(conf: &aws_types::SdkConfig) -> Option<String> {
+    if conf.get_origin("endpoint_url").is_client_config() {
+        return conf.endpoint_url().map(str::to_owned);
+    }
+    let key = aws_types::service_config::ServiceConfigKey::builder()
+        .service_id("KMS")
+        .env("AWS_ENDPOINT_URL")
+        .profile("endpoint_url")
+        .build()
+        .ok();
+    key.and_then(|k| conf.service_config().and_then(|c| c.load_config(k)))
+        .or_else(|| conf.endpoint_url().map(str::to_owned))
 }
 
 /// The caller-thread client and the credentials it signs with (one per backend).

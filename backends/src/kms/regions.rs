@@ -543,8 +543,9 @@ pub(super) async fn build_client(
         loader = loader.profile_name(p);
     }
     let conf = loader.load().await;
+    let sdk_endpoint = lean::sdk_endpoint_url(&conf);
     let mut target = lean::target(
-        endpoint.or(conf.endpoint_url()),
+        endpoint.or(sdk_endpoint.as_deref()),
         conf.region().map(|r| r.as_ref()),
         conf.use_fips() == Some(true) || conf.use_dual_stack() == Some(true),
     );
