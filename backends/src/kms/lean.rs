@@ -15,7 +15,9 @@
 //! credentials from the same provider (the default chain, `profile`, `role_arn`), kept until five minutes before
 //! they expire (15 minutes for credentials without an expiry, as the SDK's identity cache); the standard retry
 //! policy (throttling, 5xx and connection errors; `max_attempts`; jittered exponential backoff from 50 ms to 1 s)
-//! within the attempt's time; KMS errors read from the answer's `__type` and `message`, as the SDK reads them.
+//! within the attempt's time; KMS errors read from the answer's `__type` and `message`, as the SDK reads them. An
+//! answer refusing the signature or the credentials (a skewed clock, credentials rotated early) hands the request to
+//! the SDK, which corrects clock skew and has its own identity cache; its answer stands.
 
 use super::*;
 use crate::remote::blocking::{self, Failure};
@@ -122,6 +124,15 @@ const THROTTLING: &[&str] = &[
     "EC2ThrottledException",
 ];
 
+/// Answers to the signature or the credentials, after which the SDK sends the request itself.
+const REJECTED: &[&str] = &[
+    "InvalidSignatureException",
+    "SignatureDoesNotMatch",
+    "IncompleteSignature",
+    "ExpiredTokenException",
+    "UnrecognizedClientException",
+];
+
 /// The transient codes it retries (besides HTTP 500, 502, 503 and 504).
 const TRANSIENT: &[&str] = &["RequestTimeout", "RequestTimeoutException"];
 
@@ -177,7 +188,16 @@ impl KmsService {
             };
             blocking::Client::new(&roots, self.cfg.remote.connect_timeout())
         });
-        Some(self.lean_send(http, &target, op, body, at.end).await)
+        match self.lean_send(http, &target, op, body, at.end).await {
+            // KMS refused the signature or the credentials: the SDK sends the request (with its clock-skew
+            // correction and identity cache), and its answer stands; the credentials are fetched again next time.
+            Err(Fault::Service(code, _, _)) if REJECTED.contains(&code.as_str()) => {
+                tracing::debug!(backend = %self.name, %code, "caller-thread request refused; the SDK sends it");
+                *self.lean.creds.lock().await = None;
+                None
+            }
+            r => Some(r),
+        }
     }
 
     async fn lean_send(
