@@ -143,7 +143,12 @@ fn processes_share_the_keys_through_the_host_cache() {
         std::fs::write(f, b"{\"format\": 1, \"keys\": [garbage").unwrap();
     }
     m.reset();
-    assert_eq!(other_process(&st.config), first);
+    let (out, err) = list_objects(&st.config, &[]);
+    assert_eq!(out, first, "stderr: {err}");
+    assert!(
+        err.contains("host key cache") && err.contains("ignored: not a cache file"),
+        "the person is told why the file is not used: {err}"
+    );
     assert!(m.count("GetPublicKey") >= 3, "{:?}", m.stats());
     for f in &files {
         let v: serde_json::Value =

@@ -191,8 +191,14 @@ impl KmsService {
         match self.lean_send(http, &target, op, body, at.end).await {
             // KMS refused the signature or the credentials: the SDK sends the request (with its clock-skew
             // correction and identity cache), and its answer stands; the credentials are fetched again next time.
-            Err(Fault::Service(code, _, _)) if REJECTED.contains(&code.as_str()) => {
-                tracing::debug!(backend = %self.name, %code, "caller-thread request refused; the SDK sends it");
+            Err(Fault::Service(code, message, _)) if REJECTED.contains(&code.as_str()) => {
+                // Said once per process and code (the message carries times and ids that change every call).
+                tracing::debug!(backend = %self.name, %code, %message, "caller-thread request refused; the SDK sends it");
+                crate::diag::notice(&format!(
+                    "backend \"{}\" (aws-kms, {}): KMS refused a {op} request signed by the bridge ({code}); it is sent through the AWS SDK instead (clock-skew correction, its own credential cache), which costs a second request per call: check the host's clock and the credentials",
+                    self.name,
+                    target.url.trim_end_matches('/')
+                ));
                 *self.lean.creds.lock().await = None;
                 None
             }

@@ -48,6 +48,8 @@ const IDENTITY_ENV: &[&str] = &[
 /// One backend configuration's cache file.
 #[derive(Debug, Clone)]
 pub struct HostCache {
+    /// The backend's name (for what is said to the person).
+    backend: String,
     /// `<dir>/<identity>.json`; the lock file is `<dir>/<identity>.lock`.
     path: PathBuf,
     lock: PathBuf,
@@ -191,6 +193,7 @@ impl HostCache {
         let dir = cert::cache_dir(settings.cert_cache_dir.clone())?.join("keys");
         let identity = identity(name, kind, section);
         Some(HostCache {
+            backend: name.to_string(),
             path: dir.join(format!("{identity}.json")),
             lock: dir.join(format!("{identity}.lock")),
             identity,
@@ -223,21 +226,27 @@ impl HostCache {
 
     /// The keys in the file (read and listed) and how old they are, if the file is there, fresh, this
     /// configuration's and sound.
+    /// A file that is there but cannot be used (not the user's own, unreadable, unsound) is said once per process
+    /// and cause: every process then reads the keys from the service. An absent, stale or other configuration's
+    /// file is the normal course and says nothing.
     pub fn load(&self) -> Option<Fetched> {
-        let meta = std::fs::metadata(&self.path).ok()?;
+        let meta = match std::fs::metadata(&self.path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => return self.unusable(&e.to_string()),
+        };
         // The user's own file, not writable by anyone else.
         // SAFETY: geteuid has no preconditions and cannot fail.
         if meta.uid() != unsafe { libc::geteuid() } || meta.mode() & 0o022 != 0 {
-            tracing::debug!(path = %self.path.display(), "host key cache not the user's own: ignored");
-            return None;
+            return self.unusable("not the user's own, or writable by others");
         }
-        let bytes = std::fs::read(&self.path).ok()?;
+        let bytes = match std::fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) => return self.unusable(&e.to_string()),
+        };
         let f: File = match serde_json::from_slice(&bytes) {
             Ok(f) => f,
-            Err(e) => {
-                tracing::debug!(path = %self.path.display(), error = %e, "host key cache unreadable: ignored");
-                return None;
-            }
+            Err(e) => return self.unusable(&format!("not a cache file ({e})")),
         };
         let now = now_s();
         if f.format != FORMAT || f.identity != self.identity || f.written > now + 60 {
@@ -263,8 +272,7 @@ impl HostCache {
             .filter(|l| !l.name.is_empty())
             .collect();
         if keys.len() + pending.len() != n {
-            tracing::debug!(path = %self.path.display(), "host key cache has unsound entries: ignored");
-            return None;
+            return self.unusable("entries that do not hold together (a certificate without its key's public key, ...)");
         }
         Some(Fetched {
             keys,
@@ -274,9 +282,19 @@ impl HostCache {
         })
     }
 
+    /// Says once why the file is not used; `None`.
+    fn unusable(&self, why: &str) -> Option<Fetched> {
+        crate::diag::notice(&format!(
+            "backend \"{}\": host key cache {} ignored: {why}; the keys are read from the service (and the file replaced)",
+            self.backend,
+            self.path.display()
+        ));
+        None
+    }
+
     /// Replaces the file with `keys` read and `pending` listed, `age` old (atomically; files 0600, the directory
     /// 0700). A failure is said once (the keys are served all the same; the next process fetches them itself).
-    pub fn store(&self, backend: &str, f: &Fetched) {
+    pub fn store(&self, f: &Fetched) {
         let (keys, pending, age) = (&f.keys, &f.pending, f.age);
         let file = File {
             format: FORMAT,
@@ -299,7 +317,8 @@ impl HostCache {
             .and_then(|b| cert::write_atomic(&self.path, b));
         if let Err(e) = r {
             crate::diag::notice(&format!(
-                "backend \"{backend}\": cannot write the host key cache {}: {e}; every process will list the keys itself",
+                "backend \"{}\": cannot write the host key cache {}: {e}; every process will list the keys itself",
+                self.backend,
                 self.path.display()
             ));
         }
@@ -311,13 +330,23 @@ impl HostCache {
     }
 
     /// Takes the lock that makes one process of many fetch, waiting at most `wait`. `None`: not taken (timed out,
-    /// or no lock file could be made); the caller fetches all the same.
+    /// or no lock file could be made: said once); the caller fetches all the same.
     pub fn lock(&self) -> Option<Lock> {
         use std::os::unix::io::AsRawFd;
+        let unlocked = |why: String| {
+            crate::diag::notice(&format!(
+                "backend \"{}\": host key cache lock {}: {why}; this process reads the keys itself",
+                self.backend,
+                self.lock.display()
+            ));
+            None
+        };
         if let Some(d) = self.lock.parent() {
-            cert::create_private_dir(d).ok()?;
+            if let Err(e) = cert::create_private_dir(d) {
+                return unlocked(e.to_string());
+            }
         }
-        let f = std::fs::OpenOptions::new()
+        let f = match std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
@@ -325,7 +354,10 @@ impl HostCache {
             .mode(0o600)
             .custom_flags(libc::O_CLOEXEC)
             .open(&self.lock)
-            .ok()?;
+        {
+            Ok(f) => f,
+            Err(e) => return unlocked(e.to_string()),
+        };
         let start = std::time::Instant::now();
         loop {
             // SAFETY: flock on a file descriptor this function owns; non-blocking.
@@ -336,11 +368,13 @@ impl HostCache {
             if err.raw_os_error() != Some(libc::EWOULDBLOCK)
                 && err.raw_os_error() != Some(libc::EINTR)
             {
-                return None;
+                return unlocked(err.to_string());
             }
             if start.elapsed() >= self.wait {
-                tracing::debug!(path = %self.lock.display(), "waited for another process's key fetch long enough");
-                return None;
+                return unlocked(format!(
+                    "another process has held it for {} ms (its fetch is slow or stuck)",
+                    self.wait.as_millis()
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -486,7 +520,7 @@ mod tests {
             ..key("s")
         };
         let k = key("k");
-        a.store("b", &fetched(vec![k.clone(), secret], vec![listed("l")]));
+        a.store(&fetched(vec![k.clone(), secret], vec![listed("l")]));
         let Fetched {
             keys,
             pending,
@@ -539,7 +573,7 @@ mod tests {
             Duration::from_secs(1),
         )
         .unwrap();
-        c.store("b", &fetched(vec![key("k")], vec![]));
+        c.store(&fetched(vec![key("k")], vec![]));
         let good = std::fs::read(c.path()).unwrap();
         for bad in [
             b"".to_vec(),
@@ -571,7 +605,7 @@ mod tests {
         std::fs::set_permissions(c.path(), std::fs::Permissions::from_mode(0o666)).unwrap();
         assert!(c.load().is_none());
         // Replaced by the next store.
-        c.store("b", &fetched(vec![key("k")], vec![]));
+        c.store(&fetched(vec![key("k")], vec![]));
         assert!(c.load().is_some());
         let _ = std::fs::remove_dir_all(&d);
     }
@@ -613,7 +647,7 @@ mod tests {
             for _ in 0..8 {
                 s.spawn(|| {
                     for _ in 0..10 {
-                        c.store("b", &fetched(keys.clone(), vec![]));
+                        c.store(&fetched(keys.clone(), vec![]));
                         if let Some(f) = c.load() {
                             assert_eq!(f.keys.len(), 50);
                         }

@@ -553,7 +553,7 @@ impl Shared {
         let mark = crate::diag::notice_mark();
         let mut f = self.fetch_from_service(lazy, reread)?;
         f.notices = self.notices_since(mark);
-        h.store(&self.name, &f);
+        h.store(&f);
         Ok(f)
     }
 
@@ -707,15 +707,12 @@ impl Shared {
                     notices.sort();
                     notices.dedup();
                 }
-                h.store(
-                    &self.name,
-                    &Fetched {
-                        keys,
-                        pending,
-                        age,
-                        notices,
-                    },
-                );
+                h.store(&Fetched {
+                    keys,
+                    pending,
+                    age,
+                    notices,
+                });
             }
         }
         Ok(())
