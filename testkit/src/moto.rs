@@ -97,27 +97,19 @@ impl Moto {
 
     /// Requests per KMS action since the last reset, by action name.
     pub fn stats(&self) -> Vec<(String, u64)> {
-        let stats: serde_json::Value =
-            serde_json::from_str(&self.http("GET", "/_fidelity/stats", ""))
-                .expect("the fidelity layer's stats are JSON");
-        let mut out: Vec<(String, u64)> = stats
-            .as_object()
-            .map(|o| {
-                o.iter()
-                    .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        out.sort();
-        out
+        self.counters("/_fidelity/stats")
     }
 
     /// Requests since the last reset by action and sender: `"Sign sdk"` (the AWS SDK for Rust) or `"Sign other"`
     /// (any other client, e.g. the bridge's caller-thread `Sign`).
     pub fn clients(&self) -> Vec<(String, u64)> {
-        let v: serde_json::Value =
-            serde_json::from_str(&self.http("GET", "/_fidelity/clients", ""))
-                .expect("the fidelity layer's client counts are JSON");
+        self.counters("/_fidelity/clients")
+    }
+
+    /// A counter table of the fidelity layer (`{"name": n, ...}`), sorted by name.
+    fn counters(&self, path: &str) -> Vec<(String, u64)> {
+        let v: serde_json::Value = serde_json::from_str(&self.http("GET", path, ""))
+            .unwrap_or_else(|e| panic!("the fidelity layer's {path} is JSON: {e}"));
         let mut out: Vec<(String, u64)> = v
             .as_object()
             .map(|o| {

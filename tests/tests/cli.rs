@@ -71,7 +71,12 @@ fn text(b: &[u8]) -> String {
 
 /// Runs and insists on success; stdout.
 fn ok(args: &[&str]) -> String {
-    let out = run(args);
+    succeeds(cli(), args)
+}
+
+/// Runs `c` with `args` and insists on success; stdout.
+fn succeeds(mut c: Command, args: &[&str]) -> String {
+    let out = c.args(args).output().unwrap();
     assert!(
         out.status.success(),
         "p11bridge {args:?}: {}{}",
@@ -435,6 +440,19 @@ fn openssl_ok(args: &[&str]) -> bool {
     out.status.success()
 }
 
+/// Whether openssl verifies `sig` (DER) over `msg`, hashed with SHA-256, with the public key in `pem`.
+fn openssl_verifies_sha256(pem: &Path, sig: &Path, msg: &Path) -> bool {
+    openssl_ok(&[
+        "dgst",
+        "-sha256",
+        "-verify",
+        p(pem),
+        "-signature",
+        p(sig),
+        p(msg),
+    ])
+}
+
 /// keygen → export → sign (DER) → openssl verifies; the CLI's verify accepts DER and raw.
 fn generated_key_signs(backend: &str, ty: &str, mech: &str) {
     let label = format!("cli-{backend}-{ty}");
@@ -484,15 +502,7 @@ fn generated_key_signs(backend: &str, ty: &str, mech: &str) {
             p(&sig),
         ])
     } else {
-        openssl_ok(&[
-            "dgst",
-            "-sha256",
-            "-verify",
-            p(&pem),
-            "-signature",
-            p(&sig),
-            p(&msg),
-        ])
+        openssl_verifies_sha256(&pem, &sig, &msg)
     };
     assert!(verified, "openssl verifies {label}'s signature");
     let public = uri.replace("type=private", "type=public");
@@ -607,19 +617,11 @@ fn kms_endpoint_from_the_environment() {
     let cfg = tmp("kms-endpoint-from-env.toml");
     std::fs::write(&cfg, alt).unwrap();
     let with_env = |args: &[&str]| {
-        let out = cli()
-            .arg("--config")
+        let mut c = cli();
+        c.arg("--config")
             .arg(&cfg)
-            .env("AWS_ENDPOINT_URL_KMS", &m.url)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "p11bridge {args:?}: {}{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
+            .env("AWS_ENDPOINT_URL_KMS", &m.url);
+        succeeds(c, args)
     };
     let pem = tmp("kms-env.pem");
     with_env(&[
@@ -644,15 +646,7 @@ fn kms_endpoint_from_the_environment() {
         "-o",
         p(&sig),
     ]);
-    assert!(openssl_ok(&[
-        "dgst",
-        "-sha256",
-        "-verify",
-        p(&pem),
-        "-signature",
-        p(&sig),
-        p(&msg),
-    ]));
+    assert!(openssl_verifies_sha256(&pem, &sig, &msg));
     let signs: Vec<(String, u64)> = m
         .clients()
         .into_iter()
@@ -892,15 +886,7 @@ sys.exit(os.waitstatus_to_exitcode(status))
         "-o",
         p(&pem),
     ]);
-    assert!(openssl_ok(&[
-        "dgst",
-        "-sha256",
-        "-verify",
-        p(&pem),
-        "-signature",
-        p(&sig),
-        p(&msg),
-    ]));
+    assert!(openssl_verifies_sha256(&pem, &sig, &msg));
     // list and check never ask: on a terminal without a PIN they finish at once.
     for cmd in ["list", "check"] {
         let out = Command::new("python3")

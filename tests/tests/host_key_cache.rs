@@ -37,35 +37,8 @@ fn setup() -> &'static Setup {
                 "type=ecdsa-p256",
             ]);
         }
-        std::env::set_var("VAULT_TEST_TOKEN", ROOT_TOKEN);
-        let certs = repo_root()
-            .join("target/test-env")
-            .join(format!("host-key-cache-{}", std::process::id()))
-            .join("certs");
-        let section = format!(
-            r#"
-[backend.kms]
-kind = "aws-kms"
-region = "us-east-1"
-endpoint = "{}"
-discover = true
-cert_cache_dir = "{certs}"
-cache_ttl_s = {TTL_S}
-
-[backend.vault]
-kind = "vault-transit"
-address = "{}"
-token = "env:VAULT_TEST_TOKEN"
-discover = true
-prefix = "hc-"
-cert_cache_dir = "{certs}"
-cache_ttl_s = {TTL_S}
-"#,
-            m.url,
-            b.addr,
-            certs = certs.display()
-        );
-        let env = env_with(&["kms", "vault"], &section);
+        let (env, certs) =
+            env_kms_vault("host-key-cache", "hc-", &format!("cache_ttl_s = {TTL_S}"));
         Setup {
             config: env.config.clone(),
             certs,

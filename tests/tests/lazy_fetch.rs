@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::bao::{bao, ROOT_TOKEN};
+use common::bao::bao;
 use common::moto::moto;
 use common::*;
 use cryptoki::object::{Attribute, AttributeType, ObjectClass};
@@ -28,35 +28,7 @@ fn setup() {
                 "type=ecdsa-p256",
             ]);
         }
-        std::env::set_var("VAULT_TEST_TOKEN", ROOT_TOKEN);
-        let certs = repo_root()
-            .join("target/test-env")
-            .join(format!("lazy-fetch-{}", std::process::id()))
-            .join("certs");
-        let section = format!(
-            r#"
-[backend.kms]
-kind = "aws-kms"
-region = "us-east-1"
-endpoint = "{}"
-discover = true
-cert_cache_dir = "{certs}"
-key_cache = false
-
-[backend.vault]
-kind = "vault-transit"
-address = "{}"
-token = "env:VAULT_TEST_TOKEN"
-discover = true
-prefix = "lz-"
-cert_cache_dir = "{certs}"
-key_cache = false
-"#,
-            m.url,
-            b.addr,
-            certs = certs.display()
-        );
-        env_with(&["kms", "vault"], &section);
+        env_kms_vault("lazy-fetch", "lz-", "key_cache = false");
     });
 }
 

@@ -105,6 +105,43 @@ cert_cache_dir = "{certs}"
     env_with(&["vault", "kms"], &section)
 }
 
+/// The unified token over a KMS backend and a Vault backend that discover their keys (Vault: the transit keys
+/// named `prefix…`), each section with the `extra` lines; certificates (and host key cache files) under
+/// target/test-env/TAG-PID/certs, which is returned with the environment. The first call in a test binary decides
+/// (as for [`env_with`]).
+pub fn env_kms_vault(tag: &str, prefix: &str, extra: &str) -> (&'static Env, PathBuf) {
+    let (m, b) = (moto::moto(), bao::bao());
+    std::env::set_var("VAULT_TEST_TOKEN", bao::ROOT_TOKEN);
+    let certs = repo_root()
+        .join("target/test-env")
+        .join(format!("{tag}-{}", std::process::id()))
+        .join("certs");
+    let section = format!(
+        r#"
+[backend.kms]
+kind = "aws-kms"
+region = "us-east-1"
+endpoint = "{}"
+discover = true
+cert_cache_dir = "{certs}"
+{extra}
+
+[backend.vault]
+kind = "vault-transit"
+address = "{}"
+token = "env:VAULT_TEST_TOKEN"
+discover = true
+prefix = "{prefix}"
+cert_cache_dir = "{certs}"
+{extra}
+"#,
+        m.url,
+        b.addr,
+        certs = certs.display()
+    );
+    (env_with(&["kms", "vault"], &section), certs)
+}
+
 /// Slot 0: the unified token over the upstream token `upstream`; slots 1..: every SoftHSM slot, mirrored.
 pub fn config_text() -> String {
     config_text_with(&[], "")
