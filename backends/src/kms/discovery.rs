@@ -98,28 +98,7 @@ impl Kms {
                 deadline,
                 move |c, _region| async move {
                     let aliases = Self::aliases(&c).await?;
-                    let mut keys: Vec<(Option<String>, Option<String>)> = Vec::new();
-                    let mut marker = None;
-                    loop {
-                        let r = c
-                            .list_keys()
-                            .limit(1000)
-                            .set_marker(marker.take())
-                            .send()
-                            .await
-                            .map_err(fault)?;
-                        for k in r.keys() {
-                            keys.push((
-                                k.key_arn().map(str::to_owned),
-                                k.key_id().map(str::to_owned),
-                            ));
-                        }
-                        match (r.truncated(), r.next_marker()) {
-                            (true, Some(m)) => marker = Some(m.to_string()),
-                            _ => break,
-                        }
-                    }
-                    Ok((aliases, keys))
+                    Ok((aliases, Self::key_list(&c).await?))
                 },
             )
             .await
@@ -301,25 +280,12 @@ impl Kms {
     ) -> std::result::Result<Vec<String>, Fault> {
         let mut out: Vec<String> = s.cfg.remote.keys.clone();
         if s.cfg.remote.discover {
-            let mut marker = None;
-            loop {
-                let r = c
-                    .list_keys()
-                    .limit(1000)
-                    .set_marker(marker.take())
-                    .send()
-                    .await
-                    .map_err(fault)?;
-                for k in r.keys() {
-                    if let Some(id) = k.key_arn().or(k.key_id()) {
-                        out.push(id.to_string());
-                    }
-                }
-                match (r.truncated(), r.next_marker()) {
-                    (true, Some(m)) => marker = Some(m.to_string()),
-                    _ => break,
-                }
-            }
+            out.extend(
+                Self::key_list(c)
+                    .await?
+                    .into_iter()
+                    .filter_map(|(arn, id)| arn.or(id)),
+            );
         }
         let prefix = &s.cfg.created_alias_prefix;
         if !s.cfg.remote.discover && !prefix.is_empty() {
@@ -335,6 +301,34 @@ impl Kms {
             out.push(k.clone());
         }
         Ok(out)
+    }
+
+    /// Every key of the account and region (`ListKeys`, all pages): its ARN and key id, as KMS answers them.
+    async fn key_list(
+        c: &Client,
+    ) -> std::result::Result<Vec<(Option<String>, Option<String>)>, Fault> {
+        let mut keys = Vec::new();
+        let mut marker = None;
+        loop {
+            let r = c
+                .list_keys()
+                .limit(1000)
+                .set_marker(marker.take())
+                .send()
+                .await
+                .map_err(fault)?;
+            for k in r.keys() {
+                keys.push((
+                    k.key_arn().map(str::to_owned),
+                    k.key_id().map(str::to_owned),
+                ));
+            }
+            match (r.truncated(), r.next_marker()) {
+                (true, Some(m)) => marker = Some(m.to_string()),
+                _ => break,
+            }
+        }
+        Ok(keys)
     }
 
     pub(super) async fn aliases(

@@ -166,18 +166,18 @@ fn retryable(f: &Fault) -> bool {
 }
 
 impl KmsService {
-    /// `op` (`TrentService.<op>`) with `body` on the caller's thread, if this call may go that way (see the
-    /// module's text); `None`: the SDK sends it.
+    /// `op` (`TrentService.<op>`) with the JSON `body` makes on the caller's thread, if this call may go that way
+    /// (see the module's text); `None`: the SDK sends it (and `body` is not made).
     pub(super) async fn lean_call(
         &self,
         op: &str,
-        body: &Value,
+        body: impl FnOnce() -> Value,
     ) -> Option<std::result::Result<Value, Fault>> {
         if !runtime::may_block() {
             return None;
         }
         let at = attempt()?;
-        let target = self.lean_target(at.index).await?;
+        let target = at.target?;
         if self.proxies.for_url(&target.url).is_some() {
             return None;
         }
@@ -188,7 +188,7 @@ impl KmsService {
             };
             blocking::Client::new(&roots, self.cfg.remote.connect_timeout())
         });
-        match self.lean_send(http, &target, op, body, at.end).await {
+        match self.lean_send(http, &target, op, &body(), at.end).await {
             // KMS refused the signature or the credentials: the SDK sends the request (with its clock-skew
             // correction and identity cache), and its answer stands; the credentials are fetched again next time.
             Err(Fault::Service(code, message, _)) if REJECTED.contains(&code.as_str()) => {
@@ -265,12 +265,6 @@ impl KmsService {
             tracing::debug!(backend = %self.name, ?fault, "KMS request sent again after {} ms", pause.as_millis());
             tokio::time::sleep(pause).await;
         }
-    }
-
-    /// The target of region `i`, computed when its client was made.
-    async fn lean_target(&self, i: usize) -> Option<Target> {
-        let g = self.regions.get(i)?.client.lock().await;
-        g.as_ref().and_then(|(_, _, t)| t.clone())
     }
 
     /// The credentials of the region's provider, fetched again five minutes before they expire (15 minutes for

@@ -309,13 +309,15 @@ impl RemoteService for Kms {
             async move {
                 use base64::Engine;
                 let b64 = base64::engine::general_purpose::STANDARD;
-                let body = serde_json::json!({
-                    "KeyId": id,
-                    "Message": b64.encode(&digest),
-                    "MessageType": "DIGEST",
-                    "SigningAlgorithm": alg.as_str(),
-                });
-                if let Some(r) = me.lean_call("Sign", &body).await {
+                let body = || {
+                    serde_json::json!({
+                        "KeyId": id,
+                        "Message": b64.encode(&digest),
+                        "MessageType": "DIGEST",
+                        "SigningAlgorithm": alg.as_str(),
+                    })
+                };
+                if let Some(r) = me.lean_call("Sign", body).await {
                     // As the SDK path: a missing or unreadable signature is checked below (malformed).
                     let v = r?;
                     let sig = v.get("Signature").and_then(|s| s.as_str()).unwrap_or("");

@@ -158,26 +158,31 @@ pub(super) struct Region {
     /// `None`: the standard chain's region (a single-region configuration without `region`).
     pub(super) name: Option<String>,
     pub(super) endpoint: Option<String>,
-    /// Its client, made on first use (and again in a forked child: its pool is the parent's), with where the caller-thread path sends its requests (`lean::Target`), if known.
-    pub(super) client: tokio::sync::Mutex<Option<(u32, Client, Option<lean::Target>)>>,
+    /// Its client, made on first use (and again in a forked child: its pool is the parent's).
+    pub(super) client: tokio::sync::Mutex<Option<RegionClient>>,
 }
+
+/// A region's client: the process that made it, the SDK client, and where the caller-thread path sends its
+/// requests (`lean::Target`), if known.
+pub(super) type RegionClient = (u32, Client, Option<Arc<lean::Target>>);
 
 tokio::task_local! {
     /// The region attempt of `failover` a call's future runs in.
     static ATTEMPT: Attempt;
 }
 
-/// One region attempt of `failover`: which region, and when its share of the deadline ends (a request written on
-/// the caller's thread bounds itself by it; the runtime's timer cannot interrupt it).
-#[derive(Debug, Clone, Copy)]
+/// One region attempt of `failover`: where the caller-thread path sends its requests in that region (if known), and
+/// when the attempt's share of the deadline ends (a request written on the caller's thread bounds itself by it; the
+/// runtime's timer cannot interrupt it).
+#[derive(Debug, Clone)]
 pub(super) struct Attempt {
-    pub(super) index: usize,
+    pub(super) target: Option<Arc<lean::Target>>,
     pub(super) end: std::time::Instant,
 }
 
 /// The attempt the running future belongs to (`None` outside `failover`).
 pub(super) fn attempt() -> Option<Attempt> {
-    ATTEMPT.try_with(|a| *a).ok()
+    ATTEMPT.try_with(Attempt::clone).ok()
 }
 
 /// Where a call may go.
@@ -222,12 +227,17 @@ impl KmsService {
 
     /// The client of region `i` (connection pool and credential cache shared by every session).
     pub(super) async fn client(&self, i: usize) -> Client {
+        self.client_and_target(i).await.0
+    }
+
+    /// The client of region `i` and where the caller-thread path sends its requests there (if known).
+    async fn client_and_target(&self, i: usize) -> (Client, Option<Arc<lean::Target>>) {
         let me = std::process::id();
         let r = &self.regions[i.min(self.regions.len() - 1)];
         let mut g = r.client.lock().await;
-        if let Some((pid, c, _)) = g.as_ref() {
+        if let Some((pid, c, t)) = g.as_ref() {
             if *pid == me {
-                return c.clone();
+                return (c.clone(), t.clone());
             }
         }
         let (c, target) = build_client(
@@ -238,8 +248,9 @@ impl KmsService {
             r.endpoint.as_deref(),
         )
         .await;
-        *g = Some((me, c.clone(), target));
-        c
+        let target = target.map(Arc::new);
+        *g = Some((me, c.clone(), target.clone()));
+        (c, target)
     }
 
     pub(super) fn region_name(&self, i: usize) -> &str {
@@ -376,10 +387,10 @@ impl KmsService {
                 break;
             }
             let share = turn.share(left);
-            let c = self.client(i).await;
+            let (c, target) = self.client_and_target(i).await;
             let region = self.regions[i].name.clone();
             let attempt = Attempt {
-                index: i,
+                target,
                 end: std::time::Instant::now() + share,
             };
             let out = match tokio::time::timeout(share, ATTEMPT.scope(attempt, f(c, region))).await

@@ -560,7 +560,6 @@ impl Shared {
     /// This backend's notices since `mark` (each once).
     fn notices_since(&self, mark: u64) -> Vec<String> {
         let mut v = crate::diag::notices_since(mark, &format!("backend \"{}\"", self.name));
-        v.dedup();
         v.sort();
         v.dedup();
         v
