@@ -217,11 +217,16 @@ fn a_missing_server_id_header_is_refused_in_words() {
 }
 
 /// A configuration of one slot over one backend logging in as `role` (of mount `aws`).
+/// Tests run in parallel and several use the same role: the file is replaced by a rename, so that a process
+/// starting meanwhile never reads it half written (a truncated file made `C_Initialize` find no slot).
 fn config_as(role: &str) -> std::path::PathBuf {
+    static WRITES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let st = setup();
     let config = st.dir.join(format!("{role}.toml"));
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = st.dir.join(format!("{role}.toml.{n}.tmp"));
     std::fs::write(
-        &config,
+        &tmp,
         format!(
             "[[slot]]\nlabel = \"{role}\"\nuser_pin = \"env:P11BRIDGE_PIN\"\nbackends = [\"v{role}\"]\n\n\
              [backend.v{role}]\nkind = \"vault-transit\"\naddress = \"{}\"\naws_role = \"{role}\"\nkeys = [\"{KEY}\"]\ntimeout_ms = 5000\ncert_cache_dir = \"{}\"\nkey_cache = false\n",
@@ -230,6 +235,7 @@ fn config_as(role: &str) -> std::path::PathBuf {
         ),
     )
     .unwrap();
+    std::fs::rename(&tmp, &config).unwrap();
     config
 }
 
