@@ -143,8 +143,17 @@ fn generated_ivs(s: &Session) {
     }
 }
 
+/// The two tests log in to the same upstream token (the unified token through its backend, the mirror directly), and
+/// PKCS#11 login state is the application's: the last session one test closes logs the token out under the other
+/// (the mirror test's CreateObject then failed with CKR_USER_NOT_LOGGED_IN). One at a time.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static L: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    L.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn message_based_aes_gcm_on_the_unified_token() {
+    let _g = serial();
     let p = p11();
     let slot = unified_slot(p);
     let info = p.get_mechanism_info(slot, MechanismType::AES_GCM).unwrap();
@@ -168,6 +177,7 @@ fn message_based_aes_gcm_on_the_unified_token() {
 
 #[test]
 fn message_based_aes_gcm_on_a_mirror() {
+    let _g = serial();
     let p = p11();
     let slot = slot_by_label(p, "upstream");
     let s = p.open_rw_session(slot).unwrap();
